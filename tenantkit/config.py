@@ -1,0 +1,450 @@
+"""Settings: ``tenantkit.toml`` plus ``TENANTKIT_*`` environment overrides.
+
+With no file and no environment, the embedded defaults serve: sites in ``./sites``,
+caches in ``./cache``, one SQLite database ``./tenantkit.db`` and the in-process bus::
+
+    >>> settings = Settings.load()                 # ./tenantkit.toml if present
+    >>> settings = Settings.load("/etc/tenantkit.toml")
+    >>> settings.database.primary
+    'sqlite:///./tenantkit.db'
+
+A file looks like this (every key optional)::
+
+    sites_dir = "/srv/tenantkit/sites"      # relative paths are relative to this file
+    cache_dir = "/srv/tenantkit/cache"
+    log_level = "INFO"
+
+    [database]
+    primary = "mysql+tenantkit://app:secret@db1.internal/app?compress=true"
+    replicas = ["mysql+pymysql://app:secret@127.0.0.1/app"]
+    read_your_writes = "gtid"               # gtid | pin | off
+
+    [cache]
+    ttl = 300
+    policy = "site"                          # site | targeted
+
+    [bus]
+    transport = "redis"                      # local | redis | files
+    redis_url = "redis://127.0.0.1:6379/0"
+
+    [web]
+    admin_hosts = ["admin.example.org"]
+    admin_token = "change-me"
+
+Every environment variable ``TENANTKIT_<KEY>`` or ``TENANTKIT_<SECTION>_<KEY>``
+overrides the file (``TENANTKIT_DATABASE_PRIMARY``, ``TENANTKIT_BUS_TRANSPORT``,
+``TENANTKIT_CACHE_TTL``); lists are comma-separated. A bad value raises
+:class:`~tenantkit.errors.ConfigError` naming the file or variable, the key and
+what is allowed. Passwords in URLs never appear in ``repr``: see :func:`mask_url`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from tenantkit.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_BYPASS_COOKIES",
+    "BusSettings",
+    "CacheSettings",
+    "DatabaseSettings",
+    "Settings",
+    "WebSettings",
+    "mask_url",
+]
+
+CONFIG_ENV = "TENANTKIT_CONFIG"
+DEFAULT_CONFIG_FILE = "tenantkit.toml"
+
+#: Cookie name prefixes that mean "this visitor sees a personal page" for WordPress and PunBB.
+DEFAULT_BYPASS_COOKIES: tuple[str, ...] = (
+    "wordpress_logged_in_",
+    "comment_author_",
+    "wp-postpass_",
+    "forum_cookie_",
+    "punbb_cookie",
+)
+
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*):(?P<pw>[^@\s]*)@")
+MASK = "********"
+
+
+def mask_url(url: str) -> str:
+    """Return *url* with any password replaced by ``********``.
+
+    >>> mask_url("mysql+pymysql://app:s3cret@db/app")
+    'mysql+pymysql://app:********@db/app'
+    >>> mask_url("redis://:pw@127.0.0.1:6379/0")
+    'redis://:********@127.0.0.1:6379/0'
+    """
+    return _URL_PASSWORD.sub(lambda m: f"{m.group('head')}:{MASK}@", url)
+
+
+def _masked_repr(obj: object) -> str:
+    parts = []
+    for f in dataclasses.fields(obj):  # type: ignore[arg-type]
+        value = getattr(obj, f.name)
+        if f.metadata.get("secret"):
+            shown = repr(MASK if value else value)
+        elif f.metadata.get("url"):
+            shown = (
+                repr(tuple(mask_url(v) for v in value))
+                if isinstance(value, tuple)
+                else repr(mask_url(value))
+            )
+        else:
+            shown = repr(value)
+        parts.append(f"{f.name}={shown}")
+    return f"{type(obj).__name__}({', '.join(parts)})"
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
+class DatabaseSettings:
+    """Where the data lives. ``primary`` takes writes; ``replicas`` serve reads."""
+
+    primary: str = field(default="sqlite:///./tenantkit.db", metadata={"url": True})
+    replicas: tuple[str, ...] = field(default=(), metadata={"url": True})
+    read_your_writes: Literal["gtid", "pin", "off"] = "gtid"
+    pin_seconds: float = 5.0
+    gtid_wait_timeout: float = 1.0
+    lag_threshold: float = 5.0
+    connect_timeout: float = 2.0
+    dead_host_cooldown: float = 10.0
+
+    __repr__ = _masked_repr
+
+
+@dataclass(frozen=True, kw_only=True)
+class CacheSettings:
+    """Page cache defaults; each site file may override them in its ``[cache]`` table."""
+
+    enabled: bool = True
+    ttl: int = 300
+    stale_seconds: int = 30
+    max_bytes: int | None = None
+    policy: Literal["site", "targeted"] = "site"
+    bypass_cookies: tuple[str, ...] = DEFAULT_BYPASS_COOKIES
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
+class BusSettings:
+    """How invalidation events travel between web nodes."""
+
+    transport: Literal["local", "redis", "files"] = "local"
+    redis_url: str = field(default="redis://127.0.0.1:6379/0", metadata={"url": True})
+    stream: str = "tenantkit:events"
+    stream_maxlen: int = 10000
+    node: str = ""
+    replica_wait_timeout: float = 2.0
+
+    __repr__ = _masked_repr
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
+class WebSettings:
+    """The WSGI shim: proxies, unknown hosts, the admin endpoints."""
+
+    trusted_proxies: int = 0
+    unknown: str = "421"
+    admin_hosts: tuple[str, ...] = ()
+    admin_token: str = field(default="", metadata={"secret": True})
+    secret_key: str = field(default="", metadata={"secret": True})
+
+    __repr__ = _masked_repr
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """All of tenantkit's settings; frozen, compared by value, secrets masked in ``repr``.
+
+    Build one with :meth:`load` (file + environment) or directly for tests::
+
+        Settings(sites_dir=tmp / "sites", cache_dir=tmp / "cache")
+    """
+
+    sites_dir: Path = Path("sites")
+    cache_dir: Path = Path("cache")
+    log_level: str = "INFO"
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    bus: BusSettings = field(default_factory=BusSettings)
+    web: WebSettings = field(default_factory=WebSettings)
+    source: str | None = field(default=None, compare=False)
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+    ) -> Settings:
+        """Load settings from *path* (else ``$TENANTKIT_CONFIG``, else ``./tenantkit.toml``
+        when it exists, else nothing) and apply ``TENANTKIT_*`` overrides from *env*
+        (default: ``os.environ``)."""
+        env = os.environ if env is None else env
+        if path is None and env.get(CONFIG_ENV):
+            path = env[CONFIG_ENV]
+        if path is None and Path(DEFAULT_CONFIG_FILE).is_file():
+            path = DEFAULT_CONFIG_FILE
+        data: dict[str, Any] = {}
+        base = Path(".")
+        source = None
+        if path is not None:
+            file = Path(path)
+            source = str(file)
+            data = _read_toml(file)
+            base = file.parent
+        return _build(data, env, source or "defaults", base, source)
+
+
+def _read_toml(file: Path) -> dict[str, Any]:
+    try:
+        raw = file.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"settings file {file}: not found (create it, or unset {CONFIG_ENV} / --config "
+            "to run on the embedded defaults)"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"settings file {file}: cannot be read: {exc.strerror} (check its permissions)"
+        ) from exc
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"settings file {file}: not UTF-8 text (save it as UTF-8 TOML)") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"settings file {file}: invalid TOML: {exc} (fix the syntax)") from exc
+
+
+# --- coercion -----------------------------------------------------------------------------
+
+Coerce = Callable[[str, str, Any, bool], Any]
+
+
+def _fail(where: str, key: str, expected: str, got: Any, fix: str) -> ConfigError:
+    return ConfigError(f'{where}: key "{key}": expected {expected}, got {got!r} ({fix})')
+
+
+def _str(where: str, key: str, value: Any, from_env: bool) -> str:
+    if not isinstance(value, str):
+        raise _fail(where, key, "a string", value, f'write {key.rsplit(".", 1)[-1]} = "..."')
+    return value
+
+
+def _path(where: str, key: str, value: Any, from_env: bool) -> Path:
+    text = _str(where, key, value, from_env)
+    if not text or "\0" in text:
+        raise _fail(where, key, "a directory path", value, "give a non-empty path")
+    return Path(text)
+
+
+def _number(kind: type[int] | type[float], minimum: float) -> Coerce:
+    name = "an integer" if kind is int else "a number"
+
+    def coerce(where: str, key: str, value: Any, from_env: bool) -> int | float:
+        if from_env and isinstance(value, str):
+            try:
+                value = kind(value.strip())
+            except ValueError:
+                raise _fail(where, key, name, value, f"set it to {name}") from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _fail(where, key, name, value, f"write {key.rsplit('.', 1)[-1]} = 5")
+        if kind is int and not isinstance(value, int):
+            raise _fail(where, key, name, value, "use a whole number")
+        if value < minimum:
+            raise _fail(where, key, f"{name} >= {minimum:g}", value, "use a larger value")
+        return kind(value)
+
+    return coerce
+
+
+def _optional_int(where: str, key: str, value: Any, from_env: bool) -> int | None:
+    if value is None or (from_env and isinstance(value, str) and value.strip() in ("", "none")):
+        return None
+    result: int = _number(int, 1)(where, key, value, from_env)
+    return result
+
+
+def _bool(where: str, key: str, value: Any, from_env: bool) -> bool:
+    if from_env and isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise _fail(where, key, "true or false", value, "use 1/0, true/false, yes/no or on/off")
+    if not isinstance(value, bool):
+        raise _fail(where, key, "true or false", value, "write true or false, without quotes")
+    return value
+
+
+def _str_list(where: str, key: str, value: Any, from_env: bool) -> tuple[str, ...]:
+    if from_env and isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        name = key.rsplit(".", 1)[-1]
+        raise _fail(where, key, "a list of strings", value, f'write {name} = ["...", "..."]')
+    return tuple(value)
+
+
+def _choice(*allowed: str) -> Coerce:
+    def coerce(where: str, key: str, value: Any, from_env: bool) -> str:
+        if value not in allowed:
+            choices = " or ".join(f'"{a}"' for a in allowed)
+            raise _fail(where, key, f"one of {choices}", value, f"use {choices}")
+        return str(value)
+
+    return coerce
+
+
+def _db_url(where: str, key: str, value: Any, from_env: bool) -> str:
+    text = _str(where, key, value, from_env)
+    if "://" not in text:
+        raise ConfigError(
+            f'{where}: key "{key}": expected a database URL such as '
+            f'"mysql+tenantkit://user:password@host/db" or "sqlite:///./tenantkit.db", '
+            f"got {mask_url(text)!r}"
+        )
+    return text
+
+
+def _db_url_list(where: str, key: str, value: Any, from_env: bool) -> tuple[str, ...]:
+    items = _str_list(where, key, value, from_env)
+    return tuple(_db_url(where, key, item, from_env) for item in items)
+
+
+def _redis_url(where: str, key: str, value: Any, from_env: bool) -> str:
+    text = _str(where, key, value, from_env)
+    if not text.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(
+            f'{where}: key "{key}": expected a Redis URL such as "redis://127.0.0.1:6379/0", '
+            f"got {mask_url(text)!r}"
+        )
+    return text
+
+
+def _log_level(where: str, key: str, value: Any, from_env: bool) -> str:
+    text = _str(where, key, value, from_env).upper()
+    return str(_choice("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")(where, key, text, from_env))
+
+
+def _unknown(where: str, key: str, value: Any, from_env: bool) -> str:
+    text = _str(where, key, value, from_env)
+    if text != "421" and not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", text):
+        raise _fail(where, key, '"421" or a site name', value, 'write unknown = "421"')
+    return text
+
+
+_TOP: dict[str, Coerce] = {"sites_dir": _path, "cache_dir": _path, "log_level": _log_level}
+_SECTIONS: dict[str, tuple[type[Any], dict[str, Coerce]]] = {
+    "database": (
+        DatabaseSettings,
+        {
+            "primary": _db_url,
+            "replicas": _db_url_list,
+            "read_your_writes": _choice("gtid", "pin", "off"),
+            "pin_seconds": _number(float, 0),
+            "gtid_wait_timeout": _number(float, 0),
+            "lag_threshold": _number(float, 0),
+            "connect_timeout": _number(float, 0.001),
+            "dead_host_cooldown": _number(float, 0),
+        },
+    ),
+    "cache": (
+        CacheSettings,
+        {
+            "enabled": _bool,
+            "ttl": _number(int, 0),
+            "stale_seconds": _number(int, 0),
+            "max_bytes": _optional_int,
+            "policy": _choice("site", "targeted"),
+            "bypass_cookies": _str_list,
+        },
+    ),
+    "bus": (
+        BusSettings,
+        {
+            "transport": _choice("local", "redis", "files"),
+            "redis_url": _redis_url,
+            "stream": _str,
+            "stream_maxlen": _number(int, 1),
+            "node": _str,
+            "replica_wait_timeout": _number(float, 0),
+        },
+    ),
+    "web": (
+        WebSettings,
+        {
+            "trusted_proxies": _number(int, 0),
+            "unknown": _unknown,
+            "admin_hosts": _str_list,
+            "admin_token": _str,
+            "secret_key": _str,
+        },
+    ),
+}
+
+
+def _allowed(keys: Mapping[str, Any]) -> str:
+    return ", ".join(sorted(keys))
+
+
+def _build(
+    data: dict[str, Any], env: Mapping[str, str], where: str, base: Path, source: str | None
+) -> Settings:
+    top: dict[str, Any] = {}
+    sections: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+    for key, value in data.items():
+        if key in _TOP:
+            top[key] = _TOP[key](where, key, value, False)
+            if isinstance(top[key], Path) and not top[key].is_absolute():
+                top[key] = base / top[key]
+        elif key in _SECTIONS:
+            if not isinstance(value, dict):
+                raise _fail(where, key, "a table", value, f"write [{key}] on a line of its own")
+            schema = _SECTIONS[key][1]
+            for sub, subvalue in value.items():
+                if sub not in schema:
+                    raise ConfigError(
+                        f'{where}: key "{key}.{sub}": unknown key (allowed in [{key}]: '
+                        f"{_allowed(schema)})"
+                    )
+                sections[key][sub] = schema[sub](where, f"{key}.{sub}", subvalue, False)
+        else:
+            raise ConfigError(
+                f'{where}: key "{key}": unknown key (allowed: '
+                f"{_allowed({**_TOP, **_SECTIONS})})"
+            )
+    _apply_env(env, top, sections)
+    return Settings(
+        **top,
+        **{name: _SECTIONS[name][0](**values) for name, values in sections.items()},
+        source=source,
+    )
+
+
+def _apply_env(
+    env: Mapping[str, str], top: dict[str, Any], sections: dict[str, dict[str, Any]]
+) -> None:
+    known = {"TENANTKIT_CONFIG", "TENANTKIT_REQUIRE_SERVICES"}
+    for var, value in env.items():
+        if not var.startswith("TENANTKIT_") or var in known:
+            continue
+        name = var[len("TENANTKIT_") :].lower()
+        where = f"environment variable {var}"
+        if name in _TOP:
+            top[name] = _TOP[name](where, name, value, True)
+            continue
+        for section, (_, schema) in _SECTIONS.items():
+            prefix = section + "_"
+            if name.startswith(prefix) and name[len(prefix) :] in schema:
+                key = name[len(prefix) :]
+                sections[section][key] = schema[key](where, f"{section}.{key}", value, True)
+                break
+        # Other TENANTKIT_* variables belong to the CLI (click's auto_envvar_prefix): not ours.

@@ -1,0 +1,90 @@
+"""Every error tenantkit raises, in one tree.
+
+::
+
+    TenantkitError
+     ├── ConfigError            tenantkit.toml or a TENANTKIT_* variable is wrong
+     ├── SiteError
+     │    ├── SiteFileError     a site file cannot be parsed or validated
+     │    └── InvalidHost       a host name or pattern is not acceptable
+     ├── ProvisionError         provisioning or deprovisioning a site failed
+     ├── DatabaseError
+     │    ├── PrimaryUnavailable  the primary cannot be reached; writes cannot proceed
+     │    └── ReplicaUnavailable  no replica can serve a read
+     ├── ProtocolError          a peer broke a wire protocol (compressed MySQL frames, ...)
+     ├── CacheError             a page cache path or file is unusable
+     └── BusError               the invalidation bus cannot publish or consume
+
+Every message says what was wrong and what to do about it, for example::
+
+    site file sites/blog.toml: key "hosts": expected a list of host names,
+    got "blog.example.com" (write hosts = ["blog.example.com"])
+
+Driver errors are translated at the boundary with ``raise ... from exc`` so the
+original stays attached as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BusError",
+    "CacheError",
+    "ConfigError",
+    "DatabaseError",
+    "InvalidHost",
+    "PrimaryUnavailable",
+    "ProtocolError",
+    "ProvisionError",
+    "ReplicaUnavailable",
+    "SiteError",
+    "SiteFileError",
+    "TenantkitError",
+]
+
+
+class TenantkitError(Exception):
+    """Root of every error tenantkit raises on purpose."""
+
+
+class ConfigError(TenantkitError):
+    """The settings file or an environment override is invalid."""
+
+
+class SiteError(TenantkitError):
+    """Something about a site definition is wrong."""
+
+
+class SiteFileError(SiteError):
+    """A site file cannot be read, parsed or validated."""
+
+
+class InvalidHost(SiteError, ValueError):
+    """A Host header or host pattern failed normalisation."""
+
+
+class ProvisionError(TenantkitError):
+    """Provisioning or deprovisioning a site failed; nothing was half-created."""
+
+
+class DatabaseError(TenantkitError):
+    """A database server could not serve a statement."""
+
+
+class PrimaryUnavailable(DatabaseError):
+    """The primary cannot be reached, so writes cannot proceed (never sent to a replica)."""
+
+
+class ReplicaUnavailable(DatabaseError):
+    """No replica can serve a read."""
+
+
+class ProtocolError(TenantkitError):
+    """A peer sent bytes that break the wire protocol."""
+
+
+class CacheError(TenantkitError):
+    """A page cache key, path or file is unusable."""
+
+
+class BusError(TenantkitError):
+    """The invalidation bus cannot publish or consume events."""
