@@ -22,22 +22,47 @@ from tenantkit.errors import (
     SiteFileError,
     TenantkitError,
 )
+from tenantkit.hosts import Conflict, HostIndex, normalize_host, normalize_pattern, request_host
+from tenantkit.registry import Registry, ReloadReport
+from tenantkit.sites import (
+    Backend,
+    InvalidSiteName,
+    Site,
+    SiteCache,
+    SiteDatabase,
+    load_site,
+    validate_name,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Backend",
     "BusError",
     "CacheError",
     "ConfigError",
+    "Conflict",
     "DatabaseError",
+    "HostIndex",
     "InvalidHost",
+    "InvalidSiteName",
     "PrimaryUnavailable",
     "ProtocolError",
     "ProvisionError",
+    "Registry",
+    "ReloadReport",
     "ReplicaUnavailable",
     "Settings",
+    "Site",
+    "SiteCache",
+    "SiteDatabase",
     "SiteError",
     "SiteFileError",
     "TenantkitError",
+    "load_site",
     "mask_url",
+    "normalize_host",
+    "normalize_pattern",
+    "request_host",
+    "validate_name",
 ]
