@@ -8,6 +8,7 @@ The public API lives here; import from ``tenantkit`` rather than its modules::
 from __future__ import annotations
 
 from tenantkit.config import Settings, mask_url
+from tenantkit.db.compress import CompressedConnection, CompressionUnavailableWarning, WireStats
 from tenantkit.errors import (
     BusError,
     CacheError,
@@ -40,6 +41,8 @@ __all__ = [
     "Backend",
     "BusError",
     "CacheError",
+    "CompressedConnection",
+    "CompressionUnavailableWarning",
     "ConfigError",
     "Conflict",
     "DatabaseError",
@@ -59,6 +62,7 @@ __all__ = [
     "SiteError",
     "SiteFileError",
     "TenantkitError",
+    "WireStats",
     "load_site",
     "mask_url",
     "normalize_host",
