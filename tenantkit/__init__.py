@@ -34,6 +34,7 @@ from tenantkit.sites import (
     load_site,
     validate_name,
 )
+from tenantkit.watch import SiteWatcher
 
 __version__ = "0.1.0"
 
@@ -61,6 +62,7 @@ __all__ = [
     "SiteDatabase",
     "SiteError",
     "SiteFileError",
+    "SiteWatcher",
     "TenantkitError",
     "WireStats",
     "load_site",
