@@ -14,6 +14,7 @@
      ├── ProtocolError          a peer broke a wire protocol (compressed MySQL frames, ...)
      ├── CacheError             a page cache path or file is unusable
      └── BusError               the invalidation bus cannot publish or consume
+          └── MalformedEvent    an invalidation event is not in the documented format
 
 Every message says what was wrong and what to do about it, for example::
 
@@ -32,6 +33,7 @@ __all__ = [
     "ConfigError",
     "DatabaseError",
     "InvalidHost",
+    "MalformedEvent",
     "PrimaryUnavailable",
     "ProtocolError",
     "ProvisionError",
@@ -88,3 +90,7 @@ class CacheError(TenantkitError):
 
 class BusError(TenantkitError):
     """The invalidation bus cannot publish or consume events."""
+
+
+class MalformedEvent(BusError, ValueError):
+    """An invalidation event is not in the documented JSON format: logged and dropped."""

@@ -1,0 +1,705 @@
+"""A per-site file page cache that nginx can serve by itself.
+
+::
+
+    cache = PageCache(site.pages_dir, ttl=300, stale_seconds=30)
+    page = cache.get("blog.example.org", "/2024/hello/")
+    if page is None or page.stale:
+        with cache.begin_fill("blog.example.org", "/2024/hello/") as ticket:
+            if page is not None and not ticket.leader:
+                return page                      # someone else re-renders: serve stale
+            body = render()
+            cache.put("blog.example.org", "/2024/hello/", body, tags=("post:42", "home"),
+                      ticket=ticket)             # refused if a purge hit it meanwhile
+
+    cache.purge_tags(["post:42"])                 # targeted
+    cache.purge_paths("blog.example.org", ["/"])  # one URL (and its query variants)
+    cache.flush()                                 # the whole site: a new generation
+
+Layout under ``root`` (``cache_dir/<site>/pages``)::
+
+    current -> g7                                  symlink, swapped atomically by flush()
+    previous -> g6                                 the last generation, served stale for a while
+    g7/<host>/<path>/index.html                    what nginx serves (paths ending in "/")
+    g7/<host>/<path>/.meta.json                    status, headers, tags, created, ttl, identity
+    g7/.q/<host>/<ab>/<sha256>/index.html          every other key (query strings, odd paths)
+    g7/.tags/<tag>/<key-hash> -> <page dir>        tag index (symlinks), per generation
+    g7/.purged/<tag or url>                        purge markers (mtime = purge time)
+    g6/.flushed                                    when g6 stopped being current
+    .locks/<key-hash>                              per-key fill locks
+
+nginx serves hits with ``try_files /current/$host$uri/index.html @app`` for ``$uri`` ending in
+``/`` (and ``location ~ /\\. { deny all; }``); names starting with a dot never come from a URL.
+
+Every write is a temporary file in the target directory and an ``os.replace``; nothing is ever
+unlinked first. The sidecar records the identity (inode, size, mtime) of the body it describes, so a
+reader that catches a writer between the two renames sees a mismatch and retries; it never
+returns a body with another page's headers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from tenantkit.errors import CacheError
+
+__all__ = ["CacheStats", "CachedPage", "FillTicket", "PageCache", "page_key"]
+
+log = logging.getLogger(__name__)
+
+BODY = "index.html"
+META = ".meta.json"
+STALE_BODY = ".stale.html"
+STALE_META = ".stale.json"
+QUERY_TREE = ".q"
+TAGS = ".tags"
+PURGED = ".purged"
+LOCKS = ".locks"
+FLUSHED = ".flushed"
+
+MAX_SEGMENT = 200
+MAX_DEPTH = 32
+MAX_NGINX_PATH = 1024
+MAX_TAG = 200
+READ_RETRIES = 3
+
+_SAFE_HOST = re.compile(r"[a-z0-9_-]{1,63}(?:\.[a-z0-9_-]{1,63})*|\[[0-9a-f:.]{2,45}\]").fullmatch
+# Path segments that may become directory names of the nginx tree: no dot first (that rules
+# out ".", "..", our sidecars and temp files), nothing a shell or nginx would treat oddly.
+_SAFE_SEGMENT = re.compile(r"[A-Za-z0-9_~!$&'()*+,;=:@%-][A-Za-z0-9._~!$&'()*+,;=:@%-]*").fullmatch
+_SAFE_TAG = re.compile(r"[A-Za-z0-9_:=@+-][A-Za-z0-9_:=@+.-]{0,99}").fullmatch
+
+
+def _hash(*parts: str) -> str:
+    digest = hashlib.sha256("\0".join(parts).encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+def _check_host(host: str) -> str:
+    normal = host.lower().removesuffix(".") if isinstance(host, str) else ""
+    if not _SAFE_HOST(normal) or len(normal) > 253:
+        shown = host if not isinstance(host, str) or len(host) <= 80 else host[:77] + "..."
+        raise CacheError(
+            f"page cache: host {shown!r} is not a normalised host name (pass the request's "
+            "host after normalize_host: lowercase, no port, IPv6 in brackets)"
+        )
+    return normal
+
+
+def page_key(host: str, path: str, query: str = "") -> str:
+    """The page's directory relative to a generation: ``host/a/b`` for nginx-servable keys,
+    ``.q/host/ab/<sha256>`` for every other key. Raises :class:`CacheError` for a bad host or a
+    path that does not start with ``/``."""
+    normal = _check_host(host)
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise CacheError(f"page cache: path {path!r} must start with '/' (pass the URL path)")
+    if not query and path.endswith("/") and len(path) <= MAX_NGINX_PATH:
+        segments = path[1:-1].split("/") if path != "/" else []
+        if len(segments) <= MAX_DEPTH and all(
+            len(s) <= MAX_SEGMENT and _SAFE_SEGMENT(s) for s in segments
+        ):
+            return "/".join([normal, *segments])
+    digest = _hash(normal, path, query)
+    return f"{QUERY_TREE}/{normal}/{digest[:2]}/{digest}"
+
+
+def _tag_name(tag: str) -> str:
+    if not isinstance(tag, str) or not tag:
+        raise CacheError(f"page cache: tag {tag!r} must be a non-empty string")
+    return "t-" + tag if _SAFE_TAG(tag) else "h-" + _hash(tag)
+
+
+def _url_name(host: str, path: str) -> str:
+    return "u-" + _hash(host, path)[:40]
+
+
+@dataclass(frozen=True)
+class CachedPage:
+    """A page from the cache. ``stale`` pages were purged or expired and may be served only
+    while someone re-renders them."""
+
+    body: bytes
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    tags: tuple[str, ...]
+    created: float
+    ttl: int
+    age: float
+    stale: bool = False
+
+
+@dataclass
+class CacheStats:
+    """Counters of this process plus the on-disk size of the current generation."""
+
+    generation: str
+    pages: int
+    bytes: int
+    hits: int
+    stale_hits: int
+    misses: int
+    puts: int
+    refused: int
+    purged: int
+    flushes: int
+    evicted: int
+
+
+class FillTicket:
+    """Returned by :meth:`PageCache.begin_fill`: remembers when the render began (the fill
+    guard) and holds the key's fill lock when ``leader`` is true. Use it as a context
+    manager; the lock is released on exit, whatever happens."""
+
+    def __init__(self, cache: PageCache, key: str, host: str, path: str, generation: str,
+                 started_ns: int, lock_path: Path, lock_ino: int | None) -> None:
+        self.cache = cache
+        self.key = key
+        self.host = host
+        self.path = path
+        self.generation = generation
+        self.started_ns = started_ns
+        self._lock_path = lock_path
+        self._lock_ino = lock_ino
+
+    @property
+    def leader(self) -> bool:
+        """True when this caller holds the key's fill lock (it should re-render)."""
+        return self._lock_ino is not None
+
+    def release(self) -> None:
+        if self._lock_ino is None:
+            return
+        ino, self._lock_ino = self._lock_ino, None
+        try:
+            if os.stat(self._lock_path).st_ino == ino:  # still ours, not stolen after a timeout
+                os.unlink(self._lock_path)
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self) -> FillTicket:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.release()
+
+
+@dataclass
+class _Counters:
+    hits: int = 0
+    stale_hits: int = 0
+    misses: int = 0
+    puts: int = 0
+    refused: int = 0
+    purged: int = 0
+    flushes: int = 0
+    evicted: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self.lock:
+            setattr(self, name, getattr(self, name) + n)
+
+
+class PageCache:
+    """The page cache of one site, rooted at ``cache_dir/<site>/pages``.
+
+    ``ttl``: seconds a page is fresh; ``stale_seconds``: how long a purged or expired page may
+    still be served while one caller re-renders it; ``max_bytes``: the oldest pages go when
+    the current generation grows past it; ``fill_timeout``: a fill lock older than this is
+    taken over (its holder is presumed dead); ``clock``: wall-clock seconds (tests pass a fake).
+    """
+
+    def __init__(self, root: str | os.PathLike[str], *, ttl: int = 300, stale_seconds: int = 30,
+                 max_bytes: int | None = None, fill_timeout: float = 30.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.root = Path(root)
+        self.ttl = ttl
+        self.stale_seconds = stale_seconds
+        self.max_bytes = max_bytes
+        self.fill_timeout = fill_timeout
+        self.clock = clock
+        self._current = str(self.root / "current")
+        self._previous = str(self.root / "previous")
+        self._counters = _Counters()
+        # Sidecars already parsed, keyed by page directory, valid while the body's identity
+        # matches: a hit then costs one open, fstat and read, like a plain file cache.
+        self._meta_memo: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+        self._bytes_since_check = 0
+        self._last_size_check = 0.0
+        self._size_lock = threading.Lock()
+        self._ensure_root()
+
+    # --- layout ---------------------------------------------------------------------------
+
+    def _ensure_root(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            (self.root / LOCKS).mkdir(exist_ok=True)
+        except OSError as exc:
+            raise CacheError(
+                f"page cache {self.root}: cannot create the directory: {exc.strerror} "
+                "(check that cache_dir exists and is writable)"
+            ) from exc
+        if not os.path.islink(self._current):
+            self._swap_current(self._new_generation())
+
+    def generation(self) -> str:
+        """The name of the current generation (``g1``, ``g2``, ...)."""
+        while True:
+            try:
+                return os.readlink(self._current)
+            except FileNotFoundError:  # someone removed it: start over
+                self._ensure_root()
+            except OSError as exc:
+                raise CacheError(f"page cache {self.root}: 'current' is not a symlink ({exc})"
+                                 ) from exc
+
+    def _new_generation(self) -> str:
+        numbers = [int(m.group(1)) for name in os.listdir(self.root)
+                   if (m := re.fullmatch(r"g(\d+)", name))]
+        number = max(numbers, default=0) + 1
+        while True:
+            name = f"g{number}"
+            try:
+                os.mkdir(self.root / name)
+                return name
+            except FileExistsError:
+                number += 1
+
+    def _swap_link(self, link: str, target: str) -> None:
+        tmp = f"{link}.{secrets.token_hex(6)}.tmp"
+        os.symlink(target, tmp)
+        try:
+            os.replace(tmp, link)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def _swap_current(self, generation: str) -> None:
+        self._swap_link(self._current, generation)
+
+    # --- reads ----------------------------------------------------------------------------
+
+    def _read_page(self, directory: str, body_name: str, meta_name: str
+                   ) -> tuple[bytes, dict[str, Any]] | None:
+        for _ in range(READ_RETRIES):
+            try:
+                with open(os.path.join(directory, body_name), "rb") as f:
+                    st = os.fstat(f.fileno())
+                    ident = (st.st_ino, st.st_size, st.st_mtime_ns)
+                    body = f.read()
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            memo = self._meta_memo.get(directory + body_name)
+            if memo is not None and memo[0] == ident:
+                return body, memo[1]
+            try:
+                with open(os.path.join(directory, meta_name), "rb") as f:
+                    meta = json.loads(f.read())
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except (OSError, ValueError) as exc:
+                log.warning("page cache: unreadable sidecar in %s: %s", directory, exc)
+                return None
+            if (isinstance(meta, dict) and meta.get("ident") == list(ident)
+                    and len(body) == ident[1]):
+                if len(self._meta_memo) > 4096:
+                    self._meta_memo.clear()
+                self._meta_memo[directory + body_name] = (ident, meta)
+                return body, meta
+            # A writer is between its two renames, or a purge between its two moves: retry.
+        return None
+
+    def _page(self, body: bytes, meta: dict[str, Any], now: float, stale: bool) -> CachedPage:
+        created = float(meta["created"])
+        return CachedPage(
+            body=body, status=int(meta["status"]),
+            headers=tuple((str(k), str(v)) for k, v in meta["headers"]),
+            tags=tuple(meta["tags"]), created=created, ttl=int(meta["ttl"]),
+            age=max(0.0, now - created), stale=stale,
+        )
+
+    def get(self, host: str, path: str, query: str = "") -> CachedPage | None:
+        """The cached page, fresh or (``stale=True``) within its stale window, else None.
+
+        A page stops being fresh when it expires or is purged (a flush purges every page),
+        whichever comes first; it may be served stale for ``stale_seconds`` after that.
+        """
+        key = page_key(host, path, query)
+        now = self.clock()
+        directory = f"{self._current}/{key}"
+        found = self._read_page(directory, BODY, META)
+        if found is None:
+            found = self._read_page(directory, STALE_BODY, STALE_META)
+        if found is None:
+            found = self._from_previous(key)
+        if found is None:
+            self._counters.add("misses")
+            return None
+        body, meta = found
+        end = float(meta["created"]) + float(meta["ttl"])
+        if "purged" in meta:
+            end = min(end, float(meta["purged"]))
+        if now < end:
+            self._counters.add("hits")
+            return self._page(body, meta, now, False)
+        if now < end + self.stale_seconds:
+            self._counters.add("stale_hits")
+            return self._page(body, meta, now, True)
+        self._counters.add("misses")
+        return None
+
+    def _from_previous(self, key: str) -> tuple[bytes, dict[str, Any]] | None:
+        """The key's page in the generation before the last flush: purged at that flush."""
+        try:
+            with open(os.path.join(self._previous, FLUSHED), "rb") as f:
+                flushed = float(f.read())
+        except (FileNotFoundError, NotADirectoryError, ValueError):
+            return None
+        directory = f"{self._previous}/{key}"
+        found = self._read_page(directory, STALE_BODY, STALE_META)
+        if found is None:
+            found = self._read_page(directory, BODY, META)
+        if found is None:
+            return None
+        body, meta = found
+        return body, {**meta, "purged": min(flushed, float(meta.get("purged", flushed)))}
+
+    # --- fills ----------------------------------------------------------------------------
+
+    def begin_fill(self, host: str, path: str, query: str = "") -> FillTicket:
+        """Start a render of this key: records the time (so that :meth:`put` can refuse a page
+        a purge has overtaken) and tries, without waiting, to take the key's fill lock."""
+        key = page_key(host, path, query)
+        started = time.time_ns()
+        generation = self.generation()
+        lock_path = self.root / LOCKS / _hash(key)[:40]
+        return FillTicket(self, key, _check_host(host), path, generation, started, lock_path,
+                          self._try_lock(lock_path))
+
+    def _try_lock(self, lock_path: Path) -> int | None:
+        for _ in range(2):
+            try:
+                fd = os.open(lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    age = time.time() - os.stat(lock_path).st_mtime
+                except FileNotFoundError:
+                    continue  # released meanwhile: try again
+                if age < self.fill_timeout:
+                    return None
+                log.warning("page cache: fill lock %s is %.0fs old: taking it over", lock_path, age)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(lock_path)
+                continue
+            except FileNotFoundError:
+                (self.root / LOCKS).mkdir(parents=True, exist_ok=True)
+                continue
+            try:
+                return os.fstat(fd).st_ino
+            finally:
+                os.close(fd)
+        return None
+
+    def _purged_since(self, generation: str, names: Iterable[str], since_ns: int) -> bool:
+        base = self.root / generation / PURGED
+        for name in names:
+            try:
+                if os.stat(base / name).st_mtime_ns >= since_ns:
+                    return True
+            except FileNotFoundError:
+                continue
+        return False
+
+    # --- writes ---------------------------------------------------------------------------
+
+    def _write_atomic(self, directory: str, name: str, data: bytes) -> tuple[int, int, int]:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                # Inode numbers are reused at once on ext4: the modification time (to the
+                # nanosecond, nginx's Last-Modified) makes the identity unique.
+                stamp = time.time_ns()
+                os.utime(f.fileno(), ns=(stamp, stamp))
+                st = os.fstat(f.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, os.path.join(directory, name))
+            tmp = ""
+            return st.st_ino, st.st_size, st.st_mtime_ns
+        finally:
+            if tmp:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+
+    def put(self, host: str, path: str, body: bytes, *, query: str = "", status: int = 200,
+            headers: Iterable[tuple[str, str]] = (), tags: Iterable[str] = (),
+            ttl: int | None = None, ticket: FillTicket | None = None) -> bool:
+        """Store a page. False (and nothing stored) when ``ticket`` shows that a purge or flush
+        touching this key or its tags happened after the render began."""
+        key = page_key(host, path, query)
+        normal_host = _check_host(host)
+        tags = tuple(dict.fromkeys(tags))
+        marker_names = [_url_name(normal_host, path), *(_tag_name(t) for t in tags)]
+        generation = self.generation()
+        if ticket is not None and (
+            ticket.generation != generation
+            or self._purged_since(generation, marker_names, ticket.started_ns)
+        ):
+            self._counters.add("refused")
+            return False
+        gen_dir = self.root / generation
+        directory = str(gen_dir / key)
+        try:
+            os.makedirs(directory, exist_ok=True)
+            ident = self._write_atomic(directory, BODY, bytes(body))
+            meta = {
+                "status": int(status), "headers": [[str(k), str(v)] for k, v in headers],
+                "tags": list(tags), "created": self.clock(),
+                "ttl": self.ttl if ttl is None else int(ttl), "ident": list(ident),
+                "host": normal_host, "path": path, "query": query,
+            }
+            self._write_atomic(directory, META, json.dumps(meta).encode())
+            for name in marker_names:
+                self._index(gen_dir, name, key)
+        except FileNotFoundError:
+            return False  # the generation was deleted under us by a flush: nothing to keep
+        except OSError as exc:
+            raise CacheError(f"page cache {self.root}: cannot store {key}: {exc}") from exc
+        for stale in (STALE_BODY, STALE_META):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(directory, stale))
+        # A purge may have run between the check above and the write: its marker is set
+        # before it moves pages, so looking again now catches it.
+        if ticket is not None and (
+            self.generation() != generation
+            or self._purged_since(generation, marker_names, ticket.started_ns)
+        ):
+            self._move_stale(gen_dir / key, self.clock())
+            self._counters.add("refused")
+            return False
+        self._counters.add("puts")
+        if self.max_bytes is not None:
+            self._account(len(body))
+        return True
+
+    def _index(self, gen_dir: Path, name: str, key: str) -> None:
+        index = gen_dir / TAGS / name
+        entry = index / _hash(key)[:32]
+        try:
+            os.symlink(key, entry)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:
+            index.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                os.symlink(key, entry)
+
+    # --- purges ---------------------------------------------------------------------------
+
+    def _mark(self, gen_dir: Path, name: str) -> None:
+        marker = gen_dir / PURGED / name
+        now = time.time_ns()
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_WRONLY, 0o644)
+        except FileNotFoundError:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(marker, os.O_CREAT | os.O_WRONLY, 0o644)
+        os.close(fd)
+        os.utime(marker, ns=(now, now))
+
+    def _move_stale(self, directory: Path, now: float) -> bool:
+        """Move a page out of nginx's way, keeping it as the stale copy."""
+        try:
+            os.replace(directory / BODY, directory / STALE_BODY)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        try:
+            with open(directory / META, "rb") as f:
+                meta = json.loads(f.read())
+            meta["purged"] = now
+            self._write_atomic(str(directory), STALE_META, json.dumps(meta).encode())
+        except (OSError, ValueError):
+            pass  # the stale copy is then unusable, which only means a miss
+        return True
+
+    def _purge_names(self, names: Iterable[str]) -> int:
+        generation = self.generation()
+        gen_dir = self.root / generation
+        now = self.clock()
+        count = 0
+        for name in names:
+            try:
+                self._mark(gen_dir, name)
+            except FileNotFoundError:
+                return count  # the generation is gone: a flush beat us to it
+            index = gen_dir / TAGS / name
+            try:
+                entries = list(os.scandir(index))
+            except FileNotFoundError:
+                continue
+            for entry in entries:
+                try:
+                    key = os.readlink(entry.path)
+                except OSError:
+                    continue
+                if key.startswith(("/", "..")) or "/../" in key:
+                    continue  # not one of ours
+                count += self._move_stale(gen_dir / key, now)
+        self._counters.add("purged", count)
+        return count
+
+    def purge_tags(self, tags: Iterable[str]) -> int:
+        """Purge every page carrying any of ``tags``; returns how many pages went stale."""
+        return self._purge_names([_tag_name(t) for t in tags])
+
+    def purge_paths(self, host: str | None, paths: Iterable[str]) -> int:
+        """Purge these URL paths (with any query string) of ``host``, or of every host when
+        ``host`` is None. Returns how many pages went stale."""
+        paths = list(paths)
+        for path in paths:
+            if not isinstance(path, str) or not path.startswith("/"):
+                raise CacheError(f"page cache: path {path!r} must start with '/'")
+        if host is None:
+            gen_dir = self.root / self.generation()
+            try:
+                hosts = [e.name for e in os.scandir(gen_dir)
+                         if not e.name.startswith(".") and _SAFE_HOST(e.name)]
+            except FileNotFoundError:
+                hosts = []
+            # Hosts seen only in the query tree count too.
+            with contextlib.suppress(FileNotFoundError):
+                hosts += [e.name for e in os.scandir(gen_dir / QUERY_TREE) if _SAFE_HOST(e.name)]
+        else:
+            hosts = [_check_host(host)]
+        return self._purge_names(
+            [_url_name(h, p) for h in dict.fromkeys(hosts) for p in paths]
+        )
+
+    def flush(self) -> str:
+        """Purge the whole site: a new empty generation becomes ``current``; the old one is
+        kept as ``previous`` (served stale for ``stale_seconds``) and older ones are deleted in
+        the background. Returns the new generation's name."""
+        old = self.generation()
+        new = self._new_generation()
+        with contextlib.suppress(FileNotFoundError):
+            self._write_atomic(str(self.root / old), FLUSHED, repr(self.clock()).encode())
+        self._swap_link(self._previous, old)
+        self._swap_current(new)
+        self._counters.add("flushes")
+        self._meta_memo.clear()
+        self.sweep(keep=(new, old))
+        return new
+
+    def sweep(self, keep: Iterable[str] | None = None) -> list[str]:
+        """Delete, in a background thread, generations that are neither current nor (within
+        its stale window) previous. Returns the names being deleted."""
+        if keep is None:
+            keep = {self.generation()}
+            try:
+                previous = os.readlink(self._previous)
+                with open(os.path.join(self._previous, FLUSHED), "rb") as f:
+                    if self.clock() < float(f.read()) + self.stale_seconds:
+                        keep.add(previous)
+            except (FileNotFoundError, ValueError):
+                pass
+        keep = set(keep)
+        doomed = []
+        for name in os.listdir(self.root):
+            if re.fullmatch(r"g\d+", name) and name not in keep:
+                trash = self.root / f".trash-{name}-{secrets.token_hex(4)}"
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(self.root / name, trash)
+                    doomed.append(str(trash))
+        if doomed:
+            thread = threading.Thread(target=_delete_trees, args=(doomed,),
+                                      name="tenantkit-cache-sweep", daemon=True)
+            thread.start()
+        return doomed
+
+    # --- size -----------------------------------------------------------------------------
+
+    def _account(self, size: int) -> None:
+        assert self.max_bytes is not None
+        with self._size_lock:
+            self._bytes_since_check += size
+            due = (self._bytes_since_check > self.max_bytes // 10
+                   or time.monotonic() - self._last_size_check > 10)
+            if not due:
+                return
+            self._bytes_since_check = 0
+            self._last_size_check = time.monotonic()
+        self.evict()
+
+    def _scan(self) -> list[tuple[float, int, Path]]:
+        """(created, bytes, page dir) of every page in the current generation."""
+        gen_dir = self.root / self.generation()
+        pages = []
+        for dirpath, dirnames, filenames in os.walk(gen_dir):
+            if dirpath == str(gen_dir):
+                dirnames[:] = [d for d in dirnames if d not in (TAGS, PURGED)]
+            size = 0
+            created = None
+            for name in filenames:
+                if name in (BODY, STALE_BODY, META, STALE_META):
+                    try:
+                        st = os.stat(os.path.join(dirpath, name))
+                    except FileNotFoundError:
+                        continue
+                    size += st.st_size
+                    if name in (BODY, STALE_BODY):
+                        created = st.st_mtime if created is None else min(created, st.st_mtime)
+            if created is not None:
+                pages.append((created, size, Path(dirpath)))
+        return pages
+
+    def evict(self) -> int:
+        """Remove the oldest pages until the current generation is under ``max_bytes``."""
+        if self.max_bytes is None:
+            return 0
+        pages = self._scan()
+        total = sum(size for _, size, _ in pages)
+        evicted = 0
+        for _, size, directory in sorted(pages, key=lambda p: p[0]):
+            if total <= self.max_bytes:
+                break
+            for name in (BODY, STALE_BODY, META, STALE_META):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(directory / name)
+            total -= size
+            evicted += 1
+        self._counters.add("evicted", evicted)
+        return evicted
+
+    def stats(self) -> CacheStats:
+        pages = self._scan()
+        c = self._counters
+        return CacheStats(
+            generation=self.generation(), pages=len(pages), bytes=sum(p[1] for p in pages),
+            hits=c.hits, stale_hits=c.stale_hits, misses=c.misses, puts=c.puts,
+            refused=c.refused, purged=c.purged, flushes=c.flushes, evicted=c.evicted,
+        )
+
+
+def _delete_trees(paths: list[str]) -> None:
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
+
+

@@ -1,0 +1,128 @@
+"""PageCache against a plain dict model, with a fake clock."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from tenantkit.cache.pagecache import PageCache
+
+TTL = 50
+STALE = 10
+HOSTS = ["a.example", "b.example"]
+PATHS = ["/", "/x/", "/x/y/", "/z", "/../"]
+QUERIES = ["", "p=1"]
+TAGS = ["post:1", "post:2", "home", "feed"]
+
+keys = st.tuples(st.sampled_from(HOSTS), st.sampled_from(PATHS), st.sampled_from(QUERIES))
+
+
+@dataclass
+class Entry:
+    body: bytes
+    tags: frozenset[str]
+    created: float
+    generation: int
+    purged: float | None = None
+
+
+@dataclass
+class Model:
+    now: float = 1000.0
+    generation: int = 1
+    pages: dict[tuple[str, str, str], Entry] = field(default_factory=dict)
+    # Tags a key was ever stored with in the current generation: the index over-purges.
+    indexed: dict[tuple[str, str, str], set[str]] = field(default_factory=dict)
+
+    def expect(self, key: tuple[str, str, str]) -> tuple[bytes, bool] | None:
+        entry = self.pages.get(key)
+        if entry is None:
+            return None
+        end = entry.created + TTL
+        if entry.purged is not None:
+            end = min(end, entry.purged)
+        if self.now < end:
+            return entry.body, False
+        if self.now < end + STALE:
+            return entry.body, True
+        return None
+
+    def purge(self, key: tuple[str, str, str]) -> None:
+        entry = self.pages.get(key)
+        if entry is not None and entry.generation == self.generation and entry.purged is None:
+            entry.purged = self.now
+
+
+class PageCacheMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp(prefix="tk-model-"))
+        self.model = Model()
+        self.cache = PageCache(self.dir / "pages", ttl=TTL, stale_seconds=STALE,
+                               clock=lambda: self.model.now)
+        self.counter = 0
+
+    def teardown(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    @rule(key=keys, tags=st.frozensets(st.sampled_from(TAGS), max_size=2))
+    def put(self, key: tuple[str, str, str], tags: frozenset[str]) -> None:
+        self.counter += 1
+        body = f"{key}:{self.counter}".encode()
+        host, path, query = key
+        assert self.cache.put(host, path, body, query=query, tags=sorted(tags))
+        self.model.pages[key] = Entry(body, tags, self.model.now, self.model.generation)
+        self.model.indexed.setdefault(key, set()).update(tags)
+
+    @rule(key=keys)
+    def get(self, key: tuple[str, str, str]) -> None:
+        host, path, query = key
+        page = self.cache.get(host, path, query)
+        expected = self.model.expect(key)
+        got = None if page is None else (page.body, page.stale)
+        assert got == expected
+
+    @rule(tag=st.sampled_from(TAGS))
+    def purge_tag(self, tag: str) -> None:
+        self.cache.purge_tags([tag])
+        for key, tags in self.model.indexed.items():
+            if tag in tags:
+                self.model.purge(key)
+
+    @rule(host=st.sampled_from(HOSTS), path=st.sampled_from(PATHS))
+    def purge_path(self, host: str, path: str) -> None:
+        self.cache.purge_paths(host, [path])
+        for key in list(self.model.pages):
+            if key[0] == host and key[1] == path:
+                self.model.purge(key)
+
+    @rule()
+    def flush(self) -> None:
+        self.cache.flush()
+        model = self.model
+        for key, entry in list(model.pages.items()):
+            if entry.generation < model.generation:
+                del model.pages[key]
+            elif entry.purged is None:
+                entry.purged = model.now
+        model.generation += 1
+        model.indexed.clear()
+
+    @rule(seconds=st.sampled_from([1, 5, 9, 10, 30, 49, 50, 61]))
+    def tick(self, seconds: int) -> None:
+        self.model.now += seconds
+
+    @invariant()
+    def generation_matches(self) -> None:
+        assert self.cache.generation() == f"g{self.model.generation}"
+
+
+PageCacheMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30,
+                                              deadline=None)
+TestPageCacheModel = PageCacheMachine.TestCase
