@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from tenantkit.config import Settings, mask_url
-from tenantkit.errors import ConfigError, TenantkitError
+from tenantkit.errors import ConfigError, ForumMapError, TenantkitError
 
 __all__ = ["ScriptInfo", "TenantkitUsageError", "cli", "main"]
 
@@ -93,6 +93,63 @@ def show_config(info: ScriptInfo) -> None:
         if data["web"][key]:
             data["web"][key] = "********"
     click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+# --- punbb-config (issue 9) -------------------------------------------------------------------
+
+@cli.command("punbb-config")
+@click.argument("sites", nargs=-1)
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the map to this file (atomically, mode 0640) instead of stdout; "
+                   "PunBB reads <punbb>/tenantkit_forums.php, or the file named by "
+                   "TENANTKIT_PUNBB_MAP.")
+@click.option("--events-helper", type=click.Path(dir_okay=False),
+              help="Path of contrib/tenantkit-events.php as the web server sees it "
+                   "(default: <punbb>/include/tenantkit-events.php).")
+@click.option("--create-dirs", is_flag=True,
+              help="Create each forum's cache_dir/<site>/app/ and .purge/ when missing.")
+@pass_info
+def punbb_config(info: ScriptInfo, sites: tuple[str, ...], output: Path | None,
+                 events_helper: str | None, create_dirs: bool) -> None:
+    """Print the PunBB forum map for contrib/punbb.diff.
+
+    Covers every site whose file has [meta] app = "punbb", or only the SITES named. The map
+    holds database passwords: keep it readable by the web server only.
+    """
+    from tenantkit.punbb import build_forum_map, render_forum_map, write_forum_map
+    from tenantkit.registry import Registry
+
+    registry = Registry.load(info.settings)
+    for path, error in sorted(registry.errors.items()):
+        click.echo(f"warning: {path}: {error} (left out of the forum map)", err=True)
+    try:
+        forum_map = build_forum_map(registry.sites.values(), info.settings,
+                                    names=list(sites) or None, events_helper=events_helper)
+    except ForumMapError as exc:
+        raise TenantkitUsageError(str(exc)) from exc
+    for item in forum_map.skipped:
+        click.echo(f"warning: regex host pattern left out of the forum map: {item}", err=True)
+    if not forum_map.forums:
+        click.echo(f'warning: no site in {info.settings.sites_dir} has [meta] app = "punbb"; '
+                   "the map serves no forum", err=True)
+    if create_dirs:
+        for forum in forum_map.forums.values():
+            for directory in (forum.cache_dir, forum.purge_dir):
+                try:
+                    Path(directory).mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise TenantkitFailure(f"cannot create {directory}: {exc.strerror} "
+                                           "(check the permissions of cache_dir)") from exc
+    text = render_forum_map(forum_map)
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        write_forum_map(output, text)
+    except OSError as exc:
+        raise TenantkitFailure(f"cannot write {output}: {exc.strerror} (check that its "
+                               "directory exists and is writable)") from exc
+    click.echo(f"wrote {output}: {len(forum_map.forums)} forum(s)", err=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,7 +6,8 @@
      ├── ConfigError            tenantkit.toml or a TENANTKIT_* variable is wrong
      ├── SiteError
      │    ├── SiteFileError     a site file cannot be parsed or validated
-     │    └── InvalidHost       a host name or pattern is not acceptable
+     │    ├── InvalidHost       a host name or pattern is not acceptable
+     │    └── ForumMapError     sites cannot be turned into a PunBB forum map
      ├── ProvisionError         provisioning or deprovisioning a site failed
      ├── DatabaseError
      │    ├── PrimaryUnavailable  the primary cannot be reached; writes cannot proceed
@@ -32,6 +33,7 @@ __all__ = [
     "CacheError",
     "ConfigError",
     "DatabaseError",
+    "ForumMapError",
     "InvalidHost",
     "MalformedEvent",
     "PrimaryUnavailable",
@@ -62,6 +64,10 @@ class SiteFileError(SiteError):
 
 class InvalidHost(SiteError, ValueError):
     """A Host header or host pattern failed normalisation."""
+
+
+class ForumMapError(SiteError):
+    """Sites cannot be turned into a PunBB forum map (``tenantkit punbb-config``)."""
 
 
 class ProvisionError(TenantkitError):
