@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 import unidiff
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tenantkit.config import Settings
+from tenantkit.hosts import normalize_host
 from tenantkit.punbb import build_forum_map, render_forum_map
 from tenantkit.sites import Backend, Site, SiteDatabase
 
@@ -260,3 +263,68 @@ def test_map_named_by_environment(php: str, tmp_path: Path) -> None:
         response = Browser(port, "a.test").get("/probe.php")
     assert response.status == 500
     assert "does not exist" in response.text
+
+
+# --- PHP picks what Python picks --------------------------------------------------------------
+
+LOOKUP = """<?php
+define('FORUM_ROOT', __DIR__.'/');
+require FORUM_ROOT.'include/tenantkit.php';
+require FORUM_ROOT.'include/tenantkit-events.php';
+$input = json_decode(stream_get_contents(STDIN), true);
+$map = include $input['map'];
+$out = array();
+foreach ($input['hosts'] as $raw) {
+    $host = tenantkit_normalize_host($raw);
+    $out[] = ($host === null) ? null : tenantkit_punbb_find_forum($map, $host);
+}
+echo json_encode($out);
+"""
+
+LABELS = ("a", "b", "forum", "test")
+label_paths = st.lists(st.sampled_from(LABELS), min_size=1, max_size=4).map(".".join)
+patterns = st.one_of(label_paths, label_paths.map(lambda p: "*." + p),
+                     label_paths.map(lambda p: "." + p), label_paths.map(lambda p: p + ".*"))
+raw_hosts = st.one_of(
+    label_paths,
+    st.tuples(label_paths, st.sampled_from(["", ".", ":8080", ".:443"]), st.booleans()).map(
+        lambda t: (t[0].upper() if t[2] else t[0]) + t[1]),
+)
+
+
+@pytest.fixture(scope="module")
+def lookup_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("punbb-lookup")
+    write_tenantkit_php(root)
+    (root / "lookup.php").write_text(LOOKUP)
+    return root
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(table=st.dictionaries(st.sampled_from(("s1", "s2", "s3")),
+                             st.lists(patterns, min_size=1, max_size=4), min_size=1),
+       forums=st.sets(st.sampled_from(("s1", "s2", "s3"))),
+       hosts=st.lists(raw_hosts, min_size=1, max_size=40))
+def test_php_lookup_agrees_with_python(php: str, lookup_dir: Path, table: dict[str, list[str]],
+                                       forums: set[str], hosts: list[str]) -> None:
+    sites = [
+        Site(name=name, hosts=tuple(pats), backend=Backend(type="proxy", url="http://x"),
+             database=SiteDatabase(primary="mysql+pymysql://u:p@db/forums",
+                                   table_prefix=f"{name}_"),
+             meta={"app": "punbb", "base_url": "http://x.test"} if name in forums else {},
+             cache_root=lookup_dir / name)
+        for name, pats in table.items()
+    ]
+    forum_map = build_forum_map(sites, Settings(cache_dir=lookup_dir))
+    map_file = lookup_dir / "map.php"
+    map_file.write_text(render_forum_map(forum_map))
+    proc = subprocess.run([php, str(lookup_dir / "lookup.php")],
+                          input=json.dumps({"map": str(map_file), "hosts": hosts}),
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert proc.returncode == 0 and not proc.stderr, proc.stdout + proc.stderr
+    expected = []
+    for raw in hosts:
+        host = normalize_host(raw)
+        expected.append(forum_map.lookup(host))
+    assert json.loads(proc.stdout) == expected
