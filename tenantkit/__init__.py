@@ -19,7 +19,9 @@ from tenantkit.cache.events import (
 )
 from tenantkit.cache.pagecache import CachedPage, FillTicket, PageCache
 from tenantkit.config import Settings, mask_url
+from tenantkit.db.classify import statement_role
 from tenantkit.db.compress import CompressedConnection, CompressionUnavailableWarning, WireStats
+from tenantkit.db.router import ConsistencyToken, Router, TokenScope
 from tenantkit.errors import (
     BusError,
     CacheError,
@@ -27,6 +29,7 @@ from tenantkit.errors import (
     DatabaseError,
     ForumMapError,
     InvalidHost,
+    InvalidToken,
     MalformedEvent,
     PrimaryUnavailable,
     ProtocolError,
@@ -62,12 +65,14 @@ __all__ = [
     "CompressionUnavailableWarning",
     "ConfigError",
     "Conflict",
+    "ConsistencyToken",
     "DatabaseError",
     "FillTicket",
     "ForumMapError",
     "HostIndex",
     "InvalidHost",
     "InvalidSiteName",
+    "InvalidToken",
     "MalformedEvent",
     "PageCache",
     "PostDeleted",
@@ -79,6 +84,7 @@ __all__ = [
     "Registry",
     "ReloadReport",
     "ReplicaUnavailable",
+    "Router",
     "Settings",
     "Site",
     "SiteCache",
@@ -88,6 +94,7 @@ __all__ = [
     "SiteFileError",
     "SiteWatcher",
     "TenantkitError",
+    "TokenScope",
     "WireStats",
     "from_json",
     "load_site",
@@ -95,6 +102,7 @@ __all__ = [
     "normalize_host",
     "normalize_pattern",
     "request_host",
+    "statement_role",
     "to_json",
     "validate_name",
 ]

@@ -11,7 +11,8 @@
      ├── ProvisionError         provisioning or deprovisioning a site failed
      ├── DatabaseError
      │    ├── PrimaryUnavailable  the primary cannot be reached; writes cannot proceed
-     │    └── ReplicaUnavailable  no replica can serve a read
+     │    ├── ReplicaUnavailable  no replica can serve a read
+     │    └── InvalidToken      a consistency token (cookie) is not one tenantkit wrote
      ├── ProtocolError          a peer broke a wire protocol (compressed MySQL frames, ...)
      ├── CacheError             a page cache path or file is unusable
      └── BusError               the invalidation bus cannot publish or consume
@@ -35,6 +36,7 @@ __all__ = [
     "DatabaseError",
     "ForumMapError",
     "InvalidHost",
+    "InvalidToken",
     "MalformedEvent",
     "PrimaryUnavailable",
     "ProtocolError",
@@ -84,6 +86,10 @@ class PrimaryUnavailable(DatabaseError):
 
 class ReplicaUnavailable(DatabaseError):
     """No replica can serve a read."""
+
+
+class InvalidToken(DatabaseError, ValueError):
+    """A serialised consistency token is malformed (a forged or truncated cookie)."""
 
 
 class ProtocolError(TenantkitError):

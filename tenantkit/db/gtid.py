@@ -15,9 +15,16 @@ databases have none: :func:`last_gtid` returns ``None`` and :func:`wait_for_gtid
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import Connection, text
 
-__all__ = ["is_mariadb", "last_gtid", "wait_for_gtid"]
+__all__ = ["is_mariadb", "last_gtid", "last_gtid_dbapi", "wait_for_gtid", "wait_for_gtid_dbapi"]
+
+_LAST_GTID_MARIADB = "SELECT @@last_gtid"
+_LAST_GTID_MYSQL = "SELECT @@GLOBAL.gtid_executed"
+_WAIT_MARIADB = "SELECT MASTER_GTID_WAIT(%s, %s)"
+_WAIT_MYSQL = "SELECT WAIT_FOR_EXECUTED_GTID_SET(%s, %s)"
 
 
 def is_mariadb(conn: Connection) -> bool:
@@ -33,7 +40,7 @@ def last_gtid(conn: Connection) -> str | None:
     executed set (MySQL ``@@gtid_executed``); ``None`` where there are no GTIDs."""
     if not _is_mysql_family(conn):
         return None
-    sql = "SELECT @@last_gtid" if is_mariadb(conn) else "SELECT @@GLOBAL.gtid_executed"
+    sql = _LAST_GTID_MARIADB if is_mariadb(conn) else _LAST_GTID_MYSQL
     value = conn.execute(text(sql)).scalar()
     return str(value) if value else None
 
@@ -56,3 +63,33 @@ def wait_for_gtid(conn: Connection, gtid: str | None, timeout: float) -> bool:
         {"gtid": gtid, "timeout": timeout},
     ).scalar()
     return result == 0
+
+
+def last_gtid_dbapi(dbapi_connection: Any, *, mariadb: bool) -> str | None:
+    """:func:`last_gtid` on a raw DB-API connection (``format`` paramstyle: PyMySQL,
+    mysqlclient) of a MariaDB (*mariadb*) or MySQL server, as the router needs it right after
+    the DB-API ``commit()`` on that same connection."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(_LAST_GTID_MARIADB if mariadb else _LAST_GTID_MYSQL)
+        row = cursor.fetchone()
+    finally:
+        cursor.close()
+    value = row[0] if row else None
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    return str(value) if value else None
+
+
+def wait_for_gtid_dbapi(dbapi_connection: Any, gtid: str | None, timeout: float, *,
+                        mariadb: bool) -> bool:
+    """:func:`wait_for_gtid` on a raw DB-API connection (``format`` paramstyle)."""
+    if not gtid:
+        return True
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(_WAIT_MARIADB if mariadb else _WAIT_MYSQL, (gtid, timeout))
+        row = cursor.fetchone()
+    finally:
+        cursor.close()
+    return bool(row) and row[0] == 0
