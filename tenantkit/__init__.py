@@ -40,6 +40,11 @@ from tenantkit.errors import (
     TenantkitError,
 )
 from tenantkit.hosts import Conflict, HostIndex, normalize_host, normalize_pattern, request_host
+from tenantkit.provision import (
+    DeprovisionResult,
+    ProvisionResult,
+    ProvisionUsageError,
+)
 from tenantkit.registry import Registry, ReloadReport
 from tenantkit.sites import (
     Backend,
@@ -67,6 +72,7 @@ __all__ = [
     "Conflict",
     "ConsistencyToken",
     "DatabaseError",
+    "DeprovisionResult",
     "FillTicket",
     "ForumMapError",
     "HostIndex",
@@ -80,6 +86,8 @@ __all__ = [
     "PrimaryUnavailable",
     "ProtocolError",
     "ProvisionError",
+    "ProvisionResult",
+    "ProvisionUsageError",
     "Purge",
     "Registry",
     "ReloadReport",

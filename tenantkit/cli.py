@@ -152,6 +152,165 @@ def punbb_config(info: ScriptInfo, sites: tuple[str, ...], output: Path | None,
     click.echo(f"wrote {output}: {len(forum_map.forums)} forum(s)", err=True)
 
 
+# --- sites: provision, deprovision, sites, check (issue 3) ----------------------------------
+
+
+def _provision_errors(exc: Exception) -> click.ClickException:
+    """Bad arguments (ValueError subclasses) exit 2; failures exit 1."""
+    if isinstance(exc, ValueError):
+        return TenantkitUsageError(str(exc))
+    return TenantkitFailure(str(exc))
+
+
+@cli.command("provision")
+@click.argument("name")
+@click.option("--host", "hosts", multiple=True, metavar="HOST",
+              help="A host pattern (repeat for several): blog.example.org, *.example.org, "
+                   ".example.org, www.example.*, ~regex. Replaces the site's hosts.")
+@click.option("--backend", "backend_spec", metavar="wsgi:MODULE:ATTR",
+              help="Serve with an in-process WSGI app (or a factory called with the Site).")
+@click.option("--upstream", metavar="URL", help="Proxy to an HTTP upstream, e.g. "
+              "http://127.0.0.1:8080.")
+@click.option("--database", "db_primary", metavar="URL",
+              help="The site's primary database URL (default: the global settings).")
+@click.option("--replica", "replicas", multiple=True, metavar="URL",
+              help="A replica URL for reads (repeat for several).")
+@click.option("--table-prefix", metavar="PREFIX", help="Table name prefix, e.g. wp_.")
+@click.option("--owner", metavar="USER", help="Owner of the cache directories.")
+@click.option("--group", metavar="GROUP", help="Group of the cache directories.")
+@click.option("--dry-run", is_flag=True,
+              help="Validate and show what would change; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_info
+def provision_command(
+    info: ScriptInfo, name: str, hosts: tuple[str, ...], backend_spec: str | None,
+    upstream: str | None, db_primary: str | None, replicas: tuple[str, ...],
+    table_prefix: str | None, owner: str | None, group: str | None, dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Create or update site NAME: validate, create its cache tree, then write its site file.
+
+    Idempotent: a second identical run changes nothing and says so. Options left out keep
+    the site's current values.
+    """
+    from dataclasses import replace
+
+    from tenantkit.errors import ProvisionError
+    from tenantkit.provision import provision
+    from tenantkit.registry import Registry
+
+    if backend_spec and upstream:
+        raise TenantkitUsageError("give either --backend or --upstream, not both")
+    if backend_spec and not backend_spec.startswith("wsgi:"):
+        raise TenantkitUsageError(
+            f"--backend {backend_spec!r}: write wsgi:module:attr (or use --upstream URL)"
+        )
+    settings = info.settings
+    database = None
+    if db_primary is not None or replicas or table_prefix is not None:
+        current = Registry.load(settings).sites.get(name)
+        database = current.database if current else None
+        from tenantkit.sites import SiteDatabase
+
+        database = database or SiteDatabase()
+        database = replace(
+            database,
+            primary=db_primary if db_primary is not None else database.primary,
+            replicas=replicas or database.replicas,
+            table_prefix=table_prefix if table_prefix is not None else database.table_prefix,
+        )
+    try:
+        result = provision(
+            settings, name, list(hosts) if hosts else None,
+            backend=backend_spec or upstream, database=database,
+            owner=owner, group=group, dry_run=dry_run,
+        )
+    except (ValueError, ProvisionError) as exc:
+        raise _provision_errors(exc) from exc
+    if as_json:
+        click.echo(json.dumps({
+            "site": name, "path": str(result.path), "created": result.created,
+            "changed": result.changed, "dry_run": result.dry_run,
+            "changes": list(result.changes), "hosts": list(result.site.hosts),
+        }, indent=2))
+    else:
+        click.echo(result.summary())
+
+
+@cli.command("deprovision")
+@click.argument("name")
+@click.option("--keep-cache", is_flag=True, help="Keep the cache tree; remove only the site file.")
+@pass_info
+def deprovision_command(info: ScriptInfo, name: str, keep_cache: bool) -> None:
+    """Remove site NAME: its site file first, then its cache tree."""
+    from tenantkit.errors import ProvisionError
+    from tenantkit.provision import deprovision
+
+    try:
+        result = deprovision(info.settings, name, keep_cache=keep_cache)
+    except (ValueError, ProvisionError) as exc:
+        raise _provision_errors(exc) from exc
+    click.echo(result.summary())
+
+
+def _site_row(site: Any) -> dict[str, Any]:
+    backend = site.backend
+    return {
+        "name": site.name,
+        "hosts": list(site.hosts),
+        "backend": {"type": backend.type, "app": backend.app,
+                    "url": mask_url(backend.url) if backend.url else None},
+        "cache_root": str(site.cache_root),
+        "path": str(site.path) if site.path else None,
+    }
+
+
+@cli.command("sites")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@pass_info
+def sites_command(info: ScriptInfo, as_json: bool) -> None:
+    """List the sites and their hosts (broken site files are reported on stderr)."""
+    from tenantkit.registry import Registry
+
+    registry = Registry.load(info.settings)
+    if as_json:
+        click.echo(json.dumps({
+            "sites": [_site_row(s) for s in registry.sites.values()],
+            "errors": {str(p): m for p, m in registry.errors.items()},
+            "conflicts": [str(c) for c in registry.conflicts],
+        }, indent=2))
+        return
+    rows = [(s.name, s.backend.type, ", ".join(s.hosts)) for s in registry.sites.values()]
+    width = max([len("SITE")] + [len(r[0]) for r in rows])
+    click.echo(f"{'SITE':<{width}}  {'BACKEND':<7}  HOSTS")
+    for site_name, kind, hosts in rows:
+        click.echo(f"{site_name:<{width}}  {kind:<7}  {hosts}")
+    for message in [*registry.errors.values(), *map(str, registry.conflicts)]:
+        click.echo(f"warning: {message}", err=True)
+
+
+@cli.command("check")
+@pass_info
+def check_command(info: ScriptInfo) -> None:
+    """Validate the settings and every site file; print every error; exit 1 if any."""
+    from tenantkit.registry import Registry
+
+    try:
+        settings = info.settings
+    except TenantkitUsageError as exc:
+        raise TenantkitFailure(exc.message) from exc
+    registry = Registry.load(settings)
+    problems = [*registry.errors.values(), *map(str, registry.conflicts)]
+    if not settings.sites_dir.is_dir():
+        click.echo(f"note: sites directory {settings.sites_dir} does not exist (no sites)",
+                   err=True)
+    for message in problems:
+        click.echo(f"error: {message}", err=True)
+    if problems:
+        raise TenantkitFailure(f"{len(problems)} problem(s) found")
+    click.echo(f"ok: settings and {len(registry.sites)} site file(s) are valid")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: runs the click group, mapping our errors to exit codes."""
     try:
