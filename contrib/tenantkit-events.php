@@ -322,7 +322,7 @@ function tenantkit_normalize_host(string $raw): ?string
         && (preg_match('/^[0-9]{1,5}$/D', $port) !== 1 || (int) $port < 1 || (int) $port > 65535)) {
         return null;
     }
-    if ($host[0] === '[') {
+    if ($host !== '' && $host[0] === '[') {
         return $host;
     }
     if (str_ends_with($host, '.')) {
