@@ -1,0 +1,1385 @@
+<?php
+/**
+ * wp-db-router.php: tenantkit's WordPress database drop-in (install as wp-content/db.php).
+ *
+ * Reads go to the local replica, writes to the (remote, compressed) primary, and content
+ * changes are published as tenantkit invalidation events. mysqli only; PHP 8.2; no Composer.
+ *
+ * Install: symlink or copy this file to wp-content/db.php, with contrib/tenantkit-events.php
+ * next to it (or define TENANTKIT_EVENTS_FILE), and put in wp-config.php (or print the block
+ * with `tenantkit provision <site> --print-wp-config`):
+ *
+ *     define('TENANTKIT_SITE', 'blog');                        // the tenantkit site name
+ *     define('TENANTKIT_DB_PRIMARY', 'mysql://wp:secret@db1.example.net:3306/blog');
+ *     define('TENANTKIT_DB_REPLICAS', ['mysql://wp:secret@127.0.0.1:3306/blog']);
+ *     define('TENANTKIT_COMPRESS', true);                      // compressed primary link
+ *     define('TENANTKIT_BUS', 'redis://10.0.0.5:6379/0');     // or the site's .purge/ directory
+ *     define('TENANTKIT_PURGE_DIR', '/var/cache/tenantkit/blog/.purge');  // bus-down fallback
+ *     define('TENANTKIT_READ_YOUR_WRITES', 'gtid');            // 'gtid', 'pin' or 'off'
+ *     define('TENANTKIT_PIN_SECONDS', 5);
+ *     define('TENANTKIT_GTID_WAIT_TIMEOUT', 1);
+ *     define('TENANTKIT_CONNECT_TIMEOUT', 2);
+ *     define('TENANTKIT_LAG_THRESHOLD', 5);
+ *     define('TENANTKIT_DEAD_HOST_COOLDOWN', 10);
+ *
+ * Servers are `mysql://user:password@host:port/database` URLs (user, password and database
+ * default to DB_USER, DB_PASSWORD, DB_NAME) or DB_HOST-style `host[:port|:/socket]`. Without
+ * TENANTKIT_DB_PRIMARY the primary is DB_HOST; without replicas everything goes to it.
+ *
+ * Routing, per statement (the classifier is tenantkit.db.classify's rules, one for one):
+ * - a write goes to the primary; never to a replica. Every later statement of the request
+ *   goes to the primary too (insert-then-select sees its row; transactions stay together).
+ * - a read goes to the first healthy replica. Exception to "write" for routing only:
+ *   a SELECT that is a write only because of SQL_CALC_FOUND_ROWS runs on the read link, and
+ *   FOUND_ROWS() always runs on the link that ran the last SQL_CALC_FOUND_ROWS query.
+ * - read-your-writes across requests: a data write in a non-GET request sets the cookie
+ *   `tenantkit_rw` for TENANTKIT_PIN_SECONDS. Mode 'pin': that browser reads from the primary
+ *   while the cookie lasts. Mode 'gtid' (MariaDB): the cookie carries the write's GTID and
+ *   the replica first waits for it (MASTER_GTID_WAIT, up to TENANTKIT_GTID_WAIT_TIMEOUT);
+ *   if the wait times out the request reads from the primary. GET requests that write
+ *   (cron, transients) keep read-your-writes inside the request but pin no one.
+ * - a replica that refuses connections, has replication stopped, or lags more than
+ *   TENANTKIT_LAG_THRESHOLD seconds is skipped (reads go to the next replica, else the
+ *   primary) and tried again after TENANTKIT_DEAD_HOST_COOLDOWN seconds (state is kept in
+ *   small files in TENANTKIT_STATE_DIR, default the system temp dir).
+ * - the primary unreachable (connect timeout TENANTKIT_CONNECT_TIMEOUT) when a write needs
+ *   it: WordPress's own dead_db() page, or, once the page has started (template_redirect),
+ *   the query fails. Reads keep working from the replicas.
+ *
+ * Events (tenantkit's JSON, README "Invalidation events"), queued by the hooks and published
+ * at the end of the request with the primary's @@last_gtid: comment_post (approved only),
+ * wp_set_comment_status / transition_comment_status / edit_comment / delete_comment (when an
+ * approved comment is concerned), save_post / transition_post_status / trashed_post /
+ * deleted_post (public posts that are or were published), switch_theme, and with
+ * TENANTKIT_PUBLISH_OPTIONS true, updated_option (transients, cron and the like excluded).
+ * Spam and held comments publish nothing. A bus that is down never breaks the request.
+ */
+
+if (!defined('ABSPATH') && PHP_SAPI !== 'cli') {
+    exit;
+}
+
+if (!function_exists('tenantkit_publish')) {
+    require_once defined('TENANTKIT_EVENTS_FILE') ? TENANTKIT_EVENTS_FILE
+        : __DIR__ . '/tenantkit-events.php';
+}
+
+if (!class_exists('Tenantkit_SQL_Classifier', false)) {
+
+/**
+ * Is a SQL statement a read or a write? A port of tenantkit.db.classify, rule for rule (see
+ * that module's docstring); both are tested against tests/vectors/sql_roles.json.
+ */
+final class Tenantkit_SQL_Classifier
+{
+    private const WS = '[ \t\n\r\f\v]';
+    private const LINE_COMMENT = '--(?=[\x00-\x20]|\z)[^\n]*|\#[^\n]*';
+    private const PLAIN_COMMENT = '/\*(?!!|M!)[\s\S]*?\*/';
+    private const STRINGS_BACKSLASH = '\'(?:[^\'\\\\]|\\\\[\s\S]|\'\')*+\'|"(?:[^"\\\\]|\\\\[\s\S]|"")*+"';
+    private const STRINGS_PLAIN = '\'(?:[^\']|\'\')*+\'|"(?:[^"]|"")*+"';
+    private const BACKQUOTED = '`(?:[^`]|``)*+`';
+
+    private const STATEMENTS = ['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'REPLACE', 'TABLE', 'VALUES'];
+    private const EXPLAIN_OPTIONS = ['EXTENDED', 'PARTITIONS', 'ANALYZE'];
+    private const FORMAT_VALUES = ['JSON', 'TRADITIONAL', 'TREE'];
+    private const UNSAFE_FUNCTIONS = [
+        'GET_LOCK', 'RELEASE_LOCK', 'RELEASE_ALL_LOCKS', 'IS_USED_LOCK', 'IS_FREE_LOCK',
+        'LAST_INSERT_ID', 'FOUND_ROWS', 'ROW_COUNT', 'CONNECTION_ID',
+        'LASTVAL', 'NEXTVAL', 'SETVAL', 'SLEEP', 'BENCHMARK',
+        'MASTER_POS_WAIT', 'MASTER_GTID_WAIT', 'WAIT_FOR_EXECUTED_GTID_SET', 'SOURCE_POS_WAIT',
+        'UUID_SHORT', 'LOAD_FILE',
+    ];
+    private const UNSAFE_SYSVARS = [
+        'IDENTITY', 'LAST_INSERT_ID', 'INSERT_ID', 'LAST_GTID', 'WARNING_COUNT', 'ERROR_COUNT',
+    ];
+    private const SESSION_SHOW = ['WARNINGS', 'ERRORS', 'COUNT', 'PROFILE', 'PROFILES'];
+    private const STRAY = ["'", '"', '`', '/*', '*/'];
+    private const READ_ONLY_CHARACTERISTICS = ['READ', 'ONLY', 'WITH', 'CONSISTENT', 'SNAPSHOT'];
+    // What Python's str.upper() turns into ASCII letters (PHP's strtoupper is ASCII-only).
+    private const UPPER_TO_ASCII = [
+        "\u{131}" => 'I', "\u{17F}" => 'S', "\u{DF}" => 'SS', "\u{FB00}" => 'FF',
+        "\u{FB01}" => 'FI', "\u{FB02}" => 'FL', "\u{FB03}" => 'FFI', "\u{FB04}" => 'FFL',
+        "\u{FB05}" => 'ST', "\u{FB06}" => 'ST',
+    ];
+    private const CACHE_SIZE = 1024;
+    private const CACHE_MAX_LENGTH = 4096;
+
+    /** @var array<string, string> */
+    private static array $patterns = [];
+    /** @var array<string, array{0: string, 1: string}> */
+    private static array $cache = [];
+    /** @var array<string, true>|null */
+    private static ?array $trap_hints = null;
+
+    /** "read" or "write". */
+    public static function role(string $sql): string
+    {
+        if (strlen($sql) > self::CACHE_MAX_LENGTH) {
+            return self::explain($sql)[0];
+        }
+        if (!isset(self::$cache[$sql])) {
+            if (count(self::$cache) >= self::CACHE_SIZE) {
+                self::$cache = [];
+            }
+            self::$cache[$sql] = self::explain($sql);
+        }
+        return self::$cache[$sql][0];
+    }
+
+    /**
+     * [role, reason]. $ignore: words to drop before deciding (the router asks "is this a read
+     * apart from SQL_CALC_FOUND_ROWS?").
+     *
+     * @param list<string> $ignore
+     * @return array{0: string, 1: string}
+     */
+    public static function explain(string $sql, array $ignore = []): array
+    {
+        $unicode = preg_match('//u', $sql) === 1;
+        $upper = strtoupper($unicode ? strtr($sql, self::UPPER_TO_ASCII) : $sql);
+        $executable = str_contains($upper, '/*!') || str_contains($upper, '/*M!');
+        $verdict = $executable
+            ? self::classify_executable($upper, self::scanner(true, true, $unicode), $ignore)
+            : self::classify_tokens(self::scan($upper, true, false, $unicode), $ignore);
+        if ($verdict[0] === 'read' && str_contains($upper, '\\')) {
+            $other = $executable
+                ? self::classify_executable($upper, self::scanner(false, true, $unicode), $ignore)
+                : self::classify_tokens(self::scan($upper, false, false, $unicode), $ignore);
+            if ($other[0] === 'write' && !str_starts_with($other[1], 'cannot parse')) {
+                return ['write', $other[1] . ' (when backslashes do not escape)'];
+            }
+        }
+        return $verdict;
+    }
+
+    private static function scanner(bool $backslash, bool $keep_comments, bool $unicode): string
+    {
+        $key = ($backslash ? 'b' : 'n') . ($keep_comments ? 'k' : 's') . ($unicode ? 'u' : 'x');
+        if (isset(self::$patterns[$key])) {
+            return self::$patterns[$key];
+        }
+        $high = $unicode ? '\x{80}-\x{10FFFF}' : '\x80-\xff';
+        $tokens = '[0-9A-Z_$' . $high . ']+'
+            . '|@@[0-9A-Z_$.' . $high . ']*'
+            . '|@|:=|[();]'
+            . '|/\*M?!\d*'
+            . '|\*/|/\*|[\'"`]';
+        $skip = [self::WS . '+', self::LINE_COMMENT,
+            $backslash ? self::STRINGS_BACKSLASH : self::STRINGS_PLAIN, self::BACKQUOTED];
+        if ($keep_comments) {
+            $tokens = self::PLAIN_COMMENT . '|' . $tokens;
+        } else {
+            $skip[] = self::PLAIN_COMMENT;
+        }
+        return self::$patterns[$key] = '~(?:' . implode('|', $skip) . ')|(' . $tokens . ')~'
+            . ($unicode ? 'u' : '');
+    }
+
+    /**
+     * The tokens of $upper ("" for skipped text, like Python's findall), or null when the
+     * regex engine gives up (a statement too large for it: classified as a write).
+     *
+     * @return list<string>|null
+     */
+    private static function scan(string $upper, bool $backslash, bool $keep_comments, bool $unicode): ?array
+    {
+        return self::tokens(self::scanner($backslash, $keep_comments, $unicode), $upper);
+    }
+
+    /** @return list<string>|null */
+    private static function tokens(string $pattern, string $upper): ?array
+    {
+        if (preg_match_all($pattern, $upper, $matches) === false) {
+            return null;
+        }
+        return $matches[1];
+    }
+
+    /**
+     * @param list<string> $ignore
+     * @return array{0: string, 1: string}
+     */
+    private static function classify_executable(string $upper, string $pattern, array $ignore): array
+    {
+        $tokens = self::tokens($pattern, $upper);
+        if ($tokens === null) {
+            return ['write', 'cannot parse: statement too large for the regex engine'];
+        }
+        $every = [];
+        $unconditional = [];
+        $conditional = false;
+        $opened = null;
+        foreach ($tokens as $token) {
+            if ($token === '') {
+                continue;
+            }
+            if (str_starts_with($token, '/*') && $token !== '/*') {
+                if ($token[2] !== '!' && $token[2] !== 'M') {
+                    if ($opened !== null) {
+                        return ['write', 'cannot parse: a comment inside an executable comment'];
+                    }
+                    continue;
+                }
+                if ($opened !== null) {
+                    return ['write', 'cannot parse: nested executable comments'];
+                }
+                $opened = $token;
+                $conditional = $conditional || $token !== '/*!';
+                continue;
+            }
+            if ($token === '*/') {
+                if ($opened === null) {
+                    return ['write', 'cannot parse: */ closes no comment'];
+                }
+                $opened = null;
+                continue;
+            }
+            $every[] = $token;
+            if ($opened === null || $opened === '/*!') {
+                $unconditional[] = $token;
+            }
+        }
+        if ($opened !== null) {
+            return ['write', 'cannot parse: unclosed executable comment'];
+        }
+        $verdict = self::classify_tokens($every, $ignore);
+        if ($verdict[0] === 'write' || !$conditional) {
+            return $verdict;
+        }
+        $other = self::classify_tokens($unconditional, $ignore);
+        if ($other[0] === 'write') {
+            return ['write', $other[1] . ' (when the version-conditional comment is not run)'];
+        }
+        return $verdict;
+    }
+
+    /**
+     * @param list<string>|null $tokens
+     * @param list<string> $ignore
+     * @return array{0: string, 1: string}
+     */
+    private static function classify_tokens(?array $tokens, array $ignore): array
+    {
+        if ($tokens === null) {
+            return ['write', 'cannot parse: statement too large for the regex engine'];
+        }
+        $words = [];
+        foreach ($tokens as $token) {
+            if ($token !== '' && !in_array($token, $ignore, true)) {
+                $words[] = $token;
+            }
+        }
+        if ($words === []) {
+            return ['write', 'cannot parse: no statement'];
+        }
+        $present = array_fill_keys($words, true);
+        foreach (self::STRAY as $stray) {
+            if (isset($present[$stray])) {
+                return ['write', 'cannot parse: unterminated string, identifier or comment'];
+            }
+        }
+        if (isset($present[';'])) {
+            $end = array_search(';', $words, true);
+            foreach (array_slice($words, $end + 1) as $word) {
+                if ($word !== ';') {
+                    return ['write', 'multi-statement string'];
+                }
+            }
+            $words = array_slice($words, 0, $end);
+            if ($words === []) {
+                return ['write', 'cannot parse: no statement'];
+            }
+            $present = array_fill_keys($words, true);
+        }
+        $counts = array_count_values($words);
+        if (($counts['('] ?? 0) !== ($counts[')'] ?? 0)) {
+            return ['write', 'cannot parse: unbalanced parentheses'];
+        }
+        return self::classify_words($words, $present);
+    }
+
+    /** @return array<string, true> */
+    private static function trap_hints(): array
+    {
+        if (self::$trap_hints === null) {
+            $hints = array_merge(self::UNSAFE_FUNCTIONS,
+                ['FOR', 'LOCK', 'INTO', ':=', '@', 'SQL_CALC_FOUND_ROWS', 'NEXT', 'PREVIOUS'],
+                self::unsafe_sysvar_tokens());
+            self::$trap_hints = array_fill_keys($hints, true);
+        }
+        return self::$trap_hints;
+    }
+
+    /** @return list<string> */
+    private static function unsafe_sysvar_tokens(): array
+    {
+        $tokens = [];
+        foreach (self::UNSAFE_SYSVARS as $name) {
+            foreach (['', 'SESSION.', 'LOCAL.'] as $prefix) {
+                $tokens[] = '@@' . $prefix . $name;
+            }
+        }
+        return $tokens;
+    }
+
+    /** @param array<string, true> $present */
+    private static function has_trap_hint(array $present): bool
+    {
+        return array_intersect_key($present, self::trap_hints()) !== [];
+    }
+
+    /**
+     * @param list<string> $words
+     * @param array<string, true> $present
+     * @return array{0: string, 1: string}
+     */
+    private static function classify_words(array $words, array $present): array
+    {
+        $n = count($words);
+        $start = 0;
+        while ($start < $n && $words[$start] === '(') {
+            $start++;
+        }
+        if ($start === $n) {
+            return ['write', 'cannot parse: no statement'];
+        }
+        $first = $words[$start];
+        if ($first === 'SELECT') {
+            return self::has_trap_hint($present) ? self::select($words, $present) : ['read', 'SELECT'];
+        }
+        if ($first === 'WITH') {
+            return self::with($words, $start, $present);
+        }
+        if ($first === 'SHOW') {
+            $next = $words[$start + 1] ?? '';
+            if (in_array($next, self::SESSION_SHOW, true)) {
+                return ['write', "SHOW $next reports on this connection's last statement"];
+            }
+            return ['read', 'SHOW'];
+        }
+        if ($first === 'HELP') {
+            return ['read', 'HELP'];
+        }
+        if ($first === 'EXPLAIN' || $first === 'DESCRIBE' || $first === 'DESC') {
+            return self::explain_words($words, $start + 1, $first);
+        }
+        if ($first === 'ANALYZE') {
+            return self::analyze($words, $start + 1);
+        }
+        if ($first === 'START') {
+            return self::start($words, $start + 1);
+        }
+        return ['write', "$first statement"];
+    }
+
+    /**
+     * @param list<string> $words
+     * @param array<string, true> $present
+     * @return array{0: string, 1: string}
+     */
+    private static function select(array $words, array $present): array
+    {
+        if (isset($present['INTO'])) {
+            return ['write', 'SELECT ... INTO'];
+        }
+        if (isset($present[':='])) {
+            return ['write', 'user variable assignment :='];
+        }
+        if (isset($present['@'])) {
+            return ['write', 'user variable (connection state)'];
+        }
+        if (isset($present['SQL_CALC_FOUND_ROWS'])) {
+            return ['write', 'SQL_CALC_FOUND_ROWS (its FOUND_ROWS() must run on the same connection)'];
+        }
+        $n = count($words);
+        foreach ($words as $i => $word) {
+            $next = $words[$i + 1] ?? '';
+            if ($word === 'FOR' && ($next === 'UPDATE' || $next === 'SHARE')) {
+                return ['write', "locking read FOR $next"];
+            }
+            if ($word === 'LOCK' && $next === 'IN') {
+                return ['write', 'locking read LOCK IN SHARE MODE'];
+            }
+            if ($next === '(' && in_array($word, self::UNSAFE_FUNCTIONS, true)) {
+                return ['write', "session-dependent function $word()"];
+            }
+            if (($word === 'NEXT' || $word === 'PREVIOUS') && $next === 'VALUE'
+                && $i + 2 < $n && $words[$i + 2] === 'FOR') {
+                return ['write', "sequence $word VALUE FOR"];
+            }
+        }
+        foreach (self::unsafe_sysvar_tokens() as $token) {
+            if (isset($present[$token])) {
+                return ['write', "connection state $token"];
+            }
+        }
+        return ['read', 'SELECT'];
+    }
+
+    /**
+     * @param list<string> $words
+     * @param array<string, true> $present
+     * @return array{0: string, 1: string}
+     */
+    private static function with(array $words, int $start, array $present): array
+    {
+        $n = count($words);
+        $depth = 0;
+        $main = '';
+        $previous = '';
+        for ($i = $start + 1; $i < $n; $i++) {
+            $word = $words[$i];
+            if ($word === '(') {
+                if ($depth === 0 && $previous === ')') {
+                    $j = $i;
+                    while ($j < $n && $words[$j] === '(') {
+                        $j++;
+                    }
+                    $main = $words[$j] ?? '';
+                    break;
+                }
+                $depth++;
+            } elseif ($word === ')') {
+                $depth--;
+            } elseif ($depth === 0 && in_array($word, self::STATEMENTS, true)) {
+                $main = $word;
+                break;
+            }
+            $previous = $word;
+        }
+        if ($main === '') {
+            return ['write', 'cannot parse: WITH without a main statement'];
+        }
+        if ($main !== 'SELECT') {
+            return ['write', "WITH ... $main"];
+        }
+        $verdict = self::has_trap_hint($present) ? self::select($words, $present) : ['read', 'SELECT'];
+        return $verdict[0] === 'read' ? ['read', 'WITH ... SELECT'] : $verdict;
+    }
+
+    /** @param list<string> $words */
+    private static function skip_format(array $words, int $i): int
+    {
+        if (($words[$i] ?? '') === 'FORMAT') {
+            $i++;
+            if (in_array($words[$i] ?? '', self::FORMAT_VALUES, true)) {
+                $i++;
+            }
+        }
+        return $i;
+    }
+
+    /** @param list<string> $words */
+    private static function is_explained(array $words, int $i): bool
+    {
+        $word = $words[$i] ?? '';
+        return in_array($word, self::STATEMENTS, true) || $word === 'WITH' || $word === '(';
+    }
+
+    /**
+     * @param list<string> $words
+     * @return array{0: string, 1: string}
+     */
+    private static function explain_words(array $words, int $i, string $keyword): array
+    {
+        $n = count($words);
+        while ($i < $n) {
+            if (in_array($words[$i], self::EXPLAIN_OPTIONS, true)) {
+                $i++;
+            } elseif ($words[$i] === 'FORMAT') {
+                $i = self::skip_format($words, $i);
+            } else {
+                break;
+            }
+        }
+        if ($i < $n && $words[$i] === 'FOR') {
+            return ['read', "$keyword FOR CONNECTION"];
+        }
+        if ($i < $n && self::is_explained($words, $i)) {
+            $rest = array_slice($words, $i);
+            $inner = self::classify_words($rest, array_fill_keys($rest, true));
+            return $inner[0] === 'read' ? ['read', "$keyword of a read"]
+                : ['write', "$keyword of a write: {$inner[1]}"];
+        }
+        return ['read', "$keyword of a table"];    // its name may be backquoted, hence invisible
+    }
+
+    /**
+     * @param list<string> $words
+     * @return array{0: string, 1: string}
+     */
+    private static function analyze(array $words, int $i): array
+    {
+        $i = self::skip_format($words, $i);
+        if ($i < count($words) && self::is_explained($words, $i)) {
+            $rest = array_slice($words, $i);
+            $inner = self::classify_words($rest, array_fill_keys($rest, true));
+            return $inner[0] === 'read' ? ['read', 'ANALYZE of a read']
+                : ['write', "ANALYZE of a write: {$inner[1]}"];
+        }
+        return ['write', 'ANALYZE TABLE (writes statistics)'];
+    }
+
+    /**
+     * @param list<string> $words
+     * @return array{0: string, 1: string}
+     */
+    private static function start(array $words, int $i): array
+    {
+        if (($words[$i] ?? '') === 'TRANSACTION') {
+            $rest = array_slice($words, $i + 1);
+            $read_only = false;
+            foreach ($rest as $k => $word) {
+                if ($word === 'READ' && ($rest[$k + 1] ?? '') === 'ONLY') {
+                    $read_only = true;
+                }
+            }
+            if ($read_only && array_diff($rest, self::READ_ONLY_CHARACTERISTICS) === []) {
+                return ['read', 'START TRANSACTION READ ONLY'];
+            }
+        }
+        return ['write', 'START statement'];
+    }
+}
+
+}
+
+if (class_exists('wpdb', false) && !class_exists('Tenantkit_DB', false)) {
+
+/**
+ * wpdb with a primary link and replica links. Every query picks its link, points $this->dbh at
+ * it and lets wpdb::query() do the rest (errors, insert_id, rows, logging).
+ */
+class Tenantkit_DB extends wpdb
+{
+    public const COOKIE = 'tenantkit_rw';
+
+    /** @var array{host: string, port: ?int, socket: ?string, user: string, password: string, name: string, label: string} */
+    public array $tk_primary;
+    /** @var list<array{host: string, port: ?int, socket: ?string, user: string, password: string, name: string, label: string}> */
+    public array $tk_replicas = [];
+    public bool $tk_compress = true;
+    public string $tk_mode = 'gtid';
+    public float $tk_pin_seconds = 5.0;
+    public float $tk_gtid_wait_timeout = 1.0;
+    public float $tk_connect_timeout = 2.0;
+    public float $tk_lag_threshold = 5.0;
+    public float $tk_cooldown = 10.0;
+    public string $tk_state_dir = '';
+
+    public ?mysqli $tk_primary_link = null;
+    public ?mysqli $tk_read_link = null;
+    /** Where the last SQL_CALC_FOUND_ROWS query ran: its FOUND_ROWS() must run there too. */
+    public ?mysqli $tk_calc_link = null;
+    /** The request wrote: everything after goes to the primary. */
+    public bool $tk_wrote = false;
+    /** The browser is pinned to the primary (cookie, mode pin) or the replica is behind it. */
+    public bool $tk_reads_on_primary = false;
+    /** GTID from the read-your-writes cookie, waited for on the first replica read. */
+    public ?string $tk_wait_gtid = null;
+    public ?string $tk_last_gtid = null;
+    /** The value of the read-your-writes cookie this request set, if any. */
+    public ?string $tk_cookie_set = null;
+    /** Per-link counts of statements, for tests and debugging: ['primary' => n, 'replica' => n]. */
+    public array $tk_counts = ['primary' => 0, 'replica' => 0];
+    /** Label of the replica behind tk_read_link (null when reads use the primary). */
+    public ?string $tk_read_label = null;
+    private bool $tk_read_link_tried = false;
+    private int $tk_depth = 0;
+
+    public function __construct($dbuser, $dbpassword, $dbname, $dbhost)
+    {
+        $this->tk_configure((string) $dbuser, (string) $dbpassword, (string) $dbname, (string) $dbhost);
+        $this->tk_read_cookie();
+        parent::__construct($dbuser, $dbpassword, $dbname, $dbhost);
+    }
+
+    // --- configuration ---------------------------------------------------------------------
+
+    private function tk_configure(string $user, string $password, string $name, string $host): void
+    {
+        $defaults = ['user' => $user, 'password' => $password, 'name' => $name];
+        $primary = defined('TENANTKIT_DB_PRIMARY') ? TENANTKIT_DB_PRIMARY : $host;
+        $this->tk_primary = self::tk_parse_server($primary, $defaults, 'TENANTKIT_DB_PRIMARY');
+        $replicas = defined('TENANTKIT_DB_REPLICAS') ? TENANTKIT_DB_REPLICAS : [];
+        if (is_string($replicas)) {
+            $replicas = array_values(array_filter(array_map('trim', explode(',', $replicas))));
+        }
+        if (!is_array($replicas)) {
+            self::tk_config_error('TENANTKIT_DB_REPLICAS must be a list of server URLs, like '
+                . "['mysql://user:password@127.0.0.1:3306/db']");
+        }
+        foreach (array_values($replicas) as $i => $replica) {
+            $this->tk_replicas[] = self::tk_parse_server($replica, $defaults, "TENANTKIT_DB_REPLICAS[$i]");
+        }
+        $this->tk_compress = defined('TENANTKIT_COMPRESS') ? (bool) TENANTKIT_COMPRESS : true;
+        $mode = defined('TENANTKIT_READ_YOUR_WRITES') ? TENANTKIT_READ_YOUR_WRITES : 'gtid';
+        if (!in_array($mode, ['gtid', 'pin', 'off'], true)) {
+            self::tk_config_error('TENANTKIT_READ_YOUR_WRITES must be "gtid", "pin" or "off", got '
+                . var_export($mode, true));
+        }
+        $this->tk_mode = $mode;
+        $this->tk_pin_seconds = self::tk_seconds('TENANTKIT_PIN_SECONDS', 5.0);
+        $this->tk_gtid_wait_timeout = self::tk_seconds('TENANTKIT_GTID_WAIT_TIMEOUT', 1.0);
+        $this->tk_connect_timeout = max(1.0, self::tk_seconds('TENANTKIT_CONNECT_TIMEOUT', 2.0));
+        $this->tk_lag_threshold = self::tk_seconds('TENANTKIT_LAG_THRESHOLD', 5.0);
+        $this->tk_cooldown = self::tk_seconds('TENANTKIT_DEAD_HOST_COOLDOWN', 10.0);
+        $this->tk_state_dir = rtrim(defined('TENANTKIT_STATE_DIR') ? (string) TENANTKIT_STATE_DIR
+            : sys_get_temp_dir(), '/');
+    }
+
+    private static function tk_seconds(string $constant, float $default): float
+    {
+        if (!defined($constant)) {
+            return $default;
+        }
+        $value = constant($constant);
+        if (!is_int($value) && !is_float($value) && !(is_string($value) && is_numeric($value))
+            || (float) $value < 0) {
+            self::tk_config_error("$constant must be a number of seconds >= 0, got "
+                . var_export($value, true));
+        }
+        return (float) $value;
+    }
+
+    /** A configuration mistake: log it and stop with WordPress's database error page. */
+    private static function tk_config_error(string $message): never
+    {
+        error_log('tenantkit: wp-config.php: ' . $message);
+        if (function_exists('wp_die')) {
+            wp_die('<h1>Database configuration error</h1><p>' . htmlspecialchars($message) . '</p>',
+                'Database Error', ['response' => 500]);
+        }
+        throw new RuntimeException('tenantkit: wp-config.php: ' . $message);
+    }
+
+    /**
+     * "mysql://user:pass@host:port/db" or DB_HOST style "host[:port|:/socket]".
+     *
+     * @param array{user: string, password: string, name: string} $defaults
+     * @return array{host: string, port: ?int, socket: ?string, user: string, password: string, name: string, label: string}
+     */
+    public static function tk_parse_server(mixed $spec, array $defaults, string $what): array
+    {
+        if (!is_string($spec) || trim($spec) === '') {
+            self::tk_config_error("$what must be a server URL like mysql://user:password@host:3306/db"
+                . ' or a host[:port], got ' . var_export($spec, true));
+        }
+        $spec = trim($spec);
+        $server = ['host' => '', 'port' => null, 'socket' => null] + $defaults;
+        if (preg_match('~^([a-z][a-z0-9+.-]*)://~i', $spec, $scheme) === 1) {
+            $url = parse_url($spec);
+            if ($url === false || !preg_match('/^(mysql|mariadb)(\+[a-z0-9_]+)?$/i', $scheme[1])
+                || (!isset($url['host']) && !isset($url['query']))) {
+                self::tk_config_error("$what: cannot read " . self::tk_mask($spec)
+                    . ' (write mysql://user:password@host:3306/database)');
+            }
+            $server['host'] = $url['host'] ?? 'localhost';
+            $server['port'] = isset($url['port']) ? (int) $url['port'] : null;
+            if (isset($url['user'])) {
+                $server['user'] = rawurldecode($url['user']);
+                $server['password'] = rawurldecode($url['pass'] ?? '');
+            }
+            $path = trim($url['path'] ?? '', '/');
+            if ($path !== '') {
+                $server['name'] = rawurldecode($path);
+            }
+            parse_str($url['query'] ?? '', $query);
+            if (isset($query['unix_socket']) && is_string($query['unix_socket'])) {
+                $server['socket'] = $query['unix_socket'];
+            }
+        } else {
+            // DB_HOST: host, host:port, host:/socket, [ipv6]:port.
+            if (preg_match('~^(?:\[([0-9a-f:.]+)\]|([^:/]*))(?::(\d{1,5}))?(?::(/.+))?$~i', $spec, $m) !== 1) {
+                self::tk_config_error("$what: cannot read host \"$spec\" (write host, host:port or host:/path/to/socket)");
+            }
+            $server['host'] = $m[1] !== '' ? $m[1] : ($m[2] !== '' ? $m[2] : 'localhost');
+            $server['port'] = ($m[3] ?? '') !== '' ? (int) $m[3] : null;
+            $server['socket'] = ($m[4] ?? '') !== '' ? $m[4] : null;
+        }
+        if ($server['port'] !== null && ($server['port'] < 1 || $server['port'] > 65535)) {
+            self::tk_config_error("$what: port {$server['port']} is not between 1 and 65535");
+        }
+        $server['label'] = $server['socket'] ?? ($server['host'] . ':' . ($server['port'] ?? 3306));
+        return $server;
+    }
+
+    private static function tk_mask(string $url): string
+    {
+        return (string) preg_replace('~^([a-z][a-z0-9+.-]*://[^:@/]*:)[^@/]*@~i', '$1********@', $url);
+    }
+
+    // --- read-your-writes cookie -----------------------------------------------------------
+
+    private function tk_read_cookie(): void
+    {
+        $raw = $_COOKIE[self::COOKIE] ?? null;
+        if ($this->tk_mode === 'off' || !is_string($raw) || strlen($raw) > 400) {
+            return;
+        }
+        // "<until>" (pin) or "<until>:<gtid list>" (gtid); anything else is ignored.
+        if (preg_match('/^(\d{1,12})(?::(\d{1,10}-\d{1,10}-\d{1,20}(?:,\d{1,10}-\d{1,10}-\d{1,20}){0,15}))?$/D',
+            $raw, $m) !== 1) {
+            return;
+        }
+        $until = (int) $m[1];
+        $now = time();
+        if ($until < $now || $until > $now + (int) ceil($this->tk_pin_seconds) + 1) {
+            return;
+        }
+        if ($this->tk_mode === 'gtid' && ($m[2] ?? '') !== '') {
+            $this->tk_wait_gtid = $m[2];
+        } else {
+            $this->tk_reads_on_primary = true;
+        }
+    }
+
+    private function tk_after_write(string $first_word): void
+    {
+        $this->tk_wrote = true;
+        if ($this->tk_mode === 'off' || $this->tk_pin_seconds <= 0
+            || in_array($first_word, ['SET', 'SELECT', 'SHOW', 'WITH', 'DO', 'USE'], true)) {
+            return;
+        }
+        $method = strtoupper((string) ($_SERVER['REQUEST_METHOD'] ?? 'GET'));
+        if ($method === 'GET' || $method === 'HEAD' || headers_sent()) {
+            return;
+        }
+        $value = (string) (time() + (int) ceil($this->tk_pin_seconds));
+        if ($this->tk_mode === 'gtid') {
+            $gtid = $this->tk_fetch_last_gtid();
+            if ($gtid !== null) {
+                $value .= ':' . $gtid;
+            }
+        }
+        $this->tk_cookie_set = $value;
+        setcookie(self::COOKIE, $value, [
+            'expires' => time() + (int) ceil($this->tk_pin_seconds),
+            'path' => '/',
+            'secure' => function_exists('is_ssl') && is_ssl(),
+            'httponly' => true,
+            'samesite' => 'Lax',
+        ]);
+    }
+
+    /** The primary session's @@last_gtid (MariaDB), or null. */
+    public function tk_fetch_last_gtid(): ?string
+    {
+        if ($this->tk_primary_link === null) {
+            return $this->tk_last_gtid;
+        }
+        $result = @mysqli_query($this->tk_primary_link, 'SELECT @@last_gtid');
+        if ($result instanceof mysqli_result) {
+            $row = mysqli_fetch_row($result);
+            mysqli_free_result($result);
+            $gtid = is_array($row) ? (string) $row[0] : '';
+            if (preg_match('/^\d+-\d+-\d+$/D', $gtid) === 1) {
+                $this->tk_last_gtid = $gtid;
+            }
+        }
+        return $this->tk_last_gtid;
+    }
+
+    // --- links -----------------------------------------------------------------------------
+
+    /**
+     * Open a link to $server, set up the way wpdb sets up its own. Null when it fails (logged).
+     *
+     * @param array{host: string, port: ?int, socket: ?string, user: string, password: string, name: string, label: string} $server
+     */
+    private function tk_open(array $server, bool $primary): ?mysqli
+    {
+        mysqli_report(MYSQLI_REPORT_OFF);
+        $link = mysqli_init();
+        if ($link === false) {
+            return null;
+        }
+        $timeout = (int) ceil($this->tk_connect_timeout);
+        mysqli_options($link, MYSQLI_OPT_CONNECT_TIMEOUT, $timeout);
+        $flags = defined('MYSQL_CLIENT_FLAGS') ? (int) MYSQL_CLIENT_FLAGS : 0;
+        if ($primary && $this->tk_compress) {
+            $flags |= MYSQLI_CLIENT_COMPRESS;
+        }
+        $host = $server['host'];
+        if (str_contains($host, ':')) {
+            $host = "[$host]";  // an IPv6 literal, as mysqlnd wants it
+        }
+        $ok = @mysqli_real_connect($link, $host, $server['user'], $server['password'], null,
+            $server['port'], $server['socket'], $flags);
+        if (!$ok) {
+            error_log(sprintf('tenantkit: cannot connect to %s %s: %s', $primary ? 'primary' : 'replica',
+                $server['label'], mysqli_connect_error() ?? 'unknown error'));
+            return null;
+        }
+        $previous = $this->dbh;
+        $this->dbh = $link;
+        if (!$this->has_connected) {
+            $this->init_charset();
+        }
+        $this->has_connected = true;
+        $this->set_charset($link);
+        $this->ready = true;
+        $this->set_sql_mode();
+        $this->dbh = $previous ?? $link;
+        if (!@mysqli_select_db($link, $server['name'])) {
+            error_log(sprintf('tenantkit: %s %s: cannot use database "%s": %s',
+                $primary ? 'primary' : 'replica', $server['label'], $server['name'], mysqli_error($link)));
+            @mysqli_close($link);
+            return null;
+        }
+        return $link;
+    }
+
+    /** The primary link, connected on first use; null when the primary is down. */
+    public function tk_primary(): ?mysqli
+    {
+        if ($this->tk_primary_link === null) {
+            $this->tk_primary_link = $this->tk_open($this->tk_primary, true);
+        }
+        return $this->tk_primary_link;
+    }
+
+    /** The link reads use: the first healthy replica, else the primary. */
+    public function tk_reader(): ?mysqli
+    {
+        if ($this->tk_read_link !== null) {
+            return $this->tk_read_link;
+        }
+        if (!$this->tk_read_link_tried) {
+            $this->tk_read_link_tried = true;
+            foreach ($this->tk_replicas as $replica) {
+                if ($this->tk_is_down($replica['label'])) {
+                    continue;
+                }
+                $link = $this->tk_open($replica, false);
+                if ($link === null) {
+                    $this->tk_mark_down($replica['label'], 'refuses connections');
+                    continue;
+                }
+                $problem = $this->tk_replica_problem($link);
+                if ($problem !== null) {
+                    $this->tk_mark_down($replica['label'], $problem);
+                    @mysqli_close($link);
+                    continue;
+                }
+                $this->tk_clear_down($replica['label']);
+                $this->tk_read_link = $link;
+                $this->tk_read_label = $replica['label'];
+                return $link;
+            }
+        }
+        return null;
+    }
+
+    /** Why this replica should not serve reads (lag, replication stopped), or null. */
+    private function tk_replica_problem(mysqli $link): ?string
+    {
+        if ($this->tk_lag_threshold <= 0) {
+            return null;
+        }
+        $result = @mysqli_query($link, 'SHOW SLAVE STATUS');
+        if (!$result instanceof mysqli_result) {
+            // No REPLICATION CLIENT / SLAVE MONITOR privilege: lag cannot be measured.
+            $this->tk_note_once('lag-unknown', 'cannot measure replica lag (' . mysqli_error($link)
+                . '); grant SLAVE MONITOR (MariaDB) or REPLICATION CLIENT to the replica user,'
+                . ' or define TENANTKIT_LAG_THRESHOLD as 0');
+            return null;
+        }
+        $status = mysqli_fetch_assoc($result);
+        mysqli_free_result($result);
+        if (!is_array($status)) {
+            return 'is not replicating (SHOW SLAVE STATUS is empty)';
+        }
+        if (($status['Slave_SQL_Running'] ?? 'No') !== 'Yes') {
+            return 'has replication stopped';
+        }
+        // With the SQL thread running, an unknown lag (NULL) means the I/O thread cannot reach
+        // the primary: the replica has all it can get, and reads are better served than not.
+        $lag = $status['Seconds_Behind_Master'] ?? null;
+        if ($lag !== null && (float) $lag > $this->tk_lag_threshold) {
+            return "lags {$lag}s (threshold {$this->tk_lag_threshold}s)";
+        }
+        return null;
+    }
+
+    private function tk_state_file(string $label): string
+    {
+        return $this->tk_state_dir . '/tenantkit-wpdb-' . md5($label) . '.down';
+    }
+
+    public function tk_is_down(string $label): bool
+    {
+        $until = @file_get_contents($this->tk_state_file($label));
+        return $until !== false && (float) $until > microtime(true);
+    }
+
+    private function tk_mark_down(string $label, string $why): void
+    {
+        error_log(sprintf('tenantkit: replica %s %s: reads go elsewhere for %gs', $label, $why,
+            $this->tk_cooldown));
+        if ($this->tk_cooldown <= 0) {
+            return;
+        }
+        $file = $this->tk_state_file($label);
+        $tmp = $file . '.' . bin2hex(random_bytes(4));
+        if (@file_put_contents($tmp, (string) (microtime(true) + $this->tk_cooldown)) !== false) {
+            @rename($tmp, $file);
+        }
+        @unlink($tmp);
+    }
+
+    private function tk_clear_down(string $label): void
+    {
+        @unlink($this->tk_state_file($label));
+    }
+
+    private function tk_note_once(string $key, string $message): void
+    {
+        $file = $this->tk_state_dir . '/tenantkit-wpdb-' . md5($key . $this->tk_primary['label']) . '.note';
+        $mtime = @filemtime($file);
+        if ($mtime === false || $mtime < time() - 3600) {
+            error_log('tenantkit: ' . $message);
+            @touch($file);
+        }
+    }
+
+    /** Wait for the cookie's GTID on the replica; false when it timed out or failed. */
+    private function tk_replica_caught_up(mysqli $link): bool
+    {
+        $gtid = $this->tk_wait_gtid;
+        $this->tk_wait_gtid = null;
+        $sql = sprintf("SELECT MASTER_GTID_WAIT('%s', %F)", $gtid, $this->tk_gtid_wait_timeout);
+        $result = @mysqli_query($link, $sql);
+        if (!$result instanceof mysqli_result) {
+            return false;
+        }
+        $row = mysqli_fetch_row($result);
+        mysqli_free_result($result);
+        return is_array($row) && (string) $row[0] === '0';
+    }
+
+    // --- wpdb overrides --------------------------------------------------------------------
+
+    /** Connect the read link (the replica, else the primary), as wpdb connects its one link. */
+    public function db_connect($allow_bail = true)
+    {
+        $this->is_mysql = true;
+        $this->use_mysqli = true;
+        $link = $this->tk_reader() ?? $this->tk_primary();
+        if ($link === null) {
+            $this->dbh = null;
+            if ($allow_bail) {
+                $this->tk_bail_down();
+            }
+            return false;
+        }
+        $this->dbh = $link;
+        $this->ready = true;
+        return true;
+    }
+
+    /** The link is gone: a replica is replaced (never by anything but a read link). */
+    public function check_connection($allow_bail = true)
+    {
+        $link = $this->dbh;
+        if ($link instanceof mysqli && $link->errno !== 2006 && $link->errno !== 2013
+            && @mysqli_query($link, 'DO 1') !== false) {
+            return true;
+        }
+        if ($link !== null && $link === $this->tk_read_link && $this->tk_read_label !== null) {
+            $this->tk_mark_down($this->tk_read_label, 'went away');
+            $this->tk_read_link = null;
+            $this->tk_read_label = null;
+            $this->tk_calc_link = null;
+            $next = $this->tk_primary();
+            if ($next !== null) {
+                $this->tk_read_link = $next;
+                $this->dbh = $next;
+                return true;
+            }
+        } else {
+            $this->tk_primary_link = null;
+            $next = $this->tk_primary();
+            if ($next !== null) {
+                $this->dbh = $next;
+                return true;
+            }
+        }
+        if (!$allow_bail || (function_exists('did_action') && did_action('template_redirect'))) {
+            return false;
+        }
+        $this->tk_bail_down();
+        return false;
+    }
+
+    private function tk_bail_down(): void
+    {
+        if (function_exists('wp_load_translations_early')) {
+            wp_load_translations_early();
+        }
+        $this->bail('<h1>Error establishing a database connection</h1><p>tenantkit: the primary '
+            . 'database at <code>' . htmlspecialchars($this->tk_primary['label'], ENT_QUOTES)
+            . '</code> cannot be reached.</p>', 'db_connect_fail');
+        if (function_exists('dead_db')) {
+            dead_db();
+        }
+    }
+
+    /**
+     * Route, then run through wpdb::query().
+     *
+     * @param string $query
+     * @return int|bool
+     */
+    public function query($query)
+    {
+        if (!$this->ready || !is_string($query) || $query === '') {
+            return parent::query($query);
+        }
+        [$role, $first] = $this->tk_route($query);
+        $link = $this->tk_link_for($role);
+        if ($link === null) {
+            // Only the primary can be missing here: a write (or a read with no replica left).
+            $this->last_query = $query;
+            $this->last_error = 'tenantkit: the primary database ' . $this->tk_primary['label']
+                . ' is unreachable';
+            $this->insert_id = 0;
+            if (!(function_exists('did_action') && did_action('template_redirect'))) {
+                $this->tk_bail_down();
+            }
+            $this->print_error();
+            return false;
+        }
+        // wpdb::query() may run queries of its own (charset checks) before its statement:
+        // those nested calls must hand $this->dbh back as they found it.
+        $outer = $this->dbh;
+        $this->dbh = $link;
+        $this->tk_depth++;
+        try {
+            $result = parent::query($query);
+            $used = $this->dbh;
+            if ($result === false && $used instanceof mysqli && $used === $this->tk_read_link
+                && $this->tk_read_label !== null && in_array($used->errno, [2006, 2013], true)
+                && $role !== 'write' && $this->check_connection(false)) {
+                // The replica died under a read: once more, elsewhere.
+                $result = parent::query($query);
+                $used = $this->dbh;
+            }
+        } finally {
+            $this->tk_depth--;
+        }
+        if ($used instanceof mysqli) {
+            $this->tk_counts[$used === $this->tk_primary_link ? 'primary' : 'replica']++;
+        }
+        if ($this->tk_depth > 0) {
+            $this->dbh = $outer;
+        }
+        if ($role === 'calc') {
+            $this->tk_calc_link = $used instanceof mysqli ? $used : null;
+        } elseif ($role === 'write' && $result !== false) {
+            $this->tk_after_write($first);
+        } elseif ($role === 'write') {
+            $this->tk_wrote = true;
+        }
+        return $result;
+    }
+
+    /**
+     * ['write'|'read'|'calc'|'found_rows', first word] for $query.
+     *
+     * @return array{0: string, 1: string}
+     */
+    public function tk_route(string $query): array
+    {
+        [$role, $reason] = Tenantkit_SQL_Classifier::explain($query);
+        $first = strtoupper((string) strtok(ltrim($query, " \t\n\r("), " \t\n\r("));
+        if ($role === 'read') {
+            return ['read', $first];
+        }
+        if (str_starts_with($reason, 'SQL_CALC_FOUND_ROWS')
+            && Tenantkit_SQL_Classifier::explain($query, ['SQL_CALC_FOUND_ROWS'])[0] === 'read') {
+            return ['calc', $first];
+        }
+        if ($reason === 'session-dependent function FOUND_ROWS()'
+            && Tenantkit_SQL_Classifier::explain($query, ['FOUND_ROWS'])[0] === 'read') {
+            return ['found_rows', $first];
+        }
+        return ['write', $first];
+    }
+
+    private function tk_link_for(string $role): ?mysqli
+    {
+        if ($role === 'write') {
+            return $this->tk_primary();
+        }
+        if ($role === 'found_rows') {
+            return $this->tk_calc_link ?? $this->tk_primary();
+        }
+        if ($this->tk_wrote || $this->tk_reads_on_primary) {
+            return $this->tk_primary() ?? $this->tk_reader();
+        }
+        $link = $this->tk_reader();
+        if ($link !== null && $this->tk_wait_gtid !== null && !$this->tk_replica_caught_up($link)) {
+            $this->tk_reads_on_primary = true;   // the replica lacks this browser's last write
+            return $this->tk_primary() ?? $link;
+        }
+        return $link ?? $this->tk_primary();
+    }
+
+    public function close()
+    {
+        $closed = false;
+        $seen = [];
+        foreach ([$this->tk_read_link, $this->tk_primary_link] as $link) {
+            if ($link instanceof mysqli && !isset($seen[spl_object_id($link)])) {
+                $seen[spl_object_id($link)] = true;
+                $closed = @mysqli_close($link) || $closed;
+            }
+        }
+        $this->tk_read_link = null;
+        $this->tk_read_label = null;
+        $this->tk_primary_link = null;
+        $this->tk_calc_link = null;
+        $this->tk_read_link_tried = false;
+        $this->dbh = null;
+        $this->ready = false;
+        $this->has_connected = false;
+        return $closed;
+    }
+}
+
+}
+
+if (!class_exists('Tenantkit_Events', false)) {
+
+/**
+ * WordPress hooks -> tenantkit invalidation events, queued during the request and published
+ * once at shutdown (after every write, with the primary's @@last_gtid), one per post at most.
+ */
+final class Tenantkit_Events
+{
+    /** @var array<string, array<string, mixed>> */
+    public static array $queue = [];
+    /** @var list<array<string, mixed>> what flush() published, for tests and debugging */
+    public static array $published = [];
+    private static bool $registered = false;
+
+    /** Options whose changes do not show on pages (TENANTKIT_PUBLISH_OPTIONS ignores them). */
+    private const QUIET_OPTIONS = [
+        'cron', 'rewrite_rules', 'recently_activated', 'active_plugins', 'uninstall_plugins',
+        'auto_updater.lock', 'core_updater.lock', 'db_upgraded', 'recovery_keys',
+        'recovery_mode_email_last_sent', 'akismet_spam_count', 'finished_updating_comment_type',
+        'can_compress_scripts', 'auto_core_update_notified', 'https_detection_errors',
+        'user_count', 'admin_email_lifespan', 'initial_db_version', 'db_version',
+    ];
+
+    public static function register(): void
+    {
+        if (self::$registered || !function_exists('add_action')) {
+            return;
+        }
+        self::$registered = true;
+        add_action('comment_post', [self::class, 'comment_post'], 10, 2);
+        add_action('wp_set_comment_status', [self::class, 'wp_set_comment_status'], 10, 2);
+        add_action('transition_comment_status', [self::class, 'transition_comment_status'], 10, 3);
+        add_action('edit_comment', [self::class, 'edit_comment'], 10, 1);
+        add_action('delete_comment', [self::class, 'delete_comment'], 10, 2);
+        add_action('save_post', [self::class, 'save_post'], 10, 2);
+        add_action('transition_post_status', [self::class, 'transition_post_status'], 10, 3);
+        add_action('trashed_post', [self::class, 'trashed_post'], 10, 1);
+        add_action('deleted_post', [self::class, 'deleted_post'], 10, 2);
+        add_action('switch_theme', [self::class, 'switch_theme'], 10, 0);
+        if (defined('TENANTKIT_PUBLISH_OPTIONS') && TENANTKIT_PUBLISH_OPTIONS) {
+            add_action('updated_option', [self::class, 'updated_option'], 10, 1);
+        }
+        add_action('shutdown', [self::class, 'flush'], 1000, 0);
+    }
+
+    // --- comments --------------------------------------------------------------------------
+
+    /** @param int|string $approved 1, 0, "spam" or "trash" */
+    public static function comment_post(mixed $comment_id, mixed $approved = 0): void
+    {
+        if ((string) $approved === '1') {
+            self::comment_event('comment_posted', $comment_id);
+        }
+    }
+
+    public static function wp_set_comment_status(mixed $comment_id, mixed $status = ''): void
+    {
+        if ($status === 'approve' || $status === '1') {
+            self::comment_event('comment_changed', $comment_id);
+        }
+    }
+
+    /** Approved -> anything, or anything -> approved: the page changes. */
+    public static function transition_comment_status(mixed $new, mixed $old, mixed $comment = null): void
+    {
+        if (($new === 'approved' || $old === 'approved') && is_object($comment)) {
+            self::comment_event('comment_changed', $comment->comment_ID ?? 0, $comment);
+        }
+    }
+
+    public static function edit_comment(mixed $comment_id): void
+    {
+        $comment = function_exists('get_comment') ? get_comment($comment_id) : null;
+        if (is_object($comment) && (string) $comment->comment_approved === '1') {
+            self::comment_event('comment_changed', $comment_id, $comment);
+        }
+    }
+
+    public static function delete_comment(mixed $comment_id, mixed $comment = null): void
+    {
+        if (!is_object($comment) && function_exists('get_comment')) {
+            $comment = get_comment($comment_id);
+        }
+        if (is_object($comment) && (string) $comment->comment_approved === '1') {
+            self::comment_event('comment_changed', $comment_id, $comment);
+        }
+    }
+
+    private static function comment_event(string $type, mixed $comment_id, ?object $comment = null): void
+    {
+        if ($comment === null && function_exists('get_comment')) {
+            $comment = get_comment($comment_id);
+        }
+        if (!is_object($comment)) {
+            return;
+        }
+        $post_id = (int) ($comment->comment_post_ID ?? 0);
+        self::queue(['type' => $type, 'post_id' => $post_id > 0 ? $post_id : null, 'approved' => true]);
+    }
+
+    // --- posts -----------------------------------------------------------------------------
+
+    public static function save_post(mixed $post_id, mixed $post = null): void
+    {
+        if (is_object($post) && ($post->post_status ?? '') === 'publish' && self::is_public($post)) {
+            self::post_event('post_edited', $post);
+        }
+    }
+
+    public static function transition_post_status(mixed $new, mixed $old, mixed $post = null): void
+    {
+        if (!is_object($post) || !self::is_public($post) || ($new !== 'publish' && $old !== 'publish')) {
+            return;
+        }
+        self::post_event($new === 'trash' ? 'post_deleted' : 'post_edited', $post);
+    }
+
+    public static function trashed_post(mixed $post_id): void
+    {
+        $post = function_exists('get_post') ? get_post($post_id) : null;
+        $was = function_exists('get_post_meta') ? get_post_meta((int) $post_id, '_wp_trash_meta_status', true) : '';
+        if (is_object($post) && $was === 'publish' && self::is_public($post)) {
+            self::post_event('post_deleted', $post);
+        }
+    }
+
+    public static function deleted_post(mixed $post_id, mixed $post = null): void
+    {
+        if (is_object($post) && ($post->post_status ?? '') === 'publish' && self::is_public($post)) {
+            self::post_event('post_deleted', $post);
+        }
+    }
+
+    private static function is_public(object $post): bool
+    {
+        $type = (string) ($post->post_type ?? '');
+        if ($type === '' || $type === 'revision' || $type === 'nav_menu_item') {
+            return false;
+        }
+        return !function_exists('is_post_type_viewable') || is_post_type_viewable($type);
+    }
+
+    private static function post_event(string $type, object $post): void
+    {
+        $terms = [];
+        $post_id = (int) ($post->ID ?? 0);
+        if ($post_id > 0 && function_exists('get_object_taxonomies') && function_exists('wp_get_object_terms')) {
+            $taxonomies = get_object_taxonomies((string) $post->post_type);
+            if ($taxonomies !== []) {
+                $ids = wp_get_object_terms($post_id, $taxonomies, ['fields' => 'ids']);
+                if (is_array($ids)) {
+                    $terms = array_values(array_map('intval', $ids));
+                }
+            }
+        }
+        $author = (int) ($post->post_author ?? 0);
+        self::queue(['type' => $type, 'post_id' => $post_id > 0 ? $post_id : null,
+            'terms' => $terms, 'author' => $author > 0 ? $author : null]);
+    }
+
+    // --- the site --------------------------------------------------------------------------
+
+    public static function switch_theme(): void
+    {
+        self::queue(['type' => 'site_changed']);
+    }
+
+    public static function updated_option(mixed $option): void
+    {
+        $option = (string) $option;
+        if (str_starts_with($option, '_transient') || str_starts_with($option, '_site_transient')
+            || in_array($option, self::QUIET_OPTIONS, true)) {
+            return;
+        }
+        self::queue(['type' => 'site_changed']);
+    }
+
+    // --- queue and publish -----------------------------------------------------------------
+
+    /** @param array<string, mixed> $event */
+    public static function queue(array $event): void
+    {
+        $key = $event['type'] . ':' . ($event['post_id'] ?? '');
+        if (isset(self::$queue[$key])) {
+            // One event per post and type; a later one (terms after an edit) wins.
+            $event += self::$queue[$key];
+        }
+        self::$queue[$key] = $event;
+    }
+
+    /** Publish the queued events (at shutdown). Returns how many were handed over. */
+    public static function flush(): int
+    {
+        if (self::$queue === []) {
+            return 0;
+        }
+        $events = array_values(self::$queue);
+        self::$queue = [];
+        $site = defined('TENANTKIT_SITE') ? TENANTKIT_SITE : null;
+        $bus = defined('TENANTKIT_BUS') ? TENANTKIT_BUS : (defined('TENANTKIT_PURGE_DIR') ? TENANTKIT_PURGE_DIR : null);
+        $fallback = defined('TENANTKIT_PURGE_DIR') ? TENANTKIT_PURGE_DIR : null;
+        if (!is_string($site) || !is_string($bus) || $bus === '') {
+            error_log('tenantkit: ' . count($events) . ' invalidation event(s) not published: define '
+                . 'TENANTKIT_SITE and TENANTKIT_BUS (or TENANTKIT_PURGE_DIR) in wp-config.php');
+            return 0;
+        }
+        global $wpdb;
+        $gtid = $wpdb instanceof Tenantkit_DB ? $wpdb->tk_fetch_last_gtid() : null;
+        $sent = 0;
+        foreach ($events as $event) {
+            $event += ['v' => 1, 'site' => $site, 'post_id' => null, 'approved' => false,
+                'terms' => [], 'author' => null, 'paths' => [], 'tags' => [], 'host' => null,
+                'gtid' => $gtid];
+            if (tenantkit_publish($event, $bus, is_string($fallback) ? $fallback : null)) {
+                $sent++;
+                self::$published[] = $event;
+            }
+        }
+        return $sent;
+    }
+}
+
+}
+
+if (defined('ABSPATH') && class_exists('Tenantkit_DB', false) && !isset($GLOBALS['wpdb'])) {
+    Tenantkit_Events::register();
+    $GLOBALS['wpdb'] = new Tenantkit_DB(
+        defined('DB_USER') ? DB_USER : '',
+        defined('DB_PASSWORD') ? DB_PASSWORD : '',
+        defined('DB_NAME') ? DB_NAME : '',
+        defined('DB_HOST') ? DB_HOST : ''
+    );
+}

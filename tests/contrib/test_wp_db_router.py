@@ -1,0 +1,356 @@
+"""contrib/wp-db-router.php against the real MariaDB pair, through php-cli and WordPress.
+
+WordPress is loaded with SHORTINIT from a throwaway tree (see ``wordpress.py``), so ``$wpdb``
+is the drop-in's ``Tenantkit_DB`` exactly as in a real request; the servers' own
+``SHOW GLOBAL STATUS`` counters say where each statement ran.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pymysql
+import pytest
+
+from tenantkit.testing import DATABASE, PASSWORD, USER, MariaDBCluster
+
+from .wordpress import make_tree, write_config
+
+DRIVER = Path(__file__).resolve().parent / "wp_driver.php"
+
+
+@dataclass
+class Run:
+    results: list[Any]
+    notices: list[str]
+    stdout: str
+    stderr: str
+    seconds: float
+
+
+class WP:
+    """A WordPress tree wired to the pair; ``run(ops)`` is one request."""
+
+    def __init__(self, php: str, tree: Path, pair: MariaDBCluster, state: Path) -> None:
+        self.php = php
+        self.tree = tree
+        self.pair = pair
+        self.state = state
+        self.constants: dict[str, Any] = {}
+        self.configure()
+
+    def configure(self, **overrides: Any) -> None:
+        pair = self.pair
+        self.constants = {
+            "DB_NAME": DATABASE, "DB_USER": USER, "DB_PASSWORD": PASSWORD,
+            "DB_HOST": f"127.0.0.1:{pair.primary.port}",
+            "TENANTKIT_SITE": "blog",
+            "TENANTKIT_DB_PRIMARY": f"mysql://{USER}:{PASSWORD}@127.0.0.1:{pair.primary.port}/{DATABASE}",
+            "TENANTKIT_DB_REPLICAS": [
+                f"mysql://{USER}:{PASSWORD}@127.0.0.1:{pair.replica.port}/{DATABASE}"],
+            "TENANTKIT_COMPRESS": True,
+            "TENANTKIT_CONNECT_TIMEOUT": 2,
+            "TENANTKIT_STATE_DIR": str(self.state),
+            "TENANTKIT_DEAD_HOST_COOLDOWN": 10,
+            "TENANTKIT_LAG_THRESHOLD": 5,
+            "TENANTKIT_GTID_WAIT_TIMEOUT": 1,
+            "TENANTKIT_PIN_SECONDS": 5,
+            **overrides,
+        }
+        self.constants = {k: v for k, v in self.constants.items() if v is not None}
+        write_config(self.tree, self.constants)
+
+    def run(self, ops: list[list[Any]], *, cookie: str | None = None, method: str = "GET",
+            full: bool = False, expect_results: bool = True) -> Run:
+        env = {**os.environ, "TK_METHOD": method, "TK_FULL": "1" if full else "0"}
+        if cookie is not None:
+            env["TK_COOKIE"] = cookie
+        start = time.monotonic()
+        proc = subprocess.run(
+            [self.php, "-d", "error_reporting=-1", "-d", "display_errors=stderr",
+             "-d", "log_errors=0", "-d", "error_log=", str(DRIVER), str(self.tree)],
+            input=json.dumps(ops).encode(), capture_output=True, timeout=60, check=False, env=env,
+        )
+        seconds = time.monotonic() - start
+        stdout = proc.stdout.decode(errors="replace")
+        stderr = proc.stderr.decode(errors="replace")
+        head, _, tail = stdout.rpartition("\n@@TK@@")
+        if not _ and expect_results:
+            raise AssertionError(f"driver printed no results:\n{stdout}\n{stderr}")
+        data = json.loads(tail) if _ else {"results": [], "notices": []}
+        return Run(data["results"], data["notices"], head, stderr, seconds)
+
+
+@pytest.fixture(scope="session")
+def wp_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tree(tmp_path_factory.mktemp("wordpress") / "wp", {})
+
+
+@pytest.fixture
+def wp(php: str, wp_tree: Path, mariadb_pair: MariaDBCluster, tmp_path: Path) -> WP:
+    state = tmp_path / "state"
+    state.mkdir()
+    return WP(php, wp_tree, mariadb_pair, state)
+
+
+@contextlib.contextmanager
+def counting(pair: MariaDBCluster, *names: str) -> Iterator[dict[str, int]]:
+    """Deltas of SHOW GLOBAL STATUS counters on both servers over the block."""
+    servers = {"primary": pair.primary, "replica": pair.replica}
+
+    def read() -> dict[str, int]:
+        return {f"{role}.{name}": server.status(name) if server.running else 0
+                for role, server in servers.items() for name in names}
+
+    before = read()
+    delta: dict[str, int] = {}
+    yield delta
+    after = read()
+    delta.update({k: after[k] - before[k] for k in before})
+
+
+def primary_sql(pair: MariaDBCluster, *statements: str) -> None:
+    with pymysql.connect(**pair.primary.connect_args(), autocommit=True) as conn, \
+            conn.cursor() as cur:
+        for sql in statements:
+            cur.execute(sql)
+    pair.wait_replicas()
+
+
+def make_table(pair: MariaDBCluster, rows: int = 0) -> None:
+    primary_sql(pair, "CREATE TABLE t (id INT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(20))",
+                *[f"INSERT INTO t (v) VALUES ('row{i}')" for i in range(rows)])
+
+
+def assert_clean(run: Run) -> None:
+    ours = [n for n in run.notices if "contrib" in n or "wp-db-router" in n or "tenantkit" in n]
+    assert ours == [], ours
+
+
+# --- where statements go ------------------------------------------------------------------
+
+def test_read_from_replica_write_to_primary_then_read_your_write(wp: WP) -> None:
+    make_table(wp.pair, rows=2)
+    with counting(wp.pair, "Com_select", "Com_insert") as delta:
+        run = wp.run([
+            ["get_var", "SELECT COUNT(*) FROM t"],
+            ["primary_connected"],
+            ["query", "INSERT INTO t (v) VALUES ('new')"],
+            ["get_var", "SELECT v FROM t WHERE id = LAST_INSERT_ID()"],
+            ["get_var", "SELECT COUNT(*) FROM t"],
+            ["counts"],
+        ])
+    assert_clean(run)
+    assert run.results[0] == "2"
+    assert run.results[1] is False  # a read-only request never touches the primary
+    assert run.results[2]["value"] == 1 and run.results[2]["insert_id"] == 3
+    assert run.results[3] == "new"
+    assert run.results[4] == "3"
+    assert run.results[5] == {"primary": 3, "replica": 1}
+    assert delta["replica.Com_select"] >= 1
+    assert delta["primary.Com_insert"] == 1
+    assert delta["primary.Com_select"] >= 2
+
+
+def test_insert_then_select_sees_the_row_while_the_replica_is_behind(wp: WP) -> None:
+    make_table(wp.pair)
+    wp.configure(TENANTKIT_LAG_THRESHOLD=0)  # the held replica must stay in use
+    with wp.pair.replica_held():
+        run = wp.run([
+            ["query", "INSERT INTO t (v) VALUES ('mine')"],
+            ["get_var", "SELECT v FROM t WHERE v = 'mine'"],
+        ])
+    assert run.results[1] == "mine"
+
+
+def test_compressed_primary_link(wp: WP) -> None:
+    make_table(wp.pair)
+    run = wp.run([["query", "INSERT INTO t (v) VALUES ('x')"],
+                  ["primary_status", "Compression"]])
+    assert run.results[1] == "ON"
+    wp.configure(TENANTKIT_COMPRESS=False)
+    run = wp.run([["query", "INSERT INTO t (v) VALUES ('y')"],
+                  ["primary_status", "Compression"]])
+    assert run.results[1] == "OFF"
+
+
+def test_calc_found_rows_and_found_rows_run_on_the_same_server(wp: WP) -> None:
+    make_table(wp.pair, rows=5)
+    with counting(wp.pair, "Com_select") as delta:
+        run = wp.run([
+            ["get_col", "SELECT SQL_CALC_FOUND_ROWS id FROM t ORDER BY id LIMIT 2"],
+            ["get_var", "SELECT FOUND_ROWS()"],
+            ["primary_connected"],
+        ])
+    assert run.results[:3] == [["1", "2"], "5", False]
+    # (the replica's extra SELECT is wpdb's own SELECT @@SESSION.sql_mode at connect)
+    assert delta["replica.Com_select"] >= 2 and delta["primary.Com_select"] == 0
+    # After a write both go to the primary, and FOUND_ROWS() still answers for its query.
+    run = wp.run([
+        ["query", "INSERT INTO t (v) VALUES ('six')"],
+        ["get_col", "SELECT SQL_CALC_FOUND_ROWS id FROM t ORDER BY id LIMIT 1"],
+        ["get_var", "SELECT FOUND_ROWS()"],
+        ["counts"],
+    ])
+    assert run.results[1:] == [["1"], "6", {"primary": 3, "replica": 0}]
+
+
+def test_locking_read_goes_to_the_primary(wp: WP) -> None:
+    make_table(wp.pair, rows=1)
+    with counting(wp.pair, "Com_select") as delta:
+        run = wp.run([["get_var", "SELECT v FROM t WHERE id = 1 FOR UPDATE"], ["counts"]])
+    assert run.results == ["row0", {"primary": 1, "replica": 0}]
+    # Connecting runs wpdb's SELECT @@SESSION.sql_mode on each link; the FOR UPDATE itself
+    # must be on the primary.
+    assert delta["primary.Com_select"] >= 2 and delta["replica.Com_select"] <= 1
+
+
+# --- failover ---------------------------------------------------------------------------------
+
+def test_replica_down_reads_go_to_the_primary_and_it_is_retried_after_the_cooldown(wp: WP) -> None:
+    make_table(wp.pair, rows=1)
+    wp.configure(TENANTKIT_DEAD_HOST_COOLDOWN=1)
+    wp.pair.stop_replica()
+    run = wp.run([["get_var", "SELECT v FROM t"], ["counts"]])
+    assert run.results == ["row0", {"primary": 1, "replica": 0}]
+    assert "cannot connect to replica 127.0.0.1:" in run.stderr
+    assert "reads go elsewhere for 1s" in run.stderr
+    # Within the cooldown the dead replica is not even tried.
+    run = wp.run([["get_var", "SELECT v FROM t"]])
+    assert run.results == ["row0"] and "cannot connect" not in run.stderr
+    wp.pair.start_replica()
+    wp.pair.wait_replicas()
+    time.sleep(1.1)
+    with counting(wp.pair, "Com_select") as delta:
+        run = wp.run([["get_var", "SELECT v FROM t"], ["counts"], ["primary_connected"]])
+    assert run.results == ["row0", {"primary": 0, "replica": 1}, False]
+    assert delta["replica.Com_select"] >= 1
+
+
+def test_replica_with_replication_stopped_is_skipped(wp: WP) -> None:
+    make_table(wp.pair, rows=1)
+    with wp.pair.replica_held():
+        run = wp.run([["get_var", "SELECT v FROM t"], ["counts"]])
+    assert run.results == ["row0", {"primary": 1, "replica": 0}]
+    assert "has replication stopped" in run.stderr
+
+
+def test_replica_dying_mid_request_is_replaced_for_reads(wp: WP) -> None:
+    make_table(wp.pair, rows=1)
+    run = wp.run([
+        ["get_var", "SELECT v FROM t"],
+        ["php", "global $wpdb; $id = mysqli_thread_id($wpdb->tk_read_link); "
+                f"$k = mysqli_connect('127.0.0.1', 'root', '', '', {wp.pair.replica.port}); "
+                "mysqli_query($k, \"KILL $id\"); mysqli_close($k); return $id;"],
+        ["get_var", "SELECT v FROM t"],
+        ["counts"],
+    ])
+    assert run.results[2] == "row0"
+    assert run.results[3] == {"primary": 1, "replica": 1}
+    assert "went away" in run.stderr
+
+
+def test_primary_down_reads_still_work_and_a_write_gives_dead_db_promptly(wp: WP) -> None:
+    make_table(wp.pair, rows=1)
+    wp.pair.stop_primary()
+    run = wp.run([["get_var", "SELECT v FROM t"], ["primary_connected"]])
+    assert run.results == ["row0", False], (run.stdout, run.stderr)
+    with counting(wp.pair, "Com_insert") as delta:
+        run = wp.run([["query", "INSERT INTO t (v) VALUES ('lost')"]], expect_results=False)
+    assert "Error establishing a database connection" in run.stdout
+    assert run.seconds < 15  # bounded by the connect timeout, not WordPress's 5 retries
+    assert run.results == []  # the request stopped there
+    assert delta["replica.Com_insert"] == 0
+    assert "cannot connect to primary" in run.stderr
+
+
+def test_everything_down_gives_dead_db(wp: WP) -> None:
+    wp.pair.stop_primary()
+    wp.pair.stop_replica()
+    run = wp.run([["get_var", "SELECT 1"]], expect_results=False)
+    assert "Error establishing a database connection" in run.stdout
+    assert run.seconds < 15
+
+
+# --- read-your-writes across requests -------------------------------------------------------
+
+def test_gtid_cookie_makes_the_replica_wait_or_the_primary_answer(wp: WP) -> None:
+    make_table(wp.pair)
+    wp.configure(TENANTKIT_LAG_THRESHOLD=0, TENANTKIT_GTID_WAIT_TIMEOUT=0.3)
+    with wp.pair.replica_held():
+        run = wp.run([["query", "INSERT INTO t (v) VALUES ('posted')"], ["cookie"]], method="POST")
+        cookie = run.results[1]
+        assert cookie is not None and ":0-1-" in cookie
+        # The next request from that browser: the replica does not have the row yet, so the
+        # wait times out and the read is answered by the primary.
+        run = wp.run([["get_var", "SELECT COUNT(*) FROM t"], ["counts"]], cookie=cookie)
+        assert run.results == ["1", {"primary": 1, "replica": 0}]
+        # Without the cookie: the (stale) replica answers.
+        run = wp.run([["get_var", "SELECT COUNT(*) FROM t"], ["counts"]])
+        assert run.results == ["0", {"primary": 0, "replica": 1}]
+    wp.pair.wait_replicas()
+    run = wp.run([["get_var", "SELECT COUNT(*) FROM t"], ["counts"], ["primary_connected"]],
+                 cookie=cookie)
+    assert run.results == ["1", {"primary": 0, "replica": 1}, False]
+
+
+def test_pin_mode_cookie_sends_reads_to_the_primary(wp: WP) -> None:
+    make_table(wp.pair)
+    wp.configure(TENANTKIT_READ_YOUR_WRITES="pin")
+    run = wp.run([["query", "INSERT INTO t (v) VALUES ('x')"], ["cookie"]], method="POST")
+    cookie = run.results[1]
+    assert cookie is not None and cookie.isdigit()
+    run = wp.run([["get_var", "SELECT COUNT(*) FROM t"], ["counts"]], cookie=cookie)
+    assert run.results == ["1", {"primary": 1, "replica": 0}]
+
+
+def test_get_requests_that_write_pin_no_one(wp: WP) -> None:
+    make_table(wp.pair)
+    run = wp.run([["query", "INSERT INTO t (v) VALUES ('x')"], ["cookie"]], method="GET")
+    assert run.results[1] is None
+
+
+@pytest.mark.parametrize("cookie", [
+    pytest.param("garbage", id="garbage"),
+    pytest.param(str(int(time.time()) + 10**6), id="far future"),
+    pytest.param("1", id="expired"),
+    pytest.param("9999999999:0-1-1');DROP TABLE t;--", id="sql injection"),
+    pytest.param("9999999999:" + ",".join(["0-1-1"] * 40), id="too many gtids"),
+    pytest.param("x" * 5000, id="huge"),
+])
+def test_hostile_cookies_are_ignored(wp: WP, cookie: str) -> None:
+    make_table(wp.pair, rows=1)
+    run = wp.run([["get_var", "SELECT COUNT(*) FROM t"], ["counts"]], cookie=cookie)
+    assert run.results == ["1", {"primary": 0, "replica": 1}]
+    assert_clean(run)
+
+
+# --- configuration mistakes ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("overrides, message", [
+    pytest.param({"TENANTKIT_DB_PRIMARY": "postgres://x@h/db"}, "cannot read postgres://",
+                 id="wrong scheme"),
+    pytest.param({"TENANTKIT_DB_PRIMARY": "mysql://u:hunter2@h:99999/db"}, "cannot read",
+                 id="bad port"),
+    pytest.param({"TENANTKIT_DB_REPLICAS": 7}, "TENANTKIT_DB_REPLICAS must be a list",
+                 id="replicas not a list"),
+    pytest.param({"TENANTKIT_READ_YOUR_WRITES": "always"}, "must be \"gtid\", \"pin\" or \"off\"",
+                 id="bad mode"),
+    pytest.param({"TENANTKIT_PIN_SECONDS": "soon"}, "TENANTKIT_PIN_SECONDS must be a number",
+                 id="bad seconds"),
+])
+def test_configuration_errors_say_what_to_fix(wp: WP, overrides: dict[str, Any],
+                                              message: str) -> None:
+    wp.configure(**overrides)
+    run = wp.run([["get_var", "SELECT 1"]], expect_results=False)
+    assert message in run.stderr
+    assert "hunter2" not in run.stderr + run.stdout
+    assert run.results == []
