@@ -283,6 +283,32 @@ function tenantkit_write_trigger_file(string $dir, string $id, string $json): ?s
 }
 
 /**
+ * RFC 5952 text of a 16-byte IPv6 address, as Python's ipaddress.IPv6Address.compressed gives
+ * it: lowercase hex groups without leading zeros, the first longest run (two or more) of zero
+ * groups as "::". (inet_ntop differs: it writes IPv4-mapped addresses in dotted form.)
+ */
+function tenantkit_ipv6_compressed(string $packed): string
+{
+    $groups = array_map(static fn (int $g): string => dechex($g), array_values(unpack('n8', $packed)));
+    $best = -1;
+    $best_len = 0;
+    for ($i = 0; $i < 8; $i++) {
+        $len = 0;
+        while ($i + $len < 8 && $groups[$i + $len] === '0') {
+            $len++;
+        }
+        if ($len > $best_len) {
+            [$best, $best_len] = [$i, $len];
+        }
+    }
+    if ($best_len < 2) {
+        return implode(':', $groups);
+    }
+    return implode(':', array_slice($groups, 0, $best)) . '::'
+        . implode(':', array_slice($groups, $best + $best_len));
+}
+
+/**
  * Normalise a Host header the way tenantkit.hosts.normalize_host does: port stripped (IPv6
  * literals in brackets kept), one trailing dot dropped, lowercase, IDNA A-labels. Returns null
  * for anything that is not a valid host name.
@@ -306,10 +332,11 @@ function tenantkit_normalize_host(string $raw): ?string
             }
             $port = substr($rest, 1);
         }
-        if (filter_var($literal, FILTER_VALIDATE_IP, FILTER_FLAG_IPV6) === false) {
+        $packed = str_contains($literal, '%') ? false : @inet_pton($literal);
+        if ($packed === false || strlen($packed) !== 16) {
             return null;
         }
-        $host = '[' . strtolower($literal) . ']';
+        $host = '[' . tenantkit_ipv6_compressed($packed) . ']';
     } else {
         $colon = strrpos($raw, ':');
         $host = $raw;
@@ -319,7 +346,7 @@ function tenantkit_normalize_host(string $raw): ?string
         }
     }
     if ($port !== null
-        && (preg_match('/^[0-9]{1,5}$/D', $port) !== 1 || (int) $port < 1 || (int) $port > 65535)) {
+        && (preg_match('/^[0-9]{1,5}$/D', $port) !== 1 || (int) $port > 65535)) {
         return null;
     }
     if ($host !== '' && $host[0] === '[') {

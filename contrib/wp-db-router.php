@@ -38,8 +38,9 @@
  *   the replica first waits for it (MASTER_GTID_WAIT, up to TENANTKIT_GTID_WAIT_TIMEOUT);
  *   if the wait times out the request reads from the primary. GET requests that write
  *   (cron, transients) keep read-your-writes inside the request but pin no one.
- * - a replica that refuses connections, has replication stopped, or lags more than
- *   TENANTKIT_LAG_THRESHOLD seconds is skipped (reads go to the next replica, else the
+ * - a replica that refuses connections, has its SQL thread stopped, or lags more than
+ *   TENANTKIT_LAG_THRESHOLD seconds (SHOW SLAVE STATUS once per request; the replica user
+ *   needs SLAVE MONITOR / REPLICATION CLIENT; 0 turns the check off) is skipped (reads go to the next replica, else the
  *   primary) and tried again after TENANTKIT_DEAD_HOST_COOLDOWN seconds (state is kept in
  *   small files in TENANTKIT_STATE_DIR, default the system temp dir).
  * - the primary unreachable (connect timeout TENANTKIT_CONNECT_TIMEOUT) when a write needs
@@ -124,6 +125,28 @@ final class Tenantkit_SQL_Classifier
             self::$cache[$sql] = self::explain($sql);
         }
         return self::$cache[$sql][0];
+    }
+
+    /**
+     * How the drop-in routes $sql: "read", "write", "calc" (a write only because of
+     * SQL_CALC_FOUND_ROWS: it may run on the read link) or "found_rows" (a write only because
+     * of FOUND_ROWS(): it runs where the last "calc" ran).
+     */
+    public static function route(string $sql): string
+    {
+        [$role, $reason] = self::explain($sql);
+        if ($role === 'read') {
+            return 'read';
+        }
+        if (str_starts_with($reason, 'SQL_CALC_FOUND_ROWS')
+            && self::explain($sql, ['SQL_CALC_FOUND_ROWS'])[0] === 'read') {
+            return 'calc';
+        }
+        if ($reason === 'session-dependent function FOUND_ROWS()'
+            && self::explain($sql, ['FOUND_ROWS'])[0] === 'read') {
+            return 'found_rows';
+        }
+        return 'write';
     }
 
     /**
@@ -1091,20 +1114,8 @@ class Tenantkit_DB extends wpdb
      */
     public function tk_route(string $query): array
     {
-        [$role, $reason] = Tenantkit_SQL_Classifier::explain($query);
         $first = strtoupper((string) strtok(ltrim($query, " \t\n\r("), " \t\n\r("));
-        if ($role === 'read') {
-            return ['read', $first];
-        }
-        if (str_starts_with($reason, 'SQL_CALC_FOUND_ROWS')
-            && Tenantkit_SQL_Classifier::explain($query, ['SQL_CALC_FOUND_ROWS'])[0] === 'read') {
-            return ['calc', $first];
-        }
-        if ($reason === 'session-dependent function FOUND_ROWS()'
-            && Tenantkit_SQL_Classifier::explain($query, ['FOUND_ROWS'])[0] === 'read') {
-            return ['found_rows', $first];
-        }
-        return ['write', $first];
+        return [Tenantkit_SQL_Classifier::route($query), $first];
     }
 
     private function tk_link_for(string $role): ?mysqli
