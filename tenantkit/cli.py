@@ -311,6 +311,100 @@ def check_command(info: ScriptInfo) -> None:
     click.echo(f"ok: settings and {len(registry.sites)} site file(s) are valid")
 
 
+# --- purge and invalidator (issue 6) -------------------------------------------------------
+
+
+def _load_registry(settings: Settings) -> Any:
+    from tenantkit.registry import Registry
+
+    return Registry.load(settings)
+
+
+@cli.command("purge")
+@click.argument("site")
+@click.option("--path", "paths", multiple=True, metavar="PATH",
+              help="A URL path to purge, with every query string (repeatable).")
+@click.option("--host", default=None, help="Only this host's pages for --path (default: all).")
+@click.option("--tag", "tags", multiple=True, metavar="TAG",
+              help="Purge every page with this tag: post:42, home, feed, ... (repeatable).")
+@click.option("--all", "purge_all", is_flag=True, help="Flush the whole site.")
+@pass_info
+def purge_command(info: ScriptInfo, site: str, paths: tuple[str, ...], host: str | None,
+                  tags: tuple[str, ...], purge_all: bool) -> None:
+    """Purge SITE's page cache on every node (publishes a purge event)."""
+    from tenantkit.cache.bus import publish, purge_now
+    from tenantkit.cache.events import Purge
+    from tenantkit.errors import InvalidHost, MalformedEvent
+    from tenantkit.hosts import normalize_host
+
+    settings = info.settings
+    if not (paths or tags or purge_all):
+        raise TenantkitUsageError("say what to purge: --path /some/url/, --tag post:42 or --all")
+    for path in paths:
+        if not path.startswith("/"):
+            raise TenantkitUsageError(f"--path {path!r}: a URL path starts with '/' "
+                                      f"(write --path /{path})")
+    if host is not None:
+        if not paths:
+            raise TenantkitUsageError("--host only applies to --path")
+        try:
+            host = normalize_host(host)
+        except InvalidHost as exc:
+            raise TenantkitUsageError(f"--host: {exc}") from exc
+    registry = _load_registry(settings)
+    if site not in registry.sites:
+        known = ", ".join(sorted(registry.sites)) or f"none in {settings.sites_dir}"
+        raise TenantkitUsageError(f"unknown site {site!r} (known sites: {known})")
+    try:
+        event = Purge(site, paths=paths, tags=tags, host=host, all=purge_all, origin="cli")
+    except MalformedEvent as exc:
+        raise TenantkitUsageError(str(exc)) from exc
+    try:
+        if settings.bus.transport == "local":
+            purge_now(settings, registry.sites.values(), event)
+            click.echo(f"purged {site}")
+        else:
+            publish(event, settings=settings)
+            click.echo(f"published a purge of {site} over {settings.bus.transport}")
+    except TenantkitError as exc:
+        raise TenantkitFailure(str(exc)) from exc
+
+
+@cli.command("invalidator")
+@click.option("--node", default=None, help="This node's name (default: [bus] node, else the "
+              "host name); one Redis consumer group per node.")
+@click.option("--transport", type=click.Choice(["local", "redis", "pubsub", "files"]),
+              default=None, help="Override [bus] transport.")
+@pass_info
+def invalidator_command(info: ScriptInfo, node: str | None, transport: str | None) -> None:
+    """Consume invalidation events on this node and purge the page caches (until stopped)."""
+    import signal
+
+    from tenantkit.cache.bus import Invalidator, make_transport
+    from tenantkit.watch import SiteWatcher
+
+    settings = info.settings
+    registry = _load_registry(settings)
+    try:
+        chosen = make_transport(settings, transport)
+    except TenantkitError as exc:
+        raise TenantkitUsageError(str(exc)) from exc
+    invalidator = Invalidator(settings, registry, transport=chosen, node=node)
+
+    def stop(signum: int, frame: object) -> None:
+        invalidator.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    click.echo(f"invalidator for {len(registry.sites)} site(s) on node {invalidator.node} "
+               f"over {chosen.name}", err=True)
+    try:
+        with SiteWatcher(registry):
+            invalidator.run_forever()
+    finally:
+        chosen.close()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: runs the click group, mapping our errors to exit codes."""
     try:

@@ -56,7 +56,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from tenantkit.errors import CacheError
+from tenantkit.errors import CacheError, InvalidHost
+from tenantkit.hosts import normalize_host
 
 __all__ = ["CacheStats", "CachedPage", "FillTicket", "PageCache", "page_key"]
 
@@ -91,7 +92,12 @@ def _hash(*parts: str) -> str:
 
 
 def _check_host(host: str) -> str:
-    normal = host.lower().removesuffix(".") if isinstance(host, str) else ""
+    try:
+        normal = normalize_host(host) if isinstance(host, str) else ""
+    except InvalidHost as exc:
+        raise CacheError(f"page cache: not a normalised host name: {exc}") from None
+    # normalize_host already refuses anything that is not a safe name; checked again because
+    # this string becomes a directory name.
     if not _SAFE_HOST(normal) or len(normal) > 253:
         shown = host if not isinstance(host, str) or len(host) <= 80 else host[:77] + "..."
         raise CacheError(

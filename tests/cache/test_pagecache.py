@@ -207,7 +207,8 @@ BAD_HOSTS = [
     pytest.param("a\\b", id="backslash"),
     pytest.param("a..b", id="empty label"),
     pytest.param("x\x00y", id="nul"),
-    pytest.param("host:8080", id="port"),
+    pytest.param("host:80:80", id="two ports"),
+    pytest.param("[::1", id="open bracket"),
     pytest.param(".q", id="hidden name"),
     pytest.param("a" * 64 + ".org", id="label too long"),
     pytest.param("[::1]/../x", id="ipv6 with path"),
@@ -260,6 +261,12 @@ def test_hostile_paths_stay_inside_the_site_tree(cache: PageCache, tmp_path: Pat
     # Either the nginx tree under the host, or the hashed tree.
     assert key.startswith((f"{H}/", f".q/{H}/"))
     assert cache.purge_paths(H, [path]) == 1
+
+
+def test_hosts_are_normalised(cache: PageCache) -> None:
+    cache.put("Blog.Example.ORG.:8080", "/n/", b"n")
+    assert cache.get(H, "/n/").body == b"n"  # type: ignore[union-attr]
+    assert page_key("[::1]:8080", "/") == "[::1]"
 
 
 def test_relative_paths_are_refused(cache: PageCache) -> None:

@@ -1,0 +1,145 @@
+"""The Invalidator with the in-process transport and trigger files (no servers needed)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tenantkit.cache.bus import (
+    Invalidator,
+    LocalTransport,
+    TriggerFileTransport,
+    close_transports,
+    publish,
+)
+from tenantkit.cache.events import CommentPosted, PostEdited, Purge, SiteChanged, to_json
+from tenantkit.cache.pagecache import PageCache
+from tenantkit.errors import BusError
+
+from .helpers import HOST, Purges, make_settings, registry_for, wait_until
+
+
+def _cache(settings: object, site: str = "blog") -> PageCache:
+    return PageCache(settings.cache_dir / site / "pages")  # type: ignore[attr-defined]
+
+
+def test_local_publish_purges_through_the_invalidator(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    cache = _cache(settings)
+    cache.put(HOST, "/", b"home")
+    purges = Purges()
+    with Invalidator(settings, registry_for(settings), on_purge=purges, poll_timeout=0.05):
+        publish(CommentPosted("blog", 1, False), settings=settings)  # unapproved: nothing
+        publish(CommentPosted("blog", 1, True), settings=settings)
+        assert purges.wait_count(1)
+    assert len(purges.seen) == 1
+    assert purges.seen[0][3].flush
+    page = cache.get(HOST, "/")
+    assert page is not None and page.stale
+
+
+def test_targeted_policy_purges_tags_only(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, policy="targeted")
+    cache = _cache(settings)
+    cache.put(HOST, "/p/42/", b"post", tags=["post:42"])
+    cache.put(HOST, "/p/43/", b"other", tags=["post:43"])
+    purges = Purges()
+    with Invalidator(settings, registry_for(settings), on_purge=purges, poll_timeout=0.05):
+        publish(PostEdited("blog", 42, (7,), 3), settings=settings)
+        assert purges.wait_count(1)
+    assert cache.get(HOST, "/p/42/").stale  # type: ignore[union-attr]
+    assert not cache.get(HOST, "/p/43/").stale  # type: ignore[union-attr]
+    assert purges.seen[0][3].tags == ("post:42", "home", "feed", "term:7", "author:3")
+
+
+def test_local_publish_without_an_invalidator_writes_a_trigger_file(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    LocalTransport(settings.cache_dir).publish(SiteChanged("blog"))
+    files = list((settings.cache_dir / "blog" / ".purge").glob("*.json"))
+    assert len(files) == 1
+    assert json.loads(files[0].read_text())["type"] == "site_changed"
+
+
+def test_unknown_site_is_dropped_and_others_still_served(tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    settings = make_settings(tmp_path)
+    purges = Purges()
+    with caplog.at_level(logging.WARNING), Invalidator(
+            settings, registry_for(settings), on_purge=purges, poll_timeout=0.05):
+        publish(SiteChanged("nosuchsite"), settings=settings)
+        publish(SiteChanged("blog"), settings=settings)
+        assert purges.wait_count(1)
+    assert "unknown site 'nosuchsite'" in caplog.text
+
+
+_WRITER = r"""
+import os, sys, tempfile
+directory, name, payload = sys.argv[1], sys.argv[2], sys.argv[3].encode()
+fd, tmp = tempfile.mkstemp(dir=directory, prefix=".", suffix=".tmp")
+with os.fdopen(fd, "wb") as f:
+    f.write(payload)
+os.replace(tmp, os.path.join(directory, name))
+"""
+
+
+@pytest.mark.parametrize(("payload", "message"), [
+    pytest.param("{not json", "not valid JSON", id="broken json"),
+    pytest.param('{"v": 1, "type": "site_changed"}', 'field "site" is missing', id="no site"),
+    pytest.param('{"v": 1, "type": "nuke", "site": "blog"}', 'field "type"', id="unknown type"),
+    pytest.param('{"v": 1, "type": "site_changed", "site": "other"}', "a site may only purge "
+                 "itself", id="another site"),
+    pytest.param("x" * 70000, "more than", id="huge"),
+])
+def test_trigger_files_from_another_process(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                            payload: str, message: str) -> None:
+    settings = make_settings(tmp_path)
+    cache = _cache(settings)
+    cache.put(HOST, "/", b"home")
+    purge_dir = settings.cache_dir / "blog" / ".purge"
+    purges = Purges()
+    with caplog.at_level(logging.WARNING), Invalidator(
+            settings, registry_for(settings), on_purge=purges, poll_timeout=0.05,
+            scan_interval=0.5) as invalidator:
+        subprocess.run([sys.executable, "-c", _WRITER, str(purge_dir), "bad.json", payload],
+                       check=True, timeout=30)
+        assert wait_until(lambda: not (purge_dir / "bad.json").exists())
+        assert message in caplog.text
+        assert not purges.seen
+        # The watcher is still alive: a good file is handled.
+        good = to_json(Purge("blog", paths=("/",), host=HOST))
+        subprocess.run([sys.executable, "-c", _WRITER, str(purge_dir), "good.json", good],
+                       check=True, timeout=30)
+        assert purges.wait_count(1)
+        assert invalidator.errors >= 1
+    assert cache.get(HOST, "/").stale  # type: ignore[union-attr]
+    assert sorted(p.name for p in purge_dir.iterdir()) == []
+
+
+def test_trigger_files_present_at_start_are_scanned(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    TriggerFileTransport(settings.cache_dir).publish(Purge("blog", all=True))
+    purges = Purges()
+    with Invalidator(settings, registry_for(settings), on_purge=purges, poll_timeout=0.05,
+                     scan_interval=0.1):
+        assert purges.wait_count(1)
+    assert purges.seen[0][3].flush
+
+
+def test_files_transport_fails_clearly_when_cache_dir_is_unusable(tmp_path: Path) -> None:
+    (tmp_path / "cache").write_text("a file, not a directory")
+    with pytest.raises(BusError, match="cannot write a trigger file"):
+        TriggerFileTransport(tmp_path / "cache").publish(SiteChanged("blog"))
+
+
+def test_redis_down_falls_back_to_a_trigger_file(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, transport="redis", redis_url="redis://127.0.0.1:1/0")
+    try:
+        publish(SiteChanged("blog"), settings=settings)
+    finally:
+        close_transports()
+    assert len(list((settings.cache_dir / "blog" / ".purge").glob("*.json"))) == 1
