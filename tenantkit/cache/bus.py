@@ -350,9 +350,12 @@ class _StreamConsumer:
         first = info.get("first-entry")
         if first is not None and _stream_id(first[0]) <= delivered:
             return None
+        # Every entry after our position is still there unless entries were removed: then
+        # the counters say whether any of the removed ones were never read by this group.
         added = int(info.get("entries-added") or 0)
+        removed = added - int(info.get("length") or 0)
         read = group.get("entries-read")
-        if read is not None and added - int(read) - int(info.get("length") or 0) <= 0:
+        if removed <= 0 or (read is not None and removed - int(read) <= 0):
             return None
         return "the stream was trimmed past this node's position"
 

@@ -44,6 +44,7 @@ __all__ = [
     "from_json",
     "purge_action",
     "to_json",
+    "with_gtid",
 ]
 
 VERSION = 1

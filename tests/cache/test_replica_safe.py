@@ -1,0 +1,212 @@
+"""The replica-safe purge: a node purges only once its own replica has the commit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, text
+
+from tenantkit.cache.bus import Invalidator, LocalTransport, RedisStreamTransport
+from tenantkit.cache.events import PostEdited
+from tenantkit.cache.hooks import install
+from tenantkit.cache.pagecache import PageCache
+from tenantkit.db.gtid import last_gtid
+from tenantkit.testing import MariaDBCluster, RedisServer
+
+from .helpers import HOST, Purges, make_settings, registry_for, wait_until
+
+
+def _setup_table(primary: Engine, cluster: MariaDBCluster) -> None:
+    with primary.begin() as conn:
+        conn.execute(text("CREATE TABLE posts (id INT PRIMARY KEY, body VARCHAR(50))"))
+        conn.execute(text("INSERT INTO posts VALUES (1, 'v1')"))
+    cluster.wait_replicas()
+
+
+def _commit(primary: Engine, body: str) -> str | None:
+    with primary.connect() as conn:
+        conn.execute(text("UPDATE posts SET body = :b WHERE id = 1"), {"b": body})
+        conn.commit()
+        return last_gtid(conn)
+
+
+class Renderer(threading.Thread):
+    """Plays the web tier: on a miss or stale page, render from the replica and store."""
+
+    def __init__(self, cache: PageCache, replica: Engine) -> None:
+        super().__init__(daemon=True)
+        self.cache = cache
+        self.replica = replica
+        self.stop = threading.Event()
+        self.stored: list[tuple[float, bytes]] = []
+
+    def run(self) -> None:
+        while not self.stop.wait(0.005):
+            page = self.cache.get(HOST, "/1/")
+            if page is not None and not page.stale:
+                continue
+            with self.cache.begin_fill(HOST, "/1/") as ticket:
+                with self.replica.connect() as conn:
+                    body = conn.execute(text("SELECT body FROM posts WHERE id = 1")).scalar()
+                data = str(body).encode()
+                if self.cache.put(HOST, "/1/", data, tags=["post:1"], ticket=ticket):
+                    self.stored.append((time.monotonic(), data))
+
+
+def _run_renderer(cache: PageCache, replica: Engine, body: Callable[[], None]) -> Renderer:
+    renderer = Renderer(cache, replica)
+    renderer.start()
+    try:
+        body()
+    finally:
+        renderer.stop.set()
+        renderer.join(10)
+    return renderer
+
+
+def test_held_replica_never_refills_pre_write_data(tmp_path: Path,
+                                                   mariadb_pair: MariaDBCluster) -> None:
+    settings = make_settings(tmp_path, replicas=(mariadb_pair.replica_url,),
+                             replica_wait_timeout=20)
+    primary = create_engine(mariadb_pair.primary_url)
+    replica = create_engine(mariadb_pair.replica_url)
+    cache = PageCache(settings.cache_dir / "blog" / "pages")
+    purges = Purges()
+    transport = LocalTransport(settings.cache_dir)
+    inv = Invalidator(settings, registry_for(settings), transport=transport, on_purge=purges,
+                      poll_timeout=0.05)
+    try:
+        _setup_table(primary, mariadb_pair)
+        inv.start()
+
+        def scenario() -> None:
+            assert wait_until(lambda: cache.get(HOST, "/1/") is not None)
+            mariadb_pair.hold_replica()
+            gtid = _commit(primary, "v2")
+            assert gtid
+            transport.publish(PostEdited("blog", 1, gtid=gtid))
+            time.sleep(1.0)
+            assert purges.seen == []  # still waiting for the replica
+            mariadb_pair.release_replica()
+            assert purges.wait_count(1)
+            time.sleep(0.5)  # let the renderer re-fill
+
+        renderer = _run_renderer(cache, replica, scenario)
+        purged_at = purges.seen[0][0]
+        after = [body for when, body in renderer.stored if when > purged_at]
+        assert after, "the renderer re-filled the page after the purge"
+        assert set(after) == {b"v2"}
+        page = cache.get(HOST, "/1/")
+        assert page is not None and page.body == b"v2" and not page.stale
+    finally:
+        inv.stop()
+        primary.dispose()
+        replica.dispose()
+
+
+def test_replica_wait_timeout_purges_now_and_after_the_lag_bound(
+        tmp_path: Path, mariadb_pair: MariaDBCluster) -> None:
+    settings = make_settings(tmp_path, replicas=(mariadb_pair.replica_url,),
+                             replica_wait_timeout=0.3, lag_threshold=1.0)
+    primary = create_engine(mariadb_pair.primary_url)
+    cache = PageCache(settings.cache_dir / "blog" / "pages")
+    purges = Purges()
+    transport = LocalTransport(settings.cache_dir)
+    inv = Invalidator(settings, registry_for(settings), transport=transport, on_purge=purges,
+                      poll_timeout=0.05)
+    try:
+        _setup_table(primary, mariadb_pair)
+        inv.start()
+        with mariadb_pair.replica_held():
+            gtid = _commit(primary, "v2")
+            cache.put(HOST, "/1/", b"v1")
+            transport.publish(PostEdited("blog", 1, gtid=gtid))
+            assert purges.wait_count(1)
+            cache.put(HOST, "/1/", b"v1 again, read from the lagging replica")
+            assert purges.wait_count(2)
+        assert purges.seen[1][0] - purges.seen[0][0] >= 0.9
+        assert purges.seen[1][1] is None  # the second purge is the scheduled one
+        assert cache.get(HOST, "/1/").stale  # type: ignore[union-attr]
+    finally:
+        inv.stop()
+        primary.dispose()
+
+
+def _node_config(tmp_path: Path, name: str, sites_dir: Path, replica_url: str,
+                 redis_url: str) -> Path:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(
+        f'sites_dir = "{sites_dir}"\ncache_dir = "{tmp_path / name / "cache"}"\n'
+        f'[database]\nreplicas = ["{replica_url}"]\n'
+        f'[bus]\ntransport = "redis"\nredis_url = "{redis_url}"\nnode = "{name}"\n'
+        f"replica_wait_timeout = 20\n"
+    )
+    return path
+
+
+def test_two_nodes_each_purge_after_their_own_replica(
+        tmp_path: Path, mariadb_cluster: Callable[..., MariaDBCluster],
+        redis_server: RedisServer) -> None:
+    cluster = mariadb_cluster(replicas=2)
+    settings = make_settings(tmp_path / "shared", transport="redis", redis_url=redis_server.url)
+    primary = create_engine(cluster.primary_url)
+    caches = [PageCache(tmp_path / n / "cache" / "blog" / "pages") for n in ("a", "b")]
+    procs = []
+    try:
+        with primary.begin() as conn:
+            conn.execute(text("CREATE TABLE wp_comments (comment_ID INT PRIMARY KEY, "
+                              "comment_post_ID INT, comment_approved VARCHAR(20))"))
+        cluster.wait_replicas()
+        for index, name in enumerate(("a", "b")):
+            config = _node_config(tmp_path, name, settings.sites_dir, cluster.replica_urls[index],
+                                  redis_server.url)
+            with open(tmp_path / f"{name}.log", "wb") as log:
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-c", "from tenantkit.cli import main; main()",
+                     "--config", str(config), "invalidator"],
+                    stdout=subprocess.DEVNULL, stderr=log))
+        # A new node flushes once (it cannot know what it missed): wait for that.
+        for cache in caches:
+            assert wait_until(lambda c=cache: os.readlink(c.root / "current") == "g2", 30)
+            cache.put(HOST, "/", b"before the comment")
+
+        from sqlalchemy.orm import sessionmaker  # the write goes through node A's session
+
+        from .test_hooks import Comment
+
+        factory = sessionmaker(primary)
+        publisher = RedisStreamTransport(redis_server.url)
+        site = registry_for(settings).sites["blog"]
+        remove = install(factory, site, transport=publisher)
+        try:
+            with cluster.replica_held(1):
+                with factory() as session:
+                    session.add(Comment(comment_ID=1, comment_post_ID=1, comment_approved="1"))
+                    session.commit()
+                assert wait_until(lambda: caches[0].get(HOST, "/").stale)  # type: ignore
+                time.sleep(1.0)
+                assert not caches[1].get(HOST, "/").stale  # type: ignore[union-attr]
+            assert wait_until(lambda: caches[1].get(HOST, "/").stale)  # type: ignore
+            rows = cluster.replicas[1].query(
+                f"SELECT COUNT(*) FROM {cluster.database}.wp_comments")
+            assert rows[0][0] == 1
+        finally:
+            remove()
+            publisher.close()
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            assert proc.wait(timeout=30) == 0
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        primary.dispose()
