@@ -131,7 +131,9 @@ def php_server(php: str, docroot: Path, log: Path, env: Mapping[str, str] | None
     port = free_port()
     with log.open("wb") as out:
         proc = subprocess.Popen(
+            # opcache off: tests rewrite the forum map within opcache's revalidate_freq.
             [php, "-d", "error_reporting=-1", "-d", "log_errors=1", "-d", "display_errors=0",
+             "-d", "opcache.enable=0",
              "-S", f"127.0.0.1:{port}", "-t", str(docroot)],
             cwd=docroot, stdout=out, stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},

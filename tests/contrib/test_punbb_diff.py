@@ -230,6 +230,9 @@ def test_broken_map_is_a_500_saying_what_to_do(php: str, tmp_path: Path, map_tex
     assert response.status == 500
     assert says in response.text
     assert "tenantkit punbb-config" in response.text
+    assert str(tmp_path) not in response.text
+    log = (tmp_path / "php.log").read_text()
+    assert says in log and f"[{tmp_path / 'tenantkit_forums.php'}]" in log
 
 
 def test_missing_cache_dir_is_a_500_naming_provision(php: str, tmp_path: Path) -> None:
@@ -243,6 +246,23 @@ def test_missing_cache_dir_is_a_500_naming_provision(php: str, tmp_path: Path) -
         response = Browser(port, "a.test").get("/probe.php")
     assert response.status == 500
     assert "tenantkit provision forum-a" in response.text
+    assert str(tmp_path) not in response.text
+    assert f"[{tmp_path / 'cache' / 'forum-a' / 'app'}/]" in (tmp_path / "php.log").read_text()
+
+
+def test_missing_events_helper_is_a_500(php: str, tmp_path: Path) -> None:
+    settings = Settings(sites_dir=tmp_path / "sites", cache_dir=tmp_path / "cache")
+    sites = [_site("forum-a", ("a.test",), tmp_path / "cache")]
+    (tmp_path / "cache" / "forum-a" / "app").mkdir(parents=True)
+    write_tenantkit_php(tmp_path)
+    (tmp_path / "include" / "tenantkit-events.php").unlink()
+    (tmp_path / "probe.php").write_text(PROBE)
+    (tmp_path / "tenantkit_forums.php").write_text(render_forum_map(build_forum_map(sites,
+                                                                                    settings)))
+    with php_server(php, tmp_path, tmp_path / "php.log") as port:
+        response = Browser(port, "a.test").get("/probe.php")
+    assert response.status == 500
+    assert "tenantkit-events.php is missing" in response.text
 
 
 def test_map_named_by_environment(php: str, tmp_path: Path) -> None:

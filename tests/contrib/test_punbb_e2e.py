@@ -205,6 +205,31 @@ def test_two_forums_one_copy(forums: Setup, redis_server: RedisServer) -> None:
         response = Browser(forums.port, host).get("/index.php")
         assert response.status == 421, (host, response.text[:300])
 
+    # Redis down: the event is not lost, it lands in the forum's .purge/ as a trigger file.
+    purge = forums.cache / "forum-a" / ".purge"
+    admin = Browser(forums.port, f"a.test:{forums.port}")
+    _login(admin)
+    redis_server.stop()
+    response = admin.submit(f"/post.php?tid={topics['forum-a']}", {"req_message": "no redis"},
+                            action="post.php", button="submit_button")
+    assert response.status == 302
+    redis_server.start()
+    dropped = [json.loads(p.read_text()) for p in purge.glob("*.json")]
+    assert [(e["type"], e["site"], e["post_id"]) for e in dropped] == [
+        ("comment_posted", "forum-a", topics["forum-a"])]
+    assert not list((forums.cache / "forum-b" / ".purge").iterdir())
+
+    # [bus] transport = "files": PunBB writes trigger files straight away.
+    config = forums.root / "tenantkit.toml"
+    config.write_text(config.read_text().replace('transport = "redis"', 'transport = "files"'))
+    result = CliRunner().invoke(cli, ["--config", str(config), "punbb-config",
+                                      "--output", str(forums.punbb / "tenantkit_forums.php")])
+    assert result.exit_code == 0, result.output
+    response = admin.submit(f"/post.php?tid={topics['forum-a']}", {"req_message": "as a file"},
+                            action="post.php", button="submit_button")
+    assert response.status == 302
+    assert len(list(purge.glob("*.json"))) == 2
+
     text = forums.log.read_text(errors="replace")
     assert "Fatal error" not in text and "Parse error" not in text, text[-5000:]
 
