@@ -38,6 +38,7 @@ from tenantkit.errors import (
     SiteError,
     SiteFileError,
     TenantkitError,
+    WpConfigError,
 )
 from tenantkit.hosts import Conflict, HostIndex, normalize_host, normalize_pattern, request_host
 from tenantkit.provision import (
@@ -56,6 +57,7 @@ from tenantkit.sites import (
     validate_name,
 )
 from tenantkit.watch import SiteWatcher
+from tenantkit.wpconfig import render_wp_config
 
 __version__ = "0.1.0"
 
@@ -104,11 +106,13 @@ __all__ = [
     "TenantkitError",
     "TokenScope",
     "WireStats",
+    "WpConfigError",
     "from_json",
     "load_site",
     "mask_url",
     "normalize_host",
     "normalize_pattern",
+    "render_wp_config",
     "request_host",
     "statement_role",
     "to_json",

@@ -181,12 +181,18 @@ def _provision_errors(exc: Exception) -> click.ClickException:
 @click.option("--dry-run", is_flag=True,
               help="Validate and show what would change; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--print-wp-config", "print_wp_config", is_flag=True,
+              help="Then print the wp-config.php block for contrib/wp-db-router.php "
+                   "(the summary goes to stderr).")
+@click.option("--debian", is_flag=True,
+              help="With --print-wp-config: print a whole /etc/wordpress/config-<host>.php "
+                   "for Debian's packaged WordPress.")
 @pass_info
 def provision_command(
     info: ScriptInfo, name: str, hosts: tuple[str, ...], backend_spec: str | None,
     upstream: str | None, db_primary: str | None, replicas: tuple[str, ...],
     table_prefix: str | None, owner: str | None, group: str | None, dry_run: bool,
-    as_json: bool,
+    as_json: bool, print_wp_config: bool = False, debian: bool = False,
 ) -> None:
     """Create or update site NAME: validate, create its cache tree, then write its site file.
 
@@ -201,6 +207,10 @@ def provision_command(
 
     if backend_spec and upstream:
         raise TenantkitUsageError("give either --backend or --upstream, not both")
+    if debian and not print_wp_config:
+        raise TenantkitUsageError("--debian only goes with --print-wp-config")
+    if print_wp_config and as_json:
+        raise TenantkitUsageError("give either --json or --print-wp-config, not both")
     if backend_spec and not backend_spec.startswith("wsgi:"):
         raise TenantkitUsageError(
             f"--backend {backend_spec!r}: write wsgi:module:attr (or use --upstream URL)"
@@ -227,6 +237,17 @@ def provision_command(
         )
     except (ValueError, ProvisionError) as exc:
         raise _provision_errors(exc) from exc
+    if print_wp_config:
+        from tenantkit.errors import WpConfigError
+        from tenantkit.wpconfig import render_wp_config
+
+        try:
+            text = render_wp_config(result.site, settings, debian=debian)
+        except WpConfigError as exc:
+            raise TenantkitUsageError(f"site {name}: {exc}") from exc
+        click.echo(result.summary(), err=True)
+        click.echo(text, nl=False)
+        return
     if as_json:
         click.echo(json.dumps({
             "site": name, "path": str(result.path), "created": result.created,

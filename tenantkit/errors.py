@@ -7,7 +7,8 @@
      ├── SiteError
      │    ├── SiteFileError     a site file cannot be parsed or validated
      │    ├── InvalidHost       a host name or pattern is not acceptable
-     │    └── ForumMapError     sites cannot be turned into a PunBB forum map
+     │    ├── ForumMapError     sites cannot be turned into a PunBB forum map
+     │    └── WpConfigError     a site cannot be turned into a wp-config.php block
      ├── ProvisionError         provisioning or deprovisioning a site failed
      ├── DatabaseError
      │    ├── PrimaryUnavailable  the primary cannot be reached; writes cannot proceed
@@ -45,6 +46,7 @@ __all__ = [
     "SiteError",
     "SiteFileError",
     "TenantkitError",
+    "WpConfigError",
 ]
 
 
@@ -70,6 +72,10 @@ class InvalidHost(SiteError, ValueError):
 
 class ForumMapError(SiteError):
     """Sites cannot be turned into a PunBB forum map (``tenantkit punbb-config``)."""
+
+
+class WpConfigError(SiteError, ValueError):
+    """A site cannot be turned into a wp-config.php block (``provision --print-wp-config``)."""
 
 
 class ProvisionError(TenantkitError):

@@ -1,0 +1,150 @@
+"""The wp-config.php block for contrib/wp-db-router.php (``tenantkit provision --print-wp-config``).
+
+::
+
+    from tenantkit.wpconfig import render_wp_config
+    print(render_wp_config(site, settings))                # define('TENANTKIT_SITE', ...); ...
+    print(render_wp_config(site, settings, debian=True))   # /etc/wordpress/config-<host>.php
+
+The servers are the site's own (``[database]`` in its site file) or, when it names no
+primary, the settings' ``[database]``; timeouts and the read-your-writes mode come from the
+settings. The bus is the Redis stream when ``[bus] transport = "redis"``, else the site's
+``.purge/`` trigger-file directory, which is also the fallback when Redis is down.
+
+The output holds the database passwords: it is meant to be written to a file readable by the
+web server only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from urllib.parse import quote, urlencode
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from tenantkit.config import Settings, mask_url
+from tenantkit.errors import WpConfigError
+from tenantkit.sites import Site
+
+__all__ = ["php_string", "render_wp_config", "wp_server_url"]
+
+
+def php_string(value: str) -> str:
+    """A single-quoted PHP string literal."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def wp_server_url(url: str) -> str:
+    """``mysql+pymysql://u:p@h:3306/db`` -> ``mysql://u:p@h:3306/db`` for the drop-in.
+
+    Raises :class:`WpConfigError` for anything that is not a MySQL/MariaDB URL.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise WpConfigError(f"cannot read database URL {mask_url(url)!r}: {exc}") from None
+    backend = parsed.get_backend_name()
+    if backend not in ("mysql", "mariadb"):
+        raise WpConfigError(
+            f"database URL {mask_url(url)!r} is {backend}: WordPress needs MySQL or MariaDB "
+            "(set [database] primary in the site file to mysql://user:password@host/db)"
+        )
+    if not parsed.database:
+        raise WpConfigError(f"database URL {mask_url(url)!r} names no database "
+                            "(write mysql://user:password@host:3306/DATABASE)")
+    auth = ""
+    if parsed.username:
+        auth = quote(parsed.username, safe="")
+        if parsed.password is not None:
+            auth += ":" + quote(str(parsed.password), safe="")
+        auth += "@"
+    host = parsed.host or "localhost"
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parsed.port}" if parsed.port else ""
+    query = ""
+    socket = parsed.query.get("unix_socket")
+    if isinstance(socket, str):
+        query = "?" + urlencode({"unix_socket": socket})
+    return f"mysql://{auth}{host}{port}/{quote(parsed.database, safe='')}{query}"
+
+
+def _servers(site: Site, settings: Settings) -> tuple[str, Sequence[str]]:
+    if site.database.primary is None:
+        return settings.database.primary, settings.database.replicas
+    return site.database.primary, site.database.replicas
+
+
+def _bus(site: Site, settings: Settings) -> str:
+    bus = settings.bus
+    if bus.transport != "redis":
+        return str(site.purge_dir)
+    url = bus.redis_url
+    params = {}
+    if bus.stream != "tenantkit:events":
+        params["stream"] = bus.stream
+    if bus.stream_maxlen != 10000:
+        params["maxlen"] = str(bus.stream_maxlen)
+    if params:
+        url += ("&" if "?" in url else "?") + urlencode(params)
+    return url
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def render_wp_config(site: Site, settings: Settings, *, debian: bool = False) -> str:
+    """The PHP ``define()`` block for the drop-in; with *debian*, a whole
+    ``/etc/wordpress/config-<host>.php`` file (DB_* constants and ``$table_prefix`` too)."""
+    primary, replicas = _servers(site, settings)
+    primary_url = wp_server_url(primary)
+    replica_urls = [wp_server_url(url) for url in replicas]
+    db = settings.database
+    constants: list[tuple[str, str]] = [
+        ("TENANTKIT_SITE", php_string(site.name)),
+        ("TENANTKIT_DB_PRIMARY", php_string(primary_url)),
+        ("TENANTKIT_DB_REPLICAS", "[" + ", ".join(php_string(u) for u in replica_urls) + "]"),
+        ("TENANTKIT_COMPRESS", "true"),
+        ("TENANTKIT_BUS", php_string(_bus(site, settings))),
+        ("TENANTKIT_PURGE_DIR", php_string(str(site.purge_dir))),
+        ("TENANTKIT_READ_YOUR_WRITES", php_string(db.read_your_writes)),
+        ("TENANTKIT_PIN_SECONDS", _number(db.pin_seconds)),
+        ("TENANTKIT_GTID_WAIT_TIMEOUT", _number(db.gtid_wait_timeout)),
+        ("TENANTKIT_CONNECT_TIMEOUT", _number(db.connect_timeout)),
+        ("TENANTKIT_LAG_THRESHOLD", _number(db.lag_threshold)),
+        ("TENANTKIT_DEAD_HOST_COOLDOWN", _number(db.dead_host_cooldown)),
+    ]
+    lines: list[str] = []
+    if debian:
+        exact = [h for h in site.hosts if not h.startswith(("*", ".", "~")) and "*" not in h]
+        first = exact[0] if exact else site.name
+        parsed = make_url(primary)
+        lines += [
+            "<?php",
+            f"// /etc/wordpress/config-{first}.php: site {site.name!s}, written by tenantkit.",
+            "// Debian's /usr/share/wordpress/wp-config.php reads config-<host>.php for the",
+            "// request's host"
+            + (f"; link it for the other hosts: {', '.join(exact[1:])}." if exact[1:] else "."),
+            "// Install the drop-in: ln -s .../contrib/wp-db-router.php "
+            "/var/lib/wordpress/wp-content/db.php",
+            "// (with contrib/tenantkit-events.php next to its target).",
+            f"define('DB_NAME', {php_string(parsed.database or '')});",
+            f"define('DB_USER', {php_string(parsed.username or '')});",
+            f"define('DB_PASSWORD', {php_string(str(parsed.password or ''))});",
+            f"define('DB_HOST', {php_string(_db_host(parsed.host, parsed.port))});",
+            f"$table_prefix = {php_string(site.database.table_prefix or 'wp_')};",
+        ]
+    else:
+        lines.append(f"// tenantkit: site {site.name}, for contrib/wp-db-router.php "
+                     "(wp-content/db.php). Paste above \"That's all, stop editing!\".")
+    lines += [f"define('{name}', {value});" for name, value in constants]
+    return "\n".join(lines) + "\n"
+
+
+def _db_host(host: str | None, port: int | None) -> str:
+    host = host or "localhost"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{port}" if port else host
