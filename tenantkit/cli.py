@@ -426,6 +426,54 @@ def invalidator_command(info: ScriptInfo, node: str | None, transport: str | Non
         chosen.close()
 
 
+# --- issue 7: the shim: serve, nginx-config, demo ------------------------------------------
+
+
+@cli.command("serve")
+@click.option("--bind", default="127.0.0.1:8000", show_default=True,
+              help="Address to listen on, HOST:PORT.")
+@click.option("--workers", type=click.IntRange(1, 256), default=2, show_default=True,
+              help="gunicorn worker processes (ignored without gunicorn).")
+@click.option("--server", type=click.Choice(["auto", "gunicorn", "werkzeug"]), default="auto",
+              show_default=True,
+              help="auto: gunicorn when installed (pip install 'tenantkit[server]'), "
+                   "else werkzeug's threaded server.")
+@pass_info
+def serve_command(info: ScriptInfo, bind: str, workers: int, server: str) -> None:
+    """Serve every site, dispatching by Host, with the page cache and the admin endpoints."""
+    from tenantkit.web.server import gunicorn_available, parse_bind, serve
+
+    try:
+        parse_bind(bind)
+    except ValueError as exc:
+        raise TenantkitUsageError(str(exc)) from exc
+    if server == "gunicorn" and not gunicorn_available():
+        raise TenantkitUsageError("--server gunicorn: gunicorn is not installed "
+                                  "(pip install 'tenantkit[server]')")
+    settings = info.settings
+    use = None if server == "auto" else server == "gunicorn"
+    try:
+        serve(settings, bind=bind, workers=workers, use_gunicorn=use)
+    except OSError as exc:
+        raise TenantkitFailure(f"cannot serve on {bind}: {exc.strerror or exc}") from exc
+
+
+@cli.command("nginx-config")
+@click.option("--listen", default="80", show_default=True,
+              help="nginx listen directive value (port, or address:port).")
+@click.option("--upstream", default="127.0.0.1:8000", show_default=True,
+              help="Where `tenantkit serve` listens.")
+@pass_info
+def nginx_config_command(info: ScriptInfo, listen: str, upstream: str) -> None:
+    """Print a catch-all nginx server block: page-cache hits from disk, the rest to tenantkit."""
+    from tenantkit.web.nginx import render_config
+
+    try:
+        click.echo(render_config(info.settings, listen=listen, upstream=upstream), nl=False)
+    except ValueError as exc:
+        raise TenantkitUsageError(str(exc)) from exc
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: runs the click group, mapping our errors to exit codes."""
     try:

@@ -1,0 +1,235 @@
+"""The shim under load: wrk on loopback against gunicorn with the same settings everywhere.
+
+Contenders, alternating round by round in one run:
+
+- (a) ``bare``: a bare WSGI app returning a page;
+- (b) ``tenantkit HIT``: ``tenantkit serve`` answering that page from the page cache;
+- (c) ``tenantkit MISS``: ``tenantkit serve`` dispatching every request to the same app
+  (its site has ``[cache] enabled = false``, so nothing is served from or stored in the cache);
+- (d) ``flask host_matching``: a Flask app with ``host_matching=True`` routing the same page;
+- (e) nginx serving the cached page straight from ``cache_dir`` (the `tenantkit nginx-config`
+  server block) against nginx serving the same file as plain static.
+
+Targets: b/a >= 0.85, c/a >= 0.85, e (cache/static) >= 0.95. Run ``python -m benchmarks.shim``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from benchmarks.harness import Report, main
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGE = (b"<!doctype html><html><head><title>bench</title></head><body>"
+        + b"<p>tenantkit benchmark page</p>" * 40 + b"</body></html>\n")
+HOST = "bench.test"
+NOCACHE_HOST = "nocache.test"
+#: The gunicorn settings every contender gets (the same as `tenantkit serve`'s).
+WORKERS = 2
+
+
+def bare_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """(a) and the sites' backend: a page, nothing else."""
+    start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"),
+                              ("Content-Length", str(len(PAGE)))])
+    return [PAGE]
+
+
+def _flask_app() -> Any:
+    from flask import Flask
+
+    app = Flask("bench", host_matching=True, static_host=HOST)
+
+    @app.route("/<path:path>", host=HOST)
+    @app.route("/", host=HOST, defaults={"path": ""})
+    def page(path: str) -> tuple[bytes, int, dict[str, str]]:
+        return PAGE, 200, {"Content-Type": "text/html; charset=utf-8"}
+
+    return app
+
+
+def __getattr__(name: str) -> Any:  # gunicorn loads benchmarks.shim:flask_app lazily
+    if name == "flask_app":
+        return _flask_app()
+    raise AttributeError(name)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(port: int, proc: subprocess.Popen[Any], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing on port {port}")
+
+
+def _gunicorn_args() -> list[str]:
+    from tenantkit.web.server import GUNICORN_DEFAULTS as d
+
+    return ["-w", str(WORKERS), "-k", str(d["worker_class"]), "--threads", str(d["threads"]),
+            "--keep-alive", str(d["keepalive"]), "-t", str(d["timeout"])]
+
+
+class _Proc:
+    def __init__(self, args: list[str], port: int, env: dict[str, str] | None = None,
+                 cwd: Path = ROOT) -> None:
+        self.port = port
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, env=env, cwd=cwd)
+        _wait(port, self.proc)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def _wrk(url: str, host: str, seconds: int) -> float:
+    out = subprocess.run(
+        ["wrk", "-t2", "-c16", f"-d{seconds}s", "-H", f"Host: {host}", url],
+        capture_output=True, text=True, check=True, timeout=seconds + 30).stdout
+    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if match is None or "Non-2xx" in out:
+        raise RuntimeError(f"wrk against {url} ({host}) failed or saw errors:\n{out}")
+    return float(match.group(1))
+
+
+def _nginx_conf(prefix: Path, server_blocks: str) -> Path:
+    conf = prefix / "nginx.conf"
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    conf.write_text(
+        f"{user}worker_processes 1;\npid {prefix}/nginx.pid;\n"
+        f"error_log {prefix}/error.log warn;\nevents {{ worker_connections 1024; }}\n"
+        f"http {{\n access_log off;\n client_body_temp_path {prefix}/body;\n"
+        f" proxy_temp_path {prefix}/proxy;\n fastcgi_temp_path {prefix}/fcgi;\n"
+        f" uwsgi_temp_path {prefix}/uwsgi;\n scgi_temp_path {prefix}/scgi;\n"
+        f"{server_blocks}\n}}\n")
+    return conf
+
+
+def run(quick: bool = False) -> Report:
+    from tenantkit.config import Settings
+    from tenantkit.web.nginx import render_config
+
+    if shutil.which("wrk") is None:
+        raise RuntimeError("wrk is not installed (apt-get install wrk)")
+    seconds = 1 if quick else 3
+    rounds = 2 if quick else 4
+    report = Report("shim", f"requests/s under wrk (-t2 -c16, {seconds:g}s per sample), "
+                            f"gunicorn gthread {WORKERS} workers")
+    work = Path(tempfile.mkdtemp(prefix="tenantkit-bench-shim-"))
+    procs: list[_Proc] = []
+    try:
+        sites_dir, cache_dir = work / "sites", work / "cache"
+        sites_dir.mkdir()
+        (sites_dir / "bench.toml").write_text(
+            f'hosts = ["{HOST}"]\n[backend]\ntype = "wsgi"\napp = "benchmarks.shim:bare_app"\n'
+            "[cache]\nttl = 3600\n")
+        (sites_dir / "nocache.toml").write_text(
+            f'hosts = ["{NOCACHE_HOST}"]\n[backend]\ntype = "wsgi"\n'
+            'app = "benchmarks.shim:bare_app"\n[cache]\nenabled = false\n')
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTKIT_")}
+        env.update(TENANTKIT_SITES_DIR=str(sites_dir), TENANTKIT_CACHE_DIR=str(cache_dir),
+                   TENANTKIT_DATABASE_PRIMARY=f"sqlite:///{work}/tk.db",
+                   TENANTKIT_LOG_LEVEL="WARNING", PYTHONPATH=str(ROOT))
+        bindir = Path(sys.executable).parent
+        ports = {name: _free_port() for name in ("bare", "tenantkit", "flask")}
+        gunicorn = [str(bindir / "gunicorn"), *_gunicorn_args()]
+        procs.append(_Proc([*gunicorn, "-b", f"127.0.0.1:{ports['bare']}",
+                            "benchmarks.shim:bare_app"], ports["bare"], env))
+        procs.append(_Proc([*gunicorn, "-b", f"127.0.0.1:{ports['flask']}",
+                            "benchmarks.shim:flask_app"], ports["flask"], env))
+        procs.append(_Proc([str(bindir / "tenantkit"), "serve", "--bind",
+                            f"127.0.0.1:{ports['tenantkit']}", "--workers", str(WORKERS)],
+                           ports["tenantkit"], env, cwd=work))
+        tk = f"http://127.0.0.1:{ports['tenantkit']}/page/"
+        for _ in range(3):  # fill the cache (and check the HIT really is one)
+            check = subprocess.run(["curl", "-si", "-H", f"Host: {HOST}", tk],
+                                   capture_output=True, text=True, check=False).stdout
+        if "X-Tenantkit-Cache: HIT" not in check:
+            raise RuntimeError(f"the tenantkit page is not a cache hit:\n{check[:500]}")
+
+        contenders = {
+            "bare": (f"http://127.0.0.1:{ports['bare']}/page/", HOST),
+            "tenantkit HIT": (tk, HOST),
+            "tenantkit MISS": (tk, NOCACHE_HOST),
+            "flask host_matching": (f"http://127.0.0.1:{ports['flask']}/page/", HOST),
+        }
+        # (e): nginx with the generated config vs plain static, same file.
+        nginx_port, static_port, shim_port = _free_port(), _free_port(), ports["tenantkit"]
+        static_root = work / "static"
+        (static_root / "page").mkdir(parents=True)
+        page_file = next((cache_dir / "bench" / "pages" / "current" / HOST / "page").glob(
+            "index.html"))
+        shutil.copy(page_file, static_root / "page" / "index.html")
+        settings = Settings(sites_dir=sites_dir, cache_dir=cache_dir)
+        block = render_config(settings, upstream=f"127.0.0.1:{shim_port}",
+                              listen=f"127.0.0.1:{nginx_port}")
+        block += (f"\nserver {{\n listen 127.0.0.1:{static_port};\n root {static_root};\n"
+                  " location / { default_type text/html; charset utf-8; "
+                  "add_header X-Tenantkit-Cache HIT; }\n}\n")
+        prefix = work / "nginx"
+        prefix.mkdir()
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        procs.append(_Proc([nginx, "-p", str(prefix), "-c", str(_nginx_conf(prefix, block)),
+                            "-g", "daemon off;"], nginx_port))
+        _wait(static_port, procs[-1].proc)
+        contenders["nginx cache_dir"] = (f"http://127.0.0.1:{nginx_port}/page/", HOST)
+        contenders["nginx static"] = (f"http://127.0.0.1:{static_port}/page/", HOST)
+
+        samples: dict[str, list[float]] = {name: [] for name in contenders}
+        for url, host in contenders.values():  # warm up
+            _wrk(url, host, 1)
+        for _ in range(rounds):
+            for name, (url, host) in contenders.items():
+                samples[name].append(_wrk(url, host, seconds))
+    finally:
+        for proc in reversed(procs):
+            proc.stop(signal.SIGQUIT if "nginx" in str(proc.proc.args[0]) else signal.SIGTERM)
+        shutil.rmtree(work, ignore_errors=True)
+
+    med = {name: statistics.median(values) for name, values in samples.items()}
+    for name in ("bare", "tenantkit HIT", "tenantkit MISS", "flask host_matching"):
+        report.add_value("gunicorn", name, med[name], "req/s", med[name] / med["bare"])
+    for name in ("nginx static", "nginx cache_dir"):
+        report.add_value("nginx", name, med[name], "req/s", med[name] / med["nginx static"])
+    report.target("(b) tenantkit HIT / bare >= 0.85", med["tenantkit HIT"] / med["bare"] >= 0.85)
+    report.target("(c) tenantkit MISS / bare >= 0.85",
+                  med["tenantkit MISS"] / med["bare"] >= 0.85)
+    report.target("(e) nginx from cache_dir / nginx static >= 0.95",
+                  med["nginx cache_dir"] / med["nginx static"] >= 0.95)
+    report.notes.append("ratio column: req/s relative to the group's baseline (higher is "
+                        "better); samples per contender: " + str(rounds))
+    report.notes.append("(c) serves a site with the page cache disabled: every request is "
+                        "dispatched to the app, nothing is looked up or stored")
+    return report
+
+
+if __name__ == "__main__":
+    main(run)

@@ -1,0 +1,318 @@
+"""Admin endpoints under ``/_tenantkit/``, on the configured admin hosts only.
+
+Registered by :class:`~tenantkit.web.app.Tenantkit`; configure them with::
+
+    [web]
+    admin_hosts = ["admin.example.org"]
+    admin_token = "a long random string"
+
+Every request needs ``Authorization: Bearer <admin_token>`` (or HTTP Basic with the token as
+the password, so a browser can open the status page); the token is compared in constant
+time. With no token configured the admin is off and answers 404.
+
+- ``GET /_tenantkit/health``: 200 or 503 with JSON details (sites, primary, replicas, bus);
+- ``GET /_tenantkit/sites``: sites, hosts and backends as JSON, plus site-file errors;
+- ``POST /_tenantkit/reload``: re-read the sites directory now;
+- ``POST /_tenantkit/purge``: ``site`` and one of ``path`` (with ``host``), ``tag`` or
+  ``all`` (JSON body or form);
+- ``GET /_tenantkit/metrics``: Prometheus text format;
+- ``GET /_tenantkit/``: the status page.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from flask import Blueprint, Response, abort, current_app, jsonify, render_template_string, request
+
+from tenantkit.config import mask_url
+
+if TYPE_CHECKING:
+    from tenantkit.web.app import Tenantkit
+
+__all__ = ["blueprint", "health_report"]
+
+logger = logging.getLogger(__name__)
+
+blueprint = Blueprint("tenantkit_admin", __name__, url_prefix="/_tenantkit")
+
+
+def _ext() -> Tenantkit:
+    ext: Tenantkit = current_app.extensions["tenantkit"]
+    return ext
+
+
+def _presented_token() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    scheme = scheme.lower()
+    if scheme == "bearer":
+        return value.strip()
+    if scheme == "basic":
+        try:
+            decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return decoded.partition(":")[2]
+    return None
+
+
+@blueprint.before_request
+def _authorise() -> Response | None:
+    ext = _ext()
+    expected = ext.settings.web.admin_token
+    if not expected:
+        abort(404)
+    presented = _presented_token()
+    if presented is None or not hmac.compare_digest(presented.encode("utf-8", "replace"),
+                                                    expected.encode("utf-8")):
+        response = jsonify(error="missing or wrong admin token "
+                                 "(send Authorization: Bearer <[web] admin_token>)")
+        response.status_code = 401
+        response.headers["WWW-Authenticate"] = 'Basic realm="tenantkit", charset="UTF-8"'
+        return response
+    return None
+
+
+@blueprint.after_request
+def _no_store(response: Response) -> Response:
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+# -- health ------------------------------------------------------------------------------
+
+Check = Callable[["Tenantkit"], tuple[bool, dict[str, Any]]]
+
+
+def _check_sites(ext: Tenantkit) -> tuple[bool, dict[str, Any]]:
+    sites = ext.registry.sites
+    errors = {str(path): message for path, message in ext.registry.errors.items()}
+    return bool(sites), {"count": len(sites), "errors": errors}
+
+
+def _check_database(ext: Tenantkit) -> tuple[bool, dict[str, Any]]:
+    router = ext.router()
+    if router is None:
+        return True, {"primary": "not checked"}
+    details: dict[str, Any] = {"primary": mask_url(str(ext.settings.database.primary))}
+    started = time.monotonic()
+    ok = True
+    try:
+        from sqlalchemy import text
+
+        with router.engine("write").connect() as conn:
+            conn.execute(text("SELECT 1"))
+        details["primary_reachable"] = True
+    except Exception as exc:
+        ok = False
+        details["primary_reachable"] = False
+        details["primary_error"] = str(exc).splitlines()[0][:200]
+    details["primary_seconds"] = round(time.monotonic() - started, 3)
+    lag = ext.replica_lag()
+    details["replica_lag"] = lag
+    threshold = ext.settings.database.lag_threshold
+    if lag and all(v is None or v > threshold for v in lag.values()):
+        details["replicas_usable"] = False
+    return ok, details
+
+
+def _check_bus(ext: Tenantkit) -> tuple[bool, dict[str, Any]]:
+    details: dict[str, Any] = {"transport": ext.settings.bus.transport}
+    invalidator = ext.invalidator()
+    if invalidator is None:
+        details["invalidator"] = "not running"
+        return True, details
+    connected = getattr(invalidator, "connected", None)
+    if callable(connected):
+        connected = connected()
+    details["connected"] = True if connected is None else bool(connected)
+    return details["connected"], details
+
+
+CHECKS: dict[str, Check] = {"sites": _check_sites, "database": _check_database,
+                            "bus": _check_bus}
+
+
+def health_report(ext: Tenantkit) -> tuple[bool, dict[str, Any]]:
+    """Run every check; ``(all ok, {"status": ..., "checks": {name: details}})``."""
+    results: dict[str, Any] = {}
+    healthy = True
+    for name, check in CHECKS.items():
+        try:
+            ok, details = check(ext)
+        except Exception as exc:
+            logger.exception("health check %s failed", name)
+            ok, details = False, {"error": str(exc)}
+        results[name] = {"ok": ok, **details}
+        healthy = healthy and ok
+    return healthy, {"status": "ok" if healthy else "unhealthy", "checks": results}
+
+
+@blueprint.get("/health")
+def health() -> tuple[Response, int]:
+    healthy, report = health_report(_ext())
+    return jsonify(report), 200 if healthy else 503
+
+
+# -- sites, reload, purge ------------------------------------------------------------------
+
+def _site_json(ext: Tenantkit) -> dict[str, Any]:
+    return {
+        "sites": [
+            {"name": s.name, "hosts": list(s.hosts), "backend": s.backend.type,
+             "app": s.backend.app, "url": mask_url(s.backend.url) if s.backend.url else None,
+             "cache": {"enabled": s.cache.enabled, "ttl": s.cache.ttl,
+                       "policy": s.cache.policy}}
+            for s in sorted(ext.registry.sites.values(), key=lambda s: s.name)
+        ],
+        "errors": {str(p): m for p, m in ext.registry.errors.items()},
+    }
+
+
+@blueprint.get("/sites")
+def sites() -> Response:
+    return jsonify(_site_json(_ext()))
+
+
+@blueprint.post("/reload")
+def reload() -> Response:
+    report = _ext().reload()
+    return jsonify(added=list(report.added), removed=list(report.removed),
+                   changed=list(report.changed), failed=list(report.failed))
+
+
+def _values(data: dict[str, Any], key: str) -> list[str]:
+    value = data.get(key)
+    if value is None:
+        return request.form.getlist(key) if not request.is_json else []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    abort(Response(f'"{key}" must be a string or a list of strings\n', 400,
+                   mimetype="text/plain"))
+
+
+@blueprint.post("/purge")
+def purge() -> tuple[Response, int]:
+    ext = _ext()
+    data: dict[str, Any] = {}
+    if request.is_json:
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            return jsonify(error="expected a JSON object such as "
+                                 '{"site": "blog", "all": true}'), 400
+        data = body
+    name = data.get("site", request.form.get("site"))
+    site = ext.registry.sites.get(name) if isinstance(name, str) else None
+    if site is None:
+        return jsonify(error=f"unknown site {name!r} (GET /_tenantkit/sites lists them)"), 404
+    paths, tags = _values(data, "path"), _values(data, "tag")
+    everything = data.get("all", request.form.get("all")) in (True, "1", "true", "yes")
+    host = data.get("host", request.form.get("host")) or (site.hosts[0] if site.hosts else "")
+    if not (paths or tags or everything):
+        return jsonify(error='say what to purge: "path" (with "host"), "tag" or "all"'), 400
+    try:
+        how = ext.purge(site, host=str(host), paths=paths, tags=tags, everything=everything)
+    except Exception as exc:
+        logger.exception("purge of %s failed", site.name)
+        return jsonify(error=f"purge failed: {exc}"), 500
+    return jsonify(site=site.name, paths=paths, tags=tags, all=everything, via=how), 200
+
+
+# -- metrics and the status page ------------------------------------------------------------
+
+@blueprint.get("/metrics")
+def metrics() -> Response:
+    from tenantkit.web.metrics import CONTENT_TYPE
+
+    return Response(_ext().metrics.render(), content_type=CONTENT_TYPE)
+
+
+_STATUS = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>tenantkit status</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+ body { font: 15px/1.45 system-ui, sans-serif; margin: 2rem auto; max-width: 62rem;
+        color: #1d2433; background: #f6f7fb; padding: 0 1rem; }
+ h1 { font-size: 1.6rem; margin: 0 0 .2rem; }
+ h2 { font-size: 1.1rem; margin: 1.8rem 0 .6rem; }
+ .muted { color: #5b6475; }
+ .badge { display: inline-block; padding: .1rem .6rem; border-radius: 1rem; color: #fff;
+          font-weight: 600; }
+ .ok { background: #23824b; } .bad { background: #b3261e; }
+ table { border-collapse: collapse; width: 100%; background: #fff;
+         box-shadow: 0 1px 3px rgba(0,0,0,.12); }
+ th, td { text-align: left; padding: .5rem .75rem; border-bottom: 1px solid #e3e6ee; }
+ th { background: #2f3b59; color: #fff; font-weight: 600; }
+ code { background: #eef0f6; padding: 0 .3rem; border-radius: .2rem; }
+ .bar { background: #e3e6ee; border-radius: .3rem; height: .6rem; width: 8rem; }
+ .bar span { display: block; height: 100%; border-radius: .3rem; background: #3d6fd8; }
+ .err { color: #b3261e; white-space: pre-wrap; }
+</style></head>
+<body>
+<h1>tenantkit <span class="badge {{ 'ok' if healthy else 'bad' }}">{{ report.status }}</span></h1>
+<p class="muted">node {{ node }} &middot; {{ sites|length }} sites &middot; settings from
+ {{ settings_source }}</p>
+<h2>Sites</h2>
+<table>
+<tr><th>site</th><th>hosts</th><th>backend</th><th>cache hit ratio</th>
+ <th>hits / misses / stale</th></tr>
+{% for s in sites %}
+<tr><td><strong>{{ s.name }}</strong></td>
+<td>{% for h in s.hosts %}<code>{{ h }}</code> {% endfor %}</td>
+<td>{{ s.backend }}</td>
+<td>{% if s.ratio is none %}<span class="muted">no traffic</span>{% else %}
+ <div class="bar"><span style="width: {{ (s.ratio * 100)|round|int }}%"></span></div>
+ {{ (s.ratio * 100)|round(1) }}%{% endif %}</td>
+<td>{{ s.hits|int }} / {{ s.misses|int }} / {{ s.stale|int }}</td></tr>
+{% else %}
+<tr><td colspan="5" class="muted">no sites loaded</td></tr>
+{% endfor %}
+</table>
+<h2>Database</h2>
+<table>
+<tr><th>server</th><th>state</th></tr>
+<tr><td>primary</td>
+ <td>{% if db.primary_reachable is not defined %}not checked{% elif db.primary_reachable %}
+ reachable{% else %}unreachable: {{ db.primary_error }}{% endif %}</td></tr>
+{% for name, lag in db.get('replica_lag', {}).items() %}
+<tr><td><code>{{ name }}</code></td>
+ <td>{{ 'unknown' if lag is none else '%.1f s behind'|format(lag) }}</td></tr>
+{% endfor %}
+</table>
+<h2>Last reload errors</h2>
+{% if errors %}<table><tr><th>file</th><th>error</th></tr>
+{% for f, e in errors.items() %}
+<tr><td><code>{{ f }}</code></td><td class="err">{{ e }}</td></tr>
+{% endfor %}
+</table>{% else %}<p class="muted">none</p>{% endif %}
+</body></html>
+"""
+
+
+@blueprint.get("/")
+def status() -> str:
+    ext = _ext()
+    healthy, report = health_report(ext)
+    counts = ext.metrics.cache_counts()
+    rows = []
+    for s in sorted(ext.registry.sites.values(), key=lambda s: s.name):
+        c = counts.get(s.name, {})
+        hits, stale, misses = c.get("HIT", 0.0), c.get("STALE", 0.0), c.get("MISS", 0.0)
+        total = hits + stale + misses
+        rows.append({"name": s.name, "hosts": s.hosts, "backend": s.backend.type,
+                     "hits": hits, "misses": misses, "stale": stale,
+                     "ratio": (hits + stale) / total if total else None})
+    return render_template_string(
+        _STATUS, healthy=healthy, report=report, sites=rows,
+        db=report["checks"]["database"], node=ext.settings.bus.node or "this node",
+        settings_source=ext.settings.source or "the embedded defaults",
+        errors={str(p): m for p, m in ext.registry.errors.items()})

@@ -1,0 +1,247 @@
+"""The shim as a Flask app: dispatch by Host, page cache, admin endpoints.
+
+::
+
+    from tenantkit.web.app import create_app
+    app = create_app()                    # settings from tenantkit.toml / TENANTKIT_* / defaults
+    app = create_app(Settings(sites_dir=..., cache_dir=...))
+
+Or as an extension on an app of your own (Flask's extension conventions)::
+
+    tenantkit = Tenantkit()
+    app = Flask(__name__)
+    app.config["TENANTKIT_CONFIG"] = "/etc/tenantkit.toml"
+    tenantkit.init_app(app)               # state in app.extensions["tenantkit"]
+
+Config keys: ``TENANTKIT_SETTINGS`` (a :class:`~tenantkit.config.Settings`),
+``TENANTKIT_CONFIG`` (a settings file path, used when no Settings object is given),
+``TENANTKIT_BACKGROUND`` (start the site watcher and the invalidator now; default False --
+``tenantkit serve`` starts them in every worker, :mod:`tenantkit.web.wsgi` at import).
+
+Requests for a configured admin host go to Flask (the ``/_tenantkit/`` blueprint); every
+other request goes to :class:`~tenantkit.web.dispatch.HostDispatcher` and on to the site,
+through the page-cache middleware. Flask's own request machinery is never on a site's path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask
+
+from tenantkit.config import Settings
+from tenantkit.errors import InvalidHost
+from tenantkit.hosts import normalize_host, request_host
+from tenantkit.registry import Registry
+from tenantkit.web.backends import BackendPool
+from tenantkit.web.dispatch import HostDispatcher, SiteBackendApp
+from tenantkit.web.metrics import Metrics
+from tenantkit.web.nginx import HostLinks
+from tenantkit.web.pagecache import PageCacheMiddleware, SiteCaches
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+else:
+    StartResponse = WSGIApplication = WSGIEnvironment = Any
+
+__all__ = ["Tenantkit", "create_app"]
+
+logger = logging.getLogger(__name__)
+
+SECRET_FILE = ".tenantkit-secret"
+
+
+def _secret_key(settings: Settings) -> str:
+    """The configured secret, else one kept in ``cache_dir`` so every worker and node on
+    the same cache directory signs alike (created once, mode 0600)."""
+    if settings.web.secret_key:
+        return settings.web.secret_key
+    path = Path(settings.cache_dir) / SECRET_FILE
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{SECRET_FILE}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(32))
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)  # first writer wins; never replace a key others already use
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path.read_text().strip()
+
+
+class Tenantkit:
+    """The Flask extension: owns the registry, backends, caches, metrics and background work."""
+
+    def __init__(self, app: Flask | None = None, *, settings: Settings | None = None,
+                 registry: Registry | None = None) -> None:
+        self._settings = settings
+        self._registry = registry
+        self.background: list[Any] = []
+        self._started = False
+        self._lock = threading.Lock()
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        settings = self._settings or app.config.get("TENANTKIT_SETTINGS")
+        if settings is None:
+            settings = Settings.load(app.config.get("TENANTKIT_CONFIG"))
+        self.settings: Settings = settings
+        self.registry: Registry = self._registry or Registry.load(settings)
+        web = settings.web
+        self.metrics = Metrics()
+        self.pool = BackendPool(trusted_proxies=web.trusted_proxies,
+                                connect_timeout=settings.database.connect_timeout)
+        self.caches = SiteCaches()
+        self.host_links = HostLinks(settings.cache_dir)
+        self.pagecache = PageCacheMiddleware(
+            SiteBackendApp(self.pool), caches=self.caches, secret_key=_secret_key(settings),
+            token_max_age=max(settings.database.pin_seconds, 1.0), host_links=self.host_links,
+            on_cache=self.metrics.cache)
+        self.dispatcher = HostDispatcher(
+            self.registry, self.pagecache, trusted_proxies=web.trusted_proxies,
+            unknown=web.unknown, on_response=self.metrics.request)
+        admin_hosts = set()
+        for raw in web.admin_hosts:
+            try:
+                admin_hosts.add(normalize_host(raw))
+            except InvalidHost as exc:
+                logger.error("settings: [web] admin_hosts: %s (ignored)", exc)
+        self.admin_hosts = frozenset(admin_hosts)
+        self._seen_sites = self.registry.sites
+        self.metrics.sites.set(len(self._seen_sites))
+        self.metrics.reload_errors.set(len(self.registry.errors))
+        from tenantkit.web.admin import blueprint
+
+        app.register_blueprint(blueprint)
+        app.extensions["tenantkit"] = self
+        app.wsgi_app = _Split(app.wsgi_app, self)  # type: ignore[method-assign]
+        if app.config.get("TENANTKIT_BACKGROUND"):
+            self.start()
+
+    # -- sites coming and going ----------------------------------------------------------
+
+    def sites_changed(self) -> None:
+        """Release what removed or changed sites held (called when the snapshot changes)."""
+        sites = self.registry.sites
+        if sites is self._seen_sites:
+            return
+        self._seen_sites = sites
+        self.pool.discard(sites)
+        self.caches.discard(sites)
+        owner: dict[str, str | None] = {}
+        for name in os.listdir(self.host_links.dir) if self.host_links.dir.is_dir() else ():
+            site = self.registry.resolve(name)
+            owner[name] = site.name if site is not None else None
+        self.host_links.prune(owner)
+        self.metrics.sites.set(len(sites))
+        self.metrics.reload_errors.set(len(self.registry.errors))
+
+    def reload(self) -> Any:
+        report = self.registry.reload()
+        self.sites_changed()
+        return report
+
+    # -- what the admin endpoints ask -----------------------------------------------------
+
+    def router(self) -> Any:
+        """The Router for the global ``[database]`` settings (built on first use), or None."""
+        return None
+
+    def replica_lag(self) -> dict[str, float | None]:
+        return {}
+
+    def invalidator(self) -> Any:
+        for worker in self.background:
+            if type(worker).__name__ == "Invalidator":
+                return worker
+        return None
+
+    def purge(self, site: Any, *, host: str, paths: list[str], tags: list[str],
+              everything: bool) -> str:
+        """Purge *site*'s pages on this node; returns how ("local")."""
+        cache = self.caches.get(site)
+        if everything:
+            cache.flush()
+        else:
+            if paths:
+                cache.purge_paths(normalize_host(host), paths)
+            if tags:
+                cache.purge_tags(tags)
+        return "local"
+
+    # -- background work (watcher, invalidator) ------------------------------------------
+
+    def start(self) -> None:
+        """Start the site watcher and the invalidator in this process (idempotent)."""
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+            for factory in (self._watcher,):
+                worker = factory()
+                if worker is not None:
+                    worker.start()
+                    self.background.append(worker)
+
+    def stop(self) -> None:
+        with self._lock:
+            workers, self.background = self.background, []
+            self._started = False
+        for worker in reversed(workers):
+            try:
+                worker.stop()
+            except Exception:
+                logger.exception("stopping %r failed", worker)
+        self.pool.close()
+
+    def _watcher(self) -> Any:
+        from tenantkit.watch import SiteWatcher
+
+        return SiteWatcher(self.registry)
+
+
+class _Split:
+    """Admin hosts go to Flask; every other request to the dispatcher."""
+
+    def __init__(self, flask_app: WSGIApplication, ext: Tenantkit) -> None:
+        self.flask_app = flask_app
+        self.ext = ext
+        self.dispatcher: Callable[[WSGIEnvironment, StartResponse], Iterable[bytes]] = \
+            ext.dispatcher
+
+    def __call__(self, environ: WSGIEnvironment,
+                 start_response: StartResponse) -> Iterable[bytes]:
+        ext = self.ext
+        if ext.registry.sites is not ext._seen_sites:
+            ext.sites_changed()
+        if ext.admin_hosts:
+            try:
+                host = normalize_host(request_host(environ, ext.settings.web.trusted_proxies))
+            except InvalidHost:
+                host = ""
+            if host in ext.admin_hosts:
+                return self.flask_app(environ, start_response)
+        return self.dispatcher(environ, start_response)
+
+
+def create_app(settings: Settings | None = None, **config: Any) -> Flask:
+    """A Flask app serving every site of *settings* (default: loaded from file and env)."""
+    app = Flask("tenantkit")
+    if settings is not None:
+        app.config["TENANTKIT_SETTINGS"] = settings
+    app.config.update({k: v for k, v in config.items() if k.startswith("TENANTKIT_")})
+    Tenantkit(app)
+    return app

@@ -1,0 +1,108 @@
+"""Prometheus metrics of one shim instance (prometheus-client, one registry per app).
+
+::
+
+    metrics = Metrics()
+    metrics.request("blog", 200)
+    metrics.cache("blog", "HIT")
+    text = metrics.render()          # Prometheus text format
+
+Routing decisions and replica lag come from callbacks, read at scrape time. Under gunicorn
+with several workers, set ``PROMETHEUS_MULTIPROC_DIR`` before start (``tenantkit serve`` does)
+and each scrape adds up every worker's counters.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+
+__all__ = ["CONTENT_TYPE", "Metrics"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+RoutingStats = Callable[[], Mapping[tuple[str, str], int]]
+LagStats = Callable[[], Mapping[str, float | None]]
+
+
+class _Callbacks:
+    """Reads routing decisions and replica lag when scraped."""
+
+    def __init__(self, routing: RoutingStats | None, lag: LagStats | None) -> None:
+        self.routing = routing
+        self.lag = lag
+
+    def collect(self) -> Iterator[Any]:
+        decisions = CounterMetricFamily(
+            "tenantkit_routing_decisions", "Statements routed, by role and reason",
+            labels=["role", "reason"])
+        if self.routing is not None:
+            for (role, reason), count in sorted(self.routing().items()):
+                decisions.add_metric([role, reason], count)
+        yield decisions
+        lag = GaugeMetricFamily("tenantkit_replica_lag_seconds",
+                                "Replication lag of each replica (NaN: unknown)",
+                                labels=["replica"])
+        if self.lag is not None:
+            for replica, seconds in sorted(self.lag().items()):
+                lag.add_metric([replica], float("nan") if seconds is None else seconds)
+        yield lag
+
+
+class Metrics:
+    """The shim's counters and gauges."""
+
+    def __init__(self, *, routing: RoutingStats | None = None,
+                 lag: LagStats | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        self.requests = Counter("tenantkit_requests", "Requests answered, by site and status",
+                                ["site", "status"], registry=self.registry)
+        self.cache_results = Counter("tenantkit_cache", "Page-cache results by site",
+                                     ["site", "result"], registry=self.registry)
+        self.reload_errors = Gauge("tenantkit_reload_errors",
+                                   "Site files that currently fail to load",
+                                   registry=self.registry, multiprocess_mode="max")
+        self.sites = Gauge("tenantkit_sites", "Sites loaded", registry=self.registry,
+                           multiprocess_mode="max")
+        self.callbacks = _Callbacks(routing, lag)
+        self.registry.register(self.callbacks)
+        self._requests: dict[tuple[str, str], Any] = {}
+        self._cache: dict[tuple[str, str], Any] = {}
+
+    def request(self, site: str, status: int) -> None:
+        key = (site, str(status))
+        child = self._requests.get(key)
+        if child is None:
+            child = self._requests[key] = self.requests.labels(*key)
+        child.inc()
+
+    def cache(self, site: str, result: str) -> None:
+        key = (site, result)
+        child = self._cache.get(key)
+        if child is None:
+            child = self._cache[key] = self.cache_results.labels(*key)
+        child.inc()
+
+    def cache_counts(self) -> dict[str, dict[str, float]]:
+        """site -> result -> count, from this process's counters (for the status page)."""
+        out: dict[str, dict[str, float]] = {}
+        for metric in self.cache_results.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    site, result = sample.labels["site"], sample.labels["result"]
+                    out.setdefault(site, {})[result] = sample.value
+        return out
+
+    def render(self) -> bytes:
+        if self.multiprocess:
+            merged = CollectorRegistry()
+            MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+            merged.register(self.callbacks)
+            return generate_latest(merged)
+        return generate_latest(self.registry)

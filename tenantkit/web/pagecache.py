@@ -1,0 +1,411 @@
+"""Page-cache middleware: serve hits from the site's :class:`~tenantkit.cache.pagecache.PageCache`,
+store cacheable misses, and carry read-your-writes between requests in a signed cookie.
+
+Mount it between the dispatcher and the backends (``create_app`` does this)::
+
+    caches = SiteCaches()
+    app = HostDispatcher(registry, PageCacheMiddleware(SiteBackendApp(), caches=caches,
+                                                       secret_key="..."))
+
+Every response of a cache-enabled site says what happened in ``X-Tenantkit-Cache``:
+
+- ``HIT``: served from the cache; ``STALE``: an expired or purged page served while one
+  other request regenerates it; ``MISS``: the backend answered (and the page was stored if
+  it could be); ``BYPASS``: the request could not be answered from the cache -- not GET or
+  HEAD, an ``Authorization`` header, a bypass cookie (``site.cache.bypass_cookies``
+  prefixes), or a fresh read-your-writes cookie.
+
+Only 200 responses to GET without ``Set-Cookie`` and without ``Cache-Control: private`` or
+``no-store`` are stored. Tags come from the ``X-Tenantkit-Tags`` response header (comma- or
+space-separated), which never reaches the client. Stored pages get an ``ETag`` and a
+``Last-Modified``; conditional GETs on hits answer 304.
+
+Read-your-writes: after a request whose backend wrote (the router's consistency token is
+found in ``environ["tenantkit.write_token"]`` or the ``X-Tenantkit-Token`` response header),
+the token goes into a signed (itsdangerous), HttpOnly, SameSite=Lax cookie. For as long as it
+is fresh, that browser's requests skip the page cache and carry the token in
+``environ["tenantkit.consistency_token"]`` for the app's router
+(``router.with_token(...)``). A forged, garbled or old cookie is ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from email.utils import formatdate, parsedate_to_datetime
+from http.cookies import CookieError, SimpleCookie
+from typing import TYPE_CHECKING, Any
+
+from itsdangerous import BadData, URLSafeTimedSerializer
+
+from tenantkit.cache.pagecache import FillTicket, PageCache
+from tenantkit.errors import CacheError
+from tenantkit.sites import Site
+from tenantkit.web.nginx import RYW_COOKIE, HostLinks
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+else:
+    StartResponse = WSGIApplication = WSGIEnvironment = Any
+
+__all__ = ["PageCacheMiddleware", "SiteCaches", "TokenCookie"]
+
+logger = logging.getLogger(__name__)
+
+CACHE_HEADER = "X-Tenantkit-Cache"
+TAGS_HEADER = "x-tenantkit-tags"
+TOKEN_HEADER = "x-tenantkit-token"
+TOKEN_IN = "tenantkit.consistency_token"
+TOKEN_OUT = "tenantkit.write_token"
+#: Pages larger than this are passed through, never buffered for the cache.
+MAX_STORE_BYTES = 8 * 1024 * 1024
+#: Headers a stored page keeps (the rest are per-response or hop-by-hop).
+_KEEP = frozenset({"content-type", "content-language", "etag", "last-modified", "link",
+                   "vary", "x-robots-tag", "content-security-policy"})
+
+
+class SiteCaches:
+    """One :class:`PageCache` per site definition, rebuilt when the site's cache policy changes."""
+
+    def __init__(self, factory: Callable[[Site], PageCache] | None = None) -> None:
+        self.factory = factory or _default_cache
+        self._caches: dict[str, tuple[Site, PageCache]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, site: Site) -> PageCache:
+        entry = self._caches.get(site.name)
+        if entry is not None and entry[0] is site:
+            return entry[1]
+        with self._lock:
+            entry = self._caches.get(site.name)
+            if entry is not None and (entry[0] is site or (
+                    entry[0].cache == site.cache and entry[0].cache_root == site.cache_root)):
+                self._caches[site.name] = (site, entry[1])
+                return entry[1]
+            cache = self.factory(site)
+            self._caches[site.name] = (site, cache)
+            return cache
+
+    def items(self) -> list[tuple[Site, PageCache]]:
+        return list(self._caches.values())
+
+    def discard(self, keep: Iterable[str]) -> None:
+        keep = set(keep)
+        with self._lock:
+            for name in [n for n in self._caches if n not in keep]:
+                del self._caches[name]
+
+
+def _default_cache(site: Site) -> PageCache:
+    return PageCache(site.pages_dir, ttl=site.cache.ttl, stale_seconds=site.cache.stale_seconds,
+                     max_bytes=site.cache.max_bytes)
+
+
+class TokenCookie:
+    """Signs and checks the read-your-writes cookie."""
+
+    def __init__(self, secret_key: str | bytes, *, max_age: float = 5.0,
+                 name: str = RYW_COOKIE) -> None:
+        self.serializer = URLSafeTimedSerializer(secret_key, salt="tenantkit-read-your-writes")
+        self.max_age = max(1, round(max_age))
+        self.name = name
+
+    def header(self, token: str, *, secure: bool = False) -> str:
+        value = self.serializer.dumps(token)
+        flags = "; Secure" if secure else ""
+        return (f"{self.name}={value}; Max-Age={self.max_age}; Path=/; HttpOnly; "
+                f"SameSite=Lax{flags}")
+
+    def read(self, cookie_header: str) -> str | None:
+        """The token in a fresh, correctly signed cookie, else None (never raises)."""
+        if self.name not in cookie_header:
+            return None
+        try:
+            morsel = SimpleCookie(cookie_header).get(self.name)
+        except CookieError:
+            # http.cookies gives up on the whole header for one bad cookie; find ours by hand.
+            morsel = None
+            for part in cookie_header.split(";"):
+                key, _, value = part.strip().partition("=")
+                if key == self.name:
+                    return self._loads(value)
+        if morsel is None:
+            return None
+        return self._loads(morsel.value)
+
+    def _loads(self, value: str) -> str | None:
+        try:
+            token = self.serializer.loads(value, max_age=self.max_age)
+        except (BadData, UnicodeError, ValueError):
+            return None
+        return token if isinstance(token, str) and len(token) <= 4096 else None
+
+
+def _has_bypass_cookie(cookie_header: str, prefixes: Iterable[str]) -> bool:
+    if not cookie_header:
+        return False
+    names = [part.split("=", 1)[0].strip() for part in cookie_header.split(";")]
+    return any(name.startswith(prefix) for prefix in prefixes for name in names if name)
+
+
+def _parse_tags(value: str) -> tuple[str, ...]:
+    return tuple(t for t in value.replace(",", " ").split() if t)
+
+
+def _etag_matches(if_none_match: str, etag: str) -> bool:
+    if if_none_match.strip() == "*":
+        return True
+    weak = etag[2:] if etag.startswith("W/") else etag
+    for candidate in if_none_match.split(","):
+        candidate = candidate.strip()
+        candidate = candidate[2:] if candidate.startswith("W/") else candidate
+        if candidate == weak:
+            return True
+    return False
+
+
+def _not_modified(environ: WSGIEnvironment, headers: Mapping[str, str]) -> bool:
+    etag = headers.get("etag")
+    inm = environ.get("HTTP_IF_NONE_MATCH")
+    if inm is not None:
+        return bool(etag) and _etag_matches(inm, etag or "")
+    ims = environ.get("HTTP_IF_MODIFIED_SINCE")
+    modified = headers.get("last-modified")
+    if ims and modified:
+        try:
+            return parsedate_to_datetime(modified) <= parsedate_to_datetime(ims)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return False
+    return False
+
+
+class _Capture:
+    """Holds what the app passed to start_response until we decide what to send."""
+
+    __slots__ = ("exc_info", "headers", "status")
+
+    def __init__(self) -> None:
+        self.status = ""
+        self.headers: list[tuple[str, str]] = []
+        self.exc_info: Any = None
+
+    def __call__(self, status: str, headers: list[tuple[str, str]],
+                 exc_info: Any = None) -> Callable[[bytes], object]:
+        self.status, self.headers, self.exc_info = status, list(headers), exc_info
+        return _no_write
+
+
+def _no_write(data: bytes) -> object:
+    raise RuntimeError("the page-cache middleware does not support the write() callable; "
+                       "return the body from the app instead")
+
+
+class PageCacheMiddleware:
+    """Serve and fill the page cache of ``environ["tenantkit.site"]``."""
+
+    def __init__(self, app: WSGIApplication, *, caches: SiteCaches | None = None,
+                 secret_key: str | bytes = "", token_max_age: float = 5.0,
+                 host_links: HostLinks | None = None,
+                 on_cache: Callable[[str, str], None] | None = None) -> None:
+        self.app = app
+        self.caches = caches or SiteCaches()
+        self.cookie = TokenCookie(secret_key, max_age=token_max_age) if secret_key else None
+        self.host_links = host_links
+        self.on_cache = on_cache
+
+    # -- the request ---------------------------------------------------------------------
+
+    def __call__(self, environ: WSGIEnvironment,
+                 start_response: StartResponse) -> Iterable[bytes]:
+        site: Site = environ["tenantkit.site"]
+        cookies = environ.get("HTTP_COOKIE", "")
+        if cookies and self.cookie is not None:
+            token = self.cookie.read(cookies)
+            if token is not None:
+                environ[TOKEN_IN] = token
+                return self._bypass(site, environ, start_response)
+        if not site.cache.enabled:
+            return self._pass(environ, start_response, None)
+        method = environ.get("REQUEST_METHOD")
+        if (method not in ("GET", "HEAD") or "HTTP_AUTHORIZATION" in environ
+                or (cookies and _has_bypass_cookie(cookies, site.cache.bypass_cookies))):
+            return self._bypass(site, environ, start_response)
+        host: str = environ.get("tenantkit.host") or ""
+        path = environ.get("PATH_INFO") or "/"
+        query = environ.get("QUERY_STRING", "")
+        cache = self.caches.get(site)
+        try:
+            page = cache.get(host, path, query)
+        except (CacheError, OSError, ValueError) as exc:
+            logger.debug("site %s: not caching %r: %s", site.name, path, exc)
+            return self._bypass(site, environ, start_response)
+        if page is not None and not page.stale:
+            return self._serve(site, environ, start_response, page, "HIT")
+        try:
+            ticket = cache.begin_fill(host, path, query)
+        except (CacheError, OSError) as exc:
+            logger.warning("site %s: page cache unusable: %s", site.name, exc)
+            return self._bypass(site, environ, start_response)
+        if page is not None and not ticket.leader:
+            ticket.release()  # someone else regenerates it: serve the stale page meanwhile
+            return self._serve(site, environ, start_response, page, "STALE")
+        try:
+            return self._fill(site, cache, ticket, environ, start_response)
+        finally:
+            ticket.release()
+
+    def _count(self, site: Site, result: str) -> None:
+        if self.on_cache is not None:
+            self.on_cache(site.name, result)
+
+    def _serve(self, site: Site, environ: WSGIEnvironment, start_response: StartResponse,
+               page: Any, result: str) -> Iterable[bytes]:
+        if self.on_cache is not None:
+            self.on_cache(site.name, result)
+        if "HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MODIFIED_SINCE" in environ:
+            stored = {k.lower(): v for k, v in page.headers}
+            if _not_modified(environ, stored):
+                headers = [(k, v) for k, v in page.headers
+                           if k.lower() in ("etag", "last-modified")]
+                headers.append((CACHE_HEADER, result))
+                start_response("304 Not Modified", headers)
+                return []
+        body: bytes = page.body
+        headers = list(page.headers)  # stored without Content-Length (see _stored_headers)
+        headers += [("Content-Length", str(len(body))), ("Age", str(int(page.age))),
+                    (CACHE_HEADER, result)]
+        status = page.status
+        start_response("200 OK" if status == 200 else str(status), headers)
+        return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
+
+    # -- through to the app ---------------------------------------------------------------
+
+    def _bypass(self, site: Site, environ: WSGIEnvironment,
+                start_response: StartResponse) -> Iterable[bytes]:
+        if site.cache.enabled:
+            self._count(site, "BYPASS")
+        return self._pass(environ, start_response, "BYPASS" if site.cache.enabled else None)
+
+    def _outgoing(self, environ: WSGIEnvironment, headers: list[tuple[str, str]],
+                  result: str | None) -> tuple[list[tuple[str, str]], tuple[str, ...]]:
+        """Strip our private headers, add the cache header and the token cookie."""
+        out: list[tuple[str, str]] = []
+        tags: tuple[str, ...] = ()
+        token = environ.get(TOKEN_OUT)
+        for key, value in headers:
+            lower = key.lower()
+            if lower == TAGS_HEADER:
+                tags += _parse_tags(value)
+            elif lower == TOKEN_HEADER:
+                token = token or value
+            else:
+                out.append((key, value))
+        if result is not None:
+            out.append((CACHE_HEADER, result))
+        if token and self.cookie is not None:
+            secure = environ.get("wsgi.url_scheme") == "https"
+            out.append(("Set-Cookie", self.cookie.header(str(token), secure=secure)))
+        return out, tags
+
+    def _pass(self, environ: WSGIEnvironment, start_response: StartResponse,
+              result: str | None) -> Iterable[bytes]:
+        def respond(status: str, headers: list[tuple[str, str]],
+                    exc_info: Any = None) -> Callable[[bytes], object]:
+            out, _ = self._outgoing(environ, headers, result)
+            return start_response(status, out, exc_info)
+
+        return self.app(environ, respond)
+
+    def _fill(self, site: Site, cache: PageCache, ticket: FillTicket,
+              environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        self._count(site, "MISS")
+        host, path = ticket.host, ticket.path
+        query = environ.get("QUERY_STRING", "")
+        capture = _Capture()
+        body = self.app(environ, capture)
+        try:
+            chunks: list[bytes] = []
+            size = 0
+            iterator = iter(body)
+            storable = self._storable(environ, capture)
+            if storable:
+                for chunk in iterator:
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    if size > MAX_STORE_BYTES:
+                        storable = False
+                        break
+            out, tags = self._outgoing(environ, capture.headers, "MISS")
+            if storable:
+                data = b"".join(chunks)
+                keep = self._stored_headers(out, data)
+                try:
+                    stored = cache.put(host, path, data, query=query, status=200, headers=keep,
+                                       tags=tags, ticket=ticket)
+                except (CacheError, OSError, ValueError) as exc:
+                    logger.warning("site %s: cannot store %r: %s", site.name, path, exc)
+                    stored = False
+                if stored and self.host_links is not None and not query:
+                    self.host_links.ensure(site.name, host)
+                names = {k.lower() for k, _ in keep}
+                out = [(k, v) for k, v in out if k.lower() not in names] + keep
+                start_response(capture.status, out, capture.exc_info)
+                _close(body)
+                return [data]
+            start_response(capture.status, out, capture.exc_info)
+        except BaseException:
+            _close(body)
+            raise
+        return _Rest(chunks, iterator, body)
+
+    def _storable(self, environ: WSGIEnvironment, capture: _Capture) -> bool:
+        if environ.get("REQUEST_METHOD") != "GET" or not capture.status.startswith("200"):
+            return False
+        if TOKEN_OUT in environ:
+            return False
+        for key, value in capture.headers:
+            lower = key.lower()
+            if lower in ("set-cookie", TOKEN_HEADER):
+                return False
+            if lower == "cache-control":
+                directives = {d.strip().split("=")[0].lower() for d in value.split(",")}
+                if directives & {"private", "no-store", "no-cache"}:
+                    return False
+        return True
+
+    def _stored_headers(self, out: list[tuple[str, str]], data: bytes) -> list[tuple[str, str]]:
+        keep = [(k, v) for k, v in out if k.lower() in _KEEP]
+        names = {k.lower() for k, _ in keep}
+        if "etag" not in names:
+            keep.append(("ETag", '"' + hashlib.blake2b(data, digest_size=12).hexdigest() + '"'))
+        if "last-modified" not in names:
+            keep.append(("Last-Modified", formatdate(time.time(), usegmt=True)))
+        return keep
+
+
+def _close(body: Iterable[bytes]) -> None:
+    close = getattr(body, "close", None)
+    if close is not None:
+        close()
+
+
+class _Rest:
+    """The part of a response body not yet consumed, then its original close()."""
+
+    __slots__ = ("body", "chunks", "iterator")
+
+    def __init__(self, chunks: list[bytes], iterator: Iterator[bytes],
+                 body: Iterable[bytes]) -> None:
+        self.chunks = chunks
+        self.iterator = iterator
+        self.body = body
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self.chunks
+        yield from self.iterator
+
+    def close(self) -> None:
+        _close(self.body)

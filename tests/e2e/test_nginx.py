@@ -1,0 +1,100 @@
+"""nginx in front of the shim, with the server block `tenantkit nginx-config` prints."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import tk_test_apps
+import urllib3
+from tk_procs import Nginx
+from tk_web import Sites
+from werkzeug.serving import make_server
+
+from tenantkit.testing import free_port
+from tenantkit.web.app import create_app
+from tenantkit.web.nginx import render_config
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[tuple[str, Sites, object]]:
+    sites = Sites(tmp_path)
+    sites.add("alpha", ["alpha.test", "*.alpha.test"])
+    sites.add("beta", ["beta.test"])
+    settings = sites.settings(trusted_proxies=1)
+    app = create_app(settings)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    port = free_port()
+    nginx = Nginx(tmp_path, render_config(settings, upstream=f"127.0.0.1:{server.server_port}",
+                                          listen=f"127.0.0.1:{port}"))
+    try:
+        nginx.start(port)
+        yield f"http://127.0.0.1:{port}", sites, app
+    finally:
+        nginx.stop()
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+        app.extensions["tenantkit"].stop()
+
+
+def test_nginx_serves_hits_from_disk_and_passes_the_rest(
+        stack: tuple[str, Sites, object]) -> None:
+    url, _, app = stack
+    with urllib3.PoolManager(retries=False, timeout=10) as http:
+        def get(path: str, host: str = "alpha.test", method: str = "GET",
+                **headers: str) -> urllib3.BaseHTTPResponse:
+            return http.request(method, url + path, headers={"Host": host, **headers})
+
+        first = get("/post/1/")
+        assert first.status == 200 and first.headers["X-Tenantkit-Cache"] == "MISS"
+        calls = len(tk_test_apps.CALLS)
+        hit = get("/post/1/")
+        assert hit.status == 200 and hit.headers["X-Tenantkit-Cache"] == "HIT"
+        assert hit.data == first.data
+        assert len(tk_test_apps.CALLS) == calls  # nginx answered, the app never saw it
+        assert hit.headers["Content-Type"].startswith("text/html")
+        wild = get("/post/1/", host="www.alpha.test")
+        assert wild.headers["X-Tenantkit-Cache"] == "MISS"  # another host, another page
+        assert get("/post/1/", host="beta.test").data.startswith(b"site=beta")
+
+        for how in [{"Cookie": "wordpress_logged_in_x=1"}, {"Authorization": "Bearer x"}]:
+            assert get("/post/1/", **how).headers["X-Tenantkit-Cache"] == "BYPASS", how
+        # The read-your-writes cookie goes to the shim, which ignores a forged one: a hit
+        # served by the shim keeps the app's Content-Type, nginx's says text/html.
+        forged = get("/post/1/", Cookie="a=b; tenantkit_rw=x")
+        assert forged.headers["X-Tenantkit-Cache"] == "HIT"
+        assert forged.headers["Content-Type"] == "text/plain"
+        assert get("/post/1/", method="POST").headers["X-Tenantkit-Cache"] == "BYPASS"
+        assert get("/post/1/?x=1").headers["X-Tenantkit-Cache"] in ("MISS", "HIT")
+        assert len(tk_test_apps.CALLS) > calls
+        assert get("/post/1/", Cookie="theme=dark").headers["X-Tenantkit-Cache"] == "HIT"
+
+        ext = app.extensions["tenantkit"]  # type: ignore[attr-defined]
+        cache = ext.caches.get(ext.registry.sites["alpha"])
+        cache.purge_paths("alpha.test", ["/post/1/"])
+        assert get("/post/1/").headers["X-Tenantkit-Cache"] == "MISS"
+        assert get("/post/1/").headers["X-Tenantkit-Cache"] == "HIT"
+        cache.flush()
+        assert get("/post/1/").headers["X-Tenantkit-Cache"] == "MISS"
+
+        assert get("/", host="nobody.test").status == 421
+        assert get("/.meta.json/").headers.get("X-Tenantkit-Cache") != "HIT"
+        assert get("/post/1/.meta.json").status == 200  # a page of the site, not the sidecar
+        assert b"status" not in get("/post/1/.meta.json").data
+
+
+def test_a_removed_site_is_no_longer_served_by_nginx(stack: tuple[str, Sites, object]) -> None:
+    url, sites, app = stack
+    with urllib3.PoolManager(retries=False, timeout=10) as http:
+        headers = {"Host": "beta.test"}
+        http.request("GET", url + "/x/", headers=headers)
+        assert http.request("GET", url + "/x/", headers=headers).headers[
+            "X-Tenantkit-Cache"] == "HIT"
+        (sites.dir / "beta.toml").unlink()
+        app.extensions["tenantkit"].reload()  # type: ignore[attr-defined]
+        assert http.request("GET", url + "/x/", headers=headers).status == 421

@@ -1,0 +1,190 @@
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import pytest
+from flask import Flask
+from tk_web import RawServer, Sites, Upstream
+from werkzeug.test import Client, EnvironBuilder
+
+from tenantkit.sites import Backend, Site
+from tenantkit.testing import free_port
+from tenantkit.web.backends import BackendError, BackendPool, ProxyApp, UpstreamClosed
+
+MakeClient = Callable[..., tuple[Flask, Client]]
+
+
+def echo(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """Echoes what reached the upstream as JSON."""
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    if length:
+        body = environ["wsgi.input"].read(length)
+    elif environ.get("wsgi.input_terminated"):
+        body = environ["wsgi.input"].read()
+    else:
+        body = b""
+    headers = {k[5:].replace("_", "-").lower(): v for k, v in environ.items()
+               if k.startswith("HTTP_")}
+    data = json.dumps({"method": environ["REQUEST_METHOD"], "path": environ["PATH_INFO"],
+                       "query": environ.get("QUERY_STRING", ""), "headers": headers,
+                       "body_len": len(body), "body_head": body[:20].decode("latin-1")})
+    if environ["PATH_INFO"] == "/sleep":
+        time.sleep(1.0)
+    out = data.encode()
+    start_response("201 Created", [("Content-Type", "application/json"),
+                                   ("Content-Length", str(len(out))),
+                                   ("Connection", "keep-alive"), ("Keep-Alive", "timeout=5"),
+                                   ("X-Upstream", "yes")])
+    return [out]
+
+
+@pytest.fixture
+def proxied(sites: Sites, upstream: Callable[..., Upstream],
+            make_client: MakeClient) -> tuple[Client, Upstream]:
+    server = upstream(echo)
+    sites.add("php", ["php.test"], url=server.url)
+    _, client = make_client()
+    return client, server
+
+
+def test_proxy_preserves_host_sets_forwarded_drops_hop_by_hop(
+        proxied: tuple[Client, Upstream]) -> None:
+    client, _ = proxied
+    response = client.post("/wp-comments-post.php?x=1", data=b"a" * 300_000, headers={
+        "Host": "php.test", "X-Forwarded-For": "6.6.6.6", "Connection": "close, X-Secret",
+        "X-Secret": "hop", "TE": "trailers", "Cookie": "wordpress_logged_in_1=me"},
+        environ_base={"REMOTE_ADDR": "10.1.2.3"})
+    assert response.status_code == 201
+    assert response.headers["X-Upstream"] == "yes"
+    assert "Keep-Alive" not in response.headers
+    seen = response.get_json()
+    assert seen["method"] == "POST" and seen["path"] == "/wp-comments-post.php"
+    assert seen["query"] == "x=1"
+    assert seen["body_len"] == 300_000
+    headers = seen["headers"]
+    assert headers["host"] == "php.test"
+    assert headers["x-forwarded-host"] == "php.test"
+    assert headers["x-forwarded-proto"] == "http"
+    assert headers["x-forwarded-for"] == "10.1.2.3"  # the client's own claim is not trusted
+    assert "x-secret" not in headers and "te" not in headers
+    assert headers["cookie"] == "wordpress_logged_in_1=me"
+
+
+def test_proxy_appends_to_forwarded_for_behind_trusted_proxies(
+        sites: Sites, upstream: Callable[..., Upstream], make_client: MakeClient) -> None:
+    server = upstream(echo)
+    sites.add("php", ["php.test"], url=server.url)
+    _, client = make_client(trusted_proxies=1)
+    seen = client.get("/", headers={"Host": "php.test", "X-Forwarded-For": "1.2.3.4"},
+                      environ_base={"REMOTE_ADDR": "10.0.0.1"}).get_json()
+    assert seen["headers"]["x-forwarded-for"] == "1.2.3.4, 10.0.0.1"
+
+
+def test_proxy_streams_a_chunked_request_body(upstream: Callable[..., Upstream]) -> None:
+    server = upstream(echo)
+    app = ProxyApp(server.url)
+    environ = EnvironBuilder("/upload", method="PUT", headers={"Host": "php.test"},
+                             input_stream=io.BytesIO(b"x" * 100_000)).get_environ()
+    del environ["CONTENT_LENGTH"]  # what a server hands on for Transfer-Encoding: chunked
+    environ["wsgi.input_terminated"] = True
+    statuses: list[str] = []
+    try:
+        body = app(environ, lambda status, headers, exc_info=None: statuses.append(status))
+        data = b"".join(body)
+        body.close()  # type: ignore[attr-defined]
+    finally:
+        app.close()
+    assert statuses == ["201 Created"]
+    assert json.loads(data)["body_len"] == 100_000
+
+
+def test_proxy_passes_unknown_methods(proxied: tuple[Client, Upstream]) -> None:
+    client, _ = proxied
+    response = client.open("/", method="PROPFIND", headers={"Host": "php.test"})
+    assert response.status_code == 201
+    assert response.get_json()["method"] == "PROPFIND"
+
+
+def test_upstream_down_is_502(sites: Sites, make_client: MakeClient) -> None:
+    sites.add("down", ["down.test"], url=f"http://127.0.0.1:{free_port()}")
+    _, client = make_client()
+    response = client.get("/", headers={"Host": "down.test"})
+    assert response.status_code == 502
+    assert b"upstream unavailable" in response.data
+
+
+def test_upstream_timeout_is_504(upstream: Callable[..., Upstream]) -> None:
+    server = upstream(echo)
+    app = ProxyApp(server.url, read_timeout=0.2)
+    client = Client(app)
+    try:
+        response = client.get("/sleep", headers={"Host": "php.test"})
+        assert response.status_code == 504
+        assert client.get("/", headers={"Host": "php.test"}).status_code == 201
+    finally:
+        app.close()
+
+
+def test_upstream_closing_mid_body_is_not_passed_off_as_complete(
+        raw_server: Callable[[bytes], RawServer]) -> None:
+    server = raw_server(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nonly ten b")
+    app = ProxyApp(server.url)
+    try:
+        with pytest.raises(UpstreamClosed, match="closed mid-body"):
+            Client(app).get("/", headers={"Host": "x.test"}).get_data()
+    finally:
+        app.close()
+
+
+def test_upstream_garbage_is_502(raw_server: Callable[[bytes], RawServer]) -> None:
+    server = raw_server(b"this is not HTTP\r\n\r\n")
+    app = ProxyApp(server.url)
+    try:
+        assert Client(app).get("/", headers={"Host": "x.test"}).status_code == 502
+    finally:
+        app.close()
+
+
+@pytest.mark.parametrize(("backend", "message"), [
+    pytest.param(Backend(type="wsgi", app="nocolon"), "module:attribute", id="no colon"),
+    pytest.param(Backend(type="wsgi", app="no_such_mod_xyz:app"), "cannot import", id="import"),
+    pytest.param(Backend(type="wsgi", app="tk_test_apps:nothing"), "no attribute", id="attr"),
+    pytest.param(Backend(type="wsgi", app="tk_test_apps:PAGE"), "not a WSGI app", id="bytes"),
+    pytest.param(Backend(type="proxy", url="ftp://x"), "expected http", id="bad url"),
+])
+def test_bad_backends_say_what_is_wrong(backend: Backend, message: str) -> None:
+    with pytest.raises(BackendError, match=message):
+        BackendPool().get(Site(name="s", hosts=("s.test",), backend=backend))
+
+
+def test_pool_releases_replaced_backends_after_their_last_request() -> None:
+    closed: list[str] = []
+
+    class App:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def __call__(self, environ: Any, start_response: Any) -> Iterator[bytes]:
+            start_response("200 OK", [])
+            yield self.name.encode()
+
+        def close(self) -> None:
+            closed.append(self.name)
+
+    pool = BackendPool(loader=lambda site: App(str(site.meta["v"])))
+    one = Site(name="s", hosts=("s.test",), backend=Backend(type="wsgi", app="m:a"),
+               meta={"v": 1})
+    two = Site(name="s", hosts=("s.test",), backend=Backend(type="wsgi", app="m:a"),
+               meta={"v": 2})
+    body = pool(one, {}, lambda *a: None)
+    assert pool.get(two).name == "2"  # type: ignore[attr-defined]
+    assert closed == []  # the request on version 1 is still running
+    assert list(body) == [b"1"]
+    body.close()  # type: ignore[attr-defined]
+    assert closed == ["1"]
+    pool.discard([])
+    assert closed == ["1", "2"]

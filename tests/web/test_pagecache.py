@@ -1,0 +1,165 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from flask import Flask
+from tk_web import Sites
+from werkzeug.test import Client
+
+from tenantkit.web.pagecache import TokenCookie
+
+MakeClient = Callable[..., tuple[Flask, Client]]
+HOST = {"Host": "blog.test"}
+
+
+@pytest.fixture
+def blog(sites: Sites, make_client: MakeClient) -> tuple[Flask, Client]:
+    sites.add("blog", ["blog.test"], extra='[cache]\nbypass_cookies = ["my_session"]\n')
+    sites.add("nocache", ["nocache.test"], extra="[cache]\nenabled = false\n")
+    sites.add("wp", ["wp.test"])
+    return make_client()
+
+
+def get(client: Client, path: str = "/p/", **headers: str) -> Any:
+    return client.get(path, headers={**HOST, **headers})
+
+
+def test_miss_then_hit_and_tags_never_reach_the_client(blog: tuple[Flask, Client]) -> None:
+    _, client = blog
+    first = get(client, "/p/?tags=post:1+home")
+    assert first.headers["X-Tenantkit-Cache"] == "MISS"
+    assert "X-Tenantkit-Tags" not in first.headers
+    second = get(client, "/p/?tags=post:1+home")
+    assert second.headers["X-Tenantkit-Cache"] == "HIT"
+    assert second.data == first.data
+    assert second.headers["Content-Type"] == "text/plain"
+    assert "X-Tenantkit-Tags" not in second.headers
+    head = client.head("/p/?tags=post:1+home", headers=HOST)
+    assert head.headers["X-Tenantkit-Cache"] == "HIT" and head.data == b""
+
+
+def test_a_tag_purge_makes_the_next_request_regenerate(blog: tuple[Flask, Client]) -> None:
+    app, client = blog
+    get(client, "/p/", **{})
+    ext = app.extensions["tenantkit"]
+    site = ext.registry.sites["blog"]
+    first = get(client, "/t/?tags=post:7").data
+    assert get(client, "/t/?tags=post:7").headers["X-Tenantkit-Cache"] == "HIT"
+    ext.caches.get(site).purge_tags(["post:7"])
+    again = get(client, "/t/?tags=post:7")
+    assert again.headers["X-Tenantkit-Cache"] == "MISS"
+    assert again.data != first  # rendered anew (the test app counts its calls)
+
+
+def test_stale_is_served_while_another_request_regenerates(blog: tuple[Flask, Client]) -> None:
+    app, client = blog
+    ext = app.extensions["tenantkit"]
+    first = get(client, "/s/?tags=post:9")
+    cache = ext.caches.get(ext.registry.sites["blog"])
+    cache.purge_tags(["post:9"])
+    with cache.begin_fill("blog.test", "/s/", "tags=post:9") as ticket:
+        assert ticket.leader
+        stale = get(client, "/s/?tags=post:9")
+        assert stale.headers["X-Tenantkit-Cache"] == "STALE"
+        assert stale.data == first.data
+    assert get(client, "/s/?tags=post:9").headers["X-Tenantkit-Cache"] == "MISS"
+
+
+@pytest.mark.parametrize(("method", "headers"), [
+    pytest.param("POST", {}, id="post"),
+    pytest.param("DELETE", {}, id="delete"),
+    pytest.param("GET", {"Authorization": "Basic dTpw"}, id="authorization"),
+    pytest.param("GET", {"Host": "wp.test", "Cookie": "wordpress_logged_in_abc=1"},
+                 id="default wordpress login cookie"),
+    pytest.param("GET", {"Host": "wp.test", "Cookie": "x=1;comment_author_1=me"},
+                 id="default wordpress comment cookie"),
+    pytest.param("GET", {"Host": "wp.test", "Cookie": "punbb_cookie=1"}, id="default punbb"),
+    pytest.param("GET", {"Cookie": "a=1; my_session=2"}, id="site bypass cookie"),
+])
+def test_bypass(blog: tuple[Flask, Client], method: str, headers: dict[str, str]) -> None:
+    _, client = blog
+    for _ in range(2):
+        response = client.open("/b/", method=method, headers={**HOST, **headers})
+        assert response.headers["X-Tenantkit-Cache"] == "BYPASS"
+
+
+@pytest.mark.parametrize("query", [
+    pytest.param("cookie", id="set-cookie"),
+    pytest.param("private", id="cache-control private"),
+    pytest.param("notfound", id="404"),
+])
+def test_personal_or_failed_responses_are_not_stored(blog: tuple[Flask, Client],
+                                                     query: str) -> None:
+    _, client = blog
+    for _ in range(2):
+        assert get(client, f"/n/?{query}").headers["X-Tenantkit-Cache"] == "MISS"
+
+
+def test_other_cookies_do_not_bypass(blog: tuple[Flask, Client]) -> None:
+    _, client = blog
+    get(client, "/o/")
+    assert get(client, "/o/", Cookie="_ga=1; theme=dark").headers["X-Tenantkit-Cache"] == "HIT"
+
+
+def test_conditional_get(blog: tuple[Flask, Client]) -> None:
+    _, client = blog
+    first = get(client, "/c/")
+    etag, modified = first.headers["ETag"], first.headers["Last-Modified"]
+    assert get(client, "/c/", **{"If-None-Match": etag}).status_code == 304
+    assert get(client, "/c/", **{"If-None-Match": '"other"'}).status_code == 200
+    assert get(client, "/c/", **{"If-Modified-Since": modified}).status_code == 304
+    old = "Mon, 01 Jan 2001 00:00:00 GMT"
+    assert get(client, "/c/", **{"If-Modified-Since": old}).status_code == 200
+    assert get(client, "/c/", **{"If-Modified-Since": "garbage"}).status_code == 200
+    get(client, "/e/?etag")
+    assert get(client, "/e/?etag", **{"If-None-Match": 'W/"v1"'}).status_code == 304
+
+
+def test_disabled_cache_passes_through(blog: tuple[Flask, Client]) -> None:
+    _, client = blog
+    response = client.get("/", headers={"Host": "nocache.test"})
+    assert response.status_code == 200 and "X-Tenantkit-Cache" not in response.headers
+
+
+def test_hostile_paths_never_leave_the_cache_tree(blog: tuple[Flask, Client],
+                                                  sites: Sites) -> None:
+    _, client = blog
+    for path in ["/../../etc/", "/%2e%2e/%2e%2e/x/", "/a/./b/", "/.meta.json/", "/" + "a/" * 40]:
+        response = get(client, path)
+        assert response.status_code == 200
+    outside = [p for p in sites.root.rglob("*") if sites.cache_dir not in p.parents
+               and p != sites.cache_dir and sites.dir not in p.parents and p != sites.dir]
+    assert outside == []
+
+
+def test_read_your_writes_cookie(blog: tuple[Flask, Client]) -> None:
+    _, client = blog
+    get(client, "/r/")
+    assert get(client, "/r/").headers["X-Tenantkit-Cache"] == "HIT"
+    wrote = client.post("/r/?write", headers=HOST)
+    cookie = wrote.headers["Set-Cookie"]
+    assert cookie.startswith("tenantkit_rw=")
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Max-Age=5" in cookie
+    value = cookie.split(";")[0]
+    after = get(client, "/r/", Cookie=f"theme=dark; {value}")
+    assert after.headers["X-Tenantkit-Cache"] == "BYPASS"
+    assert b"token=0-1-42" in after.data
+    forged = value[:-3] + ("AAA" if not value.endswith("AAA") else "BBB")
+    for bad in [forged, "tenantkit_rw=0-1-42", "tenantkit_rw=", 'tenantkit_rw="\\x"; a"b=c']:
+        response = get(client, "/r/", Cookie=bad)
+        assert response.headers["X-Tenantkit-Cache"] == "HIT", bad
+        assert b"token=None" in response.data
+
+
+def test_old_token_cookies_are_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    cookie = TokenCookie("k", max_age=5)
+    fresh = cookie.header("0-1-5").split(";")[0]
+    assert cookie.read(fresh) == "0-1-5"
+    import time as real_time
+
+    later = real_time.time() + 60
+    monkeypatch.setattr("itsdangerous.timed.time.time", lambda: later)
+    assert cookie.read(fresh) is None
+    assert TokenCookie("other-key").read(fresh) is None

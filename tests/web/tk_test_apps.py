@@ -1,0 +1,66 @@
+"""WSGI apps the web tests mount as site backends (``app = "tk_test_apps:<name>"``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from tenantkit.sites import Site
+
+Start = Callable[..., Any]
+PAGE = b"<!doctype html><title>hello</title><p>hello from a tenantkit test site</p>\n"
+CALLS: list[str] = []
+
+
+def hello(environ: dict[str, Any], start_response: Start) -> Iterable[bytes]:
+    """A page naming the site, host and path; tags from ``?tags=``."""
+    site: Site | None = environ.get("tenantkit.site")
+    CALLS.append(environ.get("PATH_INFO", ""))
+    body = (f"site={site.name if site else '-'} host={environ.get('HTTP_HOST')} "
+            f"path={environ.get('PATH_INFO')} n={len(CALLS)} "
+            f"token={environ.get('tenantkit.consistency_token')}\n").encode()
+    headers = [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
+    query = environ.get("QUERY_STRING", "")
+    if query.startswith("tags="):
+        headers.append(("X-Tenantkit-Tags", query[5:].replace("+", " ")))
+    if query == "cookie":
+        headers.append(("Set-Cookie", "session=1"))
+    if query == "private":
+        headers.append(("Cache-Control", "private"))
+    if query == "etag":
+        headers.append(("ETag", '"v1"'))
+    if query == "notfound":
+        start_response("404 Not Found", headers)
+        return [body]
+    if query == "write":
+        environ["tenantkit.write_token"] = "0-1-42"
+    start_response("200 OK", headers)
+    return [body]
+
+
+def page(environ: dict[str, Any], start_response: Start) -> Iterable[bytes]:
+    """A fixed page, for load tests and benchmarks."""
+    start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"),
+                              ("Content-Length", str(len(PAGE)))])
+    return [PAGE]
+
+
+def boom(environ: dict[str, Any], start_response: Start) -> Iterable[bytes]:
+    raise RuntimeError("this site's app is broken")
+
+
+def slow(environ: dict[str, Any], start_response: Start) -> Iterable[bytes]:
+    time.sleep(0.3)
+    return page(environ, start_response)
+
+
+def factory(site: Site) -> Callable[..., Iterable[bytes]]:
+    """A factory: called with the Site, returns the app (rebuilt when the site changes)."""
+    greeting = str(site.meta.get("greeting", "hi")).encode()
+
+    def app(environ: dict[str, Any], start_response: Start) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [greeting]
+
+    return app

@@ -1,0 +1,100 @@
+"""Helpers shared by the shim's tests (tests/web and tests/e2e)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from tenantkit.config import Settings, WebSettings
+
+TOKEN = "s3cret-admin-token"
+
+
+class Sites:
+    """Writes site files into a temporary sites directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.dir = root / "sites"
+        self.dir.mkdir()
+        self.cache_dir = root / "cache"
+
+    def add(self, name: str, hosts: list[str], *, app: str | None = "tk_test_apps:hello",
+            url: str | None = None, extra: str = "") -> Path:
+        lines = [f"hosts = {hosts!r}".replace("'", '"'), "[backend]"]
+        if url is not None:
+            lines += ['type = "proxy"', f'url = "{url}"']
+        else:
+            lines += ['type = "wsgi"', f'app = "{app}"']
+        path = self.dir / f"{name}.toml"
+        path.write_text("\n".join(lines) + "\n" + extra)
+        return path
+
+    def settings(self, **web: Any) -> Settings:
+        web.setdefault("admin_hosts", ("admin.test",))
+        web.setdefault("admin_token", TOKEN)
+        web.setdefault("secret_key", "test-secret-key")
+        return Settings(sites_dir=self.dir, cache_dir=self.cache_dir, web=WebSettings(**web))
+
+
+class Upstream:
+    """A real HTTP server on loopback running *app* in a thread."""
+
+    def __init__(self, app: Callable[..., Any]) -> None:
+        self.server: BaseWSGIServer = make_server("127.0.0.1", 0, app, threaded=True)
+        self.port = self.server.server_port
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+class RawServer:
+    """A loopback TCP server that answers every connection with fixed bytes, then closes."""
+
+    def __init__(self, reply: bytes) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.reply = reply
+        self.stopping = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopping:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                if self.stopping:
+                    return
+                conn.settimeout(2)
+                try:
+                    conn.recv(65536)
+                    conn.sendall(self.reply)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.stopping = True
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2):
+            pass
+        self.thread.join(5)
+        self.sock.close()
+
+
+def admin_headers(token: str = TOKEN) -> dict[str, str]:
+    return {"Host": "admin.test", "Authorization": f"Bearer {token}"}
