@@ -551,7 +551,7 @@ class _TriggerHandler(FileSystemEventHandler):
             return
         path = event.dest_path if event.event_type == "moved" else event.src_path
         name = os.fsdecode(path)
-        if name.endswith(".json") and not os.path.basename(name).startswith("."):
+        if name.endswith(".json"):  # temporary names end in .tmp
             self.inbox.put(Path(name))
 
 
@@ -814,7 +814,7 @@ class Invalidator:
         for site in list(self.sites.values()):
             try:
                 names = sorted(e.name for e in os.scandir(site.purge_dir)
-                               if e.name.endswith(".json") and not e.name.startswith("."))
+                               if e.name.endswith(".json"))
             except (FileNotFoundError, NotADirectoryError):
                 continue
             for name in names:

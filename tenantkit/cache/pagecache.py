@@ -40,6 +40,8 @@ returns a body with another page's headers.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -107,6 +109,7 @@ def _check_host(host: str) -> str:
     return normal
 
 
+@functools.lru_cache(maxsize=8192)
 def page_key(host: str, path: str, query: str = "") -> str:
     """The page's directory relative to a generation: ``host/a/b`` for nginx-servable keys,
     ``.q/host/ab/<sha256>`` for every other key. Raises :class:`CacheError` for a bad host or a
@@ -166,6 +169,45 @@ class CacheStats:
     evicted: int
 
 
+@dataclass(frozen=True)
+class _Meta:
+    """A parsed sidecar."""
+
+    ident: tuple[int, int, int]
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    tags: tuple[str, ...]
+    created: float
+    ttl: int
+    purged: float | None
+
+    @classmethod
+    def parse(cls, raw: Any) -> _Meta:
+        purged = raw.get("purged")
+        return cls(
+            ident=(int(raw["ident"][0]), int(raw["ident"][1]), int(raw["ident"][2])),
+            status=int(raw["status"]),
+            headers=tuple((str(k), str(v)) for k, v in raw["headers"]),
+            tags=tuple(str(t) for t in raw["tags"]), created=float(raw["created"]),
+            ttl=int(raw["ttl"]), purged=None if purged is None else float(purged),
+        )
+
+
+_O_RDONLY = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    data = os.read(fd, size + 1)
+    if len(data) >= size:
+        return data
+    chunks = [data]
+    while True:
+        chunk = os.read(fd, max(size - len(data), 65536))
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
 class FillTicket:
     """Returned by :meth:`PageCache.begin_fill`: remembers when the render began (the fill
     guard) and holds the key's fill lock when ``leader`` is true. Use it as a context
@@ -217,6 +259,7 @@ class _Counters:
     evicted: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    # The hot path (get) bumps its counters without the lock: statistics, not accounting.
     def add(self, name: str, n: int = 1) -> None:
         with self.lock:
             setattr(self, name, getattr(self, name) + n)
@@ -245,7 +288,7 @@ class PageCache:
         self._counters = _Counters()
         # Sidecars already parsed, keyed by page directory, valid while the body's identity
         # matches: a hit then costs one open, fstat and read, like a plain file cache.
-        self._meta_memo: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+        self._meta_memo: dict[str, _Meta] = {}
         self._bytes_since_check = 0
         self._last_size_check = 0.0
         self._size_lock = threading.Lock()
@@ -303,43 +346,38 @@ class PageCache:
     # --- reads ----------------------------------------------------------------------------
 
     def _read_page(self, directory: str, body_name: str, meta_name: str
-                   ) -> tuple[bytes, dict[str, Any]] | None:
+                   ) -> tuple[bytes, _Meta] | None:
+        path = directory + "/" + body_name
         for _ in range(READ_RETRIES):
             try:
-                with open(os.path.join(directory, body_name), "rb") as f:
-                    st = os.fstat(f.fileno())
-                    ident = (st.st_ino, st.st_size, st.st_mtime_ns)
-                    body = f.read()
+                fd = os.open(path, _O_RDONLY)
             except (FileNotFoundError, NotADirectoryError):
                 return None
-            memo = self._meta_memo.get(directory + body_name)
-            if memo is not None and memo[0] == ident:
-                return body, memo[1]
             try:
-                with open(os.path.join(directory, meta_name), "rb") as f:
-                    meta = json.loads(f.read())
+                st = os.fstat(fd)
+                body = _read_all(fd, st.st_size)
+            finally:
+                os.close(fd)
+            ident = (st.st_ino, st.st_size, st.st_mtime_ns)
+            memo = self._meta_memo.get(path)
+            if memo is not None and memo.ident == ident:
+                return body, memo
+            try:
+                with open(directory + "/" + meta_name, "rb") as f:
+                    raw = json.loads(f.read())
+                meta = _Meta.parse(raw)
             except (FileNotFoundError, NotADirectoryError):
                 continue
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.warning("page cache: unreadable sidecar in %s: %s", directory, exc)
                 return None
-            if (isinstance(meta, dict) and meta.get("ident") == list(ident)
-                    and len(body) == ident[1]):
+            if meta.ident == ident and len(body) == st.st_size:
                 if len(self._meta_memo) > 4096:
                     self._meta_memo.clear()
-                self._meta_memo[directory + body_name] = (ident, meta)
+                self._meta_memo[path] = meta
                 return body, meta
             # A writer is between its two renames, or a purge between its two moves: retry.
         return None
-
-    def _page(self, body: bytes, meta: dict[str, Any], now: float, stale: bool) -> CachedPage:
-        created = float(meta["created"])
-        return CachedPage(
-            body=body, status=int(meta["status"]),
-            headers=tuple((str(k), str(v)) for k, v in meta["headers"]),
-            tags=tuple(meta["tags"]), created=created, ttl=int(meta["ttl"]),
-            age=max(0.0, now - created), stale=stale,
-        )
 
     def get(self, host: str, path: str, query: str = "") -> CachedPage | None:
         """The cached page, fresh or (``stale=True``) within its stale window, else None.
@@ -349,29 +387,33 @@ class PageCache:
         """
         key = page_key(host, path, query)
         now = self.clock()
-        directory = f"{self._current}/{key}"
+        directory = self._current + "/" + key
         found = self._read_page(directory, BODY, META)
         if found is None:
             found = self._read_page(directory, STALE_BODY, STALE_META)
         if found is None:
             found = self._from_previous(key)
+        counters = self._counters
         if found is None:
-            self._counters.add("misses")
+            counters.misses += 1
             return None
         body, meta = found
-        end = float(meta["created"]) + float(meta["ttl"])
-        if "purged" in meta:
-            end = min(end, float(meta["purged"]))
+        end = meta.created + meta.ttl
+        if meta.purged is not None and meta.purged < end:
+            end = meta.purged
         if now < end:
-            self._counters.add("hits")
-            return self._page(body, meta, now, False)
-        if now < end + self.stale_seconds:
-            self._counters.add("stale_hits")
-            return self._page(body, meta, now, True)
-        self._counters.add("misses")
-        return None
+            counters.hits += 1
+            stale = False
+        elif now < end + self.stale_seconds:
+            counters.stale_hits += 1
+            stale = True
+        else:
+            counters.misses += 1
+            return None
+        return CachedPage(body, meta.status, meta.headers, meta.tags, meta.created, meta.ttl,
+                          max(0.0, now - meta.created), stale)
 
-    def _from_previous(self, key: str) -> tuple[bytes, dict[str, Any]] | None:
+    def _from_previous(self, key: str) -> tuple[bytes, _Meta] | None:
         """The key's page in the generation before the last flush: purged at that flush."""
         try:
             with open(os.path.join(self._previous, FLUSHED), "rb") as f:
@@ -385,7 +427,8 @@ class PageCache:
         if found is None:
             return None
         body, meta = found
-        return body, {**meta, "purged": min(flushed, float(meta.get("purged", flushed)))}
+        purged = flushed if meta.purged is None else min(flushed, meta.purged)
+        return body, dataclasses.replace(meta, purged=purged)
 
     # --- fills ----------------------------------------------------------------------------
 
@@ -438,16 +481,19 @@ class PageCache:
     def _write_atomic(self, directory: str, name: str, data: bytes) -> tuple[int, int, int]:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fchmod(fd, 0o644)
                 # Inode numbers are reused at once on ext4: the modification time (to the
                 # nanosecond, nginx's Last-Modified) makes the identity unique.
                 stamp = time.time_ns()
-                os.utime(f.fileno(), ns=(stamp, stamp))
-                st = os.fstat(f.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, os.path.join(directory, name))
+                os.utime(fd, ns=(stamp, stamp))
+                st = os.fstat(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, directory + "/" + name)
             tmp = ""
             return st.st_ino, st.st_size, st.st_mtime_ns
         finally:
@@ -474,8 +520,11 @@ class PageCache:
         gen_dir = self.root / generation
         directory = str(gen_dir / key)
         try:
-            os.makedirs(directory, exist_ok=True)
-            ident = self._write_atomic(directory, BODY, bytes(body))
+            try:
+                ident = self._write_atomic(directory, BODY, bytes(body))
+            except FileNotFoundError:
+                os.makedirs(directory, exist_ok=True)
+                ident = self._write_atomic(directory, BODY, bytes(body))
             meta = {
                 "status": int(status), "headers": [[str(k), str(v)] for k, v in headers],
                 "tags": list(tags), "created": self.clock(),
