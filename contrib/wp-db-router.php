@@ -603,6 +603,8 @@ class Tenantkit_DB extends wpdb
     public ?string $tk_last_gtid = null;
     /** The value of the read-your-writes cookie this request set, if any. */
     public ?string $tk_cookie_set = null;
+    private bool $tk_cookie_pending = false;
+    private bool $tk_cookie_hooked = false;
     /** Per-link counts of statements, for tests and debugging: ['primary' => n, 'replica' => n]. */
     public array $tk_counts = ['primary' => 0, 'replica' => 0];
     /** Label of the replica behind tk_read_link (null when reads use the primary). */
@@ -760,7 +762,7 @@ class Tenantkit_DB extends wpdb
     private function tk_after_write(string $first_word): void
     {
         $this->tk_wrote = true;
-        if ($this->tk_mode === 'off' || $this->tk_pin_seconds <= 0
+        if ($this->tk_cookie_pending || $this->tk_mode === 'off' || $this->tk_pin_seconds <= 0
             || in_array($first_word, ['SET', 'SELECT', 'SHOW', 'WITH', 'DO', 'USE'], true)) {
             return;
         }
@@ -768,7 +770,25 @@ class Tenantkit_DB extends wpdb
         if ($method === 'GET' || $method === 'HEAD' || headers_sent()) {
             return;
         }
-        $value = (string) (time() + (int) ceil($this->tk_pin_seconds));
+        // One cookie per request, with the request's last GTID: sent just before the headers
+        // go out, or at shutdown for a redirect that printed nothing.
+        $this->tk_cookie_pending = true;
+        if (!$this->tk_cookie_hooked) {
+            $this->tk_cookie_hooked = true;
+            header_register_callback([$this, 'tk_send_cookie']);
+            register_shutdown_function([$this, 'tk_send_cookie']);
+        }
+    }
+
+    /** Set the read-your-writes cookie, once, if this request wrote. */
+    public function tk_send_cookie(): void
+    {
+        if (!$this->tk_cookie_pending || headers_sent()) {
+            return;
+        }
+        $this->tk_cookie_pending = false;
+        $expires = time() + (int) ceil($this->tk_pin_seconds);
+        $value = (string) $expires;
         if ($this->tk_mode === 'gtid') {
             $gtid = $this->tk_fetch_last_gtid();
             if ($gtid !== null) {
@@ -777,7 +797,7 @@ class Tenantkit_DB extends wpdb
         }
         $this->tk_cookie_set = $value;
         setcookie(self::COOKIE, $value, [
-            'expires' => time() + (int) ceil($this->tk_pin_seconds),
+            'expires' => $expires,
             'path' => '/',
             'secure' => function_exists('is_ssl') && is_ssl(),
             'httponly' => true,
@@ -1373,7 +1393,8 @@ final class Tenantkit_Events
         foreach ($events as $event) {
             $event += ['v' => 1, 'site' => $site, 'post_id' => null, 'approved' => false,
                 'terms' => [], 'author' => null, 'paths' => [], 'tags' => [], 'host' => null,
-                'gtid' => $gtid];
+                'gtid' => $gtid, 'id' => bin2hex(random_bytes(16)), 'ts' => microtime(true),
+                'origin' => 'php'];
             if (tenantkit_publish($event, $bus, is_string($fallback) ? $fallback : null)) {
                 $sent++;
                 self::$published[] = $event;

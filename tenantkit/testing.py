@@ -194,6 +194,9 @@ class MariaDBServer(_Process):
         self.read_only = read_only
         self.extra_args = extra_args
         self.datadir = workdir / "data"
+        # A private tmpdir: a mariadbd starting up removes the #sql* temporary files it finds
+        # in its tmpdir, so servers sharing /tmp break each other's installs and queries.
+        self.tmpdir = workdir / "tmp"
         self.socket = workdir / "mysqld.sock"
         self.binary = find_binary("mariadbd", "mariadb-server")
         self._install()
@@ -201,8 +204,10 @@ class MariaDBServer(_Process):
     def _install(self) -> None:
         installer = find_binary("mariadb-install-db", "mariadb-server")
         self.datadir.mkdir(parents=True)
+        self.tmpdir.mkdir(exist_ok=True)
         result = subprocess.run(
             [installer, "--no-defaults", f"--datadir={self.datadir}", "--user=root",
+             f"--tmpdir={self.tmpdir}",
              "--auth-root-authentication-method=normal", "--skip-test-db",
              "--innodb-log-file-size=8M"],
             capture_output=True, check=False,
@@ -216,6 +221,7 @@ class MariaDBServer(_Process):
         return [
             self.binary, "--no-defaults", "--user=root",
             f"--datadir={self.datadir}", f"--socket={self.socket}", f"--port={self.port}",
+            f"--tmpdir={self.tmpdir}",
             "--bind-address=127.0.0.1", f"--pid-file={self.workdir / 'mysqld.pid'}",
             f"--log-error={self.log_file}", f"--server-id={self.server_id}",
             "--log-bin=mysql-bin", "--binlog-format=MIXED", "--log-slave-updates=1",

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ import pytest
 
 from tenantkit.testing import DATABASE, PASSWORD, USER, MariaDBCluster
 
-from .wordpress import make_tree, write_config
+from .wordpress import write_config
 
 DRIVER = Path(__file__).resolve().parent / "wp_driver.php"
 
@@ -69,8 +70,9 @@ class WP:
         write_config(self.tree, self.constants)
 
     def run(self, ops: list[list[Any]], *, cookie: str | None = None, method: str = "GET",
-            full: bool = False, expect_results: bool = True) -> Run:
-        env = {**os.environ, "TK_METHOD": method, "TK_FULL": "1" if full else "0"}
+            full: bool = False, installing: bool = False, expect_results: bool = True) -> Run:
+        env = {**os.environ, "TK_METHOD": method, "TK_FULL": "1" if full else "0",
+               "TK_INSTALLING": "1" if installing else "0"}
         if cookie is not None:
             env["TK_COOKIE"] = cookie
         start = time.monotonic()
@@ -87,11 +89,6 @@ class WP:
             raise AssertionError(f"driver printed no results:\n{stdout}\n{stderr}")
         data = json.loads(tail) if _ else {"results": [], "notices": []}
         return Run(data["results"], data["notices"], head, stderr, seconds)
-
-
-@pytest.fixture(scope="session")
-def wp_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tree(tmp_path_factory.mktemp("wordpress") / "wp", {})
 
 
 @pytest.fixture
@@ -354,3 +351,76 @@ def test_configuration_errors_say_what_to_fix(wp: WP, overrides: dict[str, Any],
     assert message in run.stderr
     assert "hunter2" not in run.stderr + run.stdout
     assert run.results == []
+
+
+# --- events from WordPress's own hooks ------------------------------------------------------
+
+INSTALL = ("require_once ABSPATH . 'wp-admin/includes/upgrade.php';"
+           " $r = wp_install('events', 'admin', 'admin@example.org', false, '', 'pw-Secret-1');"
+           " return $r['user_id'];")
+
+
+def new_comment(approved: str, text: str) -> list[Any]:
+    # A new author and IP each time: WordPress refuses a second comment within 15 seconds
+    # from the same email or IP (comment flood).
+    who = zlib.crc32(text.encode()) % 250 + 1
+    return ["php", (
+        f"add_filter('pre_comment_approved', fn() => {approved!r}, 99);"
+        " return wp_new_comment(['comment_post_ID' => 1, 'comment_author' => 'Bob',"
+        f" 'comment_author_email' => 'bob{who}@example.org', 'comment_author_url' => '',"
+        f" 'comment_content' => {text!r}, 'comment_type' => 'comment', 'user_id' => 0,"
+        f" 'comment_author_IP' => '10.0.0.{who}', 'comment_agent' => 'test'], true);"
+    )]
+
+
+def test_hooks_publish_what_shows_and_nothing_else(wp: WP, tmp_path: Path) -> None:
+    purge = tmp_path / "blog" / ".purge"
+    wp.configure(TENANTKIT_BUS=str(purge), TENANTKIT_LAG_THRESHOLD=0)
+    assert wp.run([["php", INSTALL]], full=True, installing=True).results[0] >= 1
+    wp.pair.wait_replicas()
+
+    # Held and spam comments: nothing.
+    run = wp.run([new_comment("0", "held one"), new_comment("spam", "buy now"),
+                  ["flush_events"]], full=True)
+    held_id = run.results[0]
+    assert isinstance(held_id, int) and held_id > 0
+    assert run.results[2] == {"sent": 0, "published": []}
+    assert not purge.exists() or list(purge.iterdir()) == []
+    assert_clean(run)
+
+    # Approving the held comment shows it: one comment_changed for post 1, with the GTID.
+    run = wp.run([["php", f"return wp_set_comment_status({held_id}, 'approve');"],
+                  ["flush_events"]], full=True)
+    assert run.results[0] is True
+    [event] = run.results[1]["published"]
+    assert (event["type"], event["site"], event["post_id"], event["approved"]) \
+        == ("comment_changed", "blog", 1, True)
+    assert event["gtid"] == wp.pair.primary.query("SELECT @@gtid_binlog_pos")[0][0]
+    [on_disk] = [json.loads(p.read_text()) for p in purge.glob("*.json")]
+    assert on_disk["id"] == event["id"] and on_disk["origin"] == "php"
+
+    # An approved comment, a draft (nothing), trashing the published post, a theme switch.
+    run = wp.run([
+        new_comment("1", "approved one"),
+        ["php", "return wp_insert_post(['post_title' => 'draft', 'post_status' => 'draft']);"],
+        ["flush_events"],
+        ["php", "return (bool) wp_trash_post(1);"],
+        ["php", "switch_theme('twentytwentythree'); return true;"],
+        ["flush_events"],
+    ], full=True)
+    assert isinstance(run.results[0], int), run.results[0]
+    assert [e["type"] for e in run.results[2]["published"]] == ["comment_posted"]
+    assert sorted(e["type"] for e in run.results[5]["published"]) \
+        == ["post_deleted", "site_changed"]
+    assert_clean(run)
+
+
+def test_bus_down_falls_back_to_the_purge_dir(wp: WP, tmp_path: Path) -> None:
+    purge = tmp_path / "blog" / ".purge"
+    wp.configure(TENANTKIT_BUS="redis://127.0.0.1:1/0?timeout=0.2", TENANTKIT_PURGE_DIR=str(purge))
+    wp.run([["php", INSTALL]], full=True, installing=True)
+    run = wp.run([new_comment("1", "hello"), ["flush_events"]], full=True)
+    assert run.results[1]["sent"] == 1
+    assert "not published to redis://127.0.0.1:1/0" in run.stderr
+    [event] = [json.loads(p.read_text()) for p in purge.glob("*.json")]
+    assert event["type"] == "comment_posted" and event["post_id"] == 1

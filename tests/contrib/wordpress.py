@@ -70,7 +70,7 @@ def make_tree(dest: Path, constants: dict[str, Any]) -> Path:
     return dest
 
 
-def write_config(tree: Path, constants: dict[str, Any]) -> None:
+def write_config(tree: Path, constants: dict[str, Any], extra_php: str = "") -> None:
     base: dict[str, Any] = {
         "DB_CHARSET": "utf8mb4", "DB_COLLATE": "",
         "WP_DEBUG": True, "WP_DEBUG_DISPLAY": False, "WP_DEBUG_LOG": False,
@@ -83,6 +83,7 @@ def write_config(tree: Path, constants: dict[str, Any]) -> None:
     base.update(constants)
     lines = ["<?php"]
     lines += [f"define({php_literal(k)}, {php_literal(v)});" for k, v in base.items()]
+    lines += [line for line in extra_php.splitlines() if line.strip() != "<?php"]
     lines += ["$table_prefix = 'wp_';",
               "if (!defined('ABSPATH')) { define('ABSPATH', __DIR__ . '/'); }",
               "require_once ABSPATH . 'wp-settings.php';", ""]

@@ -23,6 +23,9 @@ if (getenv('TK_COOKIE') !== false) {
 if (getenv('TK_FULL') !== '1') {
     define('SHORTINIT', true);
 }
+if (getenv('TK_INSTALLING') === '1') {
+    define('WP_INSTALLING', true);
+}
 $output = static function () use (&$results, &$notices): void {
     echo "\n@@TK@@", json_encode(['results' => $results, 'notices' => $notices],
         JSON_PARTIAL_OUTPUT_ON_ERROR | JSON_INVALID_UTF8_SUBSTITUTE);
@@ -55,7 +58,12 @@ foreach ($ops as $op) {
             $results[] = mysqli_fetch_row($res)[1] ?? null;
             break;
         case 'cookie':
+            $wpdb->tk_send_cookie();
             $results[] = $wpdb->tk_cookie_set;
+            break;
+        case 'flush_events':
+            $results[] = ['sent' => Tenantkit_Events::flush(), 'published' => Tenantkit_Events::$published];
+            Tenantkit_Events::$published = [];
             break;
         case 'php':
             $results[] = eval($arg);

@@ -1,0 +1,241 @@
+"""End to end: Debian's WordPress, served by ``php -S``, on the MariaDB pair through the drop-in.
+
+WordPress is installed by its own installer over HTTP; the front page reads from the replica;
+a comment posted through wp-comments-post.php lands on the primary and reaches the replica;
+the drop-in's event reaches tenantkit's Invalidator (Redis stream), which purges the site's
+cached front page; an edit of the post (the REST API, logged in
+through wp-login.php) does the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from http.cookiejar import CookieJar
+from pathlib import Path
+from typing import Any
+
+import pymysql
+import pytest
+
+from tenantkit.cache.bus import Invalidator
+from tenantkit.cache.events import Event, PurgeAction
+from tenantkit.cache.pagecache import PageCache
+from tenantkit.config import BusSettings, DatabaseSettings, Settings
+from tenantkit.provision import provision
+from tenantkit.registry import Registry
+from tenantkit.sites import Site, SiteDatabase
+from tenantkit.testing import DATABASE, PASSWORD, USER, MariaDBCluster, RedisServer, free_port
+from tenantkit.wpconfig import render_wp_config
+
+from .wordpress import write_config
+
+ADMIN_PASSWORD = "Tk-e2e-Secret-42!"
+HOST = "127.0.0.1"
+
+
+class Recorder:
+    """``on_purge`` callback: records (event, site, action) and lets the test wait."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[Event | None, Site, PurgeAction]] = []
+        self.cond = threading.Condition()
+
+    def __call__(self, event: Event | None, site: Site, action: PurgeAction) -> None:
+        with self.cond:
+            self.seen.append((event, site, action))
+            self.cond.notify_all()
+
+    def wait_for(self, kind: str, timeout: float = 20.0) -> Event:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                for event, _site, _action in self.seen:
+                    if event is not None and event.type == kind:
+                        return event
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no {kind} purge within {timeout}s: {self.seen}")
+                self.cond.wait(left)
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def http(url: str, data: dict[str, str] | None = None,
+         timeout: float = 60) -> tuple[int, str, dict[str, str]]:
+    body = urllib.parse.urlencode(data).encode() if data is not None else None
+    opener = urllib.request.build_opener(NoRedirect)
+    try:
+        with opener.open(urllib.request.Request(url, data=body), timeout=timeout) as resp:
+            return resp.status, resp.read().decode(errors="replace"), dict(resp.headers)
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read().decode(errors="replace"), dict(exc.headers)
+
+
+@contextlib.contextmanager
+def php_server(php: str, tree: Path, log: Path) -> Iterator[str]:
+    port = free_port()
+    env = {**os.environ, "PHP_CLI_SERVER_WORKERS": "4"}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [php, "-d", "error_reporting=-1", "-d", "display_errors=0", "-d", "log_errors=1",
+             "-S", f"{HOST}:{port}", "-t", str(tree)],
+            cwd=tree, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+        )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection((HOST, port), 0.2):
+                break
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"php -S did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.05)
+        yield f"http://{HOST}:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def edit_post_as_admin(base: str, post_id: int, title: str) -> None:
+    """Log in through wp-login.php, get a REST nonce, update the post's title."""
+    jar = CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    with opener.open(f"{base}/wp-login.php", timeout=60) as resp:
+        resp.read()
+    login = urllib.parse.urlencode({"log": "admin", "pwd": ADMIN_PASSWORD,
+                                    "wp-submit": "Log In", "testcookie": "1"}).encode()
+    with opener.open(f"{base}/wp-login.php", data=login, timeout=60) as resp:
+        resp.read()
+    assert any(c.name.startswith("wordpress_logged_in_") for c in jar), list(jar)
+    with opener.open(f"{base}/wp-admin/admin-ajax.php?action=rest-nonce", timeout=60) as resp:
+        nonce = resp.read().decode().strip()
+    assert re.fullmatch(r"[0-9a-f]{10}", nonce), nonce
+    request = urllib.request.Request(
+        f"{base}/index.php?rest_route=/wp/v2/posts/{post_id}",
+        data=json.dumps({"title": title}).encode(),
+        headers={"Content-Type": "application/json", "X-WP-Nonce": nonce}, method="POST",
+    )
+    with opener.open(request, timeout=60) as resp:
+        assert resp.status == 200
+        assert json.loads(resp.read())["title"]["raw"] == title
+
+
+def primary_query(pair: MariaDBCluster, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    with pymysql.connect(**pair.primary.connect_args(), autocommit=True) as conn, \
+            conn.cursor() as cur:
+        cur.execute(sql, args)
+        return list(cur.fetchall())
+
+
+def replica_query(pair: MariaDBCluster, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    with pymysql.connect(**pair.replica.connect_args(), autocommit=True) as conn, \
+            conn.cursor() as cur:
+        cur.execute(sql, args)
+        return list(cur.fetchall())
+
+
+@pytest.mark.slow
+def test_wordpress_end_to_end(php: str, wp_tree: Path, mariadb_pair: MariaDBCluster,
+                              redis_server: RedisServer, tmp_path: Path) -> None:
+    pair = mariadb_pair
+    settings = Settings(
+        sites_dir=tmp_path / "sites", cache_dir=tmp_path / "cache",
+        database=DatabaseSettings(primary=pair.primary_url, replicas=(pair.replica_url,)),
+        bus=BusSettings(transport="redis", redis_url=redis_server.url, node="node-a",
+                        replica_wait_timeout=5),
+    )
+    site = provision(settings, "blog", [HOST], backend="http://127.0.0.1:9",
+                     database=SiteDatabase(primary=pair.primary_url,
+                                           replicas=(pair.replica_url,))).site
+    write_config(wp_tree, {"DB_NAME": DATABASE, "DB_USER": USER, "DB_PASSWORD": PASSWORD,
+                           "DB_HOST": f"127.0.0.1:{pair.primary.port}",
+                           "TENANTKIT_STATE_DIR": str(tmp_path)},
+                 extra_php=render_wp_config(site, settings))
+    log = tmp_path / "php-server.log"
+    recorder = Recorder()
+    cache = PageCache(site.pages_dir)
+
+    with php_server(php, wp_tree, log) as base, \
+            Invalidator(settings, Registry.load(settings), on_purge=recorder, poll_timeout=0.05):
+        # 1. WordPress's own installer, over HTTP, through the drop-in.
+        status, page, _ = http(f"{base}/wp-admin/install.php?step=2", {
+            "weblog_title": "tenantkit e2e", "user_name": "admin",
+            "admin_password": ADMIN_PASSWORD, "admin_password2": ADMIN_PASSWORD,
+            "pw_weak": "1", "admin_email": "admin@example.org", "blog_public": "0",
+            "language": "",
+        })
+        assert status == 200 and "Success!" in page, page[-2000:]
+        assert primary_query(pair, "SELECT COUNT(*) FROM wp_posts WHERE ID = 1") == [(1,)]
+        # Anonymous comments are approved (the default holds a first-time commenter's).
+        primary_query(pair, "UPDATE wp_options SET option_value = '0' "
+                            "WHERE option_name = 'comment_previously_approved'")
+        pair.wait_replicas()
+
+        # 2. The front page reads from the replica, and touches nothing on the primary.
+        def counters() -> tuple[int, int]:
+            return pair.replica.status("Com_select"), pair.primary.status("Com_select")
+
+        before = counters()
+        status, page, _ = http(f"{base}/")
+        assert status == 200 and "Hello world!" in page
+        after = counters()
+        assert after[0] - before[0] >= 2  # wpdb's sql_mode check, then the page's queries
+        # Nothing on the primary: not even the SELECT @@SESSION.sql_mode a connection runs.
+        assert after[1] == before[1]
+
+        # 3. A comment through wp-comments-post.php: on the primary, then on the replica;
+        # its event purges the cached front page.
+        assert cache.put(HOST, "/", page.encode())
+        assert cache.get(HOST, "/") is not None
+        status, _, headers = http(f"{base}/wp-comments-post.php", {
+            "comment_post_ID": "1", "author": "Ada", "email": "ada@example.org", "url": "",
+            "comment": "First! from the e2e test", "submit": "Post Comment",
+        })
+        assert status == 302, headers
+        rows = primary_query(pair, "SELECT comment_approved FROM wp_comments "
+                                   "WHERE comment_content LIKE 'First!%%'")
+        assert rows == [("1",)]
+        event = recorder.wait_for("comment_posted")
+        assert (event.site, event.post_id, event.approved) == ("blog", 1, True)
+        assert event.origin == "php" and event.gtid is not None
+        assert cache.get(HOST, "/") is None or cache.get(HOST, "/").stale  # type: ignore[union-attr]
+        # The Invalidator waited for the replica before purging: the comment is there.
+        assert replica_query(pair, "SELECT COUNT(*) FROM wp_comments "
+                                   "WHERE comment_content LIKE 'First!%%'") == [(1,)]
+
+        # 4. An edit of the post, through WordPress's REST API as the admin: same again.
+        status, page, _ = http(f"{base}/")
+        with urllib.request.urlopen(f"{base}/?p=1", timeout=60) as resp:  # follows redirects
+            assert "First! from the e2e test" in resp.read().decode(errors="replace")
+        assert cache.put(HOST, "/", page.encode())
+        edit_post_as_admin(base, 1, "Edited by tenantkit")
+        edited = recorder.wait_for("post_edited")
+        assert (edited.site, edited.post_id) == ("blog", 1)
+        assert cache.get(HOST, "/") is None or cache.get(HOST, "/").stale  # type: ignore[union-attr]
+        assert replica_query(pair, "SELECT post_title FROM wp_posts WHERE ID = 1") \
+            == [("Edited by tenantkit",)]
+        status, page, _ = http(f"{base}/")
+        assert "Edited by tenantkit" in page
+
+    server_log = log.read_text(errors="replace")
+    ours = [line for line in server_log.splitlines()
+            if re.search(r"wp-db-router\.php|tenantkit-events\.php", line)]
+    assert ours == []
