@@ -3,7 +3,7 @@ with the commit's GTID. Nothing is published before the commit, nor for a rollba
 
 ::
 
-    Session = sessionmaker(engine)                 # or a Router / its session factory
+    Session = sessionmaker(engine)                 # or a tenantkit Router
     install(Session, site, tables={"wp_comments": "comment", "wp_posts": "post"},
             settings=settings)
     with Session() as session:
@@ -43,6 +43,7 @@ from tenantkit.cache.events import (
 )
 from tenantkit.config import Settings
 from tenantkit.db.gtid import last_gtid
+from tenantkit.db.router import Router
 from tenantkit.errors import TenantkitError
 from tenantkit.sites import Site
 
@@ -85,11 +86,24 @@ def _was_or_is_approved(obj: Any) -> bool:
 
 class _Hooks:
     def __init__(self, site: Site, kinds: Mapping[str, str], settings: Settings | None,
-                 transport: Transport | None) -> None:
+                 transport: Transport | None, router: Router | None = None) -> None:
         self.site = site
         self.kinds = kinds
         self.settings = settings
         self.transport = transport
+        self.router = router
+
+    def _mine(self, session: Session) -> bool:
+        # Router sessions are watched through the Session class: keep only this router's.
+        return self.router is None or session.bind is self.router.routing_engine
+
+    def _gtid(self, session: Session, conn: Any) -> str | None:
+        if self.router is not None:
+            # The router read the GTID on the primary leg right after the commit; a query
+            # here would be routed to a replica.
+            token = self.router.last_token()
+            return token.gtid if token is not None else None
+        return last_gtid(conn) if conn is not None else None
 
     def _kind(self, obj: Any) -> str | None:
         try:
@@ -121,10 +135,12 @@ class _Hooks:
         if not events:
             return
         session.info.setdefault(_PENDING, []).extend(events)
-        if _CONNECTION not in session.info:
+        if _CONNECTION not in session.info and self.router is None:
             session.info[_CONNECTION] = session.connection()
 
     def after_flush(self, session: Session, context: UOWTransaction) -> None:
+        if not self._mine(session):
+            return
         events: list[Event] = []
         for change, objects in (("new", session.new), ("dirty", session.dirty),
                                 ("deleted", session.deleted)):
@@ -135,7 +151,8 @@ class _Hooks:
         self._remember(session, events)
 
     def do_orm_execute(self, state: ORMExecuteState) -> None:
-        if not (state.is_insert or state.is_update or state.is_delete):
+        if not self._mine(state.session) or not (
+                state.is_insert or state.is_update or state.is_delete):
             return
         table = getattr(state.statement, "table", None)
         kind = self.kinds.get(getattr(table, "name", ""))
@@ -157,11 +174,10 @@ class _Hooks:
         if not events:
             return
         gtid = None
-        if conn is not None:
-            try:
-                gtid = last_gtid(conn)
-            except Exception as exc:  # the commit stands; publish without a GTID
-                log.warning("hooks: cannot read the commit's GTID: %s", exc)
+        try:
+            gtid = self._gtid(session, conn)
+        except Exception as exc:  # the commit stands; publish without a GTID
+            log.warning("hooks: cannot read the commit's GTID: %s", exc)
         for unique in dict.fromkeys(events):
             try:
                 publish(with_gtid(unique, gtid), settings=self.settings, transport=self.transport)
@@ -177,20 +193,15 @@ class _Hooks:
         self.after_rollback(session)
 
 
-def _session_target(target: Any) -> Any:
-    for name in ("session_factory", "sessionmaker"):
-        factory = getattr(target, name, None)
-        if factory is not None and not callable(getattr(factory, "__self__", None)):
-            return factory
-    return target
 
 
 def install(target: Any, site: Site, tables: Mapping[Any, str] | None = None, *,
             settings: Settings | None = None, transport: Transport | None = None
             ) -> Callable[[], None]:
-    """Publish ``site``'s events after each commit of sessions made by ``target`` (a
-    ``sessionmaker``, a ``Session`` class, or an object with a ``session_factory``).
-    Returns a function that removes the hooks."""
+    """Publish ``site``'s events after each commit of sessions made by ``target``: a
+    ``sessionmaker``, a ``Session`` class, or a :class:`~tenantkit.db.router.Router` (its
+    ``session()`` and ``sessionmaker()`` sessions; the GTID is the router's token). Returns a
+    function that removes the hooks."""
     kinds: dict[str, str] = {}
     for key, kind in (tables if tables is not None else DEFAULT_TABLES).items():
         if kind not in KINDS:
@@ -199,8 +210,10 @@ def install(target: Any, site: Site, tables: Mapping[Any, str] | None = None, *,
         if not name:
             raise ValueError(f"hooks: {key!r} is neither a table name nor a mapped class")
         kinds[name] = kind
-    hooks = _Hooks(site, kinds, settings, transport)
-    target = _session_target(target)
+    router = target if isinstance(target, Router) else None
+    hooks = _Hooks(site, kinds, settings, transport, router)
+    if router is not None:
+        target = Session
     listeners: list[tuple[str, Callable[..., Any]]] = [
         ("after_flush", hooks.after_flush),
         ("do_orm_execute", hooks.do_orm_execute),

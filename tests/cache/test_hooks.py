@@ -173,3 +173,29 @@ def test_sqlite_has_no_gtid(tmp_path: Path, transport: LocalTransport) -> None:
         consumer.close()
         remove()
         engine.dispose()
+
+
+def test_router_sessions_publish_with_the_router_token(
+        engine: Engine, transport: LocalTransport, mariadb_pair: MariaDBCluster) -> None:
+    from tenantkit.db.router import Router
+
+    router = Router(mariadb_pair.primary_url, [mariadb_pair.replica_url])
+    remove = install(router, SITE, transport=transport)
+    consumer = transport.consumer("t")
+    other = sessionmaker(engine)  # not the router's: ignored by these hooks
+    try:
+        with other() as session:
+            session.add(Post(ID=90, post_author=1, post_title="elsewhere"))
+            session.commit()
+        assert _events(transport, consumer) == []
+        with router.session() as session:
+            session.add(Comment(comment_ID=9, comment_post_ID=90, comment_approved="1"))
+            session.commit()
+        gtid = mariadb_pair.primary.query("SELECT @@GLOBAL.gtid_binlog_pos")[0][0]
+        assert _events(transport, consumer) == [CommentPosted("blog", 90, True, gtid=gtid)]
+        token = router.last_token()
+        assert token is not None and token.gtid == gtid
+    finally:
+        consumer.close()
+        remove()
+        router.close()
