@@ -170,13 +170,14 @@ _TRAP_HINTS = _UNSAFE_FUNCTIONS | {
 _STRAY = frozenset({"'", '"', "`", "/*", "*/"})
 
 Verdict = tuple[Role, str]
+_CALC_FOUND_ROWS = "SQL_CALC_FOUND_ROWS (its FOUND_ROWS() must run on the same connection)"
 
 
 def statement_role(sql: str) -> Role:
     """``"read"`` when *sql* may run on a replica, ``"write"`` when it must run on the
     primary (see the module docstring for the rules). Cached by statement text."""
     if len(sql) > CACHE_MAX_LENGTH:
-        return _classify(sql)[0]
+        return _role(sql)
     return _cached_role(sql)
 
 
@@ -192,6 +193,23 @@ def explain(sql: str) -> Verdict:
 
 @functools.lru_cache(maxsize=CACHE_SIZE)
 def _cached_role(sql: str) -> Role:
+    return _role(sql)
+
+
+# Only these first words can start a read; a statement whose very first word (after nothing
+# but whitespace and parentheses) is another one is a write whatever follows, so the role
+# needs no further scanning (explain() still scans, for the precise reason).
+_READ_STARTERS = frozenset({"SELECT", "WITH", "SHOW", "HELP", "EXPLAIN", "DESCRIBE", "DESC",
+                            "ANALYZE", "START"})
+_LEADING_WORD = re.compile(r"[ \t\n\r\f\v(]*([0-9A-Za-z_$\x80-\uffff]+)")
+
+
+def _role(sql: str) -> Role:
+    if not isinstance(sql, str):
+        return _classify(sql)[0]  # raises the TypeError
+    match = _LEADING_WORD.match(sql)
+    if match is not None and match.group(1).upper() not in _READ_STARTERS:
+        return "write"
     return _classify(sql)[0]
 
 
@@ -265,7 +283,14 @@ def _fast(upper: str) -> Verdict | None:
     if not raw.lstrip(b"( \t\n\r\f\v").startswith(first):
         return None  # something other than parentheses before the first word
     if first == b"SELECT":
-        return ("read", "SELECT") if _FAST_HINTS.isdisjoint(words) else None
+        if _FAST_HINTS.isdisjoint(words):
+            return "read", "SELECT"
+        # The same order as _select(); ":=" and "@" cannot be here.
+        if b"INTO" in words:
+            return "write", "SELECT ... INTO"
+        if b"SQL_CALC_FOUND_ROWS" in words:
+            return "write", _CALC_FOUND_ROWS
+        return None
     if first in _FAST_DEFER:
         return None
     return "write", f"{first.decode()} statement"
@@ -365,7 +390,7 @@ def _select(words: list[str], present: set[str]) -> Verdict:
     if "@" in present:
         return "write", "user variable (connection state)"
     if "SQL_CALC_FOUND_ROWS" in present:
-        return "write", "SQL_CALC_FOUND_ROWS (its FOUND_ROWS() must run on the same connection)"
+        return "write", _CALC_FOUND_ROWS
     n = len(words)
     for i, word in enumerate(words):
         nxt = words[i + 1] if i + 1 < n else ""

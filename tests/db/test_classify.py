@@ -144,7 +144,8 @@ _ALPHABET = st.sampled_from([
     "SELECT", "select", "FOR", "UPDATE", "INTO", "WITH", "AS", "SHOW", "DESC", "EXPLAIN",
     "START", "TRANSACTION", "READ", "ONLY", "GET_LOCK", "(", ")", ";", "'", '"', "`", "\\",
     "--", "#", "/*", "*/", "/*!", "/*M!40101", "@", "@@", ":=", " ", "\n", "x", "1", ".", ",",
-    "é", "\u00a0", "\U0001f600", "LOCK", "IN", "SHARE", "NEXT", "VALUE", "\x1c", "-", "*",
+    "é", "\u00a0", "\U0001f600", "INSERT", "insert", "\u017felect", "ß", "SQL_CALC_FOUND_ROWS",
+    "LOCK", "IN", "SHARE", "NEXT", "VALUE", "\x1c", "-", "*",
 ])
 
 
@@ -155,6 +156,12 @@ def test_fast_path_agrees_with_the_scanner(sql: str) -> None:
     fast = classify._fast(upper)
     if fast is not None:
         assert fast == classify._scan(upper)
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(_ALPHABET, max_size=14).map("".join))
+def test_role_shortcut_agrees_with_the_scanner(sql: str) -> None:
+    assert classify._role(sql) == classify._classify(sql)[0]
 
 
 @settings(max_examples=300, deadline=None)
