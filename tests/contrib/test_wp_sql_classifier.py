@@ -77,3 +77,11 @@ def test_php_agrees_with_python_on_generated_sql(php: str, statements: list[str]
     wrong = [(sql, explain(sql), got) for sql, got in zip(statements, roles, strict=True)
              if got != explain(sql)[0]]
     assert wrong == []
+
+
+def test_huge_statements_are_classified_quickly_and_safely(php: str) -> None:
+    insert = "INSERT INTO wp_postmeta VALUES " + "(1, 'k', 'v'')'),\n" * 200_000 + "(2, 'k', 'v')"
+    select = "SELECT ID FROM wp_posts WHERE ID IN (" + "1," * 200_000 + "1)"
+    trap = select[:-1] + ") FOR UPDATE"
+    assert php_roles(php, [insert, select, trap]) == ["write", "read", "write"]
+    assert [explain(s)[0] for s in (insert, select, trap)] == ["write", "read", "write"]
