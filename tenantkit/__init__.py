@@ -7,6 +7,7 @@ The public API lives here; import from ``tenantkit`` rather than its modules::
 
 from __future__ import annotations
 
+from tenantkit.cache.bus import Invalidator, publish
 from tenantkit.cache.events import (
     CommentChanged,
     CommentPosted,
@@ -81,6 +82,7 @@ __all__ = [
     "InvalidHost",
     "InvalidSiteName",
     "InvalidToken",
+    "Invalidator",
     "MalformedEvent",
     "PageCache",
     "PostDeleted",
@@ -112,6 +114,7 @@ __all__ = [
     "mask_url",
     "normalize_host",
     "normalize_pattern",
+    "publish",
     "render_wp_config",
     "request_host",
     "statement_role",

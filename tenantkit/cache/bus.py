@@ -40,6 +40,7 @@ import heapq
 import logging
 import os
 import queue
+import re
 import socket
 import tempfile
 import threading
@@ -215,7 +216,8 @@ class TriggerFileTransport:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(to_json(event).encode())
-            os.replace(tmp, directory / f"{time.time_ns()}-{event.id[:32]}.json")
+            safe_id = re.sub(r"[^A-Za-z0-9_-]", "", event.id)[:32]
+            os.replace(tmp, directory / f"{time.time_ns()}-{safe_id}.json")
             tmp = ""
         except OSError as exc:
             raise BusError(f"cannot write a trigger file in {directory}: {exc}") from exc
@@ -713,9 +715,12 @@ class Invalidator:
                            (time.monotonic() + bound, self._repurge_seq, site.name, action))
         try:
             self.apply(site, action, event)
-        except (OSError, CacheError) as exc:
+        except CacheError as exc:  # the event asks for something impossible: retrying won't help
             self.errors += 1
-            log.error("invalidator: purge of site %s failed: %s", site.name, exc)
+            log.error("invalidator: purge of site %s failed: %s; event dropped", site.name, exc)
+        except OSError as exc:
+            self.errors += 1
+            log.error("invalidator: purge of site %s failed: %s; will retry", site.name, exc)
             return False
         self.handled += 1
         return True
@@ -835,7 +840,7 @@ class Invalidator:
                 os.unlink(path)
             return False
         site = self.sites.get(site_name)
-        if site is None or site.purge_dir != path.parent:
+        if site is None or not _same_dir(site.purge_dir, path.parent):
             log.warning("invalidator: trigger file %s is not in a known site's purge "
                         "directory; removed", path)
         elif event.site != site.name:
@@ -848,6 +853,10 @@ class Invalidator:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         return True
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def purge_now(settings: Settings, sites: Iterable[Site], event: Purge) -> None:

@@ -270,7 +270,11 @@ def from_json(raw: str | bytes) -> Event:
         for path in paths:
             if not path.startswith("/"):
                 raise _bad("paths", "URL paths starting with '/'", path)
-        event = Purge(**common, paths=paths, tags=_str_list(data, "tags"),
+        tags = _str_list(data, "tags")
+        for tag in tags:
+            if not tag or len(tag) > 200:
+                raise _bad("tags", "non-empty tags of at most 200 characters", tag)
+        event = Purge(**common, paths=paths, tags=tags,
                       host=_opt_str(data, "host"), all=_bool(data, "all", False))
     else:
         event = SiteChanged(**common)

@@ -143,3 +143,18 @@ def test_redis_down_falls_back_to_a_trigger_file(tmp_path: Path) -> None:
     finally:
         close_transports()
     assert len(list((settings.cache_dir / "blog" / ".purge").glob("*.json"))) == 1
+
+
+def test_relative_cache_dir_trigger_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                          ) -> None:
+    from dataclasses import replace
+
+    monkeypatch.chdir(tmp_path)
+    settings = replace(make_settings(tmp_path), cache_dir=Path("cache"),
+                       sites_dir=Path("sites"))
+    purges = Purges()
+    with Invalidator(settings, registry_for(settings), on_purge=purges, poll_timeout=0.05,
+                     scan_interval=0.2):
+        TriggerFileTransport(settings.cache_dir).publish(Purge("blog", tags=("home",)))
+        assert purges.wait_count(1)
+    assert list((tmp_path / "cache" / "blog" / ".purge").iterdir()) == []

@@ -53,7 +53,8 @@ events: st.SearchStrategy[Event] = st.one_of(
               st.none() | ints, gtid=gtids),
     st.builds(PostDeleted, sites, st.none() | ints, gtid=gtids),
     st.builds(SiteChanged, sites, gtid=gtids),
-    st.builds(Purge, sites, paths=paths, tags=st.lists(st.text(max_size=10), max_size=3).map(tuple),
+    st.builds(Purge, sites, paths=paths,
+              tags=st.lists(st.text(min_size=1, max_size=10), max_size=3).map(tuple),
               host=st.none() | st.just("blog.example.org"), all=st.booleans(), gtid=gtids),
 )
 
@@ -101,6 +102,8 @@ def _with(**changes: Any) -> str:
     pytest.param(_with(type="purge", paths="/"), 'field "paths": expected a list',
                  id="paths not a list"),
     pytest.param(_with(type="purge", all=1), 'field "all"', id="all not bool"),
+    pytest.param(_with(type="purge", tags=[""]), 'field "tags"', id="empty tag"),
+    pytest.param(_with(type="purge", tags=["x" * 201]), 'field "tags"', id="long tag"),
 ])
 def test_malformed_events_say_what_is_wrong(raw: str | bytes, message: str) -> None:
     with pytest.raises(MalformedEvent, match=message) as info:
