@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -189,3 +190,30 @@ def test_pubsub_delivers_and_flushes_on_resubscribe(tmp_path: Path,
         inv.stop()
         transport.close()
         client.close()
+
+
+def test_a_frozen_redis_is_noticed_and_flushes(tmp_path: Path, redis_server: RedisServer,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import signal
+
+    from tenantkit.cache import bus
+
+    monkeypatch.setattr(bus, "SOCKET_TIMEOUT", 1.0)
+    settings, cache = _node(tmp_path, "node-a", redis_server.url)
+    purges = Purges()
+    inv = Invalidator(settings, registry_for(settings), on_purge=purges, poll_timeout=0.1)
+    try:
+        inv.start()
+        assert purges.wait_count(1)
+        cache.put(HOST, "/", b"page")
+        assert redis_server.proc is not None
+        redis_server.proc.send_signal(signal.SIGSTOP)  # the socket stays open, nothing answers
+        try:
+            time.sleep(2.5)
+        finally:
+            redis_server.proc.send_signal(signal.SIGCONT)
+        assert purges.wait_count(2)  # the read timed out, the node reconnected and flushed
+        assert purges.seen[1][1] is None
+        assert cache.get(HOST, "/").stale  # type: ignore[union-attr]
+    finally:
+        inv.stop()
