@@ -474,6 +474,23 @@ def nginx_config_command(info: ScriptInfo, listen: str, upstream: str) -> None:
         raise TenantkitUsageError(str(exc)) from exc
 
 
+@cli.command("demo")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True,
+              help="Port on 127.0.0.1.")
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("tenantkit-demo"), show_default=True,
+              help="Where the demo keeps its settings, sites, caches and databases.")
+def demo_command(port: int, directory: Path) -> None:
+    """Two demo blogs on one shim: watch the page cache fill and purge. Ctrl-C stops it."""
+    from tenantkit.demo.run import run_demo
+
+    try:
+        run_demo(directory, port=port)
+    except OSError as exc:
+        raise TenantkitFailure(f"demo: {exc.strerror or exc} (is port {port} in use? "
+                               "try --port)") from exc
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: runs the click group, mapping our errors to exit codes."""
     try:

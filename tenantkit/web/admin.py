@@ -99,8 +99,6 @@ def _check_sites(ext: Tenantkit) -> tuple[bool, dict[str, Any]]:
 
 def _check_database(ext: Tenantkit) -> tuple[bool, dict[str, Any]]:
     router = ext.router()
-    if router is None:
-        return True, {"primary": "not checked"}
     details: dict[str, Any] = {"primary": mask_url(str(ext.settings.database.primary))}
     started = time.monotonic()
     ok = True
@@ -124,16 +122,32 @@ def _check_database(ext: Tenantkit) -> tuple[bool, dict[str, Any]]:
 
 
 def _check_bus(ext: Tenantkit) -> tuple[bool, dict[str, Any]]:
-    details: dict[str, Any] = {"transport": ext.settings.bus.transport}
+    bus = ext.settings.bus
+    details: dict[str, Any] = {"transport": bus.transport}
     invalidator = ext.invalidator()
-    if invalidator is None:
-        details["invalidator"] = "not running"
+    details["invalidator"] = "running" if invalidator is not None else "not running here"
+    if invalidator is not None:
+        details["events_handled"] = invalidator.handled
+        details["errors"] = invalidator.errors
+    if bus.transport != "redis":
         return True, details
-    connected = getattr(invalidator, "connected", None)
-    if callable(connected):
-        connected = connected()
-    details["connected"] = True if connected is None else bool(connected)
-    return details["connected"], details
+    import redis
+
+    details["redis"] = mask_url(bus.redis_url)
+    timeout = ext.settings.database.connect_timeout
+    try:
+        client = redis.Redis.from_url(bus.redis_url, socket_timeout=timeout,
+                                      socket_connect_timeout=timeout)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except redis.RedisError as exc:
+        details["connected"] = False
+        details["error"] = str(exc)[:200]
+        return False, details
+    details["connected"] = True
+    return True, details
 
 
 CHECKS: dict[str, Check] = {"sites": _check_sites, "database": _check_database,

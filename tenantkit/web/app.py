@@ -36,13 +36,18 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 
+from tenantkit.cache.bus import Invalidator, publish
+from tenantkit.cache.events import Purge
 from tenantkit.config import Settings
+from tenantkit.db.router import Router
 from tenantkit.errors import InvalidHost
 from tenantkit.hosts import normalize_host, request_host
 from tenantkit.registry import Registry
+from tenantkit.sites import Site
+from tenantkit.watch import SiteWatcher
 from tenantkit.web.backends import BackendPool
 from tenantkit.web.dispatch import HostDispatcher, SiteBackendApp
-from tenantkit.web.metrics import Metrics
+from tenantkit.web.metrics import Metrics, replica_lag, watch_router
 from tenantkit.web.nginx import HostLinks
 from tenantkit.web.pagecache import PageCacheMiddleware, SiteCaches
 
@@ -91,6 +96,7 @@ class Tenantkit:
         self.background: list[Any] = []
         self._started = False
         self._lock = threading.Lock()
+        self._router: Router | None = None
         if app is not None:
             self.init_app(app)
 
@@ -156,31 +162,42 @@ class Tenantkit:
 
     # -- what the admin endpoints ask -----------------------------------------------------
 
-    def router(self) -> Any:
-        """The Router for the global ``[database]`` settings (built on first use), or None."""
-        return None
+    def router(self) -> Router:
+        """The Router for the global ``[database]`` settings (built on first use)."""
+        with self._lock:
+            if self._router is None:
+                self._router = Router.from_settings(self.settings)
+                watch_router(self._router)
+            return self._router
 
     def replica_lag(self) -> dict[str, float | None]:
-        return {}
+        self.router()
+        return replica_lag()
 
-    def invalidator(self) -> Any:
+    def invalidator(self) -> Invalidator | None:
         for worker in self.background:
-            if type(worker).__name__ == "Invalidator":
+            if isinstance(worker, Invalidator):
                 return worker
         return None
 
-    def purge(self, site: Any, *, host: str, paths: list[str], tags: list[str],
+    def purge(self, site: Site, *, host: str, paths: list[str], tags: list[str],
               everything: bool) -> str:
-        """Purge *site*'s pages on this node; returns how ("local")."""
+        """Purge *site*'s pages on this node now, and publish the purge to the other nodes
+        when the bus reaches any (returns "local" or "local+bus")."""
+        normal = normalize_host(host) if paths else None
         cache = self.caches.get(site)
         if everything:
             cache.flush()
         else:
             if paths:
-                cache.purge_paths(normalize_host(host), paths)
+                cache.purge_paths(normal, paths)
             if tags:
                 cache.purge_tags(tags)
-        return "local"
+        if self.settings.bus.transport == "local":
+            return "local"
+        publish(Purge(site.name, paths=tuple(paths), tags=tuple(tags), host=normal,
+                      all=everything), settings=self.settings)
+        return "local+bus"
 
     # -- background work (watcher, invalidator) ------------------------------------------
 
@@ -190,7 +207,7 @@ class Tenantkit:
             if self._started:
                 return
             self._started = True
-            for factory in (self._watcher,):
+            for factory in (self._watcher, self._invalidator):
                 worker = factory()
                 if worker is not None:
                     worker.start()
@@ -206,11 +223,16 @@ class Tenantkit:
             except Exception:
                 logger.exception("stopping %r failed", worker)
         self.pool.close()
+        with self._lock:
+            router, self._router = self._router, None
+        if router is not None:
+            router.close()
 
     def _watcher(self) -> Any:
-        from tenantkit.watch import SiteWatcher
-
         return SiteWatcher(self.registry)
+
+    def _invalidator(self) -> Any:
+        return Invalidator(self.settings, self.registry)
 
 
 class _Split:

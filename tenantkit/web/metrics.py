@@ -15,6 +15,7 @@ and each scrape adds up every worker's counters.
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -22,9 +23,36 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
-__all__ = ["CONTENT_TYPE", "Metrics"]
+__all__ = ["CONTENT_TYPE", "Metrics", "replica_lag", "routing_stats", "watch_router"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_ROUTERS: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def watch_router(router: Any) -> None:
+    """Count *router*'s decisions and replica lag in this process's metrics (held weakly)."""
+    _ROUTERS.add(router)
+
+
+def routing_stats() -> dict[tuple[str, str], int]:
+    """Decisions of every watched router, summed by (role, reason)."""
+    out: dict[tuple[str, str], int] = {}
+    for router in list(_ROUTERS):
+        for role, reasons in router.stats().items():
+            for reason, count in reasons.items():
+                out[(role, reason)] = out.get((role, reason), 0) + count
+    return out
+
+
+def replica_lag() -> dict[str, float | None]:
+    """The last measured lag of every replica of every watched router (None: unknown)."""
+    out: dict[str, float | None] = {}
+    for router in list(_ROUTERS):
+        for state in router.health.states():
+            out[state.name] = state.lag if state.status != "down" else None
+    return out
+
 
 RoutingStats = Callable[[], Mapping[tuple[str, str], int]]
 LagStats = Callable[[], Mapping[str, float | None]]
@@ -57,8 +85,8 @@ class _Callbacks:
 class Metrics:
     """The shim's counters and gauges."""
 
-    def __init__(self, *, routing: RoutingStats | None = None,
-                 lag: LagStats | None = None) -> None:
+    def __init__(self, *, routing: RoutingStats | None = routing_stats,
+                 lag: LagStats | None = replica_lag) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.requests = Counter("tenantkit_requests", "Requests answered, by site and status",

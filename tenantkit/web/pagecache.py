@@ -42,7 +42,8 @@ from typing import TYPE_CHECKING, Any
 from itsdangerous import BadData, URLSafeTimedSerializer
 
 from tenantkit.cache.pagecache import FillTicket, PageCache
-from tenantkit.errors import CacheError
+from tenantkit.db.router import ConsistencyToken
+from tenantkit.errors import CacheError, TenantkitError
 from tenantkit.sites import Site
 from tenantkit.web.nginx import RYW_COOKIE, HostLinks
 
@@ -141,7 +142,13 @@ class TokenCookie:
             token = self.serializer.loads(value, max_age=self.max_age)
         except (BadData, UnicodeError, ValueError):
             return None
-        return token if isinstance(token, str) and len(token) <= 4096 else None
+        if not isinstance(token, str) or len(token) > 4096:
+            return None
+        try:
+            ConsistencyToken.loads(token)
+        except TenantkitError:
+            return None  # signed by us but not a token: a key shared with something else
+        return token
 
 
 def _has_bypass_cookie(cookie_header: str, prefixes: Iterable[str]) -> bool:

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from tenantkit.db.router import ConsistencyToken
 from tenantkit.sites import Site
 
 Start = Callable[..., Any]
@@ -34,7 +35,7 @@ def hello(environ: dict[str, Any], start_response: Start) -> Iterable[bytes]:
         start_response("404 Not Found", headers)
         return [body]
     if query == "write":
-        environ["tenantkit.write_token"] = "0-1-42"
+        environ["tenantkit.write_token"] = ConsistencyToken("0-1-42", time.time()).dumps()
     start_response("200 OK", headers)
     return [body]
 
