@@ -23,8 +23,8 @@ def sites(tmp_path: Path) -> Sites:
 def make_client(sites: Sites) -> Iterator[Callable[..., tuple[Flask, Client]]]:
     apps: list[Flask] = []
 
-    def make(**web: Any) -> tuple[Flask, Client]:
-        app = create_app(sites.settings(**web))
+    def make(**options: Any) -> tuple[Flask, Client]:
+        app = create_app(sites.settings(**options))
         apps.append(app)
         return app, Client(app, use_cookies=False)
 

@@ -2,11 +2,15 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
 
 import pytest
 from flask import Flask
 from tk_web import TOKEN, Sites, admin_headers
 from werkzeug.test import Client
+
+from tenantkit.config import BusSettings, DatabaseSettings
 
 MakeClient = Callable[..., tuple[Flask, Client]]
 
@@ -135,3 +139,39 @@ def test_status_page_escapes_what_it_shows(admin: tuple[Flask, Client], sites: S
     assert "<strong>alpha</strong>" in html and "alpha.test" in html
     assert "evil.toml" in html
     assert "<script>" not in html and "&lt;script&gt;" in html
+
+
+def test_health_follows_the_real_database(sites: Sites, make_client: MakeClient,
+                                          mariadb_pair: Any) -> None:
+    sites.add("alpha", ["alpha.test"])
+    database = DatabaseSettings(primary=mariadb_pair.primary_url,
+                                replicas=(mariadb_pair.replica_url,), connect_timeout=1.0)
+    _, client = make_client(database=database)
+    healthy = client.get("/_tenantkit/health", headers=admin_headers())
+    assert healthy.status_code == 200, healthy.data
+    db = healthy.get_json()["checks"]["database"]
+    assert db["primary_reachable"] is True
+    assert list(db["replica_lag"]) and "tenantkit:********@" in next(iter(db["replica_lag"]))
+    mariadb_pair.stop_primary()
+    down = client.get("/_tenantkit/health", headers=admin_headers())
+    assert down.status_code == 503
+    details = down.get_json()["checks"]["database"]
+    assert details["primary_reachable"] is False and details["primary_error"]
+    page = client.get("/_tenantkit/", headers=admin_headers()).get_data(as_text=True)
+    assert "unreachable" in page
+    assert client.get("/", headers={"Host": "alpha.test"}).status_code == 200  # sites go on
+
+
+def test_health_reports_a_dead_redis_bus(sites: Sites, make_client: MakeClient,
+                                         redis_server: Any) -> None:
+    sites.add("alpha", ["alpha.test"])
+    app, client = make_client()
+    ext = app.extensions["tenantkit"]
+    ext.settings = replace(ext.settings, bus=BusSettings(transport="redis",
+                                                         redis_url=redis_server.url))
+    bus = client.get("/_tenantkit/health", headers=admin_headers()).get_json()["checks"]["bus"]
+    assert bus["connected"] is True
+    redis_server.stop()
+    response = client.get("/_tenantkit/health", headers=admin_headers())
+    assert response.status_code == 503
+    assert response.get_json()["checks"]["bus"]["connected"] is False

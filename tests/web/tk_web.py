@@ -10,7 +10,7 @@ from typing import Any
 
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from tenantkit.config import Settings, WebSettings
+from tenantkit.config import DatabaseSettings, Settings, WebSettings
 
 TOKEN = "s3cret-admin-token"
 
@@ -35,11 +35,13 @@ class Sites:
         path.write_text("\n".join(lines) + "\n" + extra)
         return path
 
-    def settings(self, **web: Any) -> Settings:
+    def settings(self, *, database: DatabaseSettings | None = None, **web: Any) -> Settings:
         web.setdefault("admin_hosts", ("admin.test",))
         web.setdefault("admin_token", TOKEN)
         web.setdefault("secret_key", "test-secret-key")
-        return Settings(sites_dir=self.dir, cache_dir=self.cache_dir, web=WebSettings(**web))
+        database = database or DatabaseSettings(primary=f"sqlite:///{self.root}/tenantkit.db")
+        return Settings(sites_dir=self.dir, cache_dir=self.cache_dir, database=database,
+                        web=WebSettings(**web))
 
 
 class Upstream:
