@@ -165,6 +165,8 @@ def _normalize(raw: str) -> str:
 def _cached(raw: str) -> str | InvalidHost:
     # Invalid hosts are cached too, as the exception to raise: a client repeating a bad
     # Host header costs one cache hit.
+    if _NORMAL(raw) is not None and len(raw) <= MAX_NAME:
+        return raw
     try:
         return _normalize(raw)
     except InvalidHost as exc:
@@ -189,13 +191,6 @@ def normalize_host(raw: str) -> str:
     if isinstance(result, InvalidHost):
         raise InvalidHost(*result.args)
     return result
-
-
-def _host_or_none(raw: str) -> str | None:
-    if type(raw) is not str or len(raw) > MAX_RAW:
-        return None
-    result = _cached(raw)
-    return None if isinstance(result, InvalidHost) else result
 
 
 def normalize_pattern(raw: str) -> str:
@@ -279,7 +274,7 @@ class HostIndex:
     :class:`InvalidHost`. :meth:`lookup` never raises.
     """
 
-    __slots__ = ("_exact", "_lead", "_regex", "_tail", "conflicts", "default")
+    __slots__ = ("_exact", "_lead", "_lead_self", "_regex", "_tail", "conflicts", "default")
 
     def __init__(self, mapping: Mapping[str, Iterable[str]], default: str | None = None) -> None:
         claims: dict[tuple[PatternKind, str], dict[str, bool]] = {}
@@ -307,6 +302,8 @@ class HostIndex:
                 self._lead[key] = (kept, owners[kept])
             elif kind == "trailing":
                 self._tail[key] = kept
+        # Only ".name" patterns match the bare name: without any, skip that probe.
+        self._lead_self = any(flag for _, flag in self._lead.values())
         # Regexes: first match in site-name order, then pattern order; a regex claimed by
         # several sites is only ever reached for the first, so listing it once is exact.
         seen: set[str] = set()
@@ -328,30 +325,43 @@ class HostIndex:
 
         Never raises: an invalid host is a miss.
         """
+        exact = self._exact
         # Exact keys are normal, and normalisation is idempotent: a raw value equal to a
         # key is that host, whatever else the index holds.
         try:
-            site = self._exact.get(raw_host)
+            site = exact.get(raw_host)
         except TypeError:  # unhashable
             return self.default
         if site is not None:
             return site
-        host = _host_or_none(raw_host)
-        if host is None:
+        if type(raw_host) is not str or len(raw_host) > MAX_RAW:
             return self.default
-        found = self.match(host)
-        return self.default if found is None else found
+        if _NORMAL(raw_host) is not None and len(raw_host) <= MAX_NAME:
+            # Already normal (the common case): no cache probe, and the exact miss stands.
+            host = raw_host
+        else:
+            cached = _cached(raw_host)
+            if type(cached) is not str:
+                return self.default
+            host = cached
+            site = exact.get(host)
+            if site is not None:
+                return site
+        site = self._wildcards(host)
+        return self.default if site is None else site
 
     def match(self, host: str) -> str | None:
         """Like :meth:`lookup` for an already normalised *host*, without the default."""
         site = self._exact.get(host)
-        if site is not None:
-            return site
+        return site if site is not None else self._wildcards(host)
+
+    def _wildcards(self, host: str) -> str | None:
         lead = self._lead
         if lead:
-            hit = lead.get(host)
-            if hit is not None and hit[1]:
-                return hit[0]
+            if self._lead_self:
+                hit = lead.get(host)
+                if hit is not None and hit[1]:
+                    return hit[0]
             dot = host.find(".")
             while dot >= 0:
                 hit = lead.get(host[dot + 1 :])
