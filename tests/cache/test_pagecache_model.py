@@ -9,9 +9,9 @@ from pathlib import Path
 
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule
 
-from tenantkit.cache.pagecache import PageCache
+from tenantkit.cache.pagecache import FillTicket, PageCache
 
 TTL = 50
 STALE = 10
@@ -39,6 +39,8 @@ class Model:
     pages: dict[tuple[str, str, str], Entry] = field(default_factory=dict)
     # Tags a key was ever stored with in the current generation: the index over-purges.
     indexed: dict[tuple[str, str, str], set[str]] = field(default_factory=dict)
+    # Every purge so far, in order: ("tag", tag) / ("path", (host, path)) / ("flush", None).
+    purges: list[tuple[str, object]] = field(default_factory=list)
 
     def expect(self, key: tuple[str, str, str]) -> tuple[bytes, bool] | None:
         entry = self.pages.get(key)
@@ -67,18 +69,42 @@ class PageCacheMachine(RuleBasedStateMachine):
         self.cache = PageCache(self.dir / "pages", ttl=TTL, stale_seconds=STALE,
                                clock=lambda: self.model.now)
         self.counter = 0
+        self.open_tickets: list[FillTicket] = []
 
     def teardown(self) -> None:
+        for ticket in self.open_tickets:
+            ticket.release()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    @rule(key=keys, tags=st.frozensets(st.sampled_from(TAGS), max_size=2))
-    def put(self, key: tuple[str, str, str], tags: frozenset[str]) -> None:
-        self.counter += 1
-        body = f"{key}:{self.counter}".encode()
+    tickets = Bundle("tickets")
+
+    @rule(target=tickets, key=keys)
+    def begin_fill(self, key: tuple[str, str, str]) -> tuple[tuple[str, str, str], FillTicket,
+                                                              int]:
         host, path, query = key
-        assert self.cache.put(host, path, body, query=query, tags=sorted(tags))
-        self.model.pages[key] = Entry(body, tags, self.model.now, self.model.generation)
-        self.model.indexed.setdefault(key, set()).update(tags)
+        ticket = self.cache.begin_fill(host, path, query)
+        self.open_tickets.append(ticket)
+        return key, ticket, len(self.model.purges)
+
+    @rule(held=consumes(tickets), tags=st.frozensets(st.sampled_from(TAGS), max_size=2))
+    def put_with_ticket(self, held: tuple[tuple[str, str, str], FillTicket, int],
+                        tags: frozenset[str]) -> None:
+        key, ticket, seen = held
+        host, path, query = key
+        self.counter += 1
+        body = f"{key}:{self.counter}:t".encode()
+        with ticket:
+            stored = self.cache.put(host, path, body, query=query, tags=sorted(tags),
+                                    ticket=ticket)
+        overtaken = any(
+            kind == "flush" or (kind == "tag" and value in tags)
+            or (kind == "path" and value == (host, path))
+            for kind, value in self.model.purges[seen:]
+        )
+        assert stored is not overtaken
+        if stored:
+            self.model.pages[key] = Entry(body, tags, self.model.now, self.model.generation)
+            self.model.indexed.setdefault(key, set()).update(tags)
 
     @rule(key=keys)
     def get(self, key: tuple[str, str, str]) -> None:
@@ -91,6 +117,7 @@ class PageCacheMachine(RuleBasedStateMachine):
     @rule(tag=st.sampled_from(TAGS))
     def purge_tag(self, tag: str) -> None:
         self.cache.purge_tags([tag])
+        self.model.purges.append(("tag", tag))
         for key, tags in self.model.indexed.items():
             if tag in tags:
                 self.model.purge(key)
@@ -98,6 +125,7 @@ class PageCacheMachine(RuleBasedStateMachine):
     @rule(host=st.sampled_from(HOSTS), path=st.sampled_from(PATHS))
     def purge_path(self, host: str, path: str) -> None:
         self.cache.purge_paths(host, [path])
+        self.model.purges.append(("path", (host, path)))
         for key in list(self.model.pages):
             if key[0] == host and key[1] == path:
                 self.model.purge(key)
@@ -105,6 +133,7 @@ class PageCacheMachine(RuleBasedStateMachine):
     @rule()
     def flush(self) -> None:
         self.cache.flush()
+        self.model.purges.append(("flush", None))
         model = self.model
         for key, entry in list(model.pages.items()):
             if entry.generation < model.generation:
@@ -123,6 +152,6 @@ class PageCacheMachine(RuleBasedStateMachine):
         assert self.cache.generation() == f"g{self.model.generation}"
 
 
-PageCacheMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30,
+PageCacheMachine.TestCase.settings = settings(max_examples=50, stateful_step_count=30,
                                               deadline=None)
 TestPageCacheModel = PageCacheMachine.TestCase
