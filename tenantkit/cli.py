@@ -19,6 +19,7 @@ import click
 
 from tenantkit.config import Settings, mask_url
 from tenantkit.errors import ConfigError, ForumMapError, TenantkitError
+from tenantkit.sites import Site
 
 __all__ = ["ScriptInfo", "TenantkitUsageError", "cli", "main"]
 
@@ -96,6 +97,20 @@ def show_config(info: ScriptInfo) -> None:
 
 
 # --- punbb-config (issue 9) -------------------------------------------------------------------
+
+def _punbb_map_text(settings: Settings, site: Site) -> str:
+    """The forum map of every forum, with *site* as it is about to be provisioned."""
+    from tenantkit.punbb import build_forum_map, render_forum_map
+    from tenantkit.registry import Registry
+
+    sites = dict(Registry.load(settings).sites)
+    sites[site.name] = site
+    try:
+        forum_map = build_forum_map(sites.values(), settings)
+    except ForumMapError as exc:
+        raise TenantkitUsageError(str(exc)) from exc
+    return render_forum_map(forum_map)
+
 
 @cli.command("punbb-config")
 @click.argument("sites", nargs=-1)
@@ -187,12 +202,17 @@ def _provision_errors(exc: Exception) -> click.ClickException:
 @click.option("--debian", is_flag=True,
               help="With --print-wp-config: print a whole /etc/wordpress/config-<host>.php "
                    "for Debian's packaged WordPress.")
+@click.option("--print-punbb-config", "punbb_config", is_flag=True,
+              help='Mark the site as a PunBB forum ([meta] app = "punbb") and print the '
+                   "forum map of every forum (see punbb-config) on stdout; the summary goes "
+                   "to stderr.")
 @pass_info
 def provision_command(
     info: ScriptInfo, name: str, hosts: tuple[str, ...], backend_spec: str | None,
     upstream: str | None, db_primary: str | None, replicas: tuple[str, ...],
     table_prefix: str | None, owner: str | None, group: str | None, dry_run: bool,
     as_json: bool, print_wp_config: bool = False, debian: bool = False,
+    punbb_config: bool = False,
 ) -> None:
     """Create or update site NAME: validate, create its cache tree, then write its site file.
 
@@ -211,6 +231,9 @@ def provision_command(
         raise TenantkitUsageError("--debian only goes with --print-wp-config")
     if print_wp_config and as_json:
         raise TenantkitUsageError("give either --json or --print-wp-config, not both")
+    if punbb_config and (print_wp_config or as_json):
+        raise TenantkitUsageError("--print-punbb-config goes alone: not with --json or "
+                                  "--print-wp-config")
     if backend_spec and not backend_spec.startswith("wsgi:"):
         raise TenantkitUsageError(
             f"--backend {backend_spec!r}: write wsgi:module:attr (or use --upstream URL)"
@@ -229,10 +252,22 @@ def provision_command(
             replicas=replicas or database.replicas,
             table_prefix=table_prefix if table_prefix is not None else database.table_prefix,
         )
+    meta = None
+    forum_map = ""
+    if punbb_config:
+        existing = Registry.load(settings).sites.get(name)
+        meta = {**(existing.meta if existing else {}), "app": "punbb"}
     try:
+        if punbb_config:  # a forum PunBB cannot use is refused before anything is written
+            planned = provision(
+                settings, name, list(hosts) if hosts else None,
+                backend=backend_spec or upstream, database=database, meta=meta,
+                owner=owner, group=group, dry_run=True,
+            )
+            forum_map = _punbb_map_text(settings, planned.site)
         result = provision(
             settings, name, list(hosts) if hosts else None,
-            backend=backend_spec or upstream, database=database,
+            backend=backend_spec or upstream, database=database, meta=meta,
             owner=owner, group=group, dry_run=dry_run,
         )
     except (ValueError, ProvisionError) as exc:
@@ -253,9 +288,11 @@ def provision_command(
             "site": name, "path": str(result.path), "created": result.created,
             "changed": result.changed, "dry_run": result.dry_run,
             "changes": list(result.changes), "hosts": list(result.site.hosts),
-        }, indent=2))
+        }, indent=2), err=punbb_config)
     else:
-        click.echo(result.summary())
+        click.echo(result.summary(), err=punbb_config)
+    if punbb_config:
+        click.echo(forum_map, nl=False)
 
 
 @cli.command("deprovision")

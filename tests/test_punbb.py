@@ -309,3 +309,41 @@ def test_cli_refuses_a_non_mysql_database(project: Path) -> None:
     code, _, err = run(project, "punbb-config")
     assert code == 2
     assert "PunBB needs MySQL or MariaDB" in err and "the global [database] primary" in err
+
+
+# --- tenantkit provision --print-punbb-config -------------------------------------------------
+
+def test_provision_prints_the_forum_map(project: Path, php: str) -> None:
+    code, out, err = run(project, "provision", "cats", "--host", "cats.test", "--upstream",
+                         "http://127.0.0.1:8080", "--table-prefix", "cats_",
+                         "--print-punbb-config")
+    assert code == 0, err
+    assert "site cats" in err and "created" in err
+    target = project / "map.php"
+    target.write_text(out)
+    value = php_value(php, target)
+    assert isinstance(value, dict)
+    assert sorted(value["forums"]) == ["cats", "forum"]
+    assert value["hosts"]["cats.test"] == "cats"
+    assert value["forums"]["cats"]["cache_dir"] == f"{project}/cache/cats/app/"
+    assert 'app = "punbb"' in (project / "sites" / "cats.toml").read_text()
+    assert (project / "cache" / "cats" / "app").is_dir()
+
+
+def test_provision_dry_run_prints_the_map_and_writes_nothing(project: Path) -> None:
+    code, out, err = run(project, "provision", "cats", "--host", "cats.test", "--upstream",
+                         "http://127.0.0.1:8080", "--dry-run", "--print-punbb-config")
+    assert code == 0, err
+    assert "'cats.test' => 'cats'" in out
+    assert "'db_prefix' => 'cats_'" in out
+    assert not (project / "sites" / "cats.toml").exists()
+
+
+def test_provision_refuses_an_unusable_forum_before_writing(project: Path) -> None:
+    code, _, err = run(project, "provision", "cats", "--host", "cats.test", "--upstream",
+                       "http://127.0.0.1:8080", "--table-prefix", "forum_",
+                       "--print-punbb-config")
+    assert code == 2
+    assert "would share the tables forum_*" in err
+    assert not (project / "sites" / "cats.toml").exists()
+    assert not (project / "cache" / "cats").exists()
