@@ -347,3 +347,13 @@ def test_provision_refuses_an_unusable_forum_before_writing(project: Path) -> No
     assert "would share the tables forum_*" in err
     assert not (project / "sites" / "cats.toml").exists()
     assert not (project / "cache" / "cats").exists()
+
+
+@pytest.mark.parametrize("other", [pytest.param("--json", id="json"),
+                                   pytest.param("--print-wp-config", id="wp config")])
+def test_provision_print_punbb_config_goes_alone(project: Path, other: str) -> None:
+    code, _, err = run(project, "provision", "cats", "--host", "cats.test", "--upstream",
+                       "http://127.0.0.1:8080", "--print-punbb-config", other)
+    assert code == 2
+    assert "--print-punbb-config goes alone" in err
+    assert not (project / "sites" / "cats.toml").exists()
