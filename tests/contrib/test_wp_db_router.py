@@ -424,3 +424,26 @@ def test_bus_down_falls_back_to_the_purge_dir(wp: WP, tmp_path: Path) -> None:
     assert "not published to redis://127.0.0.1:1/0" in run.stderr
     [event] = [json.loads(p.read_text()) for p in purge.glob("*.json")]
     assert event["type"] == "comment_posted" and event["post_id"] == 1
+
+
+def test_lagging_replica_is_skipped(wp: WP) -> None:
+    make_table(wp.pair, rows=1)
+    wp.configure(TENANTKIT_LAG_THRESHOLD=1)
+    wp.pair.delay_replica(30)
+    primary_sql_nowait(wp.pair, "INSERT INTO t (v) VALUES ('late')")
+    deadline = time.monotonic() + 15
+    while True:  # until the replica reports more than a second of lag
+        lag = wp.pair.replica_status().get("Seconds_Behind_Master")
+        if lag is not None and int(lag) > 1:
+            break
+        assert time.monotonic() < deadline, f"replica lag stayed at {lag}"
+        time.sleep(0.2)
+    run = wp.run([["get_var", "SELECT COUNT(*) FROM t"], ["counts"]])
+    assert run.results == ["2", {"primary": 1, "replica": 0}]
+    assert "lags" in run.stderr and "threshold 1s" in run.stderr
+
+
+def primary_sql_nowait(pair: MariaDBCluster, sql: str) -> None:
+    with pymysql.connect(**pair.primary.connect_args(), autocommit=True) as conn, \
+            conn.cursor() as cur:
+        cur.execute(sql)
