@@ -414,6 +414,18 @@ def test_hooks_publish_what_shows_and_nothing_else(wp: WP, tmp_path: Path) -> No
         == ["post_deleted", "site_changed"]
     assert_clean(run)
 
+    # Options: only with TENANTKIT_PUBLISH_OPTIONS, and not for transients.
+    ops = [["php", "set_transient('tk', 'x'); update_option('blogname', 'Renamed');"
+                   " return true;"], ["flush_events"]]
+    assert wp.run(ops, full=True).results[1]["sent"] == 0
+    wp.configure(TENANTKIT_BUS=str(purge), TENANTKIT_LAG_THRESHOLD=0,
+                 TENANTKIT_PUBLISH_OPTIONS=True)
+    ops = [["php", "set_transient('tk2', 'y'); return true;"], ["flush_events"],
+           ["php", "update_option('blogname', 'Renamed again'); return true;"], ["flush_events"]]
+    run = wp.run(ops, full=True)
+    assert run.results[1]["sent"] == 0
+    assert [e["type"] for e in run.results[3]["published"]] == ["site_changed"]
+
 
 def test_bus_down_falls_back_to_the_purge_dir(wp: WP, tmp_path: Path) -> None:
     purge = tmp_path / "blog" / ".purge"
