@@ -45,11 +45,20 @@ upstream tenantkit_shim {{
     keepalive 32;
 }}
 
-# 1 when the request must not be answered from the page cache: a method other than GET or
-# HEAD, an Authorization header, a query string, or a bypass / read-your-writes cookie.
-map "$request_method|$http_authorization|$args|$http_cookie" $tenantkit_skip_cache {{
+# $tenantkit_skip_cache is 0 only for GET or HEAD without Authorization, query string, bypass
+# cookie or read-your-writes cookie: those requests may be answered from the page cache.
+map $request_method $tenantkit_method {{
+    GET 0;
+    HEAD 0;
     default 1;
-    "~^(?:GET|HEAD)\\|\\|\\|(?!(?:.*[;\\s])?(?:{cookies}))" 0;
+}}
+map $http_cookie $tenantkit_cookie {{
+    default 0;
+    "~(?:^|[;\\s])(?:{cookies})" 1;
+}}
+map "$tenantkit_method$tenantkit_cookie|$http_authorization|$args" $tenantkit_skip_cache {{
+    "00||" 0;
+    default 1;
 }}
 
 server {{

@@ -61,6 +61,11 @@ def test_demo(tmp_path: Path) -> None:
             status = http.request("GET", f"{base}/_tenantkit/", headers={
                 "Host": "127.0.0.1", "Authorization": f"Bearer {token.group(1)}"})
             assert status.status == 200 and b"blog-one.localhost" in status.data
+            metrics = http.request("GET", f"{base}/_tenantkit/metrics", headers={
+                "Host": "127.0.0.1", "Authorization": f"Bearer {token.group(1)}"}).data
+            assert re.search(rb'tenantkit_routing_decisions_total\{reason="[^"]+",role="write"\} '
+                             rb"[1-9]", metrics), metrics[-2000:]
+            assert b'tenantkit_cache_total{result="HIT",site="two"}' in metrics
             bad = http.request("POST", f"{base}/post/2/comment", headers=ONE,
                                fields={"author": ""}, encode_multipart=False)
             assert bad.status == 400

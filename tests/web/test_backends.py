@@ -11,6 +11,7 @@ from flask import Flask
 from tk_web import RawServer, Sites, Upstream
 from werkzeug.test import Client, EnvironBuilder
 
+from tenantkit.db.router import ConsistencyToken
 from tenantkit.sites import Backend, Site
 from tenantkit.testing import free_port
 from tenantkit.web.backends import BackendError, BackendPool, ProxyApp, UpstreamClosed
@@ -188,3 +189,28 @@ def test_pool_releases_replaced_backends_after_their_last_request() -> None:
     assert closed == ["1"]
     pool.discard([])
     assert closed == ["1", "2"]
+
+
+def token_upstream(environ: dict[str, Any], start_response: Callable[..., Any]
+                   ) -> Iterable[bytes]:
+    """A PHP-like upstream announcing its write's consistency token in a header."""
+    token = ConsistencyToken("0-1-77", time.time()).dumps()
+    start_response("200 OK", [("Content-Type", "text/html"), ("X-Tenantkit-Token", token),
+                              ("X-Tenantkit-Tags", "post:1")])
+    return [b"saved"]
+
+
+def test_a_proxied_app_can_hand_over_its_token(sites: Sites, upstream: Callable[..., Upstream],
+                                              make_client: MakeClient) -> None:
+    server = upstream(token_upstream)
+    sites.add("php", ["php.test"], url=server.url)
+    _, client = make_client()
+    response = client.post("/wp-comments-post.php", headers={"Host": "php.test"})
+    assert response.status_code == 200
+    assert "X-Tenantkit-Token" not in response.headers
+    assert "X-Tenantkit-Tags" not in response.headers
+    assert response.headers["Set-Cookie"].startswith("tenantkit_rw=")
+    get = client.get("/x/", headers={"Host": "php.test"})
+    assert get.headers["X-Tenantkit-Cache"] == "MISS"
+    again = client.get("/x/", headers={"Host": "php.test"})
+    assert again.headers["X-Tenantkit-Cache"] == "MISS"  # a page that wrote is never stored
