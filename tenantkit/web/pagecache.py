@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -41,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from itsdangerous import BadData, URLSafeTimedSerializer
 
-from tenantkit.cache.pagecache import FillTicket, PageCache
+from tenantkit.cache.pagecache import FillTicket, PageCache, page_key
 from tenantkit.db.router import ConsistencyToken
 from tenantkit.errors import CacheError, TenantkitError
 from tenantkit.sites import Site
@@ -98,6 +99,62 @@ class SiteCaches:
         with self._lock:
             for name in [n for n in self._caches if n not in keep]:
                 del self._caches[name]
+
+
+class _HotPages:
+    """Recently served pages kept in memory, each trusted only while its file on disk is
+    the same one (inode, size, mtime) and the page is fresh.
+
+    A purge renames the file away, a put replaces it, a flush swaps ``current``: each changes
+    what ``os.stat`` sees, so a hit costs one ``stat`` instead of reading the page and its
+    sidecar. Anything doubtful falls through to :meth:`PageCache.get`.
+    """
+
+    MAX_PAGES = 4096
+    MAX_BODY = 256 * 1024
+
+    def __init__(self) -> None:
+        self._pages: dict[tuple[int, str, str, str], tuple[str, tuple[int, int, int],
+                                                           float, Any]] = {}
+
+    @staticmethod
+    def _ident(st: os.stat_result) -> tuple[int, int, int]:
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def get(self, cache: PageCache, host: str, path: str, query: str, now: float) -> Any:
+        entry = self._pages.get((id(cache), host, path, query))
+        if entry is None:
+            return None
+        file, ident, expires, page = entry
+        if now >= expires:
+            return None
+        try:
+            st = os.stat(file)
+        except OSError:
+            return None
+        return page if self._ident(st) == ident else None
+
+    def read(self, cache: PageCache, host: str, path: str, query: str) -> Any:
+        """:meth:`PageCache.get`, remembering a fresh page whose file did not change during
+        the read."""
+        try:
+            file = os.path.join(cache.root, "current", page_key(host, path, query), "index.html")
+            before = self._ident(os.stat(file))
+        except (OSError, CacheError):
+            return cache.get(host, path, query)
+        page = cache.get(host, path, query)
+        if page is None or page.stale or len(page.body) > self.MAX_BODY:
+            return page
+        try:
+            after = self._ident(os.stat(file))
+        except OSError:
+            return page
+        if after == before:
+            if len(self._pages) >= self.MAX_PAGES:
+                self._pages.clear()
+            self._pages[(id(cache), host, path, query)] = (
+                file, after, page.created + page.ttl, page)
+        return page
 
 
 def _default_cache(site: Site) -> PageCache:
@@ -222,6 +279,7 @@ class PageCacheMiddleware:
         self.cookie = TokenCookie(secret_key, max_age=token_max_age) if secret_key else None
         self.host_links = host_links
         self.on_cache = on_cache
+        self._hot = _HotPages()
 
     # -- the request ---------------------------------------------------------------------
 
@@ -244,8 +302,11 @@ class PageCacheMiddleware:
         path = environ.get("PATH_INFO") or "/"
         query = environ.get("QUERY_STRING", "")
         cache = self.caches.get(site)
+        page = self._hot.get(cache, host, path, query, time.time())
+        if page is not None:
+            return self._serve(site, environ, start_response, page, "HIT")
         try:
-            page = cache.get(host, path, query)
+            page = self._hot.read(cache, host, path, query)
         except (CacheError, OSError, ValueError) as exc:
             logger.debug("site %s: not caching %r: %s", site.name, path, exc)
             return self._bypass(site, environ, start_response)
@@ -282,7 +343,8 @@ class PageCacheMiddleware:
                 return []
         body: bytes = page.body
         headers = list(page.headers)  # stored without Content-Length (see _stored_headers)
-        headers += [("Content-Length", str(len(body))), ("Age", str(int(page.age))),
+        age = max(0, int(time.time() - page.created))
+        headers += [("Content-Length", str(len(body))), ("Age", str(age)),
                     (CACHE_HEADER, result)]
         status = page.status
         start_response("200 OK" if status == 200 else str(status), headers)

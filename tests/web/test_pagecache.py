@@ -169,3 +169,29 @@ def test_old_token_cookies_are_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("itsdangerous.timed.time.time", lambda: later)
     assert cookie.read(fresh) is None
     assert TokenCookie("other-key").read(fresh) is None
+
+
+def test_pages_kept_in_memory_follow_the_files(blog: tuple[Flask, Client]) -> None:
+    app, client = blog
+    ext = app.extensions["tenantkit"]
+    cache = ext.caches.get(ext.registry.sites["blog"])
+    get(client, "/h/")
+    assert get(client, "/h/").headers["X-Tenantkit-Cache"] == "HIT"
+    assert cache.put("blog.test", "/h/", b"replaced", headers=[("Content-Type", "text/plain")])
+    replaced = get(client, "/h/")
+    assert replaced.headers["X-Tenantkit-Cache"] == "HIT" and replaced.data == b"replaced"
+    cache.purge_paths("blog.test", ["/h/"])
+    assert get(client, "/h/").headers["X-Tenantkit-Cache"] == "MISS"
+    assert get(client, "/h/").headers["X-Tenantkit-Cache"] == "HIT"
+    cache.flush()
+    assert get(client, "/h/").headers["X-Tenantkit-Cache"] == "MISS"
+
+
+def test_expired_pages_are_not_hits(sites: Sites, make_client: MakeClient) -> None:
+    sites.add("short", ["short.test"], extra="[cache]\nttl = 1\nstale_seconds = 0\n")
+    _, client = make_client()
+    headers = {"Host": "short.test"}
+    assert client.get("/e/", headers=headers).headers["X-Tenantkit-Cache"] == "MISS"
+    assert client.get("/e/", headers=headers).headers["X-Tenantkit-Cache"] == "HIT"
+    time.sleep(1.2)
+    assert client.get("/e/", headers=headers).headers["X-Tenantkit-Cache"] == "MISS"
