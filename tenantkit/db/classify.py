@@ -201,16 +201,20 @@ def _cached_role(sql: str) -> Role:
 # needs no further scanning (explain() still scans, for the precise reason).
 _READ_STARTERS = frozenset({"SELECT", "WITH", "SHOW", "HELP", "EXPLAIN", "DESCRIBE", "DESC",
                             "ANALYZE", "START"})
-_LEADING_WORD = re.compile(r"[ \t\n\r\f\v(]*([0-9A-Za-z_$\x80-\uffff]+)")
+_LEADING_WORD = re.compile(r"[ \t\n\r\f\v(]*([0-9A-Z_$\x80-\uffff]+)")
 
 
 def _role(sql: str) -> Role:
     if not isinstance(sql, str):
         return _classify(sql)[0]  # raises the TypeError
-    match = _LEADING_WORD.match(sql)
-    if match is not None and match.group(1).upper() not in _READ_STARTERS:
+    upper = sql.upper()
+    fast = _fast(upper)
+    if fast is not None:
+        return fast[0]
+    match = _LEADING_WORD.match(upper)
+    if match is not None and match.group(1) not in _READ_STARTERS:
         return "write"
-    return _classify(sql)[0]
+    return _scan(upper)[0]
 
 
 def cache_info() -> functools._CacheInfo:

@@ -104,6 +104,7 @@ class ReplicaHealth:
         now = clock()
         self._states = [ReplicaState(n, "unknown", None, now, 0.0) for n in self.names]
         self._confirmed: list[OrderedDict[str, None]] = [OrderedDict() for _ in self._urls]
+        self._missed: list[OrderedDict[str, float]] = [OrderedDict() for _ in self._urls]
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -136,6 +137,20 @@ class ReplicaHealth:
     def confirmed(self, index: int, gtid: str) -> bool:
         """Has replica *index* already been seen to have applied *gtid*?"""
         return gtid in self._confirmed[index]
+
+    def missed(self, index: int, gtid: str) -> None:
+        """A wait for *gtid* on replica *index* just timed out."""
+        with self._lock:
+            misses = self._missed[index]
+            misses[gtid] = self._clock()
+            if len(misses) > _CONFIRMED_MAX:
+                misses.popitem(last=False)
+
+    def recently_missed(self, index: int, gtid: str, within: float) -> bool:
+        """Did a wait for *gtid* on replica *index* time out less than *within* seconds ago?
+        (Then the next read goes to the primary at once instead of waiting again.)"""
+        when = self._missed[index].get(gtid)
+        return when is not None and self._clock() - when < within
 
     def confirm(self, index: int, gtid: str) -> None:
         with self._lock:

@@ -32,6 +32,7 @@ text, so Core, ORM and ``text()`` are treated alike:
   else to the primary;
 - session settings (``SET NAMES``, ``SET SESSION ...``, ``SET sql_mode = ...`` without user
   variables) are applied to every leg, now and when it is opened;
+- ``COMMIT``/``ROLLBACK`` sent as SQL end the transaction on every leg it used;
 - a read that fails on a replica with a connection error, as the first statement of that
   replica's transaction, marks it down and is retried once elsewhere;
 - a write never goes to a replica: when the primary cannot be reached it raises
@@ -43,7 +44,9 @@ primary connection (MariaDB ``@@last_gtid``, MySQL ``@@gtid_executed``) and keep
 :class:`ConsistencyToken` for the current context (thread or asyncio task). Reads in that
 context, and in any block under ``with router.with_token(token):``, first have the replica
 wait for that GTID (``MASTER_GTID_WAIT``, at most ``gtid_wait_timeout``) and read from the
-primary if it does not arrive. With ``read_your_writes="pin"`` (or a token without a GTID)
+primary if it does not arrive (and so does the rest of that transaction; for
+``gtid_wait_timeout`` after such a miss, reads with that token go to the primary without
+waiting again). With ``read_your_writes="pin"`` (or a token without a GTID)
 they read from the primary for ``pin_seconds`` after the commit instead; ``"off"`` does
 neither. The web shim carries the token between requests::
 
@@ -106,6 +109,7 @@ _SESSION_SET = re.compile(
     re.IGNORECASE,
 )
 _MAX_SETTINGS = 32
+_TX_CONTROL = re.compile(r"\s*(COMMIT|ROLLBACK)(?:\s+WORK)?\s*;?\s*\Z", re.IGNORECASE)
 
 
 # --- consistency tokens ---------------------------------------------------------------------
@@ -697,6 +701,7 @@ class _RoutingConnection:
         if token is not None and router.read_your_writes != "off":
             mode = router.read_your_writes if token.gtid else "pin"
             if mode == "pin" and time.time() - token.time < router.pin_seconds:
+                self._pinned = True
                 return self._primary_or_stale("pinned")
         leg = self._replica_leg()
         if leg is None:
@@ -711,6 +716,10 @@ class _RoutingConnection:
                 and not router.health.confirmed(leg.index, token.gtid)):
             if leg.used:
                 return self._primary_or_stale("token-mid-transaction")
+            if router.health.recently_missed(leg.index, token.gtid,
+                                             router.gtid_wait_timeout):
+                self._pinned = True
+                return self._primary_or_stale("gtid-behind")
             server = router._replicas[leg.index]
             try:
                 reached = wait_for_gtid_dbapi(leg.dbapi, token.gtid, router.gtid_wait_timeout,
@@ -722,6 +731,8 @@ class _RoutingConnection:
                 self._drop("replica", invalidate=True)
                 return self._choose_read()
             if not reached:
+                router.health.missed(leg.index, token.gtid)
+                self._pinned = True  # the rest of this transaction reads where the write is
                 return self._primary_or_stale("gtid-timeout")
             router.health.confirm(leg.index, token.gtid)
         return leg, "replica"
@@ -738,8 +749,15 @@ class _RoutingConnection:
     def execute(self, rc: _RoutingCursor, method: str, statement: str, parameters: Any) -> Any:
         router = self._router
         role = statement_role(statement)
-        if role == "write" and _SESSION_SET.match(statement):
-            return self._setting(rc, method, statement, parameters)
+        if role == "write":
+            if _SESSION_SET.match(statement):
+                return self._setting(rc, method, statement, parameters)
+            control = _TX_CONTROL.match(statement)
+            if control is not None:  # e.g. the dialect's COMMIT after an isolation change
+                rc.cursor = None
+                router._count("write", "transaction-control", "every used leg", statement)
+                return self.commit() if control.group(1).upper() == "COMMIT" \
+                    else self.rollback()
         if role == "write":
             reason = "primary"
         elif self._pinned:
