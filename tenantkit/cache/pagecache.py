@@ -286,7 +286,7 @@ class PageCache:
         self._current = str(self.root / "current")
         self._previous = str(self.root / "previous")
         self._counters = _Counters()
-        # Sidecars already parsed, keyed by page directory, valid while the body's identity
+        # Sidecars already parsed, keyed by body path, valid while the body's identity
         # matches: a hit then costs one open, fstat and read, like a plain file cache.
         self._meta_memo: dict[str, _Meta] = {}
         self._bytes_since_check = 0
