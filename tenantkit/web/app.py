@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from tenantkit.cache.bus import Invalidator, publish
 from tenantkit.cache.events import Purge
@@ -243,6 +244,13 @@ class _Split:
         self.ext = ext
         self.dispatcher: Callable[[WSGIEnvironment, StartResponse], Iterable[bytes]] = \
             ext.dispatcher
+        trusted = ext.settings.web.trusted_proxies
+        if trusted:
+            # Behind trusted proxies the scheme is theirs (Secure cookies, X-Forwarded-Proto
+            # to upstreams); the host is taken by the dispatcher, the client address by the
+            # proxy backend, so ProxyFix touches nothing else.
+            self.dispatcher = ProxyFix(ext.dispatcher, x_for=0, x_proto=trusted, x_host=0,
+                                       x_port=0, x_prefix=0)
 
     def __call__(self, environ: WSGIEnvironment,
                  start_response: StartResponse) -> Iterable[bytes]:

@@ -195,3 +195,15 @@ def test_expired_pages_are_not_hits(sites: Sites, make_client: MakeClient) -> No
     assert client.get("/e/", headers=headers).headers["X-Tenantkit-Cache"] == "HIT"
     time.sleep(1.2)
     assert client.get("/e/", headers=headers).headers["X-Tenantkit-Cache"] == "MISS"
+
+
+@pytest.mark.parametrize(("trusted", "secure"), [
+    pytest.param(0, False, id="untrusted forwarded proto"),
+    pytest.param(1, True, id="trusted forwarded proto"),
+])
+def test_token_cookie_is_secure_behind_https(sites: Sites, make_client: MakeClient,
+                                             trusted: int, secure: bool) -> None:
+    sites.add("blog", ["blog.test"])
+    _, client = make_client(trusted_proxies=trusted)
+    wrote = client.post("/r/?write", headers={**HOST, "X-Forwarded-Proto": "https"})
+    assert ("; Secure" in wrote.headers["Set-Cookie"]) is secure
