@@ -87,6 +87,21 @@ class WireStats:
         return (self.sent + self.received) / payload if payload else 1.0
 
 
+def _deflate(data: bytes, level: int) -> bytes:
+    """One complete zlib stream of ``data``.
+
+    Small payloads get a window just big enough to hold them and a small hash table: the same
+    output, without zlib's default 256 KB of state to allocate for every frame, which would
+    cost more CPU than the whole query for short statements.
+    """
+    size = len(data)
+    if size >= 1 << 14:
+        return zlib.compress(data, level)
+    wbits = max(9, size.bit_length())
+    deflater = zlib.compressobj(level, zlib.DEFLATED, wbits, max(1, wbits - 6))
+    return deflater.compress(data) + deflater.flush()
+
+
 def _frame_header(length: int, seq: int, uncompressed: int) -> bytes:
     return (length | (seq << 24)).to_bytes(4, "little") + uncompressed.to_bytes(3, "little")
 
@@ -202,28 +217,30 @@ class CompressedConnection(Connection):  # type: ignore[misc]  # PyMySQL ships n
             self._rbuf = b""
             self._rpos = 0
         self._header_next = True
-        frames = []
-        level = self.compress_level
-        min_length = self.compress_min_length
         total = len(data)
-        for start in range(0, total, MAX_FRAME_PAYLOAD):
-            chunk = data[start:start + MAX_FRAME_PAYLOAD]
-            size = len(chunk)
-            if size >= min_length:
-                packed = zlib.compress(chunk, level)
-                if len(packed) < size:
-                    frames.append(_frame_header(len(packed), self._cseq, size))
-                    frames.append(packed)
-                    self._cseq = (self._cseq + 1) & 0xFF
-                    continue
-            frames.append(_frame_header(size, self._cseq, 0))
-            frames.append(chunk)
-            self._cseq = (self._cseq + 1) & 0xFF
-        wire = b"".join(frames)
+        if total <= MAX_FRAME_PAYLOAD:  # the common case: one frame
+            wire = self._frame(data)
+            nframes = 1
+        else:
+            frames = [self._frame(data[start:start + MAX_FRAME_PAYLOAD])
+                      for start in range(0, total, MAX_FRAME_PAYLOAD)]
+            wire = b"".join(frames)
+            nframes = len(frames)
         super()._write_bytes(wire)
         counts[0] += len(wire)
         counts[2] += total
-        counts[4] += len(frames) // 2
+        counts[4] += nframes
+
+    def _frame(self, chunk: bytes) -> bytes:
+        """One frame for ``chunk`` (at most MAX_FRAME_PAYLOAD bytes), numbered in sequence."""
+        seq = self._cseq
+        self._cseq = (seq + 1) & 0xFF
+        size = len(chunk)
+        if size >= self.compress_min_length:
+            packed = _deflate(chunk, self.compress_level)
+            if len(packed) < size:
+                return _frame_header(len(packed), seq, size) + packed
+        return _frame_header(size, seq, 0) + chunk
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -235,16 +252,17 @@ class CompressedConnection(Connection):  # type: ignore[misc]  # PyMySQL ships n
             return data
         pos = self._rpos
         end = pos + num_bytes
-        buf = self._rbuf
-        if end <= len(buf):
+        if end <= len(self._rbuf):
             self._rpos = end
-            data = buf[pos:end]
+            data = self._rbuf[pos:end]
         else:
             data = self._refill(num_bytes)
         if self._header_next:
             # The frame sequence is checked; the inner one restarts at each server flush.
             self._next_seq_id = data[3]
-        self._header_next = not self._header_next
+            self._header_next = False
+        else:
+            self._header_next = True
         return data
 
     def _refill(self, num_bytes: int) -> bytes:

@@ -477,3 +477,15 @@ def test_tls_and_compression_together(tls_server: tuple[MariaDBServer, Path]) ->
             assert cur.fetchone() == ("tls " * 20_000,)
         stats = conn.wire_stats()
         assert stats.received < stats.received_payload / 5
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=40_000) | st.text(max_size=20_000).map(str.encode),
+       level=st.integers(-1, 9))
+def test_deflate_is_one_standard_zlib_stream(data: bytes, level: int) -> None:
+    from tenantkit.db.compress import _deflate
+
+    packed = _deflate(data, level)
+    inflater = zlib.decompressobj()
+    assert inflater.decompress(packed) == data
+    assert inflater.eof and not inflater.unused_data
