@@ -19,6 +19,7 @@
  *     define('TENANTKIT_PIN_SECONDS', 5);
  *     define('TENANTKIT_GTID_WAIT_TIMEOUT', 1);
  *     define('TENANTKIT_CONNECT_TIMEOUT', 2);
+ *     define('TENANTKIT_READ_TIMEOUT', 30);                   // a hung server; 0: mysqlnd's
  *     define('TENANTKIT_LAG_THRESHOLD', 5);
  *     define('TENANTKIT_DEAD_HOST_COOLDOWN', 10);
  *
@@ -637,6 +638,7 @@ class Tenantkit_DB extends wpdb
     public float $tk_pin_seconds = 5.0;
     public float $tk_gtid_wait_timeout = 1.0;
     public float $tk_connect_timeout = 2.0;
+    public float $tk_read_timeout = 30.0;
     public float $tk_lag_threshold = 5.0;
     public float $tk_cooldown = 10.0;
     public string $tk_state_dir = '';
@@ -698,6 +700,7 @@ class Tenantkit_DB extends wpdb
         $this->tk_pin_seconds = self::tk_seconds('TENANTKIT_PIN_SECONDS', 5.0);
         $this->tk_gtid_wait_timeout = self::tk_seconds('TENANTKIT_GTID_WAIT_TIMEOUT', 1.0);
         $this->tk_connect_timeout = max(1.0, self::tk_seconds('TENANTKIT_CONNECT_TIMEOUT', 2.0));
+        $this->tk_read_timeout = self::tk_seconds('TENANTKIT_READ_TIMEOUT', 30.0);
         $this->tk_lag_threshold = self::tk_seconds('TENANTKIT_LAG_THRESHOLD', 5.0);
         $this->tk_cooldown = self::tk_seconds('TENANTKIT_DEAD_HOST_COOLDOWN', 10.0);
         $this->tk_state_dir = rtrim(defined('TENANTKIT_STATE_DIR') ? (string) TENANTKIT_STATE_DIR
@@ -890,6 +893,11 @@ class Tenantkit_DB extends wpdb
         }
         $timeout = (int) ceil($this->tk_connect_timeout);
         mysqli_options($link, MYSQLI_OPT_CONNECT_TIMEOUT, $timeout);
+        if ($this->tk_read_timeout > 0) {
+            // mysqlnd waits a day by default: a server that accepts but never answers (hung,
+            // stopped) would hold the request, the handshake included.
+            mysqli_options($link, MYSQLI_OPT_READ_TIMEOUT, (int) ceil($this->tk_read_timeout));
+        }
         $flags = defined('MYSQL_CLIENT_FLAGS') ? (int) MYSQL_CLIENT_FLAGS : 0;
         if ($primary && $this->tk_compress) {
             $flags |= MYSQLI_CLIENT_COMPRESS;

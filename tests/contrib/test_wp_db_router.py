@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import time
 import zlib
@@ -459,3 +460,18 @@ def primary_sql_nowait(pair: MariaDBCluster, sql: str) -> None:
     with pymysql.connect(**pair.primary.connect_args(), autocommit=True) as conn, \
             conn.cursor() as cur:
         cur.execute(sql)
+
+
+def test_a_hung_replica_costs_the_read_timeout_not_the_request(wp: WP) -> None:
+    make_table(wp.pair, rows=1)
+    wp.configure(TENANTKIT_READ_TIMEOUT=1)
+    proc = wp.pair.replica.proc
+    assert proc is not None
+    os.kill(proc.pid, signal.SIGSTOP)  # accepts connections (backlog), answers nothing
+    try:
+        run = wp.run([["get_var", "SELECT v FROM t"], ["counts"]])
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    assert run.results == ["row0", {"primary": 1, "replica": 0}]
+    assert run.seconds < 15
+    assert "cannot connect to replica" in run.stderr
