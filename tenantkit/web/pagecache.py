@@ -15,8 +15,9 @@ Every response of a cache-enabled site says what happened in ``X-Tenantkit-Cache
   HEAD, an ``Authorization`` header, a bypass cookie (``site.cache.bypass_cookies``
   prefixes), or a fresh read-your-writes cookie.
 
-Only 200 responses to GET without ``Set-Cookie`` and without ``Cache-Control: private`` or
-``no-store`` are stored. Tags come from the ``X-Tenantkit-Tags`` response header (comma- or
+Only 200 responses to GET without ``Set-Cookie``, without ``Cache-Control: private``,
+``no-store`` or ``no-cache`` and without ``Vary: Cookie`` (or ``Authorization``, ``*``) are
+stored. Tags come from the ``X-Tenantkit-Tags`` response header (comma- or
 space-separated), which never reaches the client. Stored pages get an ``ETag`` and a
 ``Last-Modified``; conditional GETs on hits answer 304.
 
@@ -442,6 +443,12 @@ class PageCacheMiddleware:
             if lower == "cache-control":
                 directives = {d.strip().split("=")[0].lower() for d in value.split(",")}
                 if directives & {"private", "no-store", "no-cache"}:
+                    return False
+            if lower == "vary":
+                # The cache keys on host, path and query only: a page that differs by
+                # anything personal must not be shared.
+                varies = {v.strip().lower() for v in value.split(",")}
+                if varies & {"*", "cookie", "authorization"}:
                     return False
         return True
 

@@ -92,6 +92,7 @@ def test_bypass(blog: tuple[Flask, Client], method: str, headers: dict[str, str]
     pytest.param("cookie", id="set-cookie"),
     pytest.param("private", id="cache-control private"),
     pytest.param("notfound", id="404"),
+    pytest.param("vary", id="vary cookie"),
 ])
 def test_personal_or_failed_responses_are_not_stored(blog: tuple[Flask, Client],
                                                      query: str) -> None:

@@ -29,6 +29,8 @@ def hello(environ: dict[str, Any], start_response: Start) -> Iterable[bytes]:
         headers.append(("Set-Cookie", "session=1"))
     if query == "private":
         headers.append(("Cache-Control", "private"))
+    if query == "vary":
+        headers.append(("Vary", "Accept-Encoding, Cookie"))
     if query == "etag":
         headers.append(("ETag", '"v1"'))
     if query == "notfound":
