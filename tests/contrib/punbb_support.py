@@ -54,19 +54,46 @@ class Response:
 
 
 class _Forms(HTMLParser):
+    """The forms of a page with the values a browser would send (selected options, text)."""
+
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.forms: list[tuple[str, dict[str, str]]] = []
+        self._select: str | None = None
+        self._textarea: str | None = None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = {k: v or "" for k, v in attrs}
         if tag == "form":
             self.forms.append((a.get("action", ""), {}))
-        elif self.forms and tag in ("input", "select", "textarea") and a.get("name"):
+            return
+        if not self.forms:
+            return
+        fields = self.forms[-1][1]
+        if tag == "select" and a.get("name"):
+            self._select = a["name"]
+            fields.pop(self._select, None)
+        elif tag == "option" and self._select is not None:
+            if "selected" in a or self._select not in fields:  # else the first option
+                fields[self._select] = a.get("value", "")
+        elif tag == "textarea" and a.get("name"):
+            self._textarea = a["name"]
+            fields[self._textarea] = ""
+        elif tag == "input" and a.get("name"):
             kind = a.get("type", "text")
             if kind == "submit" or (kind in ("checkbox", "radio") and "checked" not in a):
                 return
-            self.forms[-1][1][a["name"]] = a.get("value", "")
+            fields[a["name"]] = a.get("value", "")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "select":
+            self._select = None
+        elif tag == "textarea":
+            self._textarea = None
+
+    def handle_data(self, data: str) -> None:
+        if self._textarea is not None and self.forms:
+            self.forms[-1][1][self._textarea] += data
 
 
 @dataclass

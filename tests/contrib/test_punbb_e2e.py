@@ -156,6 +156,11 @@ def _forum_flow(setup: Setup, name: str) -> dict[str, int]:
     assert response.status == 302, response.text[-3000:]
     assert f"An edited reply in {name}" not in admin.get(f"/viewtopic.php?id={tid}").text
 
+    response = admin.submit("/admin/settings.php?section=setup",
+                            {"form[board_title]": f"Board of {name}"},
+                            action="settings.php", button="save")
+    assert response.status == 302, response.text[-3000:]
+
     visitor = Browser(setup.port, host)
     response = visitor.submit("/register.php", {
         "req_username": f"user-{name}", "req_email1": f"user@{FORUMS[name][0]}",
@@ -174,6 +179,7 @@ def test_two_forums_one_copy(forums: Setup, redis_server: RedisServer) -> None:
         listing = Browser(forums.port, f"{host}:{forums.port}").get("/viewforum.php?id=1").text
         assert f"Topic of {name}" in listing
         assert f"Topic of {other}" not in listing
+        assert f"Board of {name}" in listing and f"Board of {other}" not in listing
         sub = Browser(forums.port, f"www.{host}:{forums.port}").get("/viewforum.php?id=1").text
         assert f"Topic of {name}" in sub
 
@@ -196,7 +202,9 @@ def test_two_forums_one_copy(forums: Setup, redis_server: RedisServer) -> None:
         kinds = [e["type"] for e in mine]
         assert kinds.count("comment_posted") == 1, kinds
         assert "post_edited" in kinds and "comment_changed" in kinds, kinds
-        assert all(e["post_id"] == topics[name] for e in mine)
+        assert kinds.count("site_changed") == 1, kinds
+        assert all(e["post_id"] == topics[name] for e in mine if e["type"] != "site_changed")
+        assert [e["post_id"] for e in mine if e["type"] == "site_changed"] == [None]
         assert all(e["origin"] == "php" and e["v"] == 1 for e in mine)
         assert all(re.fullmatch(r"\d+-\d+-\d+", e["gtid"] or "") for e in mine), mine
     assert {e["site"] for e in events} == set(FORUMS)
