@@ -4,8 +4,9 @@ Contenders, alternating round by round in one run:
 
 - (a) ``bare``: a bare WSGI app returning a page;
 - (b) ``tenantkit HIT``: ``tenantkit serve`` answering that page from the page cache;
-- (c) ``tenantkit MISS``: ``tenantkit serve`` dispatching every request to the same app
-  (its site has ``[cache] enabled = false``, so nothing is served from or stored in the cache);
+- (c) ``tenantkit MISS``: ``tenantkit serve`` with every request a cache miss (a wrk script
+  asks for a new URL each time): looked up, dispatched to the same app, stored; and
+  ``tenantkit no cache``: a site with ``[cache] enabled = false`` (dispatch only);
 - (d) ``flask host_matching``: a Flask app with ``host_matching=True`` routing the same page;
 - (e) nginx serving the cached page straight from ``cache_dir`` (the `tenantkit nginx-config`
   server block) against nginx serving the same file as plain static.
@@ -110,9 +111,24 @@ class _Proc:
                 self.proc.wait(5)
 
 
-def _wrk(url: str, host: str, seconds: int) -> float:
+_UNIQUE_PATHS = """
+local n = 0
+local id = 0
+function setup(thread)
+  id = id + 1
+  thread:set("id", id)
+end
+function request()
+  n = n + 1
+  return wrk.format("GET", "/miss/" .. PREFIX .. "-" .. id .. "-" .. n .. "/")
+end
+"""
+
+
+def _wrk(url: str, host: str, seconds: int, script: Path | None = None) -> float:
+    extra = ["-s", str(script)] if script is not None else []
     out = subprocess.run(
-        ["wrk", "-t2", "-c16", f"-d{seconds}s", "-H", f"Host: {host}", url],
+        ["wrk", "-t2", "-c16", f"-d{seconds}s", "-H", f"Host: {host}", *extra, url],
         capture_output=True, text=True, check=True, timeout=seconds + 30).stdout
     match = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if match is None or "Non-2xx" in out:
@@ -175,10 +191,11 @@ def run(quick: bool = False) -> Report:
         if "X-Tenantkit-Cache: HIT" not in check:
             raise RuntimeError(f"the tenantkit page is not a cache hit:\n{check[:500]}")
 
-        contenders = {
+        contenders: dict[str, tuple[str, str]] = {
             "bare": (f"http://127.0.0.1:{ports['bare']}/page/", HOST),
             "tenantkit HIT": (tk, HOST),
-            "tenantkit MISS": (tk, NOCACHE_HOST),
+            "tenantkit MISS": (tk.removesuffix("page/"), HOST),
+            "tenantkit no cache": (tk, NOCACHE_HOST),
             "flask host_matching": (f"http://127.0.0.1:{ports['flask']}/page/", HOST),
         }
         # (e): nginx with the generated config vs plain static, same file.
@@ -204,18 +221,30 @@ def run(quick: bool = False) -> Report:
         contenders["nginx static"] = (f"http://127.0.0.1:{static_port}/page/", HOST)
 
         samples: dict[str, list[float]] = {name: [] for name in contenders}
-        for url, host in contenders.values():  # warm up
-            _wrk(url, host, 1)
+        runs = 0
+
+        def sample(name: str, url: str, host: str, seconds: int) -> float:
+            nonlocal runs
+            script = None
+            if name == "tenantkit MISS":  # a new URL every request, new ones every run
+                runs += 1
+                script = work / f"miss-{runs}.lua"
+                script.write_text(f'PREFIX = "r{runs}"\n' + _UNIQUE_PATHS)
+            return _wrk(url, host, seconds, script)
+
+        for name, (url, host) in contenders.items():  # warm up
+            sample(name, url, host, 1)
         for _ in range(rounds):
             for name, (url, host) in contenders.items():
-                samples[name].append(_wrk(url, host, seconds))
+                samples[name].append(sample(name, url, host, seconds))
     finally:
         for proc in reversed(procs):
             proc.stop(signal.SIGQUIT if "nginx" in str(proc.proc.args[0]) else signal.SIGTERM)
         shutil.rmtree(work, ignore_errors=True)
 
     med = {name: statistics.median(values) for name, values in samples.items()}
-    for name in ("bare", "tenantkit HIT", "tenantkit MISS", "flask host_matching"):
+    for name in ("bare", "tenantkit HIT", "tenantkit MISS", "tenantkit no cache",
+                 "flask host_matching"):
         report.add_value("gunicorn", name, med[name], "req/s", med[name] / med["bare"])
     for name in ("nginx static", "nginx cache_dir"):
         report.add_value("nginx", name, med[name], "req/s", med[name] / med["nginx static"])
@@ -226,8 +255,9 @@ def run(quick: bool = False) -> Report:
                   med["nginx cache_dir"] / med["nginx static"] >= 0.95)
     report.notes.append("ratio column: req/s relative to the group's baseline (higher is "
                         "better); samples per contender: " + str(rounds))
-    report.notes.append("(c) serves a site with the page cache disabled: every request is "
-                        "dispatched to the app, nothing is looked up or stored")
+    report.notes.append("(c) MISS: every request a new URL, looked up, rendered and stored "
+                        "(files, sidecar, tag index); 'no cache': a site with the page cache "
+                        "disabled, dispatch only")
     return report
 
 
