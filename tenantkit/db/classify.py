@@ -254,13 +254,15 @@ def _scan(upper: str) -> Verdict:
     return verdict
 
 
-# The fast path: the common statement without comments, double quotes, backquotes,
-# backslashes, semicolons or variables needs no scanner. Single-quoted strings are cut out by
+# The fast path: the common statement without backslashes, and without comments, double
+# quotes, backquotes, semicolons or variables outside its single-quoted strings, needs no
+# scanner. Single-quoted strings are cut out by
 # splitting at the quotes ('' doubling falls out as two adjacent strings), the rest becomes
 # words by mapping every ASCII character that cannot be part of a word to a space. It answers
 # only when the answer is certain and otherwise defers to the scanner (the tests check that
 # both agree).
 _WORD_BYTES = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_$")
+_ORDINARY = bytes(_WORD_BYTES) + b" \t\n\r\f\v(),.=<>+!%?&|^~{}[]"
 _TO_WORDS = bytes(c if c in _WORD_BYTES else 0x20 for c in range(256))
 _FAST_HINTS = frozenset(w.encode() for w in _TRAP_HINTS if w[0].isalpha())
 _FAST_DEFER = frozenset({b"WITH", b"SHOW", b"HELP", b"EXPLAIN", b"DESCRIBE", b"DESC",
@@ -268,16 +270,24 @@ _FAST_DEFER = frozenset({b"WITH", b"SHOW", b"HELP", b"EXPLAIN", b"DESCRIBE", b"D
 
 
 def _fast(upper: str) -> Verdict | None:
-    if not upper.isascii():
-        return None
-    if ("\\" in upper or '"' in upper or "`" in upper or "#" in upper or "--" in upper
-            or "/*" in upper or "*/" in upper or ";" in upper or "@" in upper or ":=" in upper):
+    if "\\" in upper:
         return None
     parts = upper.split("'")
     if not len(parts) & 1:
         return None
+    # Without backslashes the first quote outside a string opens the next string, so
+    # anything that matters outside strings is in the even parts.
     code = " ".join(parts[::2]) if len(parts) > 1 else upper
+    if not code.isascii():
+        return None
     raw = code.encode()
+    rest = raw.translate(None, _ORDINARY)  # one pass; usually leaves little or nothing
+    if rest and (b'"' in rest or b"`" in rest or b"#" in rest or b";" in rest
+                 or b"@" in rest or b"\\" in rest
+                 or (b"-" in rest and b"--" in raw)
+                 or ((b"*" in rest) and (b"/*" in raw or b"*/" in raw))
+                 or (b":" in rest and b":=" in raw)):
+        return None
     words = raw.translate(_TO_WORDS).split()
     if not words:
         return None

@@ -432,8 +432,8 @@ def test_replica_stopped_then_back(make_router: Callable[..., Router],
         with router.connect() as conn:
             return _server(conn) == REPLICA_ID
 
-    _wait_for(back, router.dead_host_cooldown + 1.0 + 1.0)
-    assert time.monotonic() - started <= router.dead_host_cooldown + 2.0
+    _wait_for(back, router.dead_host_cooldown + 5.0)
+    assert time.monotonic() - started <= router.dead_host_cooldown + 1.0
 
 
 def test_primary_stopped_then_back(make_router: Callable[..., Router],
@@ -468,8 +468,8 @@ def test_primary_stopped_then_back(make_router: Callable[..., Router],
             session.commit()
         return True
 
-    _wait_for(writable, router.dead_host_cooldown + 1.0 + 1.0)
-    assert time.monotonic() - started <= router.dead_host_cooldown + 2.0
+    _wait_for(writable, router.dead_host_cooldown + 5.0)
+    assert time.monotonic() - started <= router.dead_host_cooldown + 1.0
     token = router.last_token()
     assert token is not None
     with router.session() as session:
@@ -499,14 +499,13 @@ def test_both_restarted_recover(make_router: Callable[..., Router],
             conn.commit()
         return True
 
-    _wait_for(healthy, router.dead_host_cooldown + 2.0)
-
     def reads_replica() -> bool:
         with router.connect() as conn:
             return _server(conn) == REPLICA_ID
 
-    _wait_for(reads_replica, router.dead_host_cooldown + 2.0)
-    assert time.monotonic() - started <= 2 * (router.dead_host_cooldown + 1.0)
+    _wait_for(healthy, router.dead_host_cooldown + 5.0)
+    _wait_for(reads_replica, router.dead_host_cooldown + 5.0)
+    assert time.monotonic() - started <= router.dead_host_cooldown + 1.0
 
 
 def test_debug_log_per_decision(make_router: Callable[..., Router],
