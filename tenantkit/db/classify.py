@@ -207,10 +207,10 @@ _LEADING_WORD = re.compile(r"[ \t\n\r\f\v(]*([0-9A-Z_$\x80-\uffff]+)")
 def _role(sql: str) -> Role:
     if not isinstance(sql, str):
         return _classify(sql)[0]  # raises the TypeError
-    upper = sql.upper()
-    fast = _fast(upper)
+    fast = _fast(sql)
     if fast is not None:
         return fast[0]
+    upper = sql.upper()
     match = _LEADING_WORD.match(upper)
     if match is not None and match.group(1) not in _READ_STARTERS:
         return "write"
@@ -232,8 +232,7 @@ def _classify(sql: str) -> Verdict:
             f"statement_role() needs the SQL text as str, got {type(sql).__name__} "
             "(decode bytes first)"
         )
-    upper = sql.upper()
-    return _fast(upper) or _scan(upper)
+    return _fast(sql) or _scan(sql.upper())
 
 
 def _scan(upper: str) -> Verdict:
@@ -262,22 +261,26 @@ def _scan(upper: str) -> Verdict:
 # only when the answer is certain and otherwise defers to the scanner (the tests check that
 # both agree).
 _WORD_BYTES = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_$")
-_ORDINARY = bytes(_WORD_BYTES) + b" \t\n\r\f\v(),.=<>+!%?&|^~{}[]"
-_TO_WORDS = bytes(c if c in _WORD_BYTES else 0x20 for c in range(256))
+_ORDINARY = bytes(_WORD_BYTES) + b"abcdefghijklmnopqrstuvwxyz \t\n\r\f\v(),.=<>+!%?&|^~{}[]"
+# Word characters upper-cased, everything else a space.
+_TO_WORDS = bytes(
+    c if c in _WORD_BYTES else c - 32 if 0x61 <= c <= 0x7A else 0x20 for c in range(256)
+)
 _FAST_HINTS = frozenset(w.encode() for w in _TRAP_HINTS if w[0].isalpha())
 _FAST_DEFER = frozenset({b"WITH", b"SHOW", b"HELP", b"EXPLAIN", b"DESCRIBE", b"DESC",
                          b"ANALYZE", b"START"})
 
 
-def _fast(upper: str) -> Verdict | None:
-    if "\\" in upper:
+def _fast(sql: str) -> Verdict | None:
+    """The fast path on the statement as written (case is folded by the byte tables)."""
+    if "\\" in sql:
         return None
-    parts = upper.split("'")
+    parts = sql.split("'")
     if not len(parts) & 1:
         return None
     # Without backslashes the first quote outside a string opens the next string, so
     # anything that matters outside strings is in the even parts.
-    code = " ".join(parts[::2]) if len(parts) > 1 else upper
+    code = " ".join(parts[::2]) if len(parts) > 1 else sql
     if not code.isascii():
         return None
     raw = code.encode()
@@ -294,7 +297,7 @@ def _fast(upper: str) -> Verdict | None:
     if code.count("(") != code.count(")"):
         return "write", "cannot parse: unbalanced parentheses"
     first = words[0]
-    if not raw.lstrip(b"( \t\n\r\f\v").startswith(first):
+    if raw.lstrip(b"( \t\n\r\f\v")[: len(first)].upper() != first:
         return None  # something other than parentheses before the first word
     if first == b"SELECT":
         if _FAST_HINTS.isdisjoint(words):
