@@ -99,7 +99,8 @@ class Registry:
         default = settings.web.unknown if settings.web.unknown != "421" else None
         self._default = default
         self._snapshot = Snapshot(
-            MappingProxyType({}), HostIndex({}), MappingProxyType({}), (), MappingProxyType({})
+            MappingProxyType({}), HostIndex({}, default=default), MappingProxyType({}), (),
+            MappingProxyType({}),
         )
 
     @classmethod
@@ -190,6 +191,8 @@ class Registry:
                 error = None
             except SiteFileError as exc:
                 site, error = None, str(exc)
+            if previous is not None and site is not None and site == previous.site:
+                site = previous.site  # same definition: keep the object (and the index)
             files[path] = _FileState(key, racy, site, error)
 
         sites: dict[str, Site] = {}
@@ -214,10 +217,13 @@ class Registry:
                     log.error("site %s keeps its last good definition until %s is fixed",
                               last_good.name, path)
 
-        try:
-            index = HostIndex({n: s.hosts for n, s in sites.items()}, default=self._default)
-        except InvalidHost as exc:  # pragma: no cover - hosts were validated by load_site
-            raise SiteFileError(f"host index: {exc}") from exc
+        if sites.keys() == old.sites.keys() and all(s is old.sites[n] for n, s in sites.items()):
+            index = old.index  # nothing changed: the periodic scan costs only the stats
+        else:
+            try:
+                index = HostIndex({n: s.hosts for n, s in sites.items()}, default=self._default)
+            except InvalidHost as exc:  # pragma: no cover - hosts were validated by load_site
+                raise SiteFileError(f"host index: {exc}") from exc
         for conflict in index.conflicts:
             if conflict not in old.conflicts:
                 log.warning("%s", conflict)

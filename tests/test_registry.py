@@ -142,6 +142,20 @@ def test_broken_file_keeps_last_good_and_logs_once(cfg: Settings,
     assert registry.reload().removed == ("a",)
 
 
+def test_unchanged_reload_keeps_the_index(cfg: Settings) -> None:
+    put(cfg, "a.toml", site_text("a.org"))
+    registry = Registry.load(cfg)
+    registry.reload()  # the file was racy (just written): parsed again, same Site
+    index = registry.index
+    put(cfg, "notes.txt", "not a site")
+    registry.reload()
+    assert registry.index is index
+    put(cfg, "b.toml", site_text("b.org"))
+    registry.reload()
+    assert registry.index is not index
+    assert registry.resolve("b.org") is registry.sites["b"]
+
+
 def test_broken_new_file_stays_absent(cfg: Settings) -> None:
     registry = Registry.load(cfg)
     put(cfg, "a.toml", "")
