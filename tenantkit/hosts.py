@@ -170,7 +170,7 @@ def _cached(raw: str) -> str | InvalidHost:
     try:
         return _normalize(raw)
     except InvalidHost as exc:
-        return exc
+        return exc.with_traceback(None)  # keep no frames alive in the cache
 
 
 def normalize_host(raw: str) -> str:
@@ -289,7 +289,10 @@ class HostIndex:
                 if kind == "regex":
                     regexes.append((site, pattern))
         self._exact: dict[str, str] = {}
-        self._lead: dict[str, tuple[str, bool]] = {}
+        # Leading wildcards by the name after "*." or "."; _lead_self holds the ".name" ones,
+        # which match the bare name too. Plain strings as values: one memory access fewer.
+        self._lead: dict[str, str] = {}
+        self._lead_self: dict[str, str] = {}
         self._tail: dict[str, str] = {}
         conflicts: list[Conflict] = []
         for (kind, key), owners in claims.items():
@@ -299,11 +302,11 @@ class HostIndex:
             if kind == "exact":
                 self._exact[key] = kept
             elif kind == "leading":
-                self._lead[key] = (kept, owners[kept])
+                self._lead[key] = kept
+                if owners[kept]:
+                    self._lead_self[key] = kept
             elif kind == "trailing":
                 self._tail[key] = kept
-        # Only ".name" patterns match the bare name: without any, skip that probe.
-        self._lead_self = any(flag for _, flag in self._lead.values())
         # Regexes: first match in site-name order, then pattern order; a regex claimed by
         # several sites is only ever reached for the first, so listing it once is exact.
         seen: set[str] = set()
@@ -358,15 +361,16 @@ class HostIndex:
     def _wildcards(self, host: str) -> str | None:
         lead = self._lead
         if lead:
-            if self._lead_self:
-                hit = lead.get(host)
-                if hit is not None and hit[1]:
-                    return hit[0]
+            lead_self = self._lead_self
+            if lead_self:
+                site = lead_self.get(host)
+                if site is not None:
+                    return site
             dot = host.find(".")
             while dot >= 0:
-                hit = lead.get(host[dot + 1 :])
-                if hit is not None:
-                    return hit[0]
+                site = lead.get(host[dot + 1 :])
+                if site is not None:
+                    return site
                 dot = host.find(".", dot + 1)
         tail = self._tail
         if tail:
