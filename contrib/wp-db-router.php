@@ -34,7 +34,7 @@
  *   a SELECT that is a write only because of SQL_CALC_FOUND_ROWS runs on the read link, and
  *   FOUND_ROWS() always runs on the link that ran the last SQL_CALC_FOUND_ROWS query.
  * - read-your-writes across requests: a data write in a non-GET request sets the cookie
- *   `tenantkit_rw` for TENANTKIT_PIN_SECONDS. Mode 'pin': that browser reads from the primary
+ *   `tenantkit_wp_pin` for TENANTKIT_PIN_SECONDS. Mode 'pin': that browser reads from the primary
  *   while the cookie lasts. Mode 'gtid' (MariaDB): the cookie carries the write's GTID and
  *   the replica first waits for it (MASTER_GTID_WAIT, up to TENANTKIT_GTID_WAIT_TIMEOUT);
  *   if the wait times out the request reads from the primary. GET requests that write
@@ -627,7 +627,7 @@ if (class_exists('wpdb', false) && !class_exists('Tenantkit_DB', false)) {
  */
 class Tenantkit_DB extends wpdb
 {
-    public const COOKIE = 'tenantkit_rw';
+    public const COOKIE = 'tenantkit_wp_pin';
 
     /** @var array{host: string, port: ?int, socket: ?string, user: string, password: string, name: string, label: string} */
     public array $tk_primary;

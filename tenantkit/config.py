@@ -71,6 +71,7 @@ DEFAULT_BYPASS_COOKIES: tuple[str, ...] = (
     "wp-postpass_",
     "forum_cookie_",
     "punbb_cookie",
+    "tenantkit_wp_pin",
 )
 
 _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*):(?P<pw>[^@\s]*)@")

@@ -18,7 +18,7 @@ $_SERVER['REQUEST_METHOD'] = getenv('TK_METHOD') ?: 'GET';
 $_SERVER['SERVER_NAME'] = '127.0.0.1';
 $_SERVER['SERVER_PORT'] = '80';
 if (getenv('TK_COOKIE') !== false) {
-    $_COOKIE['tenantkit_rw'] = getenv('TK_COOKIE');
+    $_COOKIE['tenantkit_wp_pin'] = getenv('TK_COOKIE');
 }
 if (getenv('TK_FULL') !== '1') {
     define('SHORTINIT', true);
