@@ -517,3 +517,37 @@ def test_debug_log_per_decision(make_router: Callable[..., Router],
     lines = [r.getMessage() for r in caplog.records if "SELECT 42" in r.getMessage()]
     assert lines and "(replica)" in lines[0]
     assert "tenantkit:tenantkit@" not in caplog.text
+
+
+def test_a_read_failing_on_a_dead_replica_connection_is_retried_once_elsewhere(
+        make_router: Callable[..., Router], mariadb_pair: MariaDBCluster,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    router = make_router(health_interval=60)
+    with router.connect() as conn:  # a replica leg is now pooled
+        assert _server(conn) == REPLICA_ID
+    # The fault: the router does not notice the dead connection before using it (its idle
+    # socket check is switched off), so the read itself fails on the replica.
+    monkeypatch.setattr("tenantkit.db.router._socket_closed", lambda dbapi: False)
+    mariadb_pair.stop_replica()
+    with router.connect() as conn:
+        assert _server(conn) == PRIMARY_ID
+    assert router.stats()["read"]["retried"] == 1
+    assert router.health.state(0).status == "down"
+    with router.connect() as conn:  # marked down: straight to the primary, no retry
+        assert _server(conn) == PRIMARY_ID
+    assert router.stats()["read"]["retried"] == 1
+    assert router.stats()["read"]["no-replica"] >= 1
+
+
+def test_a_read_failing_inside_a_transaction_is_not_retried(
+        make_router: Callable[..., Router], mariadb_pair: MariaDBCluster) -> None:
+    router = make_router(health_interval=60)
+    with router.connect() as conn:
+        assert _server(conn) == REPLICA_ID
+        mariadb_pair.stop_replica()
+        with pytest.raises(sa_exc.OperationalError):
+            conn.execute(SERVER_ID)  # its snapshot is gone: no silent switch of server
+    assert "retried" not in router.stats()["read"]
+    assert router.health.state(0).status == "down"
+    with router.connect() as conn:
+        assert _server(conn) == PRIMARY_ID
