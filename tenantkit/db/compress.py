@@ -320,7 +320,7 @@ class CompressedConnection(Connection):  # type: ignore[misc]  # PyMySQL ships n
         if length == 0:
             raise self._broken(f"frame {seq} is empty (header {header.hex()})")
         self._cseq = (seq + 1) & 0xFF
-        payload = self._read_wire(length, f"frame payload (frame {seq})")
+        payload = self._read_wire(length, "frame payload")
         counts = self._counts
         counts[1] += _HEADER_LEN + length
         counts[5] += 1
@@ -332,19 +332,18 @@ class CompressedConnection(Connection):  # type: ignore[misc]  # PyMySQL ships n
             data = inflater.decompress(payload, uncompressed)
         except zlib.error as exc:
             raise self._broken(f"frame {seq} holds bad zlib data ({exc})") from exc
-        if inflater.unconsumed_tail:
-            raise self._broken(
-                f"frame {seq} inflates to more than the {uncompressed} bytes its header says"
-            )
-        if not inflater.eof:
-            raise self._broken(f"frame {seq}: the zlib stream is cut off")
-        if inflater.unused_data:
-            raise self._broken(
-                f"frame {seq} has {len(inflater.unused_data)} bytes after its zlib stream"
-            )
-        if len(data) != uncompressed:
-            raise self._broken(
-                f"frame {seq} inflates to {len(data)} bytes, its header says {uncompressed}"
-            )
+        if (len(data) != uncompressed or not inflater.eof or inflater.unconsumed_tail
+                or inflater.unused_data):
+            raise self._broken(self._inflate_problem(seq, uncompressed, data, inflater))
         counts[3] += uncompressed
         return data
+
+    @staticmethod
+    def _inflate_problem(seq: int, uncompressed: int, data: bytes, inflater: Any) -> str:
+        if inflater.unconsumed_tail:
+            return f"frame {seq} inflates to more than the {uncompressed} bytes its header says"
+        if not inflater.eof:
+            return f"frame {seq}: the zlib stream is cut off"
+        if inflater.unused_data:
+            return f"frame {seq} has {len(inflater.unused_data)} bytes after its zlib stream"
+        return f"frame {seq} inflates to {len(data)} bytes, its header says {uncompressed}"
