@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from tenantkit.config import mask_url
@@ -52,6 +53,12 @@ logger = logging.getLogger(__name__)
 Status = Literal["ok", "lagging", "stopped", "down", "unknown"]
 _TABLE_NAME = re.compile(r"[A-Za-z0-9_$]{1,64}(\.[A-Za-z0-9_$]{1,64})?")
 _CONFIRMED_MAX = 256
+_NO_PRIVILEGE = frozenset({1227, 1142, 1044})
+
+
+def _errno(exc: DBAPIError) -> int | None:
+    args = getattr(exc.orig, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
 
 
 @dataclass(frozen=True)
@@ -185,7 +192,17 @@ class ReplicaHealth:
                         text(f"SELECT MAX(ts), UTC_TIMESTAMP(6) FROM {self.heartbeat_table}")
                     ).one()
                     return self._heartbeat_verdict(value[0], value[1])
-                row = conn.execute(text("SHOW SLAVE STATUS")).mappings().first()
+                try:
+                    row = conn.execute(text("SHOW SLAVE STATUS")).mappings().first()
+                except DBAPIError as exc:
+                    if _errno(exc) not in _NO_PRIVILEGE:
+                        raise
+                    # Reachable but not allowed to look: usable, lag unknown.
+                    return "ok", None, (
+                        "cannot read SHOW SLAVE STATUS (grant the user SLAVE MONITOR on "
+                        "MariaDB or REPLICATION CLIENT on MySQL, or set heartbeat_table); "
+                        "lag is not measured"
+                    )
         except Exception as exc:
             return "down", None, f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
         if row is None:
@@ -233,8 +250,8 @@ class ReplicaHealth:
                 retry_at = now + self.dead_host_cooldown
             new = ReplicaState(old.name, status, lag, now, retry_at, error)
             self._states[index] = new
-        if status != old.status:
-            log = logger.info if status == "ok" else logger.warning
+        if status != old.status or (error and error != old.error):
+            log = logger.info if status == "ok" and not error else logger.warning
             log("replica %s: %s -> %s%s", old.name, old.status, status,
                 f" ({error})" if error else "")
         return new

@@ -551,3 +551,21 @@ def test_a_read_failing_inside_a_transaction_is_not_retried(
     assert router.health.state(0).status == "down"
     with router.connect() as conn:
         assert _server(conn) == PRIMARY_ID
+
+
+def test_a_replica_user_without_monitor_privilege_stays_usable(
+        mariadb_pair: MariaDBCluster, caplog: pytest.LogCaptureFixture) -> None:
+    replica = mariadb_pair.replica
+    replica.query("CREATE USER IF NOT EXISTS 'plain'@'%' IDENTIFIED BY 'plain'")
+    replica.query(f"GRANT SELECT ON `{mariadb_pair.database}`.* TO 'plain'@'%'")
+    url = replica.url(mariadb_pair.database, user="plain", password="plain")
+    router = Router(mariadb_pair.primary_url, [url], health_interval=60)
+    try:
+        with caplog.at_level(logging.WARNING, logger="tenantkit.db.health"):
+            state = router.health.check(0)
+        assert state.status == "ok" and state.lag is None
+        assert "SLAVE MONITOR" in (state.error or "") and "SLAVE MONITOR" in caplog.text
+        with router.connect() as conn:
+            assert _server(conn) == REPLICA_ID
+    finally:
+        router.close()
