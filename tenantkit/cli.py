@@ -241,7 +241,7 @@ def provision_command(
     settings = info.settings
     database = None
     if db_primary is not None or replicas or table_prefix is not None:
-        current = Registry.load(settings).sites.get(name)
+        current = Registry.load(settings, log_errors=False).sites.get(name)
         database = current.database if current else None
         from tenantkit.sites import SiteDatabase
 
@@ -255,7 +255,7 @@ def provision_command(
     meta = None
     forum_map = ""
     if punbb_config:
-        existing = Registry.load(settings).sites.get(name)
+        existing = Registry.load(settings, log_errors=False).sites.get(name)
         meta = {**(existing.meta if existing else {}), "app": "punbb"}
     try:
         if punbb_config:  # a forum PunBB cannot use is refused before anything is written
@@ -330,7 +330,7 @@ def sites_command(info: ScriptInfo, as_json: bool) -> None:
     """List the sites and their hosts (broken site files are reported on stderr)."""
     from tenantkit.registry import Registry
 
-    registry = Registry.load(info.settings)
+    registry = Registry.load(info.settings, log_errors=False)
     if as_json:
         click.echo(json.dumps({
             "sites": [_site_row(s) for s in registry.sites.values()],
@@ -357,7 +357,7 @@ def check_command(info: ScriptInfo) -> None:
         settings = info.settings
     except TenantkitUsageError as exc:
         raise TenantkitFailure(exc.message) from exc
-    registry = Registry.load(settings)
+    registry = Registry.load(settings, log_errors=False)
     problems = [*registry.errors.values(), *map(str, registry.conflicts)]
     if not settings.sites_dir.is_dir():
         click.echo(f"note: sites directory {settings.sites_dir} does not exist (no sites)",

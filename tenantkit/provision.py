@@ -186,7 +186,7 @@ def _existing(settings: Settings, path: Path) -> Site | None:
 
 
 def _conflicts(settings: Settings, site: Site) -> list[str]:
-    others = Registry.load(settings).sites
+    others = Registry.load(settings, log_errors=False).sites
     claims: dict[tuple[str, str], str] = {}
     for other in others.values():
         if other.name != site.name:

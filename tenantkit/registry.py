@@ -93,8 +93,9 @@ def _stat_key(st: os.stat_result) -> _StatKey:
 class Registry:
     """Sites by name and host; see the module docstring."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, log_errors: bool = True) -> None:
         self.settings = settings
+        self.log_errors = log_errors
         self._lock = threading.Lock()
         default = settings.web.unknown if settings.web.unknown != "421" else None
         self._default = default
@@ -104,14 +105,16 @@ class Registry:
         )
 
     @classmethod
-    def load(cls, settings_or_sites_dir: Settings | str | os.PathLike[str]) -> Registry:
+    def load(cls, settings_or_sites_dir: Settings | str | os.PathLike[str], *,
+             log_errors: bool = True) -> Registry:
         """Load every site file. Accepts :class:`Settings`, or a sites directory (with the
-        default settings otherwise). Broken files are reported in :attr:`errors`."""
+        default settings otherwise). Broken files are reported in :attr:`errors` (and
+        logged, unless *log_errors* is false because the caller reports them itself)."""
         if isinstance(settings_or_sites_dir, Settings):
             settings = settings_or_sites_dir
         else:
             settings = Settings(sites_dir=Path(settings_or_sites_dir))
-        registry = cls(settings)
+        registry = cls(settings, log_errors=log_errors)
         registry.reload()
         return registry
 
@@ -207,13 +210,13 @@ class Registry:
                 continue
             errors[path] = state.error
             failed.append(path.name)
-            if old.errors.get(path) != state.error:
+            if old.errors.get(path) != state.error and self.log_errors:
                 log.error("%s", state.error)
             # The last good definition stays, when this file had one.
             last_good = old.sites.get(path.stem)
             if last_good is not None and last_good.path == path:
                 sites[last_good.name] = last_good
-                if path not in old.errors:
+                if path not in old.errors and self.log_errors:
                     log.error("site %s keeps its last good definition until %s is fixed",
                               last_good.name, path)
 
@@ -225,7 +228,7 @@ class Registry:
             except InvalidHost as exc:  # pragma: no cover - hosts were validated by load_site
                 raise SiteFileError(f"host index: {exc}") from exc
         for conflict in index.conflicts:
-            if conflict not in old.conflicts:
+            if conflict not in old.conflicts and self.log_errors:
                 log.warning("%s", conflict)
         snapshot = Snapshot(
             MappingProxyType(dict(sorted(sites.items()))),

@@ -367,14 +367,16 @@ def test_cli_bad_input(config_file: Path, args: list[str], code: int, message: s
         pytest.param(b"#" * 300_000, "larger than", id="huge"),
     ],
 )
-def test_cli_check_reports_broken_files(config_file: Path, content: bytes, message: str
-                                        ) -> None:
+def test_cli_check_reports_broken_files(config_file: Path, content: bytes, message: str,
+                                        caplog: pytest.LogCaptureFixture) -> None:
     assert run(config_file, "provision", "good", "--host", "good.org",
                "--upstream", UPSTREAM)[0] == 0
     (config_file.parent / "sites" / "bad.toml").write_bytes(content)
     code, out, err = run(config_file, "check")
     assert code == 1
     assert "bad.toml" in err and message in err
+    # Reported once on stderr, not a second time through the registry's log.
+    assert [r for r in caplog.records if r.name == "tenantkit.registry"] == []
     code, out, err = run(config_file, "sites")
     assert code == 0 and "good" in out and "bad.toml" in err
 
