@@ -224,7 +224,8 @@ class Registry:
             index = old.index  # nothing changed: the periodic scan costs only the stats
         else:
             try:
-                index = HostIndex({n: s.hosts for n, s in sites.items()}, default=self._default)
+                index = HostIndex({n: s.hosts for n, s in sites.items()},
+                                  default=self._default, normalized=True)
             except InvalidHost as exc:  # pragma: no cover - hosts were validated by load_site
                 raise SiteFileError(f"host index: {exc}") from exc
         for conflict in index.conflicts:

@@ -334,8 +334,12 @@ def reference_lookup(mapping: Mapping[str, Sequence[str]], raw: str, default: st
 def test_lookup_equals_reference(mapping: dict[str, list[str]], probes: list[str],
                                  default: str | None) -> None:
     index = HostIndex(mapping, default=default)
+    normal = {site: [normalize_pattern(p) for p in ps] for site, ps in mapping.items()}
+    trusted = HostIndex(normal, default=default, normalized=True)
     for probe in probes:
-        assert index.lookup(probe) == reference_lookup(mapping, probe, default), probe
+        expected = reference_lookup(mapping, probe, default)
+        assert index.lookup(probe) == expected, probe
+        assert trusted.lookup(probe) == expected, probe
 
 
 @settings(max_examples=500, deadline=None)
