@@ -342,3 +342,25 @@ def test_server_without_compression_falls_back_with_a_warning(server: MariaDBSer
             assert cur.fetchall() == EXPECTED
             cur.execute("SHOW SESSION STATUS LIKE 'Compression'")
             assert cur.fetchone()[1] == "OFF"
+
+
+def test_sqlalchemy_pool_drops_a_connection_after_a_broken_frame(
+    server: MariaDBServer, proxy: FaultProxy,
+) -> None:
+    from sqlalchemy import create_engine, exc, text
+
+    engine = create_engine(
+        server.url(query="compress=true&read_timeout=2", driver="tenantkit")
+        .replace(f":{server.port}/", f":{proxy.port}/")
+    )
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT 1")).scalar() == 1
+            proxy.arm(_flip)
+            with pytest.raises(exc.OperationalError, match="bad compressed frame") as info:
+                conn.execute(text(QUERY)).all()
+            assert info.value.connection_invalidated
+        with engine.connect() as conn:  # a fresh connection, compressed, right rows
+            assert tuple(tuple(row) for row in conn.execute(text(QUERY))) == EXPECTED
+    finally:
+        engine.dispose()
