@@ -7,6 +7,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -200,17 +201,20 @@ def test_failed_write_removes_created_dirs(cfg: Settings, monkeypatch: pytest.Mo
     assert tree(cfg.sites_dir) == []  # no temp file left behind
 
 
-def test_unwritable_directories(cfg: Settings) -> None:
-    if os.geteuid() == 0:
-        pytest.skip("root writes anywhere; the cases above cover unusable directories")
-    cfg.sites_dir.mkdir(parents=True)
-    cfg.sites_dir.chmod(0o500)
-    try:
+def test_unwritable_directories(
+    shared_dir: Path, as_unprivileged: Callable[[Callable[[], None]], None]
+) -> None:
+    cfg = Settings(sites_dir=shared_dir / "sites", cache_dir=shared_dir / "cache")
+    cfg.sites_dir.mkdir(mode=0o755)  # owned by root: not writable for the unprivileged user
+    shared_dir.chmod(0o777)
+
+    def check() -> None:
         with pytest.raises(ProvisionError, match="lock file"):
             provision(cfg, "a", ["a.org"], backend=UPSTREAM)
-    finally:
-        cfg.sites_dir.chmod(0o700)
-    assert tree(cfg.cache_dir) == []
+        assert tree(cfg.cache_dir) == []
+        assert tree(cfg.sites_dir) == []
+
+    as_unprivileged(check)
 
 
 def test_lock_held_by_another_process(cfg: Settings) -> None:

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -175,13 +175,21 @@ def test_conflicts_are_reported(cfg: Settings, caplog: pytest.LogCaptureFixture)
     assert site is not None and site.name == "a"
 
 
-def test_unreadable_file(cfg: Settings) -> None:
-    if os.geteuid() == 0:
-        pytest.skip("root reads every file; cannot provoke EACCES")
+def test_unreadable_file(
+    shared_dir: Path, as_unprivileged: Callable[[Callable[[], None]], None]
+) -> None:
+    cfg = Settings(sites_dir=shared_dir / "sites", cache_dir=shared_dir / "cache")
+    cfg.sites_dir.mkdir(mode=0o755)
+    put(cfg, "b.toml", site_text("b.org")).chmod(0o644)
     path = put(cfg, "a.toml", site_text("a.org"))
     path.chmod(0)
-    registry = Registry.load(cfg)
-    assert "permissions" in registry.errors[path]
+
+    def check() -> None:  # as an unprivileged user, for whom a mode-0 file is unreadable
+        registry = Registry.load(cfg)
+        assert "permissions" in registry.errors[path]
+        assert registry.resolve("b.org") is registry.sites["b"]  # the others keep serving
+
+    as_unprivileged(check)
 
 
 def test_readers_never_see_half_a_snapshot(cfg: Settings) -> None:
