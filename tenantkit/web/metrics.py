@@ -82,6 +82,14 @@ class _Callbacks:
         yield lag
 
 
+def _value(child: Any) -> Any:
+    """What ``child.inc(1)`` ends up incrementing: prometheus-client's per-child value
+    (``MutexValue``, or the mmap-backed one under ``PROMETHEUS_MULTIPROC_DIR``), else the
+    child itself should a future release keep it elsewhere."""
+    value = getattr(child, "_value", None)
+    return value if callable(getattr(value, "inc", None)) else child
+
+
 class Metrics:
     """The shim's counters and gauges."""
 
@@ -100,22 +108,25 @@ class Metrics:
                            multiprocess_mode="max")
         self.callbacks = _Callbacks(routing, lag)
         self.registry.register(self.callbacks)
-        self._requests: dict[tuple[str, str], Any] = {}
+        # (site, status|result) -> the labelled child's value holder, found once: the label
+        # lookup and Counter.inc's argument checks cost more than the count itself.
+        self._requests: dict[tuple[str, int], Any] = {}
         self._cache: dict[tuple[str, str], Any] = {}
 
     def request(self, site: str, status: int) -> None:
-        key = (site, str(status))
-        child = self._requests.get(key)
-        if child is None:
-            child = self._requests[key] = self.requests.labels(*key)
-        child.inc()
+        try:
+            self._requests[site, status].inc(1)
+        except KeyError:
+            value = self._requests[site, status] = _value(
+                self.requests.labels(site, str(status)))
+            value.inc(1)
 
     def cache(self, site: str, result: str) -> None:
-        key = (site, result)
-        child = self._cache.get(key)
-        if child is None:
-            child = self._cache[key] = self.cache_results.labels(*key)
-        child.inc()
+        try:
+            self._cache[site, result].inc(1)
+        except KeyError:
+            value = self._cache[site, result] = _value(self.cache_results.labels(site, result))
+            value.inc(1)
 
     def cache_counts(self) -> dict[str, dict[str, float]]:
         """site -> result -> count, from this process's counters (for the status page)."""

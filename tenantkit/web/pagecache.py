@@ -59,8 +59,10 @@ __all__ = ["PageCacheMiddleware", "SiteCaches", "TokenCookie"]
 logger = logging.getLogger(__name__)
 
 CACHE_HEADER = "X-Tenantkit-Cache"
+_HIT = (CACHE_HEADER, "HIT")
 TAGS_HEADER = "x-tenantkit-tags"
 TOKEN_HEADER = "x-tenantkit-token"
+_PRIVATE_LENGTHS = frozenset({len(TAGS_HEADER), len(TOKEN_HEADER)})
 TOKEN_IN = "tenantkit.consistency_token"
 TOKEN_OUT = "tenantkit.write_token"
 #: Pages larger than this are passed through, never buffered for the cache.
@@ -115,25 +117,22 @@ class _HotPages:
     MAX_BODY = 256 * 1024
 
     def __init__(self) -> None:
-        self._pages: dict[tuple[int, str, str, str], tuple[str, tuple[int, int, int],
-                                                           float, Any]] = {}
+        self._pages: dict[tuple[int, str, str, str], _Hot] = {}
 
     @staticmethod
     def _ident(st: os.stat_result) -> tuple[int, int, int]:
         return (st.st_ino, st.st_size, st.st_mtime_ns)
 
-    def get(self, cache: PageCache, host: str, path: str, query: str, now: float) -> Any:
-        entry = self._pages.get((id(cache), host, path, query))
-        if entry is None:
-            return None
-        file, ident, expires, page = entry
-        if now >= expires:
+    def get(self, cache: PageCache, host: str, path: str, query: str, now: float
+            ) -> _Hot | None:
+        hot = self._pages.get((id(cache), host, path, query))
+        if hot is None or now >= hot.expires:
             return None
         try:
-            st = os.stat(file)
+            st = os.stat(hot.file)
         except OSError:
             return None
-        return page if self._ident(st) == ident else None
+        return hot if (st.st_ino, st.st_size, st.st_mtime_ns) == hot.ident else None
 
     def read(self, cache: PageCache, host: str, path: str, query: str) -> Any:
         """:meth:`PageCache.get`, remembering a fresh page whose file did not change during
@@ -153,9 +152,30 @@ class _HotPages:
         if after == before:
             if len(self._pages) >= self.MAX_PAGES:
                 self._pages.clear()
-            self._pages[(id(cache), host, path, query)] = (
-                file, after, page.created + page.ttl, page)
+            self._pages[(id(cache), host, path, query)] = _Hot(file, after, page)
         return page
+
+
+class _Hot:
+    """A page in memory with what every 200 hit sends precomputed (see ``_serve``)."""
+
+    __slots__ = ("body", "created", "expires", "file", "headers", "ident", "page", "status")
+
+    def __init__(self, file: str, ident: tuple[int, int, int], page: Any) -> None:
+        self.file = file
+        self.ident = ident
+        self.page = page
+        self.body: bytes = page.body
+        self.created: float = page.created
+        self.expires: float = page.created + page.ttl
+        # stored without Content-Length (see _stored_headers)
+        self.headers: list[tuple[str, str]] = [
+            *page.headers, ("Content-Length", str(len(self.body)))]
+        self.status = _status_line(page.status)
+
+
+def _status_line(status: int) -> str:
+    return "200 OK" if status == 200 else str(status)
 
 
 def _default_cache(site: Site) -> PageCache:
@@ -303,9 +323,18 @@ class PageCacheMiddleware:
         path = environ.get("PATH_INFO") or "/"
         query = environ.get("QUERY_STRING", "")
         cache = self.caches.get(site)
-        page = self._hot.get(cache, host, path, query, time.time())
-        if page is not None:
-            return self._serve(site, environ, start_response, page, "HIT")
+        now = time.time()
+        hot = self._hot.get(cache, host, path, query, now)
+        if hot is not None:
+            if self.on_cache is not None:
+                self.on_cache(site.name, "HIT")
+            if "HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MODIFIED_SINCE" in environ:
+                return self._serve(site, environ, start_response, hot.page, "HIT",
+                                   counted=True)
+            # _serve's 200 answer, from what _Hot holds ready.
+            age = str(max(0, int(now - hot.created)))
+            start_response(hot.status, [*hot.headers, ("Age", age), _HIT])
+            return [] if method == "HEAD" else [hot.body]
         try:
             page = self._hot.read(cache, host, path, query)
         except (CacheError, OSError, ValueError) as exc:
@@ -331,8 +360,8 @@ class PageCacheMiddleware:
             self.on_cache(site.name, result)
 
     def _serve(self, site: Site, environ: WSGIEnvironment, start_response: StartResponse,
-               page: Any, result: str) -> Iterable[bytes]:
-        if self.on_cache is not None:
+               page: Any, result: str, *, counted: bool = False) -> Iterable[bytes]:
+        if self.on_cache is not None and not counted:
             self.on_cache(site.name, result)
         if "HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MODIFIED_SINCE" in environ:
             stored = {k.lower(): v for k, v in page.headers}
@@ -347,8 +376,7 @@ class PageCacheMiddleware:
         age = max(0, int(time.time() - page.created))
         headers += [("Content-Length", str(len(body))), ("Age", str(age)),
                     (CACHE_HEADER, result)]
-        status = page.status
-        start_response("200 OK" if status == 200 else str(status), headers)
+        start_response(_status_line(page.status), headers)
         return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
 
     # -- through to the app ---------------------------------------------------------------
@@ -366,7 +394,8 @@ class PageCacheMiddleware:
         tags: tuple[str, ...] = ()
         token = environ.get(TOKEN_OUT)
         for key, value in headers:
-            lower = key.lower()
+            # Only names as long as ours can be ours: most headers skip the lower().
+            lower = key.lower() if len(key) in _PRIVATE_LENGTHS else ""
             if lower == TAGS_HEADER:
                 tags += _parse_tags(value)
             elif lower == TOKEN_HEADER:
