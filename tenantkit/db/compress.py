@@ -15,9 +15,10 @@ PyMySQL refuses ``compress=True``; :class:`CompressedConnection` is a drop-in su
 or through SQLAlchemy: ``create_engine("mysql+tenantkit://app:pw@db/blog?compress=true")``
 (see :mod:`tenantkit.db.dialect`).
 
-How it works. PyMySQL reads and writes ordinary packets through two methods, ``_read_bytes``
-and ``_write_bytes``; once authentication has ended with OK, this class turns every write
-into compressed frames and serves every read from a buffer of decompressed frames. A frame
+How it works. PyMySQL reads and writes ordinary packets through ``_read_packet`` (which
+calls ``_read_bytes``) and ``_write_bytes``; once authentication has ended with OK, this
+class turns every write into compressed frames and cuts every packet read out of a buffer
+of decompressed frames. A frame
 is a 7-byte header -- the payload length (3 bytes, little-endian), the compressed sequence
 id (1 byte), the length before compression (3 bytes; 0 means "sent as is") -- and then a
 zlib stream holding one or more packets, or a piece of one. The compressed sequence id
@@ -44,6 +45,7 @@ from typing import Any
 from pymysql import err
 from pymysql.connections import Connection
 from pymysql.constants import CLIENT, CR
+from pymysql.protocol import MysqlPacket
 
 __all__ = [
     "MAX_FRAME_PAYLOAD",
@@ -58,6 +60,7 @@ MAX_FRAME_PAYLOAD = 2**24 - 1
 """The most bytes one frame may carry, before and after compression (3-byte lengths)."""
 
 _HEADER_LEN = 7
+_MAX_PACKET_LEN = 2**24 - 1  # an inner packet this long continues in the next one
 
 
 class CompressionUnavailableWarning(UserWarning):
@@ -100,10 +103,6 @@ def _deflate(data: bytes, level: int) -> bytes:
     wbits = max(9, size.bit_length())
     deflater = zlib.compressobj(level, zlib.DEFLATED, wbits, max(1, wbits - 6))
     return deflater.compress(data) + deflater.flush()
-
-
-def _frame_header(length: int, seq: int, uncompressed: int) -> bytes:
-    return (length | (seq << 24)).to_bytes(4, "little") + uncompressed.to_bytes(3, "little")
 
 
 class CompressedConnection(Connection):  # type: ignore[misc]  # PyMySQL ships no type hints
@@ -218,7 +217,7 @@ class CompressedConnection(Connection):  # type: ignore[misc]  # PyMySQL ships n
             self._rpos = 0
         self._header_next = True
         total = len(data)
-        if total <= MAX_FRAME_PAYLOAD:  # the common case: one frame
+        if total <= MAX_FRAME_PAYLOAD:  # the common case: one frame, header and payload joined
             wire = self._frame(data)
             nframes = 1
         else:
@@ -239,10 +238,55 @@ class CompressedConnection(Connection):  # type: ignore[misc]  # PyMySQL ships n
         if size >= self.compress_min_length:
             packed = _deflate(chunk, self.compress_level)
             if len(packed) < size:
-                return _frame_header(len(packed), seq, size) + packed
-        return _frame_header(size, seq, 0) + chunk
+                # header: length (3 bytes), sequence id (1), length before compression (3)
+                return (len(packed) | seq << 24 | size << 32).to_bytes(7, "little") + packed
+        return (size | seq << 24).to_bytes(7, "little") + chunk
 
     # --- reading ---------------------------------------------------------------------------
+
+    def _read_packet(self, packet_type: Any = MysqlPacket) -> Any:
+        if not self._compressing:
+            return super()._read_packet(packet_type)
+        # PyMySQL's own, without its two _read_bytes calls per packet: the packets are cut
+        # straight out of the buffer of inflated frames.
+        timeout = self._read_timeout
+        if getattr(self, "_current_timeout", timeout) != timeout:
+            self._sock.settimeout(timeout)
+            self._current_timeout = timeout
+        parts: list[bytes] = []
+        while True:
+            buf = self._rbuf
+            pos = self._rpos
+            end = pos + 4
+            if end <= len(buf):
+                self._rpos = end
+                header = int.from_bytes(buf[pos:end], "little")
+            else:
+                header = int.from_bytes(self._refill(4), "little")
+            # The frame sequence is checked; the inner one restarts at each server flush.
+            self._next_seq_id = ((header >> 24) + 1) & 0xFF
+            length = header & 0xFFFFFF
+            buf = self._rbuf
+            pos = self._rpos
+            end = pos + length
+            if end <= len(buf):
+                self._rpos = end
+                body = buf[pos:end]
+            else:
+                body = self._refill(length)
+            if length < _MAX_PACKET_LEN:
+                break
+            parts.append(body)
+        if parts:
+            parts.append(body)
+            body = b"".join(parts)
+        packet = packet_type(body, self.encoding)
+        if packet.is_error_packet():
+            result = self._result
+            if result is not None and result.unbuffered_active is True:
+                result.unbuffered_active = False
+            packet.raise_for_error()
+        return packet
 
     def _read_bytes(self, num_bytes: int) -> bytes:
         if not self._compressing:
@@ -267,9 +311,19 @@ class CompressedConnection(Connection):  # type: ignore[misc]  # PyMySQL ships n
 
     def _refill(self, num_bytes: int) -> bytes:
         buf = self._rbuf
-        pos = self._rpos
-        parts = [buf[pos:]]
-        have = len(buf) - pos
+        have = len(buf) - self._rpos
+        if not have:
+            # The buffer is used up (the common case, as servers end frames on packet
+            # boundaries): the next frame becomes the buffer, with no copying.
+            buf = self._read_frame()
+            have = len(buf)
+            if have >= num_bytes:
+                self._rbuf = buf
+                self._rpos = num_bytes
+                return buf[:num_bytes]
+            parts = [buf]
+        else:
+            parts = [buf[self._rpos:]]
         while have < num_bytes:
             chunk = self._read_frame()
             parts.append(chunk)
@@ -310,21 +364,22 @@ class CompressedConnection(Connection):  # type: ignore[misc]  # PyMySQL ships n
 
     def _read_frame(self) -> bytes:
         header = self._read_wire(_HEADER_LEN, "frame header")
-        length = header[0] | header[1] << 8 | header[2] << 16
+        fields = int.from_bytes(header, "little")
+        length = fields & 0xFFFFFF
         seq = header[3]
-        uncompressed = header[4] | header[5] << 8 | header[6] << 16
+        uncompressed = fields >> 32
         if seq != self._cseq:
             raise self._broken(
                 f"sequence id {seq}, expected {self._cseq} (frames lost or out of order)"
             )
-        if length == 0:
+        if not length:
             raise self._broken(f"frame {seq} is empty (header {header.hex()})")
         self._cseq = (seq + 1) & 0xFF
         payload = self._read_wire(length, "frame payload")
         counts = self._counts
         counts[1] += _HEADER_LEN + length
         counts[5] += 1
-        if uncompressed == 0:
+        if not uncompressed:
             counts[3] += length
             return payload
         inflater = zlib.decompressobj()
