@@ -20,14 +20,12 @@ again: nothing is left half-created.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import grp
 import os
 import pwd
 import shutil
 import stat
-import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
@@ -39,6 +37,7 @@ import tomli_w
 
 from tenantkit.config import Settings, mask_url
 from tenantkit.errors import ProvisionError, SiteFileError
+from tenantkit.files import fsync_dir, write_atomic
 from tenantkit.hosts import normalize_pattern, pattern_key
 from tenantkit.registry import Registry
 from tenantkit.sites import (
@@ -372,37 +371,10 @@ def _apply(fn: Any, path: Path, *args: int) -> None:
 
 def _atomic_write(path: Path, data: bytes) -> None:
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+        write_atomic(path, data, mode=SITE_FILE_MODE, durable=True)
     except OSError as exc:
-        raise ProvisionError(f"cannot write in {path.parent}: {exc.strerror} (check its "
-                             "permissions)") from exc
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fchmod(fh.fileno(), SITE_FILE_MODE)
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise ProvisionError(f"cannot write the site file {path}: {exc.strerror}") from exc
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError as exc:  # pragma: no cover - some file systems refuse fsync on directories
-        if exc.errno not in (errno.EINVAL, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
+        raise ProvisionError(f"cannot write the site file {path}: {exc.strerror} (check that "
+                             f"{path.parent} is writable)") from exc
 
 
 # --- deprovision --------------------------------------------------------------------------
@@ -425,7 +397,7 @@ def deprovision(settings: Settings, name: str, *, keep_cache: bool = False,
             os.unlink(path)
             removed_file = True
             changes.append(f"removed site file {path}")
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         except FileNotFoundError:
             pass
         except OSError as exc:

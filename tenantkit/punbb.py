@@ -32,7 +32,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +42,7 @@ from sqlalchemy.exc import ArgumentError
 
 from tenantkit.config import Settings, mask_url
 from tenantkit.errors import ForumMapError
+from tenantkit.files import write_atomic
 from tenantkit.hosts import pattern_key
 from tenantkit.sites import Site
 
@@ -335,13 +335,4 @@ def render_forum_map(forum_map: ForumMap) -> str:
 
 def write_forum_map(path: Path, text: str, mode: int = 0o640) -> None:
     """Write the map atomically (temp file in the same directory, then rename)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tenantkit_forums.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-        tmp = ""
-    finally:
-        if tmp:
-            os.unlink(tmp)
+    write_atomic(path, text.encode("utf-8"), mode=mode)

@@ -42,7 +42,6 @@ import os
 import queue
 import re
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -68,6 +67,7 @@ from tenantkit.cache.pagecache import PageCache
 from tenantkit.config import Settings, mask_url
 from tenantkit.db.gtid import wait_for_gtid
 from tenantkit.errors import BusError, CacheError, InvalidHost, MalformedEvent
+from tenantkit.files import write_atomic
 from tenantkit.hosts import normalize_host
 from tenantkit.sites import Site
 
@@ -207,24 +207,14 @@ class TriggerFileTransport:
 
     def publish(self, event: Event) -> None:
         directory = self.cache_dir / event.site / ".purge"
+        safe_id = re.sub(r"[^A-Za-z0-9_-]", "", event.id)[:32]
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".", suffix=".tmp")
+            write_atomic(directory / f"{time.time_ns()}-{safe_id}.json",
+                         to_json(event).encode())
         except OSError as exc:
             raise BusError(f"cannot write a trigger file in {directory}: {exc.strerror} "
                            "(check that cache_dir is writable)") from exc
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(to_json(event).encode())
-            safe_id = re.sub(r"[^A-Za-z0-9_-]", "", event.id)[:32]
-            os.replace(tmp, directory / f"{time.time_ns()}-{safe_id}.json")
-            tmp = ""
-        except OSError as exc:
-            raise BusError(f"cannot write a trigger file in {directory}: {exc}") from exc
-        finally:
-            if tmp:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
 
     def consumer(self, node: str) -> Consumer:
         return _NullConsumer()

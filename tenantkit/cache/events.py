@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import time
 import uuid
 from collections.abc import Mapping
@@ -30,6 +29,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar, Literal
 
 from tenantkit.errors import MalformedEvent
+from tenantkit.sites import NAME_RE
 
 __all__ = [
     "MAX_EVENT_BYTES",
@@ -49,7 +49,6 @@ __all__ = [
 
 VERSION = 1
 MAX_EVENT_BYTES = 64 * 1024
-SITE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 Origin = str
 
 
@@ -70,7 +69,7 @@ class _Base:
     origin: str = field(default="python", compare=False, kw_only=True)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.site, str) or not SITE_NAME.fullmatch(self.site):
+        if not isinstance(self.site, str) or not NAME_RE.fullmatch(self.site):
             raise MalformedEvent(
                 f"event: field \"site\": expected a site name matching "
                 f"^[a-z0-9][a-z0-9-]{{0,62}}$, got {self.site!r}"
@@ -245,7 +244,7 @@ def from_json(raw: str | bytes) -> Event:
     if cls is None:
         raise _bad("type", "one of " + ", ".join(sorted(_TYPES)), kind)
     site = data["site"]
-    if not isinstance(site, str) or not SITE_NAME.fullmatch(site):
+    if not isinstance(site, str) or not NAME_RE.fullmatch(site):
         raise _bad("site", "a site name matching ^[a-z0-9][a-z0-9-]{0,62}$", site)
     common: dict[str, Any] = {"site": site, "gtid": _opt_str(data, "gtid")}
     event_id = _opt_str(data, "id")
