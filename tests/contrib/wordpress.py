@@ -23,8 +23,14 @@ WORDPRESS = Path(os.environ.get("TENANTKIT_WORDPRESS", "/usr/share/wordpress"))
 
 
 def require_wordpress() -> Path:
+    reason = ""
     if not (WORDPRESS / "wp-includes" / "class-wpdb.php").is_file():
         reason = f"WordPress not found in {WORDPRESS}: install it (apt-get install wordpress)"
+    elif not (WORDPRESS / "wp-content" / "themes" / "twentytwentythree").is_dir():
+        # Debian only recommends the default theme; without one every page is empty.
+        reason = ("WordPress's default theme is missing: install it "
+                  "(apt-get install wordpress-theme-twentytwentythree)")
+    if reason:
         if os.environ.get("TENANTKIT_REQUIRE_SERVICES") == "1":
             pytest.fail(f"{reason} (TENANTKIT_REQUIRE_SERVICES=1 makes this a failure)")
         pytest.skip(reason)
