@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import threading
@@ -95,6 +96,7 @@ def php_server(php: str, tree: Path, log: Path) -> Iterator[str]:
             [php, "-d", "error_reporting=-1", "-d", "display_errors=0", "-d", "log_errors=1",
              "-S", f"{HOST}:{port}", "-t", str(tree)],
             cwd=tree, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            start_new_session=True,  # its workers are children: stop them as a group
         )
     try:
         deadline = time.monotonic() + 10
@@ -106,11 +108,12 @@ def php_server(php: str, tree: Path, log: Path) -> Iterator[str]:
             time.sleep(0.05)
         yield f"http://{HOST}:{port}"
     finally:
-        proc.terminate()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
 
 
