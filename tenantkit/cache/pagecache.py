@@ -27,6 +27,7 @@ Layout under ``root`` (``cache_dir/<site>/pages``)::
     g7/.purged/<tag or url>                        purge markers (mtime = purge time)
     g6/.flushed                                    when g6 stopped being current
     .locks/<key-hash>                              per-key fill locks
+    .changes                                       change stamp (see change_stamp())
 
 nginx serves hits with ``try_files /current/$host$uri/index.html @app`` for ``$uri`` ending in
 ``/`` (and ``location ~ /\\. { deny all; }``); names starting with a dot never come from a URL.
@@ -45,7 +46,9 @@ import functools
 import hashlib
 import json
 import logging
+import mmap
 import os
+import random
 import re
 import secrets
 import shutil
@@ -74,6 +77,7 @@ TAGS = ".tags"
 PURGED = ".purged"
 LOCKS = ".locks"
 FLUSHED = ".flushed"
+CHANGES = ".changes"
 
 MAX_SEGMENT = 200
 MAX_DEPTH = 32
@@ -150,6 +154,8 @@ class CachedPage:
     ttl: int
     age: float
     stale: bool = False
+    #: (inode, size, mtime_ns) of the body file the page was read from
+    ident: tuple[int, int, int] | None = None
 
 
 @dataclass
@@ -292,6 +298,7 @@ class PageCache:
         self._bytes_since_check = 0
         self._last_size_check = 0.0
         self._size_lock = threading.Lock()
+        self._stamp: mmap.mmap | None = None
         self._ensure_root()
 
     # --- layout ---------------------------------------------------------------------------
@@ -307,6 +314,22 @@ class PageCache:
             ) from exc
         if not os.path.islink(self._current):
             self._swap_current(self._new_generation())
+        self._stamp = _map_stamp(self.root / CHANGES)
+
+    # --- change stamp ---------------------------------------------------------------------
+
+    def change_stamp(self) -> bytes | None:
+        """A value that changes whenever any process changes this cache (a put, purge, flush
+        or eviction), read without a system call: while it stays the same, a page read before
+        is still the page on disk. None when the stamp file cannot be mapped."""
+        stamp = self._stamp
+        return None if stamp is None else stamp[:8]
+
+    def _changed(self) -> None:
+        stamp = self._stamp
+        if stamp is not None:
+            # A new random value rather than a count: no lock across processes is needed.
+            stamp[:8] = random.getrandbits(64).to_bytes(8, "little")
 
     def generation(self) -> str:
         """The name of the current generation (``g1``, ``g2``, ...)."""
@@ -411,7 +434,7 @@ class PageCache:
             counters.misses += 1
             return None
         return CachedPage(body, meta.status, meta.headers, meta.tags, meta.created, meta.ttl,
-                          max(0.0, now - meta.created), stale)
+                          max(0.0, now - meta.created), stale, meta.ident)
 
     def _from_previous(self, key: str) -> tuple[bytes, _Meta] | None:
         """The key's page in the generation before the last flush: purged at that flush."""
@@ -548,8 +571,10 @@ class PageCache:
             or self._purged_since(generation, marker_names, ticket.started_ns)
         ):
             self._move_stale(gen_dir / key, self.clock())
+            self._changed()
             self._counters.add("refused")
             return False
+        self._changed()
         self._counters.add("puts")
         if self.max_bytes is not None:
             self._account(len(body))
@@ -618,6 +643,8 @@ class PageCache:
                 if key.startswith(("/", "..")) or "/../" in key:
                     continue  # not one of ours
                 count += self._move_stale(gen_dir / key, now)
+        if count:
+            self._changed()
         self._counters.add("purged", count)
         return count
 
@@ -658,6 +685,7 @@ class PageCache:
             self._write_atomic(str(self.root / old), FLUSHED, repr(self.clock()).encode())
         self._swap_link(self._previous, old)
         self._swap_current(new)
+        self._changed()
         self._counters.add("flushes")
         self._meta_memo.clear()
         self.sweep(keep=(new, old))
@@ -740,6 +768,8 @@ class PageCache:
                     os.unlink(directory / name)
             total -= size
             evicted += 1
+        if evicted:
+            self._changed()
         self._counters.add("evicted", evicted)
         return evicted
 
@@ -751,6 +781,25 @@ class PageCache:
             hits=c.hits, stale_hits=c.stale_hits, misses=c.misses, puts=c.puts,
             refused=c.refused, purged=c.purged, flushes=c.flushes, evicted=c.evicted,
         )
+
+
+def _map_stamp(path: Path) -> mmap.mmap | None:
+    """The 8-byte change stamp at *path*, mapped shared (created when missing)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    except OSError as exc:
+        log.warning("page cache: cannot open %s (%s): pages are re-read on every hit",
+                    path, exc.strerror)
+        return None
+    try:
+        if os.fstat(fd).st_size < 8:
+            os.ftruncate(fd, 8)
+        return mmap.mmap(fd, 8)
+    except (OSError, ValueError) as exc:
+        log.warning("page cache: cannot map %s (%s): pages are re-read on every hit", path, exc)
+        return None
+    finally:
+        os.close(fd)
 
 
 def _delete_trees(paths: list[str]) -> None:

@@ -50,7 +50,12 @@ from tenantkit.web.backends import BackendPool
 from tenantkit.web.dispatch import HostDispatcher, SiteBackendApp
 from tenantkit.web.metrics import Metrics, replica_lag, watch_router
 from tenantkit.web.nginx import HostLinks
-from tenantkit.web.pagecache import PageCacheMiddleware, SiteCaches
+from tenantkit.web.pagecache import (
+    LANE_KEY,
+    PageCacheMiddleware,
+    SiteCaches,
+    plain_request_key,
+)
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -255,8 +260,17 @@ class _Split:
     def __call__(self, environ: WSGIEnvironment,
                  start_response: StartResponse) -> Iterable[bytes]:
         ext = self.ext
-        if ext.registry.sites is not ext._seen_sites:
+        sites = ext.registry.sites
+        if sites is not ext._seen_sites:
             ext.sites_changed()
+        key = plain_request_key(environ)
+        if key is not None:
+            # A repeat of a plain GET that was a hit: answered before any site resolution.
+            replayed = ext.pagecache.replay(key, sites, environ, start_response,
+                                            ext.metrics.request)
+            if replayed is not None:
+                return replayed
+            environ[LANE_KEY] = (key, sites)
         if ext.admin_hosts:
             try:
                 host = normalize_host(request_host(environ, ext.settings.web.trusted_proxies))

@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 else:
     StartResponse = WSGIApplication = WSGIEnvironment = Any
 
-__all__ = ["PageCacheMiddleware", "SiteCaches", "TokenCookie"]
+__all__ = ["PageCacheMiddleware", "SiteCaches", "TokenCookie", "plain_request_key"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,8 @@ TOKEN_HEADER = "x-tenantkit-token"
 _PRIVATE_LENGTHS = frozenset({len(TAGS_HEADER), len(TOKEN_HEADER)})
 TOKEN_IN = "tenantkit.consistency_token"
 TOKEN_OUT = "tenantkit.write_token"
+#: Set by the front door for a plain request (see ``PageCacheMiddleware.replay``).
+LANE_KEY = "tenantkit.lane"
 #: Pages larger than this are passed through, never buffered for the cache.
 MAX_STORE_BYTES = 8 * 1024 * 1024
 #: Headers a stored page keeps (the rest are per-response or hop-by-hop).
@@ -105,65 +107,69 @@ class SiteCaches:
 
 
 class _HotPages:
-    """Recently served pages kept in memory, each trusted only while its file on disk is
-    the same one (inode, size, mtime) and the page is fresh.
+    """Recently served fresh pages kept in memory.
 
-    A purge renames the file away, a put replaces it, a flush swaps ``current``: each changes
-    what ``os.stat`` sees, so a hit costs one ``stat`` instead of reading the page and its
-    sidecar. Anything doubtful falls through to :meth:`PageCache.get`.
+    A page is trusted while its cache's change stamp (:meth:`PageCache.change_stamp`) is the
+    one seen before it was read -- every put, purge, flush or eviction, in any process,
+    changes the stamp -- and it has not expired: a hit then needs no system call. A page in
+    use is also checked against its file (inode, size, mtime) once every ``RECHECK``
+    seconds, so that pages deleted by hand stop being served within that time. Anything
+    doubtful falls through to :meth:`PageCache.get`.
     """
 
     MAX_PAGES = 4096
     MAX_BODY = 256 * 1024
+    RECHECK = 1.0
 
     def __init__(self) -> None:
         self._pages: dict[tuple[int, str, str, str], _Hot] = {}
 
-    @staticmethod
-    def _ident(st: os.stat_result) -> tuple[int, int, int]:
-        return (st.st_ino, st.st_size, st.st_mtime_ns)
-
     def get(self, cache: PageCache, host: str, path: str, query: str, now: float
             ) -> _Hot | None:
         hot = self._pages.get((id(cache), host, path, query))
-        if hot is None or now >= hot.expires:
-            return None
-        try:
-            st = os.stat(hot.file)
-        except OSError:
-            return None
-        return hot if (st.st_ino, st.st_size, st.st_mtime_ns) == hot.ident else None
+        return hot if hot is not None and self.valid(hot, now) else None
 
-    def read(self, cache: PageCache, host: str, path: str, query: str) -> Any:
-        """:meth:`PageCache.get`, remembering a fresh page whose file did not change during
-        the read."""
-        try:
-            file = os.path.join(cache.root, "current", page_key(host, path, query), "index.html")
-            before = self._ident(os.stat(file))
-        except (OSError, CacheError):
-            return cache.get(host, path, query)
+    def valid(self, hot: _Hot, now: float) -> bool:
+        """True while *hot* is still the fresh page on disk."""
+        if now >= hot.expires or hot.stamp != hot.cache.change_stamp():
+            return False
+        if now - hot.checked >= self.RECHECK:
+            try:
+                st = os.stat(hot.file)
+            except OSError:
+                return False
+            if (st.st_ino, st.st_size, st.st_mtime_ns) != hot.ident:
+                return False
+            hot.checked = now
+        return True
+
+    def read(self, cache: PageCache, host: str, path: str, query: str, now: float) -> Any:
+        """:meth:`PageCache.get`, remembering a fresh page for the next hits."""
+        stamp = cache.change_stamp()
         page = cache.get(host, path, query)
-        if page is None or page.stale or len(page.body) > self.MAX_BODY:
+        if (stamp is None or page is None or page.stale or page.ident is None
+                or len(page.body) > self.MAX_BODY):
             return page
-        try:
-            after = self._ident(os.stat(file))
-        except OSError:
-            return page
-        if after == before:
-            if len(self._pages) >= self.MAX_PAGES:
-                self._pages.clear()
-            self._pages[(id(cache), host, path, query)] = _Hot(file, after, page)
+        file = os.path.join(cache.root, "current", page_key(host, path, query), "index.html")
+        if len(self._pages) >= self.MAX_PAGES:
+            self._pages.clear()
+        self._pages[(id(cache), host, path, query)] = _Hot(cache, file, stamp, page, now)
         return page
 
 
 class _Hot:
-    """A page in memory with what every 200 hit sends precomputed (see ``_serve``)."""
+    """A page in memory with what every 200 hit sends precomputed (see ``_send_hot``)."""
 
-    __slots__ = ("body", "created", "expires", "file", "headers", "ident", "page", "status")
+    __slots__ = ("body", "cache", "checked", "created", "expires", "file", "headers", "ident",
+                 "page", "stamp", "status")
 
-    def __init__(self, file: str, ident: tuple[int, int, int], page: Any) -> None:
+    def __init__(self, cache: PageCache, file: str, stamp: bytes, page: Any,
+                 now: float) -> None:
+        self.cache = cache
         self.file = file
-        self.ident = ident
+        self.stamp = stamp
+        self.ident: tuple[int, int, int] = page.ident
+        self.checked = now
         self.page = page
         self.body: bytes = page.body
         self.created: float = page.created
@@ -301,6 +307,7 @@ class PageCacheMiddleware:
         self.host_links = host_links
         self.on_cache = on_cache
         self._hot = _HotPages()
+        self._lane: dict[tuple[str, str, str, str], tuple[object, str, _Hot]] = {}
 
     # -- the request ---------------------------------------------------------------------
 
@@ -325,23 +332,26 @@ class PageCacheMiddleware:
         cache = self.caches.get(site)
         now = time.time()
         hot = self._hot.get(cache, host, path, query, now)
+        if hot is None:
+            try:
+                page = self._hot.read(cache, host, path, query, now)
+            except (CacheError, OSError, ValueError) as exc:
+                logger.debug("site %s: not caching %r: %s", site.name, path, exc)
+                return self._bypass(site, environ, start_response)
+            if page is not None and not page.stale:
+                hot = self._hot.get(cache, host, path, query, now)  # when it could be kept
+                if hot is None:
+                    return self._serve(site, environ, start_response, page, "HIT")
         if hot is not None:
             if self.on_cache is not None:
                 self.on_cache(site.name, "HIT")
             if "HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MODIFIED_SINCE" in environ:
                 return self._serve(site, environ, start_response, hot.page, "HIT",
                                    counted=True)
-            # _serve's 200 answer, from what _Hot holds ready.
-            age = str(max(0, int(now - hot.created)))
-            start_response(hot.status, [*hot.headers, ("Age", age), _HIT])
-            return [] if method == "HEAD" else [hot.body]
-        try:
-            page = self._hot.read(cache, host, path, query)
-        except (CacheError, OSError, ValueError) as exc:
-            logger.debug("site %s: not caching %r: %s", site.name, path, exc)
-            return self._bypass(site, environ, start_response)
-        if page is not None and not page.stale:
-            return self._serve(site, environ, start_response, page, "HIT")
+            lane = environ.get(LANE_KEY)
+            if lane is not None:
+                self._remember(lane, site.name, hot)
+            return _send_hot(hot, method, start_response, now)
         try:
             ticket = cache.begin_fill(host, path, query)
         except (CacheError, OSError) as exc:
@@ -354,6 +364,37 @@ class PageCacheMiddleware:
             return self._fill(site, cache, ticket, environ, start_response)
         finally:
             ticket.release()
+
+    # -- the hit lane: repeats of plain GETs that were hits -------------------------------
+
+    def replay(self, key: tuple[str, str, str, str], sites: object,
+               environ: WSGIEnvironment, start_response: StartResponse,
+               on_response: Callable[[str, int], None] | None = None
+               ) -> Iterable[bytes] | None:
+        """Answer a plain GET or HEAD (see :func:`plain_request_key`) that was last answered
+        from a page still hot, without resolving its site again: *sites* must be the same
+        registry snapshot as then. None: nothing to replay, take the long way (with
+        ``environ[LANE_KEY] = (key, sites)`` so that a hit is remembered)."""
+        route = self._lane.get(key)
+        if route is None:
+            return None
+        snapshot, name, hot = route
+        now = time.time()
+        if snapshot is not sites or not self._hot.valid(hot, now):
+            self._lane.pop(key, None)
+            return None
+        if on_response is not None:
+            on_response(name, 200)
+        if self.on_cache is not None:
+            self.on_cache(name, "HIT")
+        return _send_hot(hot, environ.get("REQUEST_METHOD"), start_response, now)
+
+    def _remember(self, lane: tuple[tuple[str, str, str, str], object], name: str,
+                  hot: _Hot) -> None:
+        key, sites = lane
+        if len(self._lane) >= _HotPages.MAX_PAGES:
+            self._lane.clear()
+        self._lane[key] = (sites, name, hot)
 
     def _count(self, site: Site, result: str) -> None:
         if self.on_cache is not None:
@@ -489,6 +530,28 @@ class PageCacheMiddleware:
         if "last-modified" not in names:
             keep.append(("Last-Modified", formatdate(time.time(), usegmt=True)))
         return keep
+
+
+def plain_request_key(environ: WSGIEnvironment) -> tuple[str, str, str, str] | None:
+    """For a GET or HEAD that nothing but its URL can make personal (no cookie, no
+    ``Authorization``, no conditional header), what the hit lane keys it by: the raw
+    ``Host`` and ``X-Forwarded-Host`` headers, path and query. None for any other request."""
+    method = environ.get("REQUEST_METHOD")
+    host = environ.get("HTTP_HOST")
+    if ((method != "GET" and method != "HEAD") or not host or environ.get("HTTP_COOKIE")
+            or "HTTP_AUTHORIZATION" in environ or "HTTP_IF_NONE_MATCH" in environ
+            or "HTTP_IF_MODIFIED_SINCE" in environ):
+        return None
+    return (host, environ.get("HTTP_X_FORWARDED_HOST", ""), environ.get("PATH_INFO", ""),
+            environ.get("QUERY_STRING", ""))
+
+
+def _send_hot(hot: _Hot, method: Any, start_response: StartResponse,
+              now: float) -> Iterable[bytes]:
+    """``_serve``'s 200 answer, from what _Hot holds ready."""
+    start_response(hot.status, [*hot.headers, ("Age", str(max(0, int(now - hot.created)))),
+                                _HIT])
+    return [] if method == "HEAD" else [hot.body]
 
 
 def _close(body: Iterable[bytes]) -> None:

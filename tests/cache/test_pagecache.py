@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import multiprocessing
 import os
 import threading
 from pathlib import Path
@@ -285,3 +286,34 @@ def test_unwritable_root_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("not a directory")
     with pytest.raises(CacheError, match="cannot create the directory"):
         PageCache(tmp_path / "file" / "pages")
+
+
+def _put_elsewhere(root: str) -> None:
+    PageCache(root).put(H, "/child/", b"written by another process")
+
+
+def test_change_stamp_moves_with_every_change_in_any_process(tmp_path: Path) -> None:
+    root = tmp_path / "pages"
+    ours, theirs = PageCache(root, max_bytes=10**9), PageCache(root)
+    stamp = ours.change_stamp()
+    assert stamp is not None and len(stamp) == 8 and theirs.change_stamp() == stamp
+
+    def moved() -> bool:
+        nonlocal stamp
+        now = ours.change_stamp()
+        changed, stamp = now != stamp, now
+        return changed
+
+    assert theirs.put(H, "/x/", b"1", tags=["t"]) and moved()
+    assert ours.get(H, "/x/") is not None and not moved()  # reading changes nothing
+    assert theirs.purge_tags(["unused"]) == 0 and not moved()  # nor does an empty purge
+    assert theirs.purge_tags(["t"]) == 1 and moved()
+    theirs.flush()
+    assert moved()
+    ctx = multiprocessing.get_context("fork")
+    child = ctx.Process(target=_put_elsewhere, args=(str(root),))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0 and moved()
+    ours.max_bytes = 1
+    assert ours.evict() == 1 and moved()

@@ -10,8 +10,10 @@ from flask import Flask
 from tk_web import Sites
 from werkzeug.test import Client
 
+from tenantkit.cache.pagecache import PageCache
 from tenantkit.db.router import ConsistencyToken
-from tenantkit.web.pagecache import TokenCookie
+from tenantkit.web.dispatch import HostDispatcher
+from tenantkit.web.pagecache import TokenCookie, _HotPages
 
 MakeClient = Callable[..., tuple[Flask, Client]]
 HOST = {"Host": "blog.test"}
@@ -208,3 +210,94 @@ def test_token_cookie_is_secure_behind_https(sites: Sites, make_client: MakeClie
     _, client = make_client(trusted_proxies=trusted)
     wrote = client.post("/r/?write", headers={**HOST, "X-Forwarded-Proto": "https"})
     assert ("; Secure" in wrote.headers["Set-Cookie"]) is secure
+
+
+def _resolves(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Host lookups the dispatcher makes from now on (the hit lane makes none)."""
+    seen: list[str] = []
+    original = HostDispatcher.resolve
+
+    def resolve(self: HostDispatcher, environ: dict[str, Any]) -> Any:
+        seen.append(environ.get("HTTP_HOST", ""))
+        return original(self, environ)
+
+    monkeypatch.setattr(HostDispatcher, "resolve", resolve)
+    return seen
+
+
+def test_repeated_plain_hits_skip_site_resolution(blog: tuple[Flask, Client],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    _, client = blog
+    first = get(client, "/lane/").data
+    assert get(client, "/lane/").headers["X-Tenantkit-Cache"] == "HIT"  # remembered here
+    resolves = _resolves(monkeypatch)
+    again = get(client, "/lane/")
+    assert (again.headers["X-Tenantkit-Cache"], again.data) == ("HIT", first)
+    assert int(again.headers["Content-Length"]) == len(first) and "Age" in again.headers
+    head = client.head("/lane/", headers=HOST)
+    assert (head.headers["X-Tenantkit-Cache"], head.data) == ("HIT", b"")
+    assert resolves == []
+    # Anything that could make the answer personal takes the long way.
+    for headers in ({"Cookie": "a=1"}, {"Authorization": "Basic eDp5"},
+                    {"If-None-Match": '"x"'}, {"X-Forwarded-Host": "other.test"}):
+        get(client, "/lane/", **headers)
+    assert len(resolves) == 4
+    # Another host name of the same site, or another query, is a key of its own.
+    assert get(client, "/lane/", Host="BLOG.test").headers["X-Tenantkit-Cache"] == "HIT"
+    assert len(resolves) == 5
+
+
+def test_the_hit_lane_follows_site_changes(sites: Sites, make_client: MakeClient) -> None:
+    sites.add("one", ["moved.test"])
+    app, client = make_client()
+    headers = {"Host": "moved.test"}
+    for _ in range(3):
+        assert client.get("/m/", headers=headers).data.startswith(b"site=one ")
+    (sites.dir / "one.toml").unlink()
+    sites.add("two", ["moved.test"])
+    app.extensions["tenantkit"].reload()
+    moved = client.get("/m/", headers=headers)
+    assert moved.data.startswith(b"site=two ") and moved.headers["X-Tenantkit-Cache"] == "MISS"
+    (sites.dir / "two.toml").unlink()
+    app.extensions["tenantkit"].reload()
+    assert client.get("/m/", headers=headers).status_code == 421
+
+
+def test_a_purge_by_another_process_is_seen_at_once(blog: tuple[Flask, Client]) -> None:
+    app, client = blog
+    site = app.extensions["tenantkit"].registry.sites["blog"]
+    for _ in range(3):
+        assert get(client, "/o/").headers["X-Tenantkit-Cache"] in ("MISS", "HIT")
+    assert get(client, "/o/").headers["X-Tenantkit-Cache"] == "HIT"
+    # Another worker's or node's invalidator has a PageCache of its own on the same files.
+    PageCache(site.pages_dir).purge_paths("blog.test", ["/o/"])
+    assert get(client, "/o/").headers["X-Tenantkit-Cache"] == "MISS"
+    assert get(client, "/o/").headers["X-Tenantkit-Cache"] == "HIT"
+    PageCache(site.pages_dir).put("blog.test", "/o/", b"from elsewhere")
+    assert get(client, "/o/").data == b"from elsewhere"
+
+
+def test_pages_deleted_by_hand_stop_being_served(blog: tuple[Flask, Client],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    app, client = blog
+    site = app.extensions["tenantkit"].registry.sites["blog"]
+    for _ in range(3):
+        get(client, "/d/")
+    assert get(client, "/d/").headers["X-Tenantkit-Cache"] == "HIT"
+    body = site.pages_dir / "current" / "blog.test" / "d" / "index.html"
+    body.unlink()  # rm, as an operator clearing the cache by hand would
+    monkeypatch.setattr(_HotPages, "RECHECK", 0.0)  # instead of waiting a second
+    assert get(client, "/d/").headers["X-Tenantkit-Cache"] == "MISS"
+
+
+def test_hits_without_a_change_stamp(blog: tuple[Flask, Client],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    app, client = blog
+    site = app.extensions["tenantkit"].registry.sites["blog"]
+    cache = app.extensions["tenantkit"].caches.get(site)
+    monkeypatch.setattr(cache, "_stamp", None)  # e.g. a file system that cannot map it
+    get(client, "/n/")
+    for _ in range(3):
+        assert get(client, "/n/").headers["X-Tenantkit-Cache"] == "HIT"
+    cache.purge_paths("blog.test", ["/n/"])
+    assert get(client, "/n/").headers["X-Tenantkit-Cache"] == "MISS"
