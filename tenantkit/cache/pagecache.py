@@ -44,6 +44,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import itertools
 import json
 import logging
 import mmap
@@ -52,10 +53,9 @@ import random
 import re
 import secrets
 import shutil
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -200,6 +200,8 @@ class _Meta:
 
 
 _O_RDONLY = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+_O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+_TMP_IDS = itertools.count()
 
 
 def _read_all(fd: int, size: int) -> bytes:
@@ -455,15 +457,19 @@ class PageCache:
 
     # --- fills ----------------------------------------------------------------------------
 
-    def begin_fill(self, host: str, path: str, query: str = "") -> FillTicket:
+    def begin_fill(self, host: str, path: str, query: str = "", *,
+                   lock: bool = True) -> FillTicket:
         """Start a render of this key: records the time (so that :meth:`put` can refuse a page
-        a purge has overtaken) and tries, without waiting, to take the key's fill lock."""
+        a purge has overtaken) and tries, without waiting, to take the key's fill lock.
+
+        ``lock=False`` skips the lock (the ticket is never the leader): for a key with no page
+        at all, when there is nothing stale to serve and every caller renders anyway."""
         key = page_key(host, path, query)
         started = time.time_ns()
         generation = self.generation()
         lock_path = self.root / LOCKS / _hash(key)[:40]
         return FillTicket(self, key, _check_host(host), path, generation, started, lock_path,
-                          self._try_lock(lock_path))
+                          self._try_lock(lock_path) if lock else None)
 
     def _try_lock(self, lock_path: Path) -> int | None:
         for _ in range(2):
@@ -490,10 +496,10 @@ class PageCache:
         return None
 
     def _purged_since(self, generation: str, names: Iterable[str], since_ns: int) -> bool:
-        base = self.root / generation / PURGED
+        base = f"{self.root}/{generation}/{PURGED}/"
         for name in names:
             try:
-                if os.stat(base / name).st_mtime_ns >= since_ns:
+                if os.stat(base + name).st_mtime_ns >= since_ns:
                     return True
             except FileNotFoundError:
                 continue
@@ -501,24 +507,38 @@ class PageCache:
 
     # --- writes ---------------------------------------------------------------------------
 
-    def _write_atomic(self, directory: str, name: str, data: bytes) -> tuple[int, int, int]:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    def _write_atomic(self, directory: str, name: str, data: bytes, *,
+                      identify: bool = False) -> tuple[int, int, int] | None:
+        """Write *data* to ``directory/name`` through a temporary file and a rename; with
+        ``identify``, give the file a unique identity (inode, size, mtime) and return it."""
+        for _ in range(8):
+            tmp = f"{directory}/.tmp-{os.getpid()}-{threading.get_ident()}-{next(_TMP_IDS)}"
+            try:
+                fd = os.open(tmp, _O_NEW, 0o644)
+                break
+            except FileExistsError:  # left by a dead process whose pid came round again
+                continue
+        else:
+            raise FileExistsError(f"cannot create a temporary file in {directory}")
         try:
             try:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
-                os.fchmod(fd, 0o644)
-                # Inode numbers are reused at once on ext4: the modification time (to the
-                # nanosecond, nginx's Last-Modified) makes the identity unique.
-                stamp = time.time_ns()
-                os.utime(fd, ns=(stamp, stamp))
-                st = os.fstat(fd)
+                os.fchmod(fd, 0o644)  # whatever the umask: nginx must be able to read it
+                ident = None
+                if identify:
+                    # Inode numbers are reused at once on ext4: the modification time (to the
+                    # nanosecond, nginx's Last-Modified) makes the identity unique.
+                    stamp = time.time_ns()
+                    os.utime(fd, ns=(stamp, stamp))
+                    st = os.fstat(fd)
+                    ident = (st.st_ino, st.st_size, st.st_mtime_ns)
             finally:
                 os.close(fd)
-            os.replace(tmp, directory + "/" + name)
+            os.replace(tmp, f"{directory}/{name}")
             tmp = ""
-            return st.st_ino, st.st_size, st.st_mtime_ns
+            return ident
         finally:
             if tmp:
                 with contextlib.suppress(FileNotFoundError):
@@ -540,14 +560,18 @@ class PageCache:
         ):
             self._counters.add("refused")
             return False
-        gen_dir = self.root / generation
-        directory = str(gen_dir / key)
+        gen_dir = f"{self.root}/{generation}"
+        directory = f"{gen_dir}/{key}"
+        data = bytes(body)
+        created = False
         try:
             try:
-                ident = self._write_atomic(directory, BODY, bytes(body))
+                ident = self._write_atomic(directory, BODY, data, identify=True)
             except FileNotFoundError:
                 os.makedirs(directory, exist_ok=True)
-                ident = self._write_atomic(directory, BODY, bytes(body))
+                created = True
+                ident = self._write_atomic(directory, BODY, data, identify=True)
+            assert ident is not None
             meta = {
                 "status": int(status), "headers": [[str(k), str(v)] for k, v in headers],
                 "tags": list(tags), "created": self.clock(),
@@ -555,40 +579,43 @@ class PageCache:
                 "host": normal_host, "path": path, "query": query,
             }
             self._write_atomic(directory, META, json.dumps(meta).encode())
-            for name in marker_names:
+            # purge_paths finds a path's own page without the index; its query variants
+            # and every tagged page are found through it.
+            for name in marker_names if query else marker_names[1:]:
                 self._index(gen_dir, name, key)
         except FileNotFoundError:
             return False  # the generation was deleted under us by a flush: nothing to keep
         except OSError as exc:
             raise CacheError(f"page cache {self.root}: cannot store {key}: {exc}") from exc
-        for stale in (STALE_BODY, STALE_META):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(directory, stale))
+        if not created:
+            for stale in (STALE_BODY, STALE_META):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{directory}/{stale}")
         # A purge may have run between the check above and the write: its marker is set
         # before it moves pages, so looking again now catches it.
         if ticket is not None and (
             self.generation() != generation
             or self._purged_since(generation, marker_names, ticket.started_ns)
         ):
-            self._move_stale(gen_dir / key, self.clock())
+            self._move_stale(Path(directory), self.clock())
             self._changed()
             self._counters.add("refused")
             return False
         self._changed()
         self._counters.add("puts")
         if self.max_bytes is not None:
-            self._account(len(body))
+            self._account(len(data))
         return True
 
-    def _index(self, gen_dir: Path, name: str, key: str) -> None:
-        index = gen_dir / TAGS / name
-        entry = index / _hash(key)[:32]
+    def _index(self, gen_dir: str, name: str, key: str) -> None:
+        index = f"{gen_dir}/{TAGS}/{name}"
+        entry = f"{index}/{_hash(key)[:32]}"
         try:
             os.symlink(key, entry)
         except FileExistsError:
             pass
         except FileNotFoundError:
-            index.mkdir(parents=True, exist_ok=True)
+            os.makedirs(index, exist_ok=True)
             with contextlib.suppress(FileExistsError):
                 os.symlink(key, entry)
 
@@ -620,7 +647,9 @@ class PageCache:
             pass  # the stale copy is then unusable, which only means a miss
         return True
 
-    def _purge_names(self, names: Iterable[str]) -> int:
+    def _purge_names(self, names: Iterable[str], own: Mapping[str, str] | None = None) -> int:
+        """Mark each name purged, then move the pages its index lists (and ``own[name]``,
+        a page key not in the index) out of the way."""
         generation = self.generation()
         gen_dir = self.root / generation
         now = self.clock()
@@ -630,6 +659,8 @@ class PageCache:
                 self._mark(gen_dir, name)
             except FileNotFoundError:
                 return count  # the generation is gone: a flush beat us to it
+            if own is not None and name in own:
+                count += self._move_stale(gen_dir / own[name], now)
             index = gen_dir / TAGS / name
             try:
                 entries = list(os.scandir(index))
@@ -671,9 +702,9 @@ class PageCache:
                 hosts += [e.name for e in os.scandir(gen_dir / QUERY_TREE) if _SAFE_HOST(e.name)]
         else:
             hosts = [_check_host(host)]
-        return self._purge_names(
-            [_url_name(h, p) for h in dict.fromkeys(hosts) for p in paths]
-        )
+        # Each path's own page (no query) is not in the index: put() leaves it out.
+        own = {_url_name(h, p): page_key(h, p) for h in dict.fromkeys(hosts) for p in paths}
+        return self._purge_names(list(own), own)
 
     def flush(self) -> str:
         """Purge the whole site: a new empty generation becomes ``current``; the old one is

@@ -353,7 +353,9 @@ class PageCacheMiddleware:
                 self._remember(lane, site.name, hot)
             return _send_hot(hot, method, start_response, now)
         try:
-            ticket = cache.begin_fill(host, path, query)
+            # With no page at all there is nothing stale to serve: every caller renders, so
+            # the fill lock would only cost two file operations.
+            ticket = cache.begin_fill(host, path, query, lock=page is not None)
         except (CacheError, OSError) as exc:
             logger.warning("site %s: page cache unusable: %s", site.name, exc)
             return self._bypass(site, environ, start_response)
