@@ -5,8 +5,10 @@ Contenders, alternating round by round in one run:
 - (a) ``bare``: a bare WSGI app returning a page;
 - (b) ``tenantkit HIT``: ``tenantkit serve`` answering that page from the page cache;
 - (c) ``tenantkit MISS``: ``tenantkit serve`` with every request a cache miss (a wrk script
-  asks for a new URL each time): looked up, dispatched to the same app, stored; and
-  ``tenantkit no cache``: a site with ``[cache] enabled = false`` (dispatch only);
+  asks for a new URL each time): looked up, dispatched to the same app, stored; to tell the
+  miss path from the store, ``tenantkit MISS, not stored``: the same page with
+  ``Cache-Control: no-store`` (looked up, dispatched, not storable), and ``tenantkit no
+  cache``: a site with ``[cache] enabled = false`` (dispatch only);
 - (d) ``flask host_matching``: a Flask app with ``host_matching=True`` routing the same page;
 - (e) nginx serving the cached page straight from ``cache_dir`` (the `tenantkit nginx-config`
   server block) against nginx serving the same file as plain static.
@@ -37,6 +39,7 @@ PAGE = (b"<!doctype html><html><head><title>bench</title></head><body>"
         + b"<p>tenantkit benchmark page</p>" * 40 + b"</body></html>\n")
 HOST = "bench.test"
 NOCACHE_HOST = "nocache.test"
+NOSTORE_HOST = "nostore.test"
 #: The gunicorn settings every contender gets (the same as `tenantkit serve`'s).
 WORKERS = 2
 
@@ -46,6 +49,31 @@ def bare_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Ite
     start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"),
                               ("Content-Length", str(len(PAGE)))])
     return [PAGE]
+
+
+def nostore_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """The page of ``bare_app``, marked as not storable."""
+    start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"),
+                              ("Content-Length", str(len(PAGE))), ("Cache-Control", "no-store")])
+    return [PAGE]
+
+
+def _store_floor(directory: Path, rounds: int = 500) -> float:
+    """Microseconds of CPU the file system takes to store one new page in *directory* the
+    least a file cache can do: a directory, then two files each written and renamed."""
+    directory.mkdir(parents=True, exist_ok=True)
+    start = time.process_time()
+    for i in range(rounds):
+        page = directory / f"p{i}"
+        os.mkdir(page)
+        for name in ("index.html", ".meta.json"):
+            fd = os.open(page / ".tmp", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.write(fd, PAGE)
+            os.close(fd)
+            os.rename(page / ".tmp", page / name)
+    elapsed = (time.process_time() - start) / rounds * 1e6
+    shutil.rmtree(directory, ignore_errors=True)
+    return elapsed
 
 
 def _flask_app() -> Any:
@@ -170,6 +198,9 @@ def run(quick: bool = False) -> Report:
         (sites_dir / "nocache.toml").write_text(
             f'hosts = ["{NOCACHE_HOST}"]\n[backend]\ntype = "wsgi"\n'
             'app = "benchmarks.shim:bare_app"\n[cache]\nenabled = false\n')
+        (sites_dir / "nostore.toml").write_text(
+            f'hosts = ["{NOSTORE_HOST}"]\n[backend]\ntype = "wsgi"\n'
+            'app = "benchmarks.shim:nostore_app"\n')
         env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTKIT_")}
         env.update(TENANTKIT_SITES_DIR=str(sites_dir), TENANTKIT_CACHE_DIR=str(cache_dir),
                    TENANTKIT_DATABASE_PRIMARY=f"sqlite:///{work}/tk.db",
@@ -195,6 +226,7 @@ def run(quick: bool = False) -> Report:
             "bare": (f"http://127.0.0.1:{ports['bare']}/page/", HOST),
             "tenantkit HIT": (tk, HOST),
             "tenantkit MISS": (tk.removesuffix("page/"), HOST),
+            "tenantkit MISS, not stored": (tk, NOSTORE_HOST),
             "tenantkit no cache": (tk, NOCACHE_HOST),
             "flask host_matching": (f"http://127.0.0.1:{ports['flask']}/page/", HOST),
         }
@@ -237,14 +269,15 @@ def run(quick: bool = False) -> Report:
         for _ in range(rounds):
             for name, (url, host) in contenders.items():
                 samples[name].append(sample(name, url, host, seconds))
+        floor = _store_floor(cache_dir / "floor-probe")
     finally:
         for proc in reversed(procs):
             proc.stop(signal.SIGQUIT if "nginx" in str(proc.proc.args[0]) else signal.SIGTERM)
         shutil.rmtree(work, ignore_errors=True)
 
     med = {name: statistics.median(values) for name, values in samples.items()}
-    for name in ("bare", "tenantkit HIT", "tenantkit MISS", "tenantkit no cache",
-                 "flask host_matching"):
+    for name in ("bare", "tenantkit HIT", "tenantkit MISS", "tenantkit MISS, not stored",
+                 "tenantkit no cache", "flask host_matching"):
         report.add_value("gunicorn", name, med[name], "req/s", med[name] / med["bare"])
     for name in ("nginx static", "nginx cache_dir"):
         report.add_value("nginx", name, med[name], "req/s", med[name] / med["nginx static"])
@@ -256,8 +289,13 @@ def run(quick: bool = False) -> Report:
     report.notes.append("ratio column: req/s relative to the group's baseline (higher is "
                         "better); samples per contender: " + str(rounds))
     report.notes.append("(c) MISS: every request a new URL, looked up, rendered and stored "
-                        "(files, sidecar, tag index); 'no cache': a site with the page cache "
+                        "(page file and sidecar); 'MISS, not stored': looked up and rendered, "
+                        "the response says no-store; 'no cache': a site with the page cache "
                         "disabled, dispatch only")
+    report.notes.append(f"the file system's floor for storing one new page in cache_dir "
+                        f"(mkdir, two files written and renamed): {floor:.0f} us of CPU; "
+                        f"at the bare app's rate the machine spends {2e6 / med['bare']:.0f} us "
+                        f"of CPU (both cores, wrk included) per request")
     return report
 
 

@@ -222,7 +222,7 @@ class FillTicket:
     manager; the lock is released on exit, whatever happens."""
 
     def __init__(self, cache: PageCache, key: str, host: str, path: str, generation: str,
-                 started_ns: int, lock_path: Path, lock_ino: int | None) -> None:
+                 started_ns: int, lock_path: Path | None, lock_ino: int | None) -> None:
         self.cache = cache
         self.key = key
         self.host = host
@@ -238,7 +238,7 @@ class FillTicket:
         return self._lock_ino is not None
 
     def release(self) -> None:
-        if self._lock_ino is None:
+        if self._lock_ino is None or self._lock_path is None:
             return
         ino, self._lock_ino = self._lock_ino, None
         try:
@@ -301,6 +301,7 @@ class PageCache:
         self._last_size_check = 0.0
         self._size_lock = threading.Lock()
         self._stamp: mmap.mmap | None = None
+        self._previous_memo: tuple[bytes, float | None] | None = None
         self._ensure_root()
 
     # --- layout ---------------------------------------------------------------------------
@@ -327,10 +328,13 @@ class PageCache:
         stamp = self._stamp
         return None if stamp is None else stamp[:8]
 
-    def _changed(self) -> None:
+    def _changed(self, *, flushed: bool = False) -> None:
         stamp = self._stamp
         if stamp is not None:
-            # A new random value rather than a count: no lock across processes is needed.
+            # New random values rather than counts: no lock across processes is needed.
+            # Bytes 0-7 change with everything, bytes 8-15 with flushes only.
+            if flushed:
+                stamp[8:16] = random.getrandbits(64).to_bytes(8, "little")
             stamp[:8] = random.getrandbits(64).to_bytes(8, "little")
 
     def generation(self) -> str:
@@ -438,13 +442,28 @@ class PageCache:
         return CachedPage(body, meta.status, meta.headers, meta.tags, meta.created, meta.ttl,
                           max(0.0, now - meta.created), stale, meta.ident)
 
-    def _from_previous(self, key: str) -> tuple[bytes, _Meta] | None:
-        """The key's page in the generation before the last flush: purged at that flush."""
+    def _previous_flushed(self) -> float | None:
+        """When the generation ``previous`` points to was flushed; None when there is none.
+        Read again only after a flush (in any process) changed the flush stamp."""
+        stamp = self._stamp
+        seen = None if stamp is None else stamp[8:16]
+        memo = self._previous_memo
+        if seen is not None and memo is not None and memo[0] == seen:
+            return memo[1]
         try:
             with open(os.path.join(self._previous, FLUSHED), "rb") as f:
-                flushed = float(f.read())
+                flushed: float | None = float(f.read())
         except (FileNotFoundError, NotADirectoryError, ValueError):
-            return None
+            flushed = None
+        if seen is not None:
+            self._previous_memo = (seen, flushed)
+        return flushed
+
+    def _from_previous(self, key: str) -> tuple[bytes, _Meta] | None:
+        """The key's page in the generation before the last flush: purged at that flush."""
+        flushed = self._previous_flushed()
+        if flushed is None or self.clock() >= flushed + self.stale_seconds:
+            return None  # no previous generation, or too long ago to serve even stale
         directory = f"{self._previous}/{key}"
         found = self._read_page(directory, STALE_BODY, STALE_META)
         if found is None:
@@ -467,9 +486,9 @@ class PageCache:
         key = page_key(host, path, query)
         started = time.time_ns()
         generation = self.generation()
-        lock_path = self.root / LOCKS / _hash(key)[:40]
+        lock_path = self.root / LOCKS / _hash(key)[:40] if lock else None
         return FillTicket(self, key, _check_host(host), path, generation, started, lock_path,
-                          self._try_lock(lock_path) if lock else None)
+                          None if lock_path is None else self._try_lock(lock_path))
 
     def _try_lock(self, lock_path: Path) -> int | None:
         for _ in range(2):
@@ -716,7 +735,7 @@ class PageCache:
             self._write_atomic(str(self.root / old), FLUSHED, repr(self.clock()).encode())
         self._swap_link(self._previous, old)
         self._swap_current(new)
-        self._changed()
+        self._changed(flushed=True)
         self._counters.add("flushes")
         self._meta_memo.clear()
         self.sweep(keep=(new, old))
@@ -815,7 +834,7 @@ class PageCache:
 
 
 def _map_stamp(path: Path) -> mmap.mmap | None:
-    """The 8-byte change stamp at *path*, mapped shared (created when missing)."""
+    """The 16-byte change stamps at *path*, mapped shared (created when missing)."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
     except OSError as exc:
@@ -823,9 +842,9 @@ def _map_stamp(path: Path) -> mmap.mmap | None:
                     path, exc.strerror)
         return None
     try:
-        if os.fstat(fd).st_size < 8:
-            os.ftruncate(fd, 8)
-        return mmap.mmap(fd, 8)
+        if os.fstat(fd).st_size < 16:
+            os.ftruncate(fd, 16)
+        return mmap.mmap(fd, 16)
     except (OSError, ValueError) as exc:
         log.warning("page cache: cannot map %s (%s): pages are re-read on every hit", path, exc)
         return None

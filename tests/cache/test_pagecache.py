@@ -308,8 +308,13 @@ def test_change_stamp_moves_with_every_change_in_any_process(tmp_path: Path) -> 
     assert ours.get(H, "/x/") is not None and not moved()  # reading changes nothing
     assert theirs.purge_tags(["unused"]) == 0 and not moved()  # nor does an empty purge
     assert theirs.purge_tags(["t"]) == 1 and moved()
+    assert ours.put(H, "/y/", b"before the flush") and moved()
+    assert ours.get(H, "/y/") is not None
+    assert ours.get(H, "/absent/") is None  # looks for a previous generation: none yet
     theirs.flush()
     assert moved()
+    page = ours.get(H, "/y/")  # their flush: our copy of the old generation is stale now
+    assert page is not None and page.stale and page.body == b"before the flush"
     ctx = multiprocessing.get_context("fork")
     child = ctx.Process(target=_put_elsewhere, args=(str(root),))
     child.start()
