@@ -1,4 +1,8 @@
-"""Run every benchmark and write ``benchmarks/results/REPORT.md`` (plots where useful)."""
+"""Run benchmarks and write ``benchmarks/results/REPORT.md`` (plots where useful).
+
+``python -m benchmarks`` runs them all; ``python -m benchmarks shim compress`` runs those two
+and replaces only their sections of the report, keeping the others.
+"""
 
 from __future__ import annotations
 
@@ -38,6 +42,20 @@ def _plot(report: Report) -> str | None:
     return path.name
 
 
+HEADER = ["# tenantkit benchmarks", "",
+          "Medians of alternating rounds in one process run; ratios against the baseline "
+          "named in each group. This machine is shared and noisy: read trends, not digits.", ""]
+
+
+def _sections(report_md: str) -> dict[str, str]:
+    """The sections of an existing REPORT.md by benchmark name (``## name: ...``)."""
+    sections: dict[str, str] = {}
+    for chunk in report_md.split("\n## ")[1:]:
+        name = chunk.split(":", 1)[0].split("\n", 1)[0].strip()
+        sections[name] = "## " + chunk.rstrip() + "\n"
+    return sections
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
@@ -47,10 +65,8 @@ def main() -> None:
         m.name for m in pkgutil.iter_modules([str(Path(benchmarks.__file__).parent)])
         if m.name not in SKIP
     )
-    sections = ["# tenantkit benchmarks", "",
-                "Medians of alternating rounds in one process run; ratios against the baseline "
-                "named in each group. This machine is shared and noisy: read trends, not digits.",
-                ""]
+    path = RESULTS / "REPORT.md"
+    kept = _sections(path.read_text()) if args.names and path.is_file() else {}
     for name in names:
         module = importlib.import_module(f"benchmarks.{name}")
         print(f"== {name}", flush=True)
@@ -58,16 +74,15 @@ def main() -> None:
             report: Report = module.run(args.quick)
         except Exception:
             traceback.print_exc()
-            sections += [f"## {name}", "", "failed:", "```", traceback.format_exc(), "```", ""]
+            kept[name] = "\n".join([f"## {name}", "", "failed:", "```",
+                                    traceback.format_exc(), "```", ""])
             continue
         report.save()
         print(report.table(), flush=True)
-        sections += [report.table(), ""]
         image = _plot(report)
-        if image:
-            sections += [f"![{name}]({image})", ""]
+        kept[name] = report.table() + "\n" + (f"\n![{name}]({image})\n" if image else "")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "REPORT.md").write_text("\n".join(sections))
+    path.write_text("\n".join(HEADER + [kept[name] for name in sorted(kept)]))
     print(json.dumps({"report": str(RESULTS / "REPORT.md")}))
 
 
