@@ -7,8 +7,8 @@ Print it with ``tenantkit nginx-config``, or::
 
 nginx cannot know which site a Host belongs to, so the shim keeps one symlink per host it has
 cached pages for: ``cache_dir/_hosts/<host> -> ../<site>/pages/current/<host>``
-(:class:`HostLinks`; ``_hosts`` can never be a site name). nginx tries
-``cache_dir/_hosts/$host$uri/index.html``; the symlink goes through the site's ``current``
+(:class:`HostLinks`; ``_hosts`` can never be a site name). nginx serves
+``cache_dir/_hosts/$host$uri/index.html`` when it is there; the symlink goes through the site's ``current``
 generation, so a whole-site flush is seen at once. Requests that are not GET or HEAD, that carry
 ``Authorization``, a query string, a bypass cookie or the shim's read-your-writes cookie, and
 every miss, go to tenantkit.
@@ -81,7 +81,11 @@ server {{
         default_type text/html;
         charset utf-8;
         add_header X-Tenantkit-Cache HIT;
-        try_files /$host${{uri}}index.html @tenantkit;
+        # One open of the page (try_files would look it up, then open it again); a page that
+        # is not there goes to tenantkit.
+        rewrite ^ /$host${{uri}}index.html break;
+        error_page 403 404 = @tenantkit;
+        log_not_found off;
     }}
 
     location / {{
@@ -89,7 +93,8 @@ server {{
     }}
 
     location @tenantkit {{
-{proxy}
+        # The request as the client sent it, not the page path the rewrite above made.
+{proxy_original}
     }}
 }}
 """
@@ -127,6 +132,7 @@ def render_config(settings: Settings, *, upstream: str = "127.0.0.1:8000",
     return _TEMPLATE.format(
         cache_dir=_quote(str(cache_dir)), hosts_dir=_quote(str(cache_dir / HOSTS_DIR)),
         upstream=_quote(upstream), listen=_quote(listen), cookies=pattern, proxy=_PROXY,
+        proxy_original=_PROXY.replace("tenantkit_shim;", "tenantkit_shim$request_uri;"),
     )
 
 
