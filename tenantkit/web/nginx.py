@@ -8,10 +8,10 @@ Print it with ``tenantkit nginx-config``, or::
 nginx cannot know which site a Host belongs to, so the shim keeps one symlink per host it has
 cached pages for: ``cache_dir/_hosts/<host> -> ../<site>/pages/current/<host>``
 (:class:`HostLinks`; ``_hosts`` can never be a site name). nginx serves
-``cache_dir/_hosts/$host$uri/index.html`` when it is there; the symlink goes through the site's ``current``
-generation, so a whole-site flush is seen at once. Requests that are not GET or HEAD, that carry
-``Authorization``, a query string, a bypass cookie or the shim's read-your-writes cookie, and
-every miss, go to tenantkit.
+``cache_dir/_hosts/$host$uri/index.html`` when it is there; the symlink goes through the
+site's ``current`` generation, so a whole-site flush is seen at once. Requests that are not
+GET or HEAD, that carry ``Authorization``, a query string, a bypass cookie or the shim's
+read-your-writes cookie, and every miss, go to tenantkit.
 """
 
 from __future__ import annotations
