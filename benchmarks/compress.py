@@ -12,7 +12,6 @@ loopback proxy throttled to 1 Mbit/s each way with 30 ms round trips; (c) CPU ti
 from __future__ import annotations
 
 import contextlib
-import gc
 import queue
 import random
 import socket
@@ -296,26 +295,6 @@ def _connections(cluster: MariaDBCluster, throttled: bool
             proxy.close()
 
 
-def _cpu_alternate(contenders: dict[str, Callable[[], object]], rounds: int, number: int,
-                   ) -> dict[str, list[float]]:
-    """Like harness.alternate, but measuring ``time.process_time``."""
-    samples: dict[str, list[float]] = {name: [] for name in contenders}
-    for fn in contenders.values():
-        fn()
-    gc.disable()
-    try:
-        for _ in range(rounds):
-            for name, fn in contenders.items():
-                start = time.process_time()
-                for _ in range(number):
-                    fn()
-                samples[name].append(time.process_time() - start)
-                gc.collect()
-    finally:
-        gc.enable()
-    return samples
-
-
 def run(quick: bool = False) -> Report:
     report = Report("compress", "MySQL compressed protocol: tenantkit vs PyMySQL vs mysqlclient")
     if MySQLdb is None:
@@ -344,8 +323,8 @@ def run(quick: bool = False) -> Report:
                 return query
 
             number = 200 if quick else 500
-            cpu = _cpu_alternate({name: small(conn) for name, conn in conns.items()},
-                                 rounds=5 if quick else 9, number=number)
+            cpu = alternate({name: small(conn) for name, conn in conns.items()},
+                            rounds=5 if quick else 9, number=number, clock=time.process_time)
             report.add_group("CPU per small query (loopback)", cpu, unit="us",
                              per_call=number, baseline="pymysql")
 
