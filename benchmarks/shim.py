@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import Report, main
+from tenantkit.testing import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = (b"<!doctype html><html><head><title>bench</title></head><body>"
@@ -95,25 +95,6 @@ def __getattr__(name: str) -> Any:  # gunicorn loads benchmarks.shim:flask_app l
     raise AttributeError(name)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait(port: int, proc: subprocess.Popen[Any], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing on port {port}")
-
-
 def _gunicorn_args() -> list[str]:
     from tenantkit.web.server import GUNICORN_DEFAULTS as d
 
@@ -127,7 +108,7 @@ class _Proc:
         self.port = port
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, env=env, cwd=cwd)
-        _wait(port, self.proc)
+        wait_port(port, timeout=30.0, proc=self.proc)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc.poll() is None:
@@ -224,7 +205,7 @@ def run(quick: bool = False) -> Report:
                    TENANTKIT_DATABASE_PRIMARY=f"sqlite:///{work}/tk.db",
                    TENANTKIT_LOG_LEVEL="WARNING", PYTHONPATH=str(ROOT))
         bindir = Path(sys.executable).parent
-        ports = {name: _free_port() for name in ("bare", "tenantkit", "flask")}
+        ports = {name: free_port() for name in ("bare", "tenantkit", "flask")}
         gunicorn = [str(bindir / "gunicorn"), *_gunicorn_args()]
         procs.append(_Proc([*gunicorn, "-b", f"127.0.0.1:{ports['bare']}",
                             "benchmarks.shim:bare_app"], ports["bare"], env))
@@ -249,7 +230,7 @@ def run(quick: bool = False) -> Report:
             "flask host_matching": (f"http://127.0.0.1:{ports['flask']}/page/", HOST),
         }
         # (e): nginx with the generated config vs plain static, same file.
-        nginx_port, static_port, shim_port = _free_port(), _free_port(), ports["tenantkit"]
+        nginx_port, static_port, shim_port = free_port(), free_port(), ports["tenantkit"]
         static_root = work / "static"
         (static_root / "page").mkdir(parents=True)
         page_file = next((cache_dir / "bench" / "pages" / "current" / HOST / "page").glob(
@@ -266,7 +247,7 @@ def run(quick: bool = False) -> Report:
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         procs.append(_Proc([nginx, "-p", str(prefix), "-c", str(_nginx_conf(prefix, block)),
                             "-g", "daemon off;"], nginx_port))
-        _wait(static_port, procs[-1].proc)
+        wait_port(static_port, timeout=30.0, proc=procs[-1].proc)
         contenders["nginx cache_dir"] = (f"http://127.0.0.1:{nginx_port}/page/", HOST)
         contenders["nginx static"] = (f"http://127.0.0.1:{static_port}/page/", HOST)
 

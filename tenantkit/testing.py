@@ -96,6 +96,23 @@ def free_port() -> int:
         return port
 
 
+def wait_port(port: int, timeout: float = 20.0, proc: subprocess.Popen[Any] | None = None,
+              log: Path | None = None) -> None:
+    """Wait until something listens on 127.0.0.1:*port*; raise at once if *proc* exits
+    (with the end of *log*), or TimeoutError after *timeout* seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            text = log.read_text() if log is not None and log.exists() else ""
+            raise RuntimeError(f"process exited with {proc.returncode}:\n{text[-3000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
 def _wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while True:

@@ -5,16 +5,14 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tenantkit.testing import free_port
+from tenantkit.testing import free_port, wait_port
 
 REQUIRE = os.environ.get("TENANTKIT_REQUIRE_SERVICES") == "1"
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,21 +29,6 @@ def need(binary: str, package: str, *candidates: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return found
-
-
-def wait_port(port: int, timeout: float = 20.0, proc: subprocess.Popen[Any] | None = None,
-              log: Path | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            text = log.read_text() if log is not None and log.exists() else ""
-            raise RuntimeError(f"process exited with {proc.returncode}:\n{text[-3000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
 def stop(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
