@@ -143,18 +143,20 @@ class _HotPages:
             hot.checked = now
         return True
 
-    def read(self, cache: PageCache, host: str, path: str, query: str, now: float) -> Any:
-        """:meth:`PageCache.get`, remembering a fresh page for the next hits."""
+    def read(self, cache: PageCache, host: str, path: str, query: str, now: float
+             ) -> tuple[Any, _Hot | None]:
+        """:meth:`PageCache.get`, and the page as kept in memory for the next hits when it
+        is fresh and could be kept."""
         stamp = cache.change_stamp()
         page = cache.get(host, path, query)
         if (stamp is None or page is None or page.stale or page.ident is None
                 or len(page.body) > self.MAX_BODY):
-            return page
+            return page, None
         file = os.path.join(cache.root, "current", page_key(host, path, query), "index.html")
         if len(self._pages) >= self.MAX_PAGES:
             self._pages.clear()
-        self._pages[(id(cache), host, path, query)] = _Hot(cache, file, stamp, page, now)
-        return page
+        hot = self._pages[(id(cache), host, path, query)] = _Hot(cache, file, stamp, page, now)
+        return page, hot
 
 
 class _Hot:
@@ -334,14 +336,12 @@ class PageCacheMiddleware:
         hot = self._hot.get(cache, host, path, query, now)
         if hot is None:
             try:
-                page = self._hot.read(cache, host, path, query, now)
+                page, hot = self._hot.read(cache, host, path, query, now)
             except (CacheError, OSError, ValueError) as exc:
                 logger.debug("site %s: not caching %r: %s", site.name, path, exc)
                 return self._bypass(site, environ, start_response)
-            if page is not None and not page.stale:
-                hot = self._hot.get(cache, host, path, query, now)  # when it could be kept
-                if hot is None:
-                    return self._serve(site, environ, start_response, page, "HIT")
+            if hot is None and page is not None and not page.stale:
+                return self._serve(site, environ, start_response, page, "HIT")
         if hot is not None:
             if self.on_cache is not None:
                 self.on_cache(site.name, "HIT")
