@@ -25,7 +25,7 @@ import pymysql
 
 from benchmarks.harness import Report, alternate, main
 from tenantkit.db.compress import CompressedConnection
-from tenantkit.testing import MariaDBCluster
+from tenantkit.testing import LoopbackProxy, MariaDBCluster
 
 RATE = 1_000_000 / 8  # bytes per second, each direction
 ONE_WAY = 0.015  # seconds: 30 ms round trips
@@ -39,46 +39,22 @@ except ImportError:  # pragma: no cover - mysqlclient is in the bench extra
 
 # --- a throttling loopback proxy -------------------------------------------------------------
 
-class ThrottleProxy:
+class ThrottleProxy(LoopbackProxy):
     """127.0.0.1:port -> upstream, each direction limited to RATE with ONE_WAY latency.
 
     Counts every byte relayed (both directions) in ``bytes``.
     """
 
     def __init__(self, upstream: tuple[str, int]) -> None:
-        self.upstream = upstream
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.1)
-        self.port: int = self.listener.getsockname()[1]
         self.bytes = 0
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._sockets: list[socket.socket] = []
-        self._spawn(self._accept)
+        super().__init__(upstream)
 
-    def _spawn(self, target: Callable[..., None], *args: Any) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True)
-        self._threads.append(thread)
-        thread.start()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            server = socket.create_connection(self.upstream)
-            for sock in (client, server):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                sock.settimeout(0.1)
-                self._sockets.append(sock)
-            for src, dst in ((client, server), (server, client)):
-                pipe: queue.Queue[tuple[float, bytes] | None] = queue.Queue()
-                self._spawn(self._read, src, pipe)
-                self._spawn(self._write, dst, pipe)
+    def relay(self, client: socket.socket, server: socket.socket) -> None:
+        for src, dst in ((client, server), (server, client)):
+            pipe: queue.Queue[tuple[float, bytes] | None] = queue.Queue()
+            self.spawn(self._read, src, pipe)
+            self.spawn(self._write, dst, pipe)
 
     def _read(self, src: socket.socket, pipe: queue.Queue[tuple[float, bytes] | None]) -> None:
         link_free = 0.0
@@ -115,17 +91,6 @@ class ThrottleProxy:
                 break
         with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_WR)
-
-    def close(self) -> None:
-        self._stop.set()
-        for sock in self._sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        for thread in self._threads:
-            thread.join(timeout=5)
-        for sock in self._sockets:
-            sock.close()
-        self.listener.close()
 
 
 # --- WordPress-like data -----------------------------------------------------------------------

@@ -34,11 +34,12 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import pymysql
 import pytest
@@ -111,6 +112,77 @@ def wait_port(port: int, timeout: float = 20.0, proc: subprocess.Popen[Any] | No
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+class LoopbackProxy:
+    """A TCP proxy on 127.0.0.1 (``.port``) to *upstream*, for tests and benchmarks that need
+    something between a client and a server (delays, faults, byte counts)::
+
+        class Counting(LoopbackProxy):
+            def relay(self, client, server):
+                self.spawn(self.pump, client, server)
+                self.spawn(self.pump, server, client)
+
+        with Counting(("127.0.0.1", cluster.primary.port)) as proxy:
+            connect(port=proxy.port)
+
+    Subclasses implement :meth:`relay` for each accepted connection and start its threads
+    with :meth:`spawn`. Both sockets time out every *tick* seconds so that loops can look at
+    ``self._stop``; :meth:`close` stops everything.
+    """
+
+    def __init__(self, upstream: tuple[str, int], *, tick: float = 0.1) -> None:
+        self.upstream = upstream
+        self.tick = tick
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(tick)
+        self.port: int = self.listener.getsockname()[1]
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._sockets: list[socket.socket] = []
+        self.spawn(self._accept)
+
+    def spawn(self, target: Callable[..., None], *args: Any) -> None:
+        """Run *target* in a daemon thread that :meth:`close` waits for."""
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def relay(self, client: socket.socket, server: socket.socket) -> None:
+        """Carry one accepted connection (*client*) to its upstream connection (*server*)."""
+        raise NotImplementedError
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            server = socket.create_connection(self.upstream, timeout=5)
+            for sock in (client, server):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.settimeout(self.tick)
+                self._sockets.append(sock)
+            self.relay(client, server)
+
+    def close(self) -> None:
+        self._stop.set()
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        for thread in self._threads:
+            thread.join(timeout=5)
+        for sock in self._sockets:
+            sock.close()
+        self.listener.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:

@@ -22,7 +22,7 @@ import pymysql
 import pytest
 
 from tenantkit.db.compress import CompressedConnection, CompressionUnavailableWarning
-from tenantkit.testing import MariaDBCluster, MariaDBServer
+from tenantkit.testing import LoopbackProxy, MariaDBCluster, MariaDBServer
 
 # What a fault does with one frame: bytes are sent, a float sleeps that long, None drops
 # the connection.
@@ -32,22 +32,15 @@ Fault = Callable[[bytes], list[Action]]
 _TICK = 0.05
 
 
-class FaultProxy:
+class FaultProxy(LoopbackProxy):
     """A loopback TCP proxy to ``upstream`` that can break server frames on request."""
 
     def __init__(self, upstream: tuple[str, int], *, strip_compress: bool = False) -> None:
-        self.upstream = upstream
         self.strip_compress = strip_compress
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(_TICK)
-        self.port: int = self.listener.getsockname()[1]
         self._fault: Fault | None = None
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._sockets: list[socket.socket] = []
-        self._threads: list[threading.Thread] = []
         self.frames_seen = 0
-        self._spawn(self._accept)
+        super().__init__(upstream, tick=_TICK)
 
     def arm(self, fault: Fault) -> None:
         """Apply ``fault`` to the next frame the server sends."""
@@ -59,43 +52,12 @@ class FaultProxy:
             fault, self._fault = self._fault, None
             return fault
 
-    def _spawn(self, target: Callable[..., None], *args: Any) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True)
-        self._threads.append(thread)
-        thread.start()
-
-    def close(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=5)
-        for sock in self._sockets:
-            sock.close()
-        self.listener.close()
-
-    def __enter__(self) -> FaultProxy:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     # --- relaying ------------------------------------------------------------------
 
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            server = socket.create_connection(self.upstream, timeout=5)
-            for sock in (client, server):
-                sock.settimeout(_TICK)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                self._sockets.append(sock)
-            state: dict[str, bool] = {"compress": False}
-            self._spawn(self._client_to_server, client, server, state)
-            self._spawn(self._server_to_client, server, client, state)
+    def relay(self, client: socket.socket, server: socket.socket) -> None:
+        state: dict[str, bool] = {"compress": False}
+        self.spawn(self._client_to_server, client, server, state)
+        self.spawn(self._server_to_client, server, client, state)
 
     def _recv(self, sock: socket.socket) -> bytes | None:
         """Some bytes, b"" at end of stream, None when the proxy stops."""
