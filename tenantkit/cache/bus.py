@@ -439,8 +439,7 @@ class _PubSubConsumer:
         out: list[Message] = []
         try:
             if self.pubsub is None:
-                self.pubsub = self.client.pubsub(  # type: ignore[no-untyped-call]
-                    ignore_subscribe_messages=True)
+                self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
                 self.pubsub.subscribe(self.transport.channel)
                 if not self.first:
                     out.append(Message(flush_all="re-subscribed to Redis pub/sub"))
