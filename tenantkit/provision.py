@@ -35,6 +35,7 @@ from typing import Any
 
 import tomli_w
 
+from tenantkit import layout
 from tenantkit.config import Settings, mask_url
 from tenantkit.errors import ProvisionError, SiteFileError
 from tenantkit.files import fsync_dir, write_atomic
@@ -63,7 +64,6 @@ __all__ = [
 
 CACHE_DIR_MODE = 0o750
 SITE_FILE_MODE = 0o640  # site files may hold database passwords
-CACHE_SUBDIRS = ("pages", "app", "tmp", ".purge")
 
 
 class ProvisionUsageError(ProvisionError, ValueError):
@@ -274,7 +274,8 @@ def _plan_and_apply(
             )
     base = existing or Site(
         name=name, hosts=(), backend=Backend(type="proxy", url="http://127.0.0.1"),
-        cache=SiteCache(**vars(settings.cache)), cache_root=settings.cache_dir / name,
+        cache=SiteCache(**vars(settings.cache)),
+        cache_root=layout.site_root(settings.cache_dir, name),
     )
     draft = replace(
         base,
@@ -330,7 +331,7 @@ def _ensure_dirs(settings: Settings, site: Site, uid: int, gid: int, changes: li
                 f"cannot create the cache directory {settings.cache_dir}: {exc.strerror} "
                 "(check cache_dir and its permissions)"
             ) from exc
-    for d in (root, *(root / sub for sub in CACHE_SUBDIRS)):
+    for d in (root, *(root / sub for sub in layout.SITE_SUBDIRS)):
         try:
             st = os.lstat(d)
         except FileNotFoundError:

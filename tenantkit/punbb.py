@@ -41,6 +41,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from tenantkit.config import Settings, mask_url
+from tenantkit.db.servers import site_servers
 from tenantkit.errors import ForumMapError
 from tenantkit.files import write_atomic
 from tenantkit.hosts import pattern_key
@@ -140,8 +141,8 @@ def _fail(site: Site, what: str) -> ForumMapError:
 
 
 def _database(site: Site, settings: Settings) -> tuple[str, str, str, str]:
-    url_text = site.database.primary or settings.database.primary
-    source = "its [database] primary" if site.database.primary else "the global [database] primary"
+    servers = site_servers(site, settings)
+    url_text, source = servers.primary, servers.source
     try:
         url = make_url(url_text)
     except ArgumentError:

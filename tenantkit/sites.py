@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from tenantkit import layout
 from tenantkit.config import Settings, mask_url
 from tenantkit.errors import InvalidHost, SiteError, SiteFileError
 from tenantkit.hosts import normalize_pattern
@@ -148,19 +149,19 @@ class Site:
 
     @property
     def pages_dir(self) -> Path:
-        return self.cache_root / "pages"
+        return layout.pages_dir(self.cache_root)
 
     @property
     def app_cache_dir(self) -> Path:
-        return self.cache_root / "app"
+        return layout.app_dir(self.cache_root)
 
     @property
     def tmp_dir(self) -> Path:
-        return self.cache_root / "tmp"
+        return layout.tmp_dir(self.cache_root)
 
     @property
     def purge_dir(self) -> Path:
-        return self.cache_root / ".purge"
+        return layout.purge_dir(self.cache_root)
 
 
 # --- parsing ------------------------------------------------------------------------------
@@ -342,7 +343,7 @@ def site_from_document(doc: Mapping[str, Any], name: str, settings: Settings,
         database=_database(w, doc),
         cache=_cache(w, doc, settings),
         meta=meta,
-        cache_root=settings.cache_dir / name,
+        cache_root=layout.site_root(settings.cache_dir, name),
         path=path,
     )
 

@@ -17,13 +17,13 @@ web server only.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from urllib.parse import quote, urlencode
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from tenantkit.config import Settings, mask_url
+from tenantkit.db.servers import site_servers
 from tenantkit.errors import WpConfigError
 from tenantkit.sites import Site
 
@@ -70,12 +70,6 @@ def wp_server_url(url: str) -> str:
     return f"mysql://{auth}{host}{port}/{quote(parsed.database, safe='')}{query}"
 
 
-def _servers(site: Site, settings: Settings) -> tuple[str, Sequence[str]]:
-    if site.database.primary is None:
-        return settings.database.primary, settings.database.replicas
-    return site.database.primary, site.database.replicas
-
-
 def _bus(site: Site, settings: Settings) -> str:
     bus = settings.bus
     if bus.transport != "redis":
@@ -98,9 +92,10 @@ def _number(value: float) -> str:
 def render_wp_config(site: Site, settings: Settings, *, debian: bool = False) -> str:
     """The PHP ``define()`` block for the drop-in; with *debian*, a whole
     ``/etc/wordpress/config-<host>.php`` file (DB_* constants and ``$table_prefix`` too)."""
-    primary, replicas = _servers(site, settings)
+    servers = site_servers(site, settings)
+    primary = servers.primary
     primary_url = wp_server_url(primary)
-    replica_urls = [wp_server_url(url) for url in replicas]
+    replica_urls = [wp_server_url(url) for url in servers.replicas]
     db = settings.database
     constants: list[tuple[str, str]] = [
         ("TENANTKIT_SITE", php_string(site.name)),

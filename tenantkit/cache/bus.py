@@ -54,6 +54,7 @@ import sqlalchemy
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from tenantkit import layout
 from tenantkit.cache.events import (
     MAX_EVENT_BYTES,
     Event,
@@ -66,6 +67,7 @@ from tenantkit.cache.events import (
 from tenantkit.cache.pagecache import PageCache
 from tenantkit.config import Settings, mask_url
 from tenantkit.db.gtid import wait_for_gtid
+from tenantkit.db.servers import site_servers
 from tenantkit.errors import BusError, CacheError, InvalidHost, MalformedEvent
 from tenantkit.files import write_atomic
 from tenantkit.hosts import normalize_host
@@ -206,7 +208,7 @@ class TriggerFileTransport:
         self.cache_dir = Path(cache_dir)
 
     def publish(self, event: Event) -> None:
-        directory = self.cache_dir / event.site / ".purge"
+        directory = layout.purge_dir(layout.site_root(self.cache_dir, event.site))
         safe_id = re.sub(r"[^A-Za-z0-9_-]", "", event.id)[:32]
         try:
             directory.mkdir(parents=True, exist_ok=True)
@@ -714,21 +716,18 @@ class Invalidator:
         self.handled += 1
         return True
 
-    def _replica_url(self, site: Site) -> str | None:
-        replicas = site.database.replicas or self.settings.database.replicas
-        return replicas[0] if replicas else None
-
     def _replica_has(self, site: Site, gtid: str) -> bool:
         """Wait, bounded, until this node's replica has applied ``gtid``."""
         timeout = self.settings.bus.replica_wait_timeout
-        url = self._replica_url(site)
-        if timeout <= 0 or url is None:
+        servers = site_servers(site, self.settings)
+        if timeout <= 0 or not servers.replicas:
             return True
+        url = servers.replicas[0]
         engine = self._engines.get(url)
         if engine is None:
             engine = self._engines[url] = sqlalchemy.create_engine(
                 url, pool_pre_ping=True, pool_size=1, max_overflow=2,
-                connect_args=self._connect_args(url),
+                connect_args=servers.connect_args(url),
             )
         try:
             with engine.connect() as conn:
@@ -741,11 +740,6 @@ class Invalidator:
         log.warning("invalidator: replica %s has not applied %s after %gs: purging now and "
                     "again after the lag bound", mask_url(url), gtid, timeout)
         return False
-
-    def _connect_args(self, url: str) -> dict[str, Any]:
-        if not url.startswith("mysql"):
-            return {}
-        return {"connect_timeout": max(1, int(self.settings.database.connect_timeout))}
 
     def cache_for(self, site: Site) -> PageCache:
         known = self._caches.get(site.name)

@@ -61,6 +61,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from tenantkit import layout
 from tenantkit.errors import CacheError, InvalidHost
 from tenantkit.hosts import normalize_host
 
@@ -68,7 +69,7 @@ __all__ = ["CacheStats", "CachedPage", "FillTicket", "PageCache", "page_key"]
 
 log = logging.getLogger(__name__)
 
-BODY = "index.html"
+BODY = layout.BODY
 META = ".meta.json"
 STALE_BODY = ".stale.html"
 STALE_META = ".stale.json"
@@ -291,7 +292,7 @@ class PageCache:
         self.max_bytes = max_bytes
         self.fill_timeout = fill_timeout
         self.clock = clock
-        self._current = str(self.root / "current")
+        self._current = str(self.root / layout.CURRENT)
         self._previous = str(self.root / "previous")
         self._counters = _Counters()
         # Sidecars already parsed, keyed by body path, valid while the body's identity

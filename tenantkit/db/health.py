@@ -45,6 +45,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from tenantkit.config import mask_url
+from tenantkit.db.servers import connect_seconds
 
 __all__ = ["ReplicaHealth", "ReplicaState", "Status"]
 
@@ -174,7 +175,7 @@ class ReplicaHealth:
             url = self._urls[index]
             connect_args: dict[str, Any] = {}
             if url.get_backend_name() in ("mysql", "mariadb"):
-                timeout = max(1, round(self.connect_timeout + 0.499))
+                timeout = connect_seconds(self.connect_timeout)
                 connect_args = {"connect_timeout": timeout, "read_timeout": timeout * 2}
             engine = create_engine(url, poolclass=NullPool, connect_args=connect_args)
             self._engines[index] = engine

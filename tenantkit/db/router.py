@@ -87,6 +87,7 @@ from tenantkit.config import Settings
 from tenantkit.db.classify import statement_role
 from tenantkit.db.gtid import last_gtid_dbapi, wait_for_gtid_dbapi
 from tenantkit.db.health import ReplicaHealth, masked
+from tenantkit.db.servers import connect_seconds, site_servers
 from tenantkit.errors import ConfigError, InvalidToken, PrimaryUnavailable
 
 if TYPE_CHECKING:
@@ -200,10 +201,7 @@ class _Server:
             opts = dict(options)
             if url.get_backend_name() in ("mysql", "mariadb"):
                 connect_args = dict(opts.pop("connect_args", {}))
-                timeout: float = connect_timeout
-                if url.get_driver_name() == "mysqldb":
-                    timeout = max(1, round(connect_timeout + 0.499))
-                connect_args.setdefault("connect_timeout", timeout)
+                connect_args.setdefault("connect_timeout", connect_seconds(connect_timeout))
                 opts["connect_args"] = connect_args
             self.engine, self.owned = create_engine(url, **opts), True
         self.name = masked(self.engine.url)
@@ -293,13 +291,12 @@ class Router:
     @classmethod
     def from_site(cls, site: Site, settings: Settings | None = None, **kwargs: Any) -> Router:
         """A Router for *site*: its own primary and replicas, or the settings' servers when
-        its ``primary`` is not set. Timeouts and modes come from *settings* (default: the
-        embedded defaults)."""
-        db = (settings or Settings()).database
-        if site.database.primary is None:
-            return cls.from_settings(db, **kwargs)
+        its ``primary`` is not set (:func:`~tenantkit.db.servers.site_servers`). Timeouts and
+        modes come from *settings* (default: the embedded defaults)."""
+        servers = site_servers(site, settings)
+        db = servers.options
         return cls(
-            site.database.primary, site.database.replicas,
+            servers.primary, servers.replicas,
             read_your_writes=db.read_your_writes, pin_seconds=db.pin_seconds,
             gtid_wait_timeout=db.gtid_wait_timeout, lag_threshold=db.lag_threshold,
             connect_timeout=db.connect_timeout, dead_host_cooldown=db.dead_host_cooldown,

@@ -24,13 +24,13 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
+from tenantkit import layout
 from tenantkit.config import Settings
 
-__all__ = ["HOSTS_DIR", "HostLinks", "render_config"]
+__all__ = ["HostLinks", "render_config"]
 
 logger = logging.getLogger(__name__)
 
-HOSTS_DIR = "_hosts"
 #: Name of the signed read-your-writes cookie (see :mod:`tenantkit.web.pagecache`).
 RYW_COOKIE = "tenantkit_rw"
 _COOKIE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -130,7 +130,7 @@ def render_config(settings: Settings, *, upstream: str = "127.0.0.1:8000",
     pattern = "|".join(name.replace(".", "\\.") for name in cookies)
     cache_dir = Path(os.path.abspath(settings.cache_dir))
     return _TEMPLATE.format(
-        cache_dir=_quote(str(cache_dir)), hosts_dir=_quote(str(cache_dir / HOSTS_DIR)),
+        cache_dir=_quote(str(cache_dir)), hosts_dir=_quote(str(layout.hosts_dir(cache_dir))),
         upstream=_quote(upstream), listen=_quote(listen), cookies=pattern, proxy=_PROXY,
         proxy_original=_PROXY.replace("tenantkit_shim;", "tenantkit_shim$request_uri;"),
     )
@@ -143,17 +143,14 @@ class HostLinks:
     """
 
     def __init__(self, cache_dir: Path) -> None:
-        self.dir = Path(cache_dir) / HOSTS_DIR
+        self.dir = layout.hosts_dir(cache_dir)
         self._known: dict[str, str] = {}
-
-    def _target(self, site: str, host: str) -> str:
-        return os.path.join("..", site, "pages", "current", host)
 
     def ensure(self, site: str, host: str) -> None:
         """Point *host* at *site*, atomically (a temp symlink renamed over the old one)."""
         if self._known.get(host) == site or not host or "/" in host or host.startswith("."):
             return
-        target = self._target(site, host)
+        target = layout.host_link_target(site, host)
         link = self.dir / host
         try:
             if os.readlink(link) == target:
@@ -193,7 +190,7 @@ class HostLinks:
             except OSError:
                 continue
             site = owner.get(host)
-            if site is None or current != self._target(site, host):
+            if site is None or current != layout.host_link_target(site, host):
                 self._known.pop(host, None)
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(link)

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from itsdangerous import BadData, URLSafeTimedSerializer
 
+from tenantkit import layout
 from tenantkit.cache.pagecache import FillTicket, PageCache, page_key
 from tenantkit.db.router import ConsistencyToken
 from tenantkit.errors import CacheError, TenantkitError
@@ -152,7 +153,7 @@ class _HotPages:
         if (stamp is None or page is None or page.stale or page.ident is None
                 or len(page.body) > self.MAX_BODY):
             return page, None
-        file = os.path.join(cache.root, "current", page_key(host, path, query), "index.html")
+        file = os.path.join(cache.root, layout.CURRENT, page_key(host, path, query), layout.BODY)
         if len(self._pages) >= self.MAX_PAGES:
             self._pages.clear()
         hot = self._pages[(id(cache), host, path, query)] = _Hot(cache, file, stamp, page, now)

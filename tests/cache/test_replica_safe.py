@@ -210,3 +210,41 @@ def test_two_nodes_each_purge_after_their_own_replica(
                 proc.kill()
                 proc.wait()
         primary.dispose()
+
+
+def test_site_with_own_primary_is_purged_without_waiting_for_global_replicas(
+        tmp_path: Path, mariadb_pair: MariaDBCluster) -> None:
+    """The global replica replicates nothing of this site's: no wait on it, one purge."""
+    settings = make_settings(tmp_path, replicas=(mariadb_pair.replica_url,),
+                             replica_wait_timeout=5, lag_threshold=1.0)
+    site_file = settings.sites_dir / "blog.toml"
+    site_file.write_text(site_file.read_text()
+                         + f'[database]\nprimary = "{mariadb_pair.primary_url}"\n')
+    registry = registry_for(settings)
+    assert registry.sites["blog"].database.primary == mariadb_pair.primary_url
+    primary = create_engine(mariadb_pair.primary_url)
+    cache = PageCache(settings.cache_dir / "blog" / "pages")
+    purges = Purges()
+    transport = LocalTransport(settings.cache_dir)
+    inv = Invalidator(settings, registry, transport=transport, on_purge=purges,
+                      poll_timeout=0.05)
+    try:
+        with primary.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE posts (id INT PRIMARY KEY)")
+        inv.start()
+        with mariadb_pair.replica_held():
+            with primary.connect() as conn:
+                conn.exec_driver_sql("INSERT INTO posts VALUES (1)")
+                conn.commit()
+                gtid = last_gtid(conn)
+            assert gtid
+            cache.put(HOST, "/1/", b"v1")
+            started = time.monotonic()
+            transport.publish(PostEdited("blog", 1, gtid=gtid))
+            assert purges.wait_count(1, timeout=10)
+            assert purges.seen[0][0] - started < 2.5, "waited on a replica the site has not"
+            time.sleep(1.5)  # past the lag bound: no second, scheduled purge
+            assert len(purges.seen) == 1
+    finally:
+        inv.stop()
+        primary.dispose()

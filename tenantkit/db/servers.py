@@ -1,0 +1,75 @@
+"""Which database servers a site uses: the one rule every consumer follows.
+
+::
+
+    servers = site_servers(site, settings)
+    servers.primary            # where the site's writes go
+    servers.replicas           # where its reads go (may be empty: reads from the primary)
+    servers.options            # timeouts and modes: always the global [database] table
+    servers.connect_args(url)  # {"connect_timeout": 2} for a MySQL URL, {} otherwise
+
+The rule: the primary is the site's own ``[database] primary``, else the global one. The
+replicas are the site's own ``replicas`` when it names a primary or lists replicas (a site with
+its own primary and no replicas has none: the global replicas replicate another primary), else
+the global ones. The Router, the
+Invalidator's replica wait, the WordPress and the PunBB exports all ask :func:`site_servers`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.engine import URL, make_url
+
+from tenantkit.config import DatabaseSettings, Settings, mask_url
+from tenantkit.sites import Site
+
+__all__ = ["Servers", "connect_seconds", "site_servers"]
+
+_MYSQL = ("mysql", "mariadb")
+
+
+def connect_seconds(seconds: float) -> int:
+    """A timeout as MySQL clients take it: whole seconds, rounded up, at least 1."""
+    return max(1, math.ceil(seconds))
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
+class Servers:
+    """A site's database servers. ``own`` is true when the site file names its primary."""
+
+    primary: str
+    replicas: tuple[str, ...]
+    options: DatabaseSettings
+    own: bool
+
+    @property
+    def source(self) -> str:
+        """Where the primary was configured, for messages."""
+        return "its [database] primary" if self.own else "the global [database] primary"
+
+    def connect_args(self, url: str | URL) -> dict[str, Any]:
+        """The driver arguments that bound a connect to *url* by ``connect_timeout``."""
+        if make_url(url).get_backend_name() not in _MYSQL:
+            return {}
+        return {"connect_timeout": connect_seconds(self.options.connect_timeout)}
+
+    def __repr__(self) -> str:
+        replicas = ", ".join(mask_url(r) for r in self.replicas)
+        return (f"Servers(primary={mask_url(self.primary)!r}, replicas=[{replicas}], "
+                f"own={self.own})")
+
+
+def site_servers(site: Site | None, settings: Settings | None = None) -> Servers:
+    """The servers *site* uses under *settings* (default: the embedded defaults); with no
+    site, the global ``[database]`` servers."""
+    options = (settings or Settings()).database
+    if site is None:
+        return Servers(primary=options.primary, replicas=tuple(options.replicas),
+                       options=options, own=False)
+    own = site.database.primary is not None
+    replicas = site.database.replicas if own or site.database.replicas else options.replicas
+    return Servers(primary=site.database.primary or options.primary, replicas=tuple(replicas),
+                   options=options, own=own)

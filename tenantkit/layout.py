@@ -1,0 +1,77 @@
+"""Where tenantkit keeps things under ``cache_dir``: the one home of the on-disk layout.
+
+::
+
+    cache_dir/<site>/                      site_root(cache_dir, "blog")
+    cache_dir/<site>/pages/                pages_dir(root): the PageCache root
+    cache_dir/<site>/pages/current -> gN   CURRENT: swapped atomically on a whole-site flush
+    cache_dir/<site>/pages/gN/<host>/<path>/index.html     BODY: what nginx serves
+    cache_dir/<site>/app/                  app_dir(root): the application's own cache files
+    cache_dir/<site>/tmp/                  tmp_dir(root)
+    cache_dir/<site>/.purge/               purge_dir(root): trigger files dropped by PHP apps
+    cache_dir/_hosts/<host> -> ../<site>/pages/current/<host>   host_link(...): one per cached
+                                           host, so nginx needs no per-site configuration
+
+Everything that names one of these paths (the page cache, provisioning, the shim, the nginx,
+WordPress and PunBB exports, the trigger-file bus) asks this module; the PHP side receives its
+paths from the generated configuration and never re-derives them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = [
+    "BODY", "CURRENT", "HOSTS_DIR", "SITE_SUBDIRS", "app_dir", "host_link", "host_link_target",
+    "hosts_dir", "pages_dir", "purge_dir", "site_root", "tmp_dir",
+]
+
+PAGES = "pages"
+APP = "app"
+TMP = "tmp"
+PURGE = ".purge"
+#: The directories ``tenantkit provision`` creates under a site's root, in this order.
+SITE_SUBDIRS = (PAGES, APP, TMP, PURGE)
+#: The symlink in ``pages/`` that names the current generation.
+CURRENT = "current"
+#: The file name of a stored page body (nginx serves ``<host><uri>index.html``).
+BODY = "index.html"
+#: The directory of per-host links nginx serves hits through.
+HOSTS_DIR = "_hosts"
+
+
+def site_root(cache_dir: str | os.PathLike[str], site: str) -> Path:
+    """``cache_dir/<site>``: everything the site keeps on disk."""
+    return Path(cache_dir) / site
+
+
+def pages_dir(root: Path) -> Path:
+    return root / PAGES
+
+
+def app_dir(root: Path) -> Path:
+    return root / APP
+
+
+def tmp_dir(root: Path) -> Path:
+    return root / TMP
+
+
+def purge_dir(root: Path) -> Path:
+    return root / PURGE
+
+
+def hosts_dir(cache_dir: str | os.PathLike[str]) -> Path:
+    """``cache_dir/_hosts``: the directory nginx's catch-all server serves hits from."""
+    return Path(cache_dir) / HOSTS_DIR
+
+
+def host_link(cache_dir: str | os.PathLike[str], host: str) -> Path:
+    return hosts_dir(cache_dir) / host
+
+
+def host_link_target(site: str, host: str) -> str:
+    """What ``_hosts/<host>`` points at, relative to ``_hosts``:
+    ``../<site>/pages/current/<host>``."""
+    return os.path.join("..", site, PAGES, CURRENT, host)
