@@ -178,7 +178,7 @@ def _nginx_conf(prefix: Path, server_blocks: str) -> Path:
 
 def run(quick: bool = False) -> Report:
     from tenantkit.config import Settings
-    from tenantkit.web.nginx import render_config
+    from tenantkit.export.nginx import render_config
 
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed (apt-get install wrk)")

@@ -41,6 +41,7 @@ from tenantkit.errors import (
     TenantkitError,
     WpConfigError,
 )
+from tenantkit.export.wordpress import render_wp_config
 from tenantkit.hosts import Conflict, HostIndex, normalize_host, normalize_pattern, request_host
 from tenantkit.provision import (
     DeprovisionResult,
@@ -58,7 +59,6 @@ from tenantkit.sites import (
     validate_name,
 )
 from tenantkit.watch import SiteWatcher
-from tenantkit.wpconfig import render_wp_config
 
 __version__ = "0.1.0"
 

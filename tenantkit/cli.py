@@ -100,7 +100,7 @@ def show_config(info: ScriptInfo) -> None:
 
 def _punbb_map_text(settings: Settings, site: Site) -> str:
     """The forum map of every forum, with *site* as it is about to be provisioned."""
-    from tenantkit.punbb import build_forum_map, render_forum_map
+    from tenantkit.export.punbb import build_forum_map, render_forum_map
     from tenantkit.registry import Registry
 
     sites = dict(Registry.load(settings).sites)
@@ -131,7 +131,7 @@ def punbb_config(info: ScriptInfo, sites: tuple[str, ...], output: Path | None,
     Covers every site whose file has [meta] app = "punbb", or only the SITES named. The map
     holds database passwords: keep it readable by the web server only.
     """
-    from tenantkit.punbb import build_forum_map, render_forum_map, write_forum_map
+    from tenantkit.export.punbb import build_forum_map, render_forum_map, write_forum_map
     from tenantkit.registry import Registry
 
     registry = Registry.load(info.settings)
@@ -274,7 +274,7 @@ def provision_command(
         raise _provision_errors(exc) from exc
     if print_wp_config:
         from tenantkit.errors import WpConfigError
-        from tenantkit.wpconfig import render_wp_config
+        from tenantkit.export.wordpress import render_wp_config
 
         try:
             text = render_wp_config(result.site, settings, debian=debian)
@@ -503,7 +503,7 @@ def serve_command(info: ScriptInfo, bind: str, workers: int, server: str) -> Non
 @pass_info
 def nginx_config_command(info: ScriptInfo, listen: str, upstream: str) -> None:
     """Print a catch-all nginx server block: page-cache hits from disk, the rest to tenantkit."""
-    from tenantkit.web.nginx import render_config
+    from tenantkit.export.nginx import render_config
 
     try:
         click.echo(render_config(info.settings, listen=listen, upstream=upstream), nl=False)

@@ -53,6 +53,7 @@ from tenantkit.errors import ConfigError
 
 __all__ = [
     "DEFAULT_BYPASS_COOKIES",
+    "RYW_COOKIE",
     "BusSettings",
     "CacheSettings",
     "DatabaseSettings",
@@ -63,6 +64,9 @@ __all__ = [
 
 CONFIG_ENV = "TENANTKIT_CONFIG"
 DEFAULT_CONFIG_FILE = "tenantkit.toml"
+
+#: Name of the shim's signed read-your-writes cookie (see :mod:`tenantkit.web.pagecache`).
+RYW_COOKIE = "tenantkit_rw"
 
 #: Cookie name prefixes that mean "this visitor sees a personal page" for WordPress and PunBB.
 DEFAULT_BYPASS_COOKIES: tuple[str, ...] = (

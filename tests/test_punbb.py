@@ -1,4 +1,4 @@
-"""tenantkit.punbb and ``tenantkit punbb-config``: the PunBB forum map."""
+"""tenantkit.export.punbb and ``tenantkit punbb-config``: the PunBB forum map."""
 
 from __future__ import annotations
 
@@ -17,14 +17,14 @@ from hypothesis import strategies as st
 from tenantkit.cli import cli
 from tenantkit.config import BusSettings, DatabaseSettings, Settings
 from tenantkit.errors import ForumMapError
-from tenantkit.hosts import HostIndex
-from tenantkit.punbb import (
+from tenantkit.export.punbb import (
     build_forum_map,
     forum_for_site,
     php_literal,
     render_forum_map,
     write_forum_map,
 )
+from tenantkit.hosts import HostIndex
 from tenantkit.sites import Backend, Site, SiteDatabase
 
 MYSQL = "mysql+pymysql://punbb:s3cret@db.internal:3307/forums"

@@ -10,5 +10,5 @@ Modules: :mod:`~tenantkit.web.dispatch` (Host -> site, 400/421), :mod:`~tenantki
 page cache, read-your-writes cookie), :mod:`~tenantkit.web.consistency` (a site app's Router
 tokens), :mod:`~tenantkit.web.admin` (``/_tenantkit/``), :mod:`~tenantkit.web.metrics`,
 :mod:`~tenantkit.web.app` (``create_app``, the Flask extension), :mod:`~tenantkit.web.server`
-(``tenantkit serve``), :mod:`~tenantkit.web.nginx` (``tenantkit nginx-config``).
+(``tenantkit serve``), :mod:`~tenantkit.export.nginx` (``tenantkit nginx-config``).
 """

@@ -48,8 +48,8 @@ from tenantkit.sites import Site
 from tenantkit.watch import SiteWatcher
 from tenantkit.web.backends import BackendPool
 from tenantkit.web.dispatch import HostDispatcher, SiteBackendApp
+from tenantkit.web.hostlinks import HostLinks
 from tenantkit.web.metrics import Metrics, replica_lag, watch_router
-from tenantkit.web.nginx import HostLinks
 from tenantkit.web.pagecache import (
     LANE_KEY,
     PageCacheMiddleware,

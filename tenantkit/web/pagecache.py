@@ -45,10 +45,11 @@ from itsdangerous import BadData, URLSafeTimedSerializer
 
 from tenantkit import layout
 from tenantkit.cache.pagecache import FillTicket, PageCache, page_key
+from tenantkit.config import RYW_COOKIE
 from tenantkit.db.router import ConsistencyToken
 from tenantkit.errors import CacheError, TenantkitError
 from tenantkit.sites import Site
-from tenantkit.web.nginx import RYW_COOKIE, HostLinks
+from tenantkit.web.hostlinks import HostLinks
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment

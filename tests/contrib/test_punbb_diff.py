@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tenantkit.config import Settings
+from tenantkit.export.punbb import build_forum_map, render_forum_map
 from tenantkit.hosts import normalize_host
-from tenantkit.punbb import build_forum_map, render_forum_map
 from tenantkit.sites import Backend, Site, SiteDatabase
 
 from .punbb_support import (

@@ -33,11 +33,11 @@ from tenantkit.cache.bus import Invalidator
 from tenantkit.cache.events import Event, PurgeAction
 from tenantkit.cache.pagecache import PageCache
 from tenantkit.config import BusSettings, DatabaseSettings, Settings
+from tenantkit.export.wordpress import render_wp_config
 from tenantkit.provision import provision
 from tenantkit.registry import Registry
 from tenantkit.sites import Site, SiteDatabase
 from tenantkit.testing import DATABASE, PASSWORD, USER, MariaDBCluster, RedisServer, free_port
-from tenantkit.wpconfig import render_wp_config
 
 from .wordpress import write_config
 

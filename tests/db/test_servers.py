@@ -12,9 +12,9 @@ from tenantkit.cache.bus import Invalidator, LocalTransport
 from tenantkit.config import BusSettings, DatabaseSettings, Settings
 from tenantkit.db.router import Router
 from tenantkit.db.servers import connect_seconds, site_servers
-from tenantkit.punbb import forum_for_site
+from tenantkit.export.punbb import forum_for_site
+from tenantkit.export.wordpress import render_wp_config
 from tenantkit.sites import Backend, Site, SiteDatabase
-from tenantkit.wpconfig import render_wp_config
 
 # Nothing listens on port 1: a connect fails at once, which is all the consumers need here.
 G_PRIMARY = "mysql+pymysql://app:pw@127.0.0.1:1/global"

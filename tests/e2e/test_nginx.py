@@ -13,9 +13,9 @@ from tk_procs import Nginx
 from tk_web import Sites
 from werkzeug.serving import make_server
 
+from tenantkit.export.nginx import render_config
 from tenantkit.testing import free_port
 from tenantkit.web.app import create_app
-from tenantkit.web.nginx import render_config
 
 
 @pytest.fixture

@@ -2,12 +2,12 @@
 
 Print it with ``tenantkit nginx-config``, or::
 
-    from tenantkit.web.nginx import render_config
+    from tenantkit.export.nginx import render_config
     print(render_config(settings, upstream="127.0.0.1:8000", listen="80"))
 
 nginx cannot know which site a Host belongs to, so the shim keeps one symlink per host it has
 cached pages for: ``cache_dir/_hosts/<host> -> ../<site>/pages/current/<host>``
-(:class:`HostLinks`; ``_hosts`` can never be a site name). nginx serves
+(:class:`tenantkit.web.hostlinks.HostLinks`; ``_hosts`` can never be a site name). nginx serves
 ``cache_dir/_hosts/$host$uri/index.html`` when it is there; the symlink goes through the
 site's ``current`` generation, so a whole-site flush is seen at once. Requests that are not
 GET or HEAD, that carry ``Authorization``, a query string, a bypass cookie or the shim's
@@ -16,23 +16,16 @@ read-your-writes cookie, and every miss, go to tenantkit.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import re
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
 from tenantkit import layout
-from tenantkit.config import Settings
+from tenantkit.config import RYW_COOKIE, Settings
 
-__all__ = ["HostLinks", "render_config"]
+__all__ = ["render_config"]
 
-logger = logging.getLogger(__name__)
-
-#: Name of the signed read-your-writes cookie (see :mod:`tenantkit.web.pagecache`).
-RYW_COOKIE = "tenantkit_rw"
 _COOKIE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 _TEMPLATE = """\
@@ -134,63 +127,3 @@ def render_config(settings: Settings, *, upstream: str = "127.0.0.1:8000",
         upstream=_quote(upstream), listen=_quote(listen), cookies=pattern, proxy=_PROXY,
         proxy_original=_PROXY.replace("tenantkit_shim;", "tenantkit_shim$request_uri;"),
     )
-
-
-class HostLinks:
-    """Keeps ``cache_dir/_hosts/<host>`` pointing at the site that caches pages for it.
-
-    ``host`` must already be normalised (the page cache only stores normalised hosts).
-    """
-
-    def __init__(self, cache_dir: Path) -> None:
-        self.dir = layout.hosts_dir(cache_dir)
-        self._known: dict[str, str] = {}
-
-    def ensure(self, site: str, host: str) -> None:
-        """Point *host* at *site*, atomically (a temp symlink renamed over the old one)."""
-        if self._known.get(host) == site or not host or "/" in host or host.startswith("."):
-            return
-        target = layout.host_link_target(site, host)
-        link = self.dir / host
-        try:
-            if os.readlink(link) == target:
-                self._known[host] = site
-                return
-        except OSError:
-            pass
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.dir / f".{host}.{os.getpid()}.{uuid.uuid4().hex}"
-            os.symlink(target, tmp)
-            try:
-                os.replace(tmp, link)
-            except BaseException:
-                os.unlink(tmp)
-                raise
-        except OSError as exc:
-            logger.warning("cannot link %s for nginx: %s", link, exc)
-            return
-        self._known[host] = site
-
-    def prune(self, owner: dict[str, str | None]) -> None:
-        """Remove links whose host now belongs to another site, or to none.
-
-        *owner* maps each linked host to the site that serves it now (``None``: no site).
-        """
-        try:
-            names = os.listdir(self.dir)
-        except FileNotFoundError:
-            return
-        for host in names:
-            if host.startswith("."):
-                continue
-            link = self.dir / host
-            try:
-                current = os.readlink(link)
-            except OSError:
-                continue
-            site = owner.get(host)
-            if site is None or current != layout.host_link_target(site, host):
-                self._known.pop(host, None)
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(link)

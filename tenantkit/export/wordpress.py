@@ -2,7 +2,7 @@
 
 ::
 
-    from tenantkit.wpconfig import render_wp_config
+    from tenantkit.export.wordpress import render_wp_config
     print(render_wp_config(site, settings))                # define('TENANTKIT_SITE', ...); ...
     print(render_wp_config(site, settings, debian=True))   # /etc/wordpress/config-<host>.php
 
