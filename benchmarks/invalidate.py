@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import Report, alternate, main, percentile
-from tenantkit.cache.bus import Invalidator, LocalTransport, make_transport
 from tenantkit.cache.events import Event, PostEdited, PurgeAction
+from tenantkit.cache.invalidator import Invalidator
 from tenantkit.cache.pagecache import PageCache
+from tenantkit.cache.transports import LocalTransport, make_transport
 from tenantkit.config import BusSettings, Settings
 from tenantkit.registry import Registry
 from tenantkit.sites import Site

@@ -7,7 +7,6 @@ The public API lives here; import from ``tenantkit`` rather than its modules::
 
 from __future__ import annotations
 
-from tenantkit.cache.bus import Invalidator, publish
 from tenantkit.cache.events import (
     CommentChanged,
     CommentPosted,
@@ -18,7 +17,9 @@ from tenantkit.cache.events import (
     from_json,
     to_json,
 )
+from tenantkit.cache.invalidator import Invalidator
 from tenantkit.cache.pagecache import CachedPage, FillTicket, PageCache
+from tenantkit.cache.publish import publish
 from tenantkit.config import Settings, mask_url
 from tenantkit.db.classify import statement_role
 from tenantkit.db.compress import CompressedConnection, CompressionUnavailableWarning, WireStats

@@ -390,8 +390,10 @@ def _load_registry(settings: Settings) -> Any:
 def purge_command(info: ScriptInfo, site: str, paths: tuple[str, ...], host: str | None,
                   tags: tuple[str, ...], purge_all: bool) -> None:
     """Purge SITE's page cache on every node (publishes a purge event)."""
-    from tenantkit.cache.bus import publish, purge_now
+    from tenantkit.cache.caches import site_page_cache
     from tenantkit.cache.events import Purge
+    from tenantkit.cache.publish import publish
+    from tenantkit.cache.purge import action_for, purge
     from tenantkit.errors import InvalidHost, MalformedEvent
     from tenantkit.hosts import normalize_host
 
@@ -418,8 +420,9 @@ def purge_command(info: ScriptInfo, site: str, paths: tuple[str, ...], host: str
     except MalformedEvent as exc:
         raise TenantkitUsageError(str(exc)) from exc
     try:
-        if settings.bus.transport == "local":
-            purge_now(settings, registry.sites.values(), event)
+        if settings.bus.transport == "local":  # no bus to other nodes: purge here and now
+            chosen = registry.sites[site]
+            purge(site_page_cache(chosen), chosen, action_for(chosen, event))
             click.echo(f"purged {site}")
         else:
             publish(event, settings=settings)
@@ -438,7 +441,8 @@ def invalidator_command(info: ScriptInfo, node: str | None, transport: str | Non
     """Consume invalidation events on this node and purge the page caches (until stopped)."""
     import signal
 
-    from tenantkit.cache.bus import Invalidator, make_transport
+    from tenantkit.cache.invalidator import Invalidator
+    from tenantkit.cache.transports import make_transport
     from tenantkit.watch import SiteWatcher
 
     settings = info.settings

@@ -1,4 +1,12 @@
-"""The page cache and its invalidation: :class:`~tenantkit.cache.pagecache.PageCache`,
-content events and purge policies (:mod:`tenantkit.cache.events`), the bus that carries
-events to every node (:mod:`tenantkit.cache.bus`) and the SQLAlchemy hooks that publish them
-after a commit (:mod:`tenantkit.cache.hooks`)."""
+"""The page cache and its invalidation.
+
+- :mod:`~tenantkit.cache.pagecache`: :class:`PageCache`, one site's pages on disk;
+- :mod:`~tenantkit.cache.caches`: :class:`SiteCaches`, one PageCache per site per process;
+- :mod:`~tenantkit.cache.events`: content events and purge policies;
+- :mod:`~tenantkit.cache.purge`: :func:`purge`, the one purge path (admin, CLI, Invalidator);
+- :mod:`~tenantkit.cache.transports`: how events reach every node (local, trigger files,
+  Redis Streams, Redis pub/sub);
+- :mod:`~tenantkit.cache.publish`: :func:`publish`, after a commit;
+- :mod:`~tenantkit.cache.invalidator`: :class:`Invalidator`, the per-node consumer;
+- :mod:`~tenantkit.cache.hooks`: SQLAlchemy hooks that publish events after a commit.
+"""

@@ -31,7 +31,6 @@ from sqlalchemy import event as sa_event
 from sqlalchemy import inspect
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 
-from tenantkit.cache.bus import Transport, publish
 from tenantkit.cache.events import (
     CommentChanged,
     CommentPosted,
@@ -41,6 +40,8 @@ from tenantkit.cache.events import (
     SiteChanged,
     with_gtid,
 )
+from tenantkit.cache.publish import publish
+from tenantkit.cache.transports import Transport
 from tenantkit.config import Settings
 from tenantkit.db.gtid import last_gtid
 from tenantkit.db.router import Router

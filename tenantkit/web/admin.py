@@ -1,6 +1,7 @@
 """Admin endpoints under ``/_tenantkit/``, on the configured admin hosts only.
 
-Registered by :class:`~tenantkit.web.app.Tenantkit`; configure them with::
+Registered by :func:`~tenantkit.web.app.create_app` on top of the
+:class:`~tenantkit.web.extension.Tenantkit` extension; configure them with::
 
     [web]
     admin_hosts = ["admin.example.org"]
@@ -27,14 +28,12 @@ import hmac
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, jsonify, render_template_string, request
 
 from tenantkit.config import mask_url
-
-if TYPE_CHECKING:
-    from tenantkit.web.app import Tenantkit
+from tenantkit.web.extension import Tenantkit
 
 __all__ = ["blueprint", "health_report"]
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from email.utils import formatdate, parsedate_to_datetime
@@ -44,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 from itsdangerous import BadData, URLSafeTimedSerializer
 
 from tenantkit import layout
+from tenantkit.cache.caches import SiteCaches
 from tenantkit.cache.pagecache import FillTicket, PageCache, page_key
 from tenantkit.config import RYW_COOKIE
 from tenantkit.db.router import ConsistencyToken
@@ -74,38 +74,6 @@ MAX_STORE_BYTES = 8 * 1024 * 1024
 #: Headers a stored page keeps (the rest are per-response or hop-by-hop).
 _KEEP = frozenset({"content-type", "content-language", "etag", "last-modified", "link",
                    "vary", "x-robots-tag", "content-security-policy"})
-
-
-class SiteCaches:
-    """One :class:`PageCache` per site definition, rebuilt when the site's cache policy changes."""
-
-    def __init__(self, factory: Callable[[Site], PageCache] | None = None) -> None:
-        self.factory = factory or _default_cache
-        self._caches: dict[str, tuple[Site, PageCache]] = {}
-        self._lock = threading.Lock()
-
-    def get(self, site: Site) -> PageCache:
-        entry = self._caches.get(site.name)
-        if entry is not None and entry[0] is site:
-            return entry[1]
-        with self._lock:
-            entry = self._caches.get(site.name)
-            if entry is not None and (entry[0] is site or (
-                    entry[0].cache == site.cache and entry[0].cache_root == site.cache_root)):
-                self._caches[site.name] = (site, entry[1])
-                return entry[1]
-            cache = self.factory(site)
-            self._caches[site.name] = (site, cache)
-            return cache
-
-    def items(self) -> list[tuple[Site, PageCache]]:
-        return list(self._caches.values())
-
-    def discard(self, keep: Iterable[str]) -> None:
-        keep = set(keep)
-        with self._lock:
-            for name in [n for n in self._caches if n not in keep]:
-                del self._caches[name]
 
 
 class _HotPages:

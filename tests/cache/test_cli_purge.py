@@ -72,7 +72,7 @@ def test_purge_over_redis_publishes(tmp_path: Path, redis_server: RedisServer) -
         entries = client.xrange("tenantkit:events")
     finally:
         client.close()
-        from tenantkit.cache.bus import close_transports
+        from tenantkit.cache.publish import close_transports
 
         close_transports()
     assert len(entries) == 1

@@ -9,7 +9,6 @@ import pytest
 from sqlalchemy import Engine, Integer, String, create_engine, text, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from tenantkit.cache.bus import LocalTransport
 from tenantkit.cache.events import (
     CommentChanged,
     CommentPosted,
@@ -19,6 +18,7 @@ from tenantkit.cache.events import (
     with_gtid,
 )
 from tenantkit.cache.hooks import install
+from tenantkit.cache.transports import LocalTransport
 from tenantkit.sites import Backend, Site
 from tenantkit.testing import MariaDBCluster
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from contrib.phpcli import php_binary, run_php_calls
 
-from tenantkit.cache.bus import Invalidator
 from tenantkit.cache.events import CommentPosted, PostEdited
+from tenantkit.cache.invalidator import Invalidator
 from tenantkit.cache.pagecache import PageCache
 from tenantkit.testing import RedisServer
 

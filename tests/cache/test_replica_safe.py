@@ -13,10 +13,11 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, text
 
-from tenantkit.cache.bus import Invalidator, LocalTransport, RedisStreamTransport
 from tenantkit.cache.events import PostEdited
 from tenantkit.cache.hooks import install
+from tenantkit.cache.invalidator import Invalidator
 from tenantkit.cache.pagecache import PageCache
+from tenantkit.cache.transports import LocalTransport, RedisStreamTransport
 from tenantkit.db.gtid import last_gtid
 from tenantkit.testing import MariaDBCluster, RedisServer
 

@@ -29,8 +29,8 @@ from typing import Any
 import pymysql
 import pytest
 
-from tenantkit.cache.bus import Invalidator
 from tenantkit.cache.events import Event, PurgeAction
+from tenantkit.cache.invalidator import Invalidator
 from tenantkit.cache.pagecache import PageCache
 from tenantkit.config import BusSettings, DatabaseSettings, Settings
 from tenantkit.export.wordpress import render_wp_config

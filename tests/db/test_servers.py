@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine
 
-from tenantkit.cache.bus import Invalidator, LocalTransport
+from tenantkit.cache.invalidator import Invalidator
+from tenantkit.cache.transports import LocalTransport
 from tenantkit.config import BusSettings, DatabaseSettings, Settings
 from tenantkit.db.router import Router
 from tenantkit.db.servers import connect_seconds, site_servers

@@ -1,4 +1,4 @@
-"""Redis Streams and pub/sub transports against a real Redis."""
+"""The Redis Streams transport against a real Redis."""
 
 from __future__ import annotations
 
@@ -9,17 +9,14 @@ from pathlib import Path
 import pytest
 import redis
 
-from tenantkit.cache.bus import (
-    Invalidator,
-    RedisPubSubTransport,
-    RedisStreamTransport,
-)
 from tenantkit.cache.events import CommentPosted, SiteChanged
+from tenantkit.cache.invalidator import Invalidator
 from tenantkit.cache.pagecache import PageCache
+from tenantkit.cache.transports import RedisStreamTransport
 from tenantkit.config import Settings
 from tenantkit.testing import RedisServer
 
-from .helpers import HOST, Purges, make_settings, registry_for, wait_until
+from ..helpers import HOST, Purges, make_settings, registry_for, wait_until
 
 STREAM = "tenantkit:events"
 
@@ -168,37 +165,13 @@ def test_restart_without_a_gap_does_not_flush(tmp_path: Path, redis_server: Redi
         inv.stop()
 
 
-def test_pubsub_delivers_and_flushes_on_resubscribe(tmp_path: Path,
-                                                    redis_server: RedisServer) -> None:
-    settings, _cache = _node(tmp_path, "node-a", redis_server.url)
-    purges = Purges()
-    transport = RedisPubSubTransport(redis_server.url)
-    inv = Invalidator(settings, registry_for(settings), transport=transport,
-                      on_purge=purges, poll_timeout=0.1)
-    client = redis.Redis.from_url(redis_server.url)
-    try:
-        inv.start()
-        assert wait_until(lambda: client.pubsub_numsub(STREAM)[0][1] == 1)
-        transport.publish(CommentPosted("blog", 1, True))
-        assert purges.wait_count(1)
-        assert purges.seen[0][1] == CommentPosted("blog", 1, True)
-        redis_server.stop(kill=True)
-        redis_server.start()
-        assert purges.wait_count(2)
-        assert purges.seen[1][1] is None  # at most once: a reconnect flushes
-    finally:
-        inv.stop()
-        transport.close()
-        client.close()
-
-
 def test_a_frozen_redis_is_noticed_and_flushes(tmp_path: Path, redis_server: RedisServer,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     import signal
 
-    from tenantkit.cache import bus
+    from tenantkit.cache.transports import redis_streams
 
-    monkeypatch.setattr(bus, "SOCKET_TIMEOUT", 1.0)
+    monkeypatch.setattr(redis_streams, "SOCKET_TIMEOUT", 1.0)
     settings, cache = _node(tmp_path, "node-a", redis_server.url)
     purges = Purges()
     inv = Invalidator(settings, registry_for(settings), on_purge=purges, poll_timeout=0.1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import subprocess
 import sys
@@ -10,16 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from tenantkit.cache.bus import (
-    Invalidator,
-    LocalTransport,
-    TriggerFileTransport,
-    close_transports,
-    publish,
-)
 from tenantkit.cache.events import CommentPosted, PostEdited, Purge, SiteChanged, to_json
+from tenantkit.cache.invalidator import Invalidator
 from tenantkit.cache.pagecache import PageCache
-from tenantkit.errors import BusError
+from tenantkit.cache.publish import publish
+from tenantkit.cache.transports import TriggerFileTransport
 
 from .helpers import HOST, Purges, make_settings, registry_for, wait_until
 
@@ -55,14 +49,6 @@ def test_targeted_policy_purges_tags_only(tmp_path: Path) -> None:
     assert cache.get(HOST, "/p/42/").stale  # type: ignore[union-attr]
     assert not cache.get(HOST, "/p/43/").stale  # type: ignore[union-attr]
     assert purges.seen[0][3].tags == ("post:42", "home", "feed", "term:7", "author:3")
-
-
-def test_local_publish_without_an_invalidator_writes_a_trigger_file(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path)
-    LocalTransport(settings.cache_dir).publish(SiteChanged("blog"))
-    files = list((settings.cache_dir / "blog" / ".purge").glob("*.json"))
-    assert len(files) == 1
-    assert json.loads(files[0].read_text())["type"] == "site_changed"
 
 
 def test_unknown_site_is_dropped_and_others_still_served(tmp_path: Path,
@@ -128,21 +114,6 @@ def test_trigger_files_present_at_start_are_scanned(tmp_path: Path) -> None:
                      scan_interval=0.1):
         assert purges.wait_count(1)
     assert purges.seen[0][3].flush
-
-
-def test_files_transport_fails_clearly_when_cache_dir_is_unusable(tmp_path: Path) -> None:
-    (tmp_path / "cache").write_text("a file, not a directory")
-    with pytest.raises(BusError, match="cannot write a trigger file"):
-        TriggerFileTransport(tmp_path / "cache").publish(SiteChanged("blog"))
-
-
-def test_redis_down_falls_back_to_a_trigger_file(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, transport="redis", redis_url="redis://127.0.0.1:1/0")
-    try:
-        publish(SiteChanged("blog"), settings=settings)
-    finally:
-        close_transports()
-    assert len(list((settings.cache_dir / "blog" / ".purge").glob("*.json"))) == 1
 
 
 def test_relative_cache_dir_trigger_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -1,0 +1,60 @@
+"""One :class:`~tenantkit.cache.pagecache.PageCache` per site per process.
+
+The shim's page-cache middleware, its admin purge and an Invalidator running in the same
+process share one :class:`SiteCaches`, so a site's pages are read, stored and purged through
+the same object::
+
+    caches = SiteCaches()
+    cache = caches.get(site)              # built on first use, rebuilt when the policy changes
+    caches.discard(registry.sites)        # forget sites that are gone
+
+:func:`site_page_cache` is the one way a site's settings become a PageCache.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+
+from tenantkit.cache.pagecache import PageCache
+from tenantkit.sites import Site
+
+__all__ = ["SiteCaches", "site_page_cache"]
+
+
+def site_page_cache(site: Site) -> PageCache:
+    """A PageCache on the site's pages directory, with the site's cache settings."""
+    return PageCache(site.pages_dir, ttl=site.cache.ttl, stale_seconds=site.cache.stale_seconds,
+                     max_bytes=site.cache.max_bytes)
+
+
+class SiteCaches:
+    """One :class:`PageCache` per site definition, rebuilt when the site's cache policy changes."""
+
+    def __init__(self, factory: Callable[[Site], PageCache] | None = None) -> None:
+        self.factory = factory or site_page_cache
+        self._caches: dict[str, tuple[Site, PageCache]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, site: Site) -> PageCache:
+        entry = self._caches.get(site.name)
+        if entry is not None and entry[0] is site:
+            return entry[1]
+        with self._lock:
+            entry = self._caches.get(site.name)
+            if entry is not None and (entry[0] is site or (
+                    entry[0].cache == site.cache and entry[0].cache_root == site.cache_root)):
+                self._caches[site.name] = (site, entry[1])
+                return entry[1]
+            cache = self.factory(site)
+            self._caches[site.name] = (site, cache)
+            return cache
+
+    def items(self) -> list[tuple[Site, PageCache]]:
+        return list(self._caches.values())
+
+    def discard(self, keep: Iterable[str]) -> None:
+        keep = set(keep)
+        with self._lock:
+            for name in [n for n in self._caches if n not in keep]:
+                del self._caches[name]

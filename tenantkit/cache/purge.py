@@ -1,0 +1,55 @@
+"""The one purge path: what purging a site's pages by path, by tag or whole means.
+
+The admin endpoint (``POST /_tenantkit/purge``), ``tenantkit purge`` and the Invalidator
+all end here::
+
+    action = action_for(site, Purge("blog", tags=("post:42",)))   # event -> PurgeAction
+    result = purge(caches.get(site), site, action)                 # carried out, once
+    result.pages                                                   # pages that went stale
+
+The host and the paths are checked before anything is purged: a host that does not
+normalise raises :class:`~tenantkit.errors.InvalidHost`, a path without a leading ``/``
+:class:`~tenantkit.errors.CacheError` (from the page cache), and the cache is left as it was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tenantkit.cache.events import Event, PurgeAction, purge_action
+from tenantkit.cache.pagecache import PageCache
+from tenantkit.hosts import normalize_host
+from tenantkit.sites import Site
+
+__all__ = ["PurgeResult", "action_for", "purge"]
+
+
+@dataclass(frozen=True)
+class PurgeResult:
+    """What :func:`purge` did: the site's new generation after a flush, else how many pages
+    went stale (by tag plus by path) and the host the paths were purged for (None: every
+    host)."""
+
+    site: str
+    flushed: bool = False
+    generation: str | None = None
+    pages: int = 0
+    host: str | None = None
+
+
+def action_for(site: Site, event: Event) -> PurgeAction:
+    """What ``event`` purges on ``site``, under the site's policy and home-page setting."""
+    return purge_action(event, site.cache.policy,
+                        home_shows_comments=bool(site.meta.get("home_shows_comments", True)))
+
+
+def purge(cache: PageCache, site: Site, action: PurgeAction) -> PurgeResult:
+    """Carry out ``action`` on ``site``'s page cache ``cache``: a flush of the whole site, or
+    the action's paths (of ``action.host``, or of every host) and then its tags."""
+    if action.flush:
+        return PurgeResult(site.name, flushed=True, generation=cache.flush())
+    host = normalize_host(action.host) if action.paths and action.host is not None else None
+    pages = cache.purge_paths(host, action.paths) if action.paths else 0
+    if action.tags:
+        pages += cache.purge_tags(action.tags)
+    return PurgeResult(site.name, pages=pages, host=host)
