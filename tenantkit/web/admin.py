@@ -28,12 +28,14 @@ import hmac
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Response, abort, current_app, jsonify, render_template_string, request
 
 from tenantkit.config import mask_url
-from tenantkit.web.extension import Tenantkit
+
+if TYPE_CHECKING:  # the extension registers this blueprint: no import at run time
+    from tenantkit.web.extension import Tenantkit
 
 __all__ = ["blueprint", "health_report"]
 

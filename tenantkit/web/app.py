@@ -6,9 +6,9 @@
     app = create_app()                    # settings from tenantkit.toml / TENANTKIT_* / defaults
     app = create_app(Settings(sites_dir=..., cache_dir=...))
 
-:func:`create_app` puts the :class:`~tenantkit.web.extension.Tenantkit` extension on a new
-Flask app and registers the ``/_tenantkit/`` blueprint of :mod:`tenantkit.web.admin`; to use
-the extension on an app of your own, see :mod:`tenantkit.web.extension`.
+:func:`create_app` puts the :class:`~tenantkit.web.extension.Tenantkit` extension (with the
+``/_tenantkit/`` blueprint of :mod:`tenantkit.web.admin`) on a new Flask app; to use the
+extension on an app of your own, see :mod:`tenantkit.web.extension`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from typing import Any
 from flask import Flask
 
 from tenantkit.config import Settings
-from tenantkit.web.admin import blueprint
 from tenantkit.web.extension import Tenantkit
 
 __all__ = ["Tenantkit", "create_app"]
@@ -31,5 +30,4 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
         app.config["TENANTKIT_SETTINGS"] = settings
     app.config.update({k: v for k, v in config.items() if k.startswith("TENANTKIT_")})
     Tenantkit(app)
-    app.register_blueprint(blueprint)
     return app

@@ -5,14 +5,13 @@
     tenantkit = Tenantkit()
     app = Flask(__name__)
     app.config["TENANTKIT_CONFIG"] = "/etc/tenantkit.toml"
-    tenantkit.init_app(app)               # state in app.extensions["tenantkit"]
-    app.register_blueprint(admin.blueprint)   # the /_tenantkit/ endpoints, if wanted
+    tenantkit.init_app(app)   # state in app.extensions["tenantkit"], the /_tenantkit/ endpoints
 
-(:func:`tenantkit.web.app.create_app` does both.) Config keys: ``TENANTKIT_SETTINGS`` (a
-:class:`~tenantkit.config.Settings`), ``TENANTKIT_CONFIG`` (a settings file path, used when no
-Settings object is given), ``TENANTKIT_BACKGROUND`` (start the site watcher and the
-invalidator now; default False -- ``tenantkit serve`` starts them in every worker,
-:mod:`tenantkit.web.wsgi` at import).
+(:func:`tenantkit.web.app.create_app` does this on a new app.) Config keys:
+``TENANTKIT_SETTINGS`` (a :class:`~tenantkit.config.Settings`), ``TENANTKIT_CONFIG`` (a
+settings file path, used when no Settings object is given), ``TENANTKIT_BACKGROUND`` (start
+the site watcher and the invalidator now; default False -- ``tenantkit serve`` starts them in
+every worker, :mod:`tenantkit.web.wsgi` at import).
 
 The extension owns the registry, the backends, the process's one PageCache per site
 (:class:`~tenantkit.cache.caches.SiteCaches`, shared with the invalidator it runs), the
@@ -48,6 +47,7 @@ from tenantkit.hosts import normalize_host, request_host
 from tenantkit.registry import Registry
 from tenantkit.sites import Site
 from tenantkit.watch import SiteWatcher
+from tenantkit.web import admin
 from tenantkit.web.backends import BackendPool
 from tenantkit.web.dispatch import HostDispatcher, SiteBackendApp
 from tenantkit.web.hostlinks import HostLinks
@@ -133,6 +133,7 @@ class Tenantkit:
         self.metrics.sites.set(len(self._seen_sites))
         self.metrics.reload_errors.set(len(self.registry.errors))
         app.extensions["tenantkit"] = self
+        app.register_blueprint(admin.blueprint)
         app.wsgi_app = _Split(app.wsgi_app, self)  # type: ignore[method-assign]
         if app.config.get("TENANTKIT_BACKGROUND"):
             self.start()
