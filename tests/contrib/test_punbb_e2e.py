@@ -455,6 +455,15 @@ def test_two_forums_behind_tenantkit_serve(served: Served) -> None:
         assert page.headers.get(CACHE) == "BYPASS", page.headers
         assert "Logout" in page.text or "logout" in page.text
 
+    # A guest searches too (the actions a guest may use), and gets pages fit to keep.
+    for action in ("show_recent", "show_unanswered", "show_user_posts&user_id=2",
+                   "show_user_topics&user_id=2"):
+        page = _guest_get(served, hosts["forum-a"], f"/search.php?action={action}")
+        assert "Served topic of forum-a" in page.text or "Unanswered of forum-a" in page.text, (
+            action, page.text[-2000:])
+        for bad in ("Fatal error", "already closed", "Deprecated", "Warning"):
+            assert bad not in page.text, (action, page.text[-2000:])
+
     # A reply purges its topic, its forum and the index; forum-b's pages stay.
     admin = served.browser(hosts["forum-a"])
     _login(admin)
@@ -471,6 +480,7 @@ def test_two_forums_behind_tenantkit_serve(served: Served) -> None:
     assert other.headers.get(CACHE) == "HIT"
 
     php_log = served.php_log.read_text(errors="replace")
-    assert "Fatal error" not in php_log and "Parse error" not in php_log, php_log[-5000:]
+    for bad in ("Fatal error", "Parse error", "Uncaught", "already closed"):
+        assert bad not in php_log, php_log[-5000:]
     shim_log = served.shim_log.read_text(errors="replace")
     assert "Traceback" not in shim_log, shim_log[-5000:]
