@@ -304,7 +304,8 @@ def _tenantkit(config: Path, *args: str) -> str:
 @pytest.fixture
 def served(punbb_src: Path, php: str, mariadb_pair: MariaDBCluster, redis_server: RedisServer,
            tmp_path: Path) -> Iterator[Served]:
-    """Two forums on one database behind `tenantkit serve` (gunicorn) with the invalidator:
+    """Two forums on one database behind `tenantkit serve` (gunicorn; its workers run the
+    invalidator on the Redis bus):
     forum-a has a configured base URL (http://a.test, the port the visitor used is the
     default one as behind nginx), forum-b none (from the shim's X-Forwarded-* headers)."""
     pytest.importorskip("gunicorn", reason="gunicorn is not installed (pip install -e '.[server]')")
@@ -342,19 +343,16 @@ def served(punbb_src: Path, php: str, mariadb_pair: MariaDBCluster, redis_server
             shim = subprocess.Popen([str(tenantkit_bin), "serve", "--bind", f"127.0.0.1:{port}",
                                      "--workers", "2", "--server", "gunicorn"],
                                     stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
-            invalidator = subprocess.Popen([str(tenantkit_bin), "invalidator"], stdout=out,
-                                           stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
         try:
             wait_port(port, proc=shim, log=shim_log)
             yield Served(tmp_path, punbb, port, php_log, shim_log)
         finally:
-            for child in (invalidator, shim):
-                child.terminate()
-                try:
-                    child.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    child.kill()
-                    child.wait(timeout=5)
+            shim.terminate()
+            try:
+                shim.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                shim.kill()
+                shim.wait(timeout=5)
 
 
 def _until(check: Any, what: str, timeout: float = 15.0) -> Any:
