@@ -206,13 +206,16 @@ def _provision_errors(exc: Exception) -> click.ClickException:
               help='Mark the site as a PunBB forum ([meta] app = "punbb") and print the '
                    "forum map of every forum (see punbb-config) on stdout; the summary goes "
                    "to stderr.")
+@click.option("--base-url", metavar="URL",
+              help="The site's public base URL, e.g. https://forum.example.org ([meta] "
+                   "base_url: what PunBB builds its links and checks its forms with).")
 @pass_info
 def provision_command(
     info: ScriptInfo, name: str, hosts: tuple[str, ...], backend_spec: str | None,
     upstream: str | None, db_primary: str | None, replicas: tuple[str, ...],
     table_prefix: str | None, owner: str | None, group: str | None, dry_run: bool,
     as_json: bool, print_wp_config: bool = False, debian: bool = False,
-    punbb_config: bool = False,
+    punbb_config: bool = False, base_url: str | None = None,
 ) -> None:
     """Create or update site NAME: validate, create its cache tree, then write its site file.
 
@@ -254,9 +257,19 @@ def provision_command(
         )
     meta = None
     forum_map = ""
-    if punbb_config:
+    if punbb_config or base_url is not None:
         existing = Registry.load(settings, log_errors=False).sites.get(name)
-        meta = {**(existing.meta if existing else {}), "app": "punbb"}
+        meta = dict(existing.meta if existing else {})
+        if punbb_config:
+            meta["app"] = "punbb"
+        if base_url is not None:
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(base_url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise TenantkitUsageError(f"--base-url {base_url!r}: write the URL visitors "
+                                          "use, e.g. https://forum.example.org")
+            meta["base_url"] = base_url.rstrip("/")
     try:
         if punbb_config:  # a forum PunBB cannot use is refused before anything is written
             planned = provision(

@@ -357,3 +357,37 @@ def test_provision_print_punbb_config_goes_alone(project: Path, other: str) -> N
     assert code == 2
     assert "--print-punbb-config goes alone" in err
     assert not (project / "sites" / "cats.toml").exists()
+
+
+# --- base URL: tenantkit provision --base-url (issue 20) -----------------------------------------
+
+def test_provision_base_url_is_fixed_in_the_map(project: Path, php: str) -> None:
+    code, out, err = run(project, "provision", "cats", "--host", "cats.test", "--upstream",
+                         "http://127.0.0.1:8080", "--table-prefix", "cats_",
+                         "--base-url", "https://cats.example.org/", "--print-punbb-config")
+    assert code == 0, err
+    assert 'base_url = "https://cats.example.org"' in (project / "sites" / "cats.toml").read_text()
+    target = project / "map.php"
+    target.write_text(out)
+    value = php_value(php, target)
+    assert isinstance(value, dict)
+    assert value["forums"]["cats"]["base_url"] == "https://cats.example.org"
+    assert value["forums"]["cats"]["base_url_fixed"] is True
+    # No [meta] base_url: a guess PunBB replaces with the request's (trusted proxy) origin
+    assert value["forums"]["forum"]["base_url"] == "http://forum.test"
+    assert value["forums"]["forum"]["base_url_fixed"] is False
+    assert value["trusted_proxies"] == ["127.0.0.1", "::1"]
+    # A later provision without --base-url keeps it; the option alone changes only [meta]
+    code, _, err = run(project, "provision", "cats", "--base-url", "https://c.example.org")
+    assert code == 0, err
+    text = (project / "sites" / "cats.toml").read_text()
+    assert 'base_url = "https://c.example.org"' in text and 'app = "punbb"' in text
+
+
+@pytest.mark.parametrize("url", ["cats.example.org", "ftp://cats.example.org", "https://"])
+def test_provision_refuses_a_bad_base_url(project: Path, url: str) -> None:
+    code, _, err = run(project, "provision", "cats", "--host", "cats.test", "--upstream",
+                       "http://127.0.0.1:8080", "--base-url", url)
+    assert code == 2
+    assert "--base-url" in err
+    assert not (project / "sites" / "cats.toml").exists()

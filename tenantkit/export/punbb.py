@@ -11,7 +11,7 @@ A site is a PunBB forum when its file says so in ``[meta]``::
     table_prefix = "forum_"                # default: the site name with "_" for "-", plus "_"
     [meta]
     app = "punbb"
-    base_url = "https://forum.example.org" # default: http://<first exact host>
+    base_url = "https://forum.example.org" # default: from the request (see below)
 
 :func:`build_forum_map` turns the sites into the map the patched PunBB reads (host ->
 database, table prefix, ``FORUM_CACHE_DIR = cache_dir/<site>/app/``, base URL, event bus), and
@@ -25,6 +25,12 @@ The map holds every site's host patterns, not only the forums': a host that tena
 another site must not reach a forum through a wildcard. Host lookup in PHP follows
 :class:`~tenantkit.hosts.HostIndex` (exact name, longest leading wildcard, longest trailing
 wildcard); regex patterns cannot be carried over and are left out with a warning.
+
+Base URL: with ``[meta] base_url`` (``tenantkit provision --base-url``) PunBB builds its links
+and checks its forms with that URL (``base_url_fixed``). Without it the map carries a guess
+(``http://<first exact host>``) and PunBB takes the scheme, host and port of each request from
+the ``X-Forwarded-*`` headers of a trusted proxy (``trusted_proxies``: the shim on this node,
+loopback by default), else from its Host header -- never from the port PHP listens on.
 """
 
 from __future__ import annotations
@@ -62,6 +68,8 @@ logger = logging.getLogger(__name__)
 
 #: Where the patched PunBB looks for the map when TENANTKIT_PUNBB_MAP is not set.
 FORUM_MAP_FILE = "tenantkit_forums.php"
+#: Peers whose X-Forwarded-Proto/-Host/-Port PunBB believes: ``tenantkit serve`` on this node.
+TRUSTED_PROXIES = ("127.0.0.1", "::1")
 MAP_VERSION = 1
 # PunBB's installer accepts these table prefixes (admin/install.php).
 _PREFIX = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,39}$")
@@ -80,17 +88,19 @@ class PunbbForum:
     db_password: str = field(repr=False)
     db_prefix: str
     base_url: str
+    base_url_fixed: bool = True
     cookie_name: str
     cache_dir: str
     avatars_dir: str
     bus: str = field(repr=False)
     purge_dir: str
 
-    def as_php(self) -> dict[str, str]:
+    def as_php(self) -> dict[str, str | bool]:
         return {
             "db_type": self.db_type, "db_host": self.db_host, "db_name": self.db_name,
             "db_username": self.db_username, "db_password": self.db_password,
             "db_prefix": self.db_prefix, "base_url": self.base_url,
+            "base_url_fixed": self.base_url_fixed,
             "cookie_name": self.cookie_name, "cache_dir": self.cache_dir,
             "avatars_dir": self.avatars_dir, "bus": self.bus, "purge_dir": self.purge_dir,
         }
@@ -209,6 +219,7 @@ def forum_for_site(site: Site, settings: Settings) -> PunbbForum:
         db_password=db_password,
         db_prefix=_table_prefix(site),
         base_url=_base_url(site),
+        base_url_fixed="base_url" in site.meta,
         cookie_name="forum_cookie_" + site.name.replace("-", "_"),
         cache_dir=os.path.abspath(site.app_cache_dir) + "/",
         avatars_dir=f"img/avatars/{site.name}",
@@ -323,6 +334,7 @@ def render_forum_map(forum_map: ForumMap) -> str:
     data["hosts"] = dict(forum_map.exact)
     data["leading"] = {k: [site, bare] for k, (site, bare) in forum_map.leading.items()}
     data["trailing"] = dict(forum_map.trailing)
+    data["trusted_proxies"] = list(TRUSTED_PROXIES)
     data["forums"] = {name: forum.as_php() for name, forum in forum_map.forums.items()}
     header = (
         "<?php\n"

@@ -157,6 +157,10 @@ class ProxyApp:
         headers["Host"] = host
         headers["X-Forwarded-Host"] = host
         headers["X-Forwarded-Proto"] = environ.get("wsgi.url_scheme", "http")
+        port = environ.get("SERVER_PORT", "")
+        if self.trusted_proxies > 0 and environ.get("HTTP_X_FORWARDED_PORT"):
+            port = environ["HTTP_X_FORWARDED_PORT"].split(",")[-1].strip()
+        headers["X-Forwarded-Port"] = port
         return headers
 
     def _target(self, environ: WSGIEnvironment) -> str:

@@ -103,11 +103,12 @@ class Browser:
     port: int
     host: str
     cookies: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)  # sent with every request
 
     def request(self, method: str, url: str, data: Mapping[str, str] | None = None) -> Response:
         parts = urllib.parse.urlsplit(url)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        headers = {"Host": self.host}
+        headers = {**self.headers, "Host": self.host}
         if self.cookies:
             headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
         body = None
@@ -152,15 +153,17 @@ def location_id(response: Response, key: str) -> int:
 
 
 @contextmanager
-def php_server(php: str, docroot: Path, log: Path, env: Mapping[str, str] | None = None
-               ) -> Iterator[int]:
-    """``php -S 127.0.0.1:<free port> -t docroot``; yields the port; stops it at the end."""
+def php_server(php: str, docroot: Path, log: Path, env: Mapping[str, str] | None = None, *,
+               display_errors: bool = False) -> Iterator[int]:
+    """``php -S 127.0.0.1:<free port> -t docroot``; yields the port; stops it at the end.
+
+    *display_errors*: as a careless php.ini would, so that what PHP says shows in the page."""
     port = free_port()
     with log.open("wb") as out:
         proc = subprocess.Popen(
             # opcache off: tests rewrite the forum map within opcache's revalidate_freq.
-            [php, "-d", "error_reporting=-1", "-d", "log_errors=1", "-d", "display_errors=0",
-             "-d", "opcache.enable=0",
+            [php, "-d", "error_reporting=-1", "-d", "log_errors=1",
+             "-d", f"display_errors={int(display_errors)}", "-d", "opcache.enable=0",
              "-S", f"127.0.0.1:{port}", "-t", str(docroot)],
             cwd=docroot, stdout=out, stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},

@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -173,7 +174,43 @@ def test_picks_the_forum_by_host(served: tuple[int, Path], host: str, forum: str
     assert got["cache_dir"] == f"{root / 'cache' / forum / 'app'}/"
     assert got["db_host"] == "db.internal:3307"
     assert got["cookie_name"] == "forum_cookie_" + forum.replace("-", "_")
-    assert got["base_url"] == "http://" + {"forum-a": "a.test", "forum-b": "b.test"}[forum]
+    # No [meta] base_url: the request's own host (and port), never PHP's SERVER_PORT
+    assert got["base_url"] == "http://" + host.lower().replace(".:", ":").rstrip(".")
+
+
+@pytest.mark.parametrize(("headers", "base_url"), [
+    pytest.param({}, "http://b.test", id="host header"),
+    pytest.param({"X-Forwarded-Host": "b.test", "X-Forwarded-Proto": "https",
+                  "X-Forwarded-Port": "443"}, "https://b.test", id="forwarded, default port"),
+    pytest.param({"X-Forwarded-Host": "B.test", "X-Forwarded-Proto": "http",
+                  "X-Forwarded-Port": "8000"}, "http://b.test:8000", id="forwarded port"),
+    pytest.param({"X-Forwarded-Host": "b.test:8443", "X-Forwarded-Proto": "https",
+                  "X-Forwarded-Port": "9"}, "https://b.test:8443", id="port in the host wins"),
+    pytest.param({"X-Forwarded-Host": "x, b.test", "X-Forwarded-Proto": "gopher"},
+                 "http://b.test", id="last value; unknown scheme ignored"),
+    pytest.param({"X-Forwarded-Host": "bad/host"}, "http://b.test", id="invalid host"),
+])
+def test_base_url_from_a_trusted_proxy(served: tuple[int, Path], headers: dict[str, str],
+                                       base_url: str) -> None:
+    port, _ = served
+    got = json.loads(Browser(port, "b.test", headers=headers).get("/probe.php").text)
+    assert got["base_url"] == base_url
+
+
+def test_configured_base_url_wins(php: str, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    site = replace(_site("forum-a", ("a.test",), cache, prefix="fa_"),
+                   meta={"app": "punbb", "base_url": "https://forum.example.org/board"})
+    (site.cache_root / "app").mkdir(parents=True)
+    write_tenantkit_php(tmp_path / "www")
+    (tmp_path / "www" / "probe.php").write_text(PROBE)
+    forum_map = build_forum_map([site], Settings(sites_dir=tmp_path, cache_dir=cache))
+    (tmp_path / "www" / "tenantkit_forums.php").write_text(render_forum_map(forum_map))
+    with php_server(php, tmp_path / "www", tmp_path / "php.log") as port:
+        browser = Browser(port, "a.test:8080", headers={"X-Forwarded-Host": "evil.test",
+                                                        "X-Forwarded-Port": "81"})
+        got = json.loads(browser.get("/probe.php").text)
+    assert got["base_url"] == "https://forum.example.org/board"
 
 
 @pytest.mark.parametrize("host", [

@@ -14,7 +14,9 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +27,9 @@ import redis
 from click.testing import CliRunner
 
 from tenantkit.cli import cli
-from tenantkit.testing import MariaDBCluster, RedisServer
+from tenantkit.testing import MariaDBCluster, RedisServer, free_port, wait_port
 
-from .punbb_support import DIFF, EVENTS_HELPER, Browser, location_id, php_server
+from .punbb_support import DIFF, EVENTS_HELPER, Browser, Response, location_id, php_server
 
 pytestmark = pytest.mark.slow
 
@@ -271,3 +273,212 @@ def test_without_a_map_one_forum_from_config_php(forums: Setup,
     _login(browser)
     assert "cache_config.php" in {p.name for p in (forums.punbb / "cache").iterdir()}
     assert not forums.cache.exists() or not any(forums.cache.glob("*/app/cache_*.php"))
+
+
+# --- behind `tenantkit serve` (issue 20) --------------------------------------------------------
+
+SERVED = {"forum-a": "fa_", "forum-b": "fb_"}
+SEARCH_ACTIONS = ("search", "show_new", "show_recent", "show_user_posts", "show_user_topics",
+                  "show_subscriptions", "show_forum_subscriptions", "show_unanswered")
+CACHE = "X-Tenantkit-Cache"
+
+
+@dataclass
+class Served:
+    root: Path
+    punbb: Path
+    port: int          # the shim's
+    php_log: Path
+    shim_log: Path
+
+    def browser(self, host: str) -> Browser:
+        return Browser(self.port, host)
+
+
+def _tenantkit(config: Path, *args: str) -> str:
+    result = CliRunner().invoke(cli, ["--config", str(config), *args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture
+def served(punbb_src: Path, php: str, mariadb_pair: MariaDBCluster, redis_server: RedisServer,
+           tmp_path: Path) -> Iterator[Served]:
+    """Two forums on one database behind `tenantkit serve` (gunicorn; its workers run the
+    invalidator on the Redis bus):
+    forum-a has a configured base URL (http://a.test, the port the visitor used is the
+    default one as behind nginx), forum-b none (from the shim's X-Forwarded-* headers)."""
+    pytest.importorskip("gunicorn", reason="gunicorn is not installed (pip install -e '.[server]')")
+    punbb = tmp_path / "punbb"
+    shutil.copytree(punbb_src, punbb, ignore=shutil.ignore_patterns(".git"))
+    proc = subprocess.run(["git", "apply", str(DIFF)], cwd=punbb, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    shutil.copy(EVENTS_HELPER, punbb / "include" / "tenantkit-events.php")
+    config = tmp_path / "tenantkit.toml"
+    config.write_text(
+        f'sites_dir = "{tmp_path}/sites"\ncache_dir = "{tmp_path}/cache"\n'
+        f'[database]\nprimary = "{mariadb_pair.primary_url}"\n'
+        f'replicas = ["{mariadb_pair.replica_url}"]\n'
+        f'[bus]\ntransport = "redis"\nredis_url = "{redis_server.url}"\n'
+        '[cache]\npolicy = "targeted"\nttl = 600\n'
+        # as behind nginx: the visitor's address comes in X-Forwarded-For
+        '[web]\ntrusted_proxies = 1\n')
+    php_log = tmp_path / "php.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTKIT_")}
+    env["TENANTKIT_CONFIG"] = str(config)
+    with php_server(php, punbb, php_log, display_errors=True) as php_port:
+        upstream = f"http://127.0.0.1:{php_port}"
+        _tenantkit(config, "provision", "forum-a", "--host", "a.test", "--host", "*.a.test",
+                   "--upstream", upstream, "--table-prefix", "fa_",
+                   "--base-url", "http://a.test", "--print-punbb-config")
+        _tenantkit(config, "provision", "forum-b", "--host", "b.test", "--upstream", upstream,
+                   "--table-prefix", "fb_", "--print-punbb-config")
+        _tenantkit(config, "punbb-config", "--create-dirs",
+                   "--output", str(punbb / "tenantkit_forums.php"))
+        port = free_port()
+        shim_log = tmp_path / "shim.log"
+        tenantkit_bin = Path(sys.executable).parent / "tenantkit"
+        with shim_log.open("wb") as out:
+            shim = subprocess.Popen([str(tenantkit_bin), "serve", "--bind", f"127.0.0.1:{port}",
+                                     "--workers", "2", "--server", "gunicorn"],
+                                    stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+        try:
+            wait_port(port, proc=shim, log=shim_log)
+            yield Served(tmp_path, punbb, port, php_log, shim_log)
+        finally:
+            shim.terminate()
+            try:
+                shim.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                shim.kill()
+                shim.wait(timeout=5)
+
+
+def _until(check: Any, what: str, timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
+        time.sleep(0.1)
+
+
+def _guest_get(served: Served, host: str, url: str) -> Response:
+    response = served.browser(host).get(url)  # a fresh guest: no cookie at all
+    assert response.status == 200, (url, response.status, response.text[-2000:])
+    assert "Set-Cookie" not in response.headers, (url, response.headers)
+    return response
+
+
+def _served_flow(served: Served, name: str, host: str) -> dict[str, int]:
+    """Install, register, log in, post, reply, edit and search on one forum via the shim."""
+    install = _install(served.browser(host))
+    assert "successfully installed" in install, install[-3000:]
+
+    member = served.browser(host)
+    member.headers["X-Forwarded-For"] = "192.0.2.7"  # not the installer's address
+    response = member.submit("/register.php", {
+        "req_username": f"member-{name}", "req_email1": f"member@{name}.test",
+        "req_password1": "member-pass-123", "req_password2": "member-pass-123",
+    }, action="register.php", button="register")
+    assert response.status in (200, 302), response.text[-3000:]
+    assert "Unable to confirm security token" not in response.text, response.text[-3000:]
+    assert "error-box" not in response.text, response.text[-3000:]
+
+    admin = served.browser(host)
+    _login(admin)
+    response = admin.submit("/post.php?fid=1", {
+        "req_subject": f"Served topic of {name}", "req_message": f"First post in {name}",
+    }, action="post.php", button="submit_button")
+    assert response.status == 302, response.text[-3000:]
+    topic = re.search(r"viewtopic\.php\?id=(\d+)",
+                      admin.get(f"/viewtopic.php?pid={location_id(response, 'pid')}").text)
+    assert topic is not None
+    tid = int(topic.group(1))
+    response = admin.submit(f"/post.php?tid={tid}", {"req_message": f"A served reply in {name}"},
+                            action="post.php", button="submit_button")
+    assert response.status == 302, response.text[-3000:]
+    reply = location_id(response, "pid")
+    response = admin.submit(f"/edit.php?id={reply}",
+                            {"req_message": f"An edited served reply in {name}"},
+                            action="edit.php", button="submit_button")
+    assert response.status == 302, response.text[-3000:]
+    assert f"An edited served reply in {name}" in admin.get(f"/viewtopic.php?id={tid}").text
+    # A second topic with no reply, for show_unanswered.
+    response = admin.submit("/post.php?fid=1", {
+        "req_subject": f"Unanswered of {name}", "req_message": "nobody answers"},
+        action="post.php", button="submit_button")
+    assert response.status == 302, response.text[-3000:]
+
+    for action in SEARCH_ACTIONS:
+        url = {"search": "/search.php?action=search&keywords=served&search_in=0",
+               "show_user_posts": "/search.php?action=show_user_posts&user_id=2",
+               "show_user_topics": "/search.php?action=show_user_topics&user_id=2"
+               }.get(action, f"/search.php?action={action}")
+        page = admin.get(url)
+        if page.status == 302:  # a keyword search is stored, then shown by its search_id
+            page = admin.get(page.headers["Location"])
+        assert page.status == 200, (action, page.status, page.text[-2000:])
+        assert "Fatal error" not in page.text and "already closed" not in page.text, (
+            action, page.text[-2000:])
+        assert "Deprecated" not in page.text and "Warning" not in page.text, (
+            action, page.text[-2000:])
+        if action in ("search", "show_recent", "show_user_posts", "show_user_topics"):
+            assert f"Served topic of {name}" in page.text, (action, page.text[-2000:])
+        if action == "show_unanswered":
+            assert f"Unanswered of {name}" in page.text, page.text[-2000:]
+            assert f"Served topic of {name}" not in page.text
+    return {"tid": tid}
+
+
+def test_two_forums_behind_tenantkit_serve(served: Served) -> None:
+    hosts = {"forum-a": "a.test", "forum-b": f"b.test:{served.port}"}
+    topics = {name: _served_flow(served, name, host)["tid"] for name, host in hosts.items()}
+
+    for name, host in hosts.items():
+        # A guest's pages are stored and served from the cache (and no cookie is set).
+        for url in ("/index.php", "/viewforum.php?id=1", f"/viewtopic.php?id={topics[name]}"):
+            first = _guest_get(served, host, url)
+            assert first.headers.get(CACHE) in ("MISS", "HIT"), first.headers
+            again = _guest_get(served, host, url)
+            assert again.headers.get(CACHE) == "HIT", (url, again.headers)
+            assert again.text == first.text
+            assert f"of {name}" in again.text or "index" in url
+        # A logged-in user is never served from the cache.
+        admin = served.browser(host)
+        _login(admin)
+        page = admin.get("/index.php")
+        assert page.headers.get(CACHE) == "BYPASS", page.headers
+        assert "Logout" in page.text or "logout" in page.text
+
+    # A guest searches too (the actions a guest may use), and gets pages fit to keep.
+    for action in ("show_recent", "show_unanswered", "show_user_posts&user_id=2",
+                   "show_user_topics&user_id=2"):
+        page = _guest_get(served, hosts["forum-a"], f"/search.php?action={action}")
+        assert "Served topic of forum-a" in page.text or "Unanswered of forum-a" in page.text, (
+            action, page.text[-2000:])
+        for bad in ("Fatal error", "already closed", "Deprecated", "Warning"):
+            assert bad not in page.text, (action, page.text[-2000:])
+
+    # A reply purges its topic, its forum and the index; forum-b's pages stay.
+    admin = served.browser(hosts["forum-a"])
+    _login(admin)
+    response = admin.submit(f"/post.php?tid={topics['forum-a']}", {"req_message": "Purge me in"},
+                            action="post.php", button="submit_button")
+    assert response.status == 302, response.text[-3000:]
+    for url in ("/index.php", "/viewforum.php?id=1", f"/viewtopic.php?id={topics['forum-a']}"):
+        page = _until(lambda url=url: (lambda r: r if r.headers.get(CACHE) != "HIT" else None)(
+            _guest_get(served, hosts["forum-a"], url)), f"{url} purged after a reply")
+        if "viewtopic" in url:
+            assert "Purge me in" in page.text
+        assert _guest_get(served, hosts["forum-a"], url).headers.get(CACHE) == "HIT"
+    other = _guest_get(served, hosts["forum-b"], f"/viewtopic.php?id={topics['forum-b']}")
+    assert other.headers.get(CACHE) == "HIT"
+
+    php_log = served.php_log.read_text(errors="replace")
+    for bad in ("Fatal error", "Parse error", "Uncaught", "already closed"):
+        assert bad not in php_log, php_log[-5000:]
+    shim_log = served.shim_log.read_text(errors="replace")
+    assert "Traceback" not in shim_log, shim_log[-5000:]
