@@ -22,7 +22,8 @@ from tenantkit.cache.pagecache import CachedPage, FillTicket, PageCache
 from tenantkit.config import Settings, mask_url
 from tenantkit.db.classify import statement_role
 from tenantkit.db.compress import CompressedConnection, CompressionUnavailableWarning, WireStats
-from tenantkit.db.router import ConsistencyToken, Router, TokenScope
+from tenantkit.db.router import Router
+from tenantkit.db.tokens import ConsistencyToken, TokenScope
 from tenantkit.errors import (
     BusError,
     CacheError,

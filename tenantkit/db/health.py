@@ -45,6 +45,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from tenantkit.config import mask_url
+from tenantkit.db.failures import error_code
 from tenantkit.db.servers import connect_seconds
 
 __all__ = ["ReplicaHealth", "ReplicaState", "Status"]
@@ -55,11 +56,6 @@ Status = Literal["ok", "lagging", "stopped", "down", "unknown"]
 _TABLE_NAME = re.compile(r"[A-Za-z0-9_$]{1,64}(\.[A-Za-z0-9_$]{1,64})?")
 _CONFIRMED_MAX = 256
 _NO_PRIVILEGE = frozenset({1227, 1142, 1044})
-
-
-def _errno(exc: DBAPIError) -> int | None:
-    args = getattr(exc.orig, "args", ())
-    return args[0] if args and isinstance(args[0], int) else None
 
 
 @dataclass(frozen=True)
@@ -196,7 +192,7 @@ class ReplicaHealth:
                 try:
                     row = conn.execute(text("SHOW SLAVE STATUS")).mappings().first()
                 except DBAPIError as exc:
-                    if _errno(exc) not in _NO_PRIVILEGE:
+                    if error_code(exc) not in _NO_PRIVILEGE:
                         raise
                     # Reachable but not allowed to look: usable, lag unknown.
                     return "ok", None, (
