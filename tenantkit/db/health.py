@@ -46,7 +46,7 @@ from sqlalchemy.pool import NullPool
 
 from tenantkit.config import mask_url
 from tenantkit.db.failures import error_code
-from tenantkit.db.servers import connect_seconds
+from tenantkit.db.servers import connect_args
 
 __all__ = ["ReplicaHealth", "ReplicaState", "Status"]
 
@@ -169,11 +169,10 @@ class ReplicaHealth:
         engine = self._engines[index]
         if engine is None:
             url = self._urls[index]
-            connect_args: dict[str, Any] = {}
-            if url.get_backend_name() in ("mysql", "mariadb"):
-                timeout = connect_seconds(self.connect_timeout)
-                connect_args = {"connect_timeout": timeout, "read_timeout": timeout * 2}
-            engine = create_engine(url, poolclass=NullPool, connect_args=connect_args)
+            args: dict[str, Any] = connect_args(url, self.connect_timeout)
+            if args:
+                args["read_timeout"] = args["connect_timeout"] * 2
+            engine = create_engine(url, poolclass=NullPool, connect_args=args)
             self._engines[index] = engine
         return engine
 

@@ -63,6 +63,12 @@ also logged at DEBUG. Passwords never appear in logs or ``repr``.
 
 **One server.** With no replicas (SQLite, the embedded default) every API works the same and
 everything goes to the one server.
+
+**Where the parts live.** This module: the Router (its servers, the public API, counting).
+:mod:`tenantkit.db.session`: the routing DB-API connection, which chooses a leg per statement
+(:mod:`tenantkit.db.cursor`: its cursor). :mod:`tenantkit.db.tokens`: the tokens.
+:mod:`tenantkit.db.failures`: which driver errors mean a dead server.
+:mod:`tenantkit.db.servers`: which servers a site uses.
 """
 
 from __future__ import annotations
@@ -83,7 +89,7 @@ from tenantkit.config import Settings
 from tenantkit.db.classify import statement_role
 from tenantkit.db.failures import describe
 from tenantkit.db.health import ReplicaHealth, masked
-from tenantkit.db.servers import connect_seconds, site_servers
+from tenantkit.db.servers import connect_args, site_servers
 from tenantkit.db.session import RoutingConnection
 from tenantkit.db.tokens import ConsistencyToken, TokenScope
 from tenantkit.errors import ConfigError, PrimaryUnavailable
@@ -114,10 +120,9 @@ class _Server:
         else:
             url = make_url(source)
             opts = dict(options)
-            if url.get_backend_name() in ("mysql", "mariadb"):
-                connect_args = dict(opts.pop("connect_args", {}))
-                connect_args.setdefault("connect_timeout", connect_seconds(connect_timeout))
-                opts["connect_args"] = connect_args
+            bounded = connect_args(url, connect_timeout)
+            if bounded:
+                opts["connect_args"] = bounded | dict(opts.get("connect_args", {}))
             self.engine, self.owned = create_engine(url, **opts), True
         self.name = masked(self.engine.url)
         self.mysql = self.engine.dialect.name in ("mysql", "mariadb")
