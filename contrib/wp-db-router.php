@@ -27,7 +27,8 @@
  * default to DB_USER, DB_PASSWORD, DB_NAME) or DB_HOST-style `host[:port|:/socket]`. Without
  * TENANTKIT_DB_PRIMARY the primary is DB_HOST; without replicas everything goes to it.
  *
- * Routing, per statement (the classifier is tenantkit.db.classify's rules, one for one):
+ * Routing, per statement (the classifier is tenantkit.db.classify's rules, one for one; its
+ * word lists are generated from tenantkit/db/sql_keywords.json):
  * - a write goes to the primary; never to a replica. Every later statement of the request
  *   goes to the primary too (insert-then-select sees its row; transactions stay together).
  * - a read goes to the first healthy replica. Exception to "write" for routing only:
