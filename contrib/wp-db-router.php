@@ -27,7 +27,8 @@
  * default to DB_USER, DB_PASSWORD, DB_NAME) or DB_HOST-style `host[:port|:/socket]`. Without
  * TENANTKIT_DB_PRIMARY the primary is DB_HOST; without replicas everything goes to it.
  *
- * Routing, per statement (the classifier is tenantkit.db.classify's rules, one for one):
+ * Routing, per statement (the classifier is tenantkit.db.classify's rules, one for one; its
+ * word lists are generated from tenantkit/db/sql_keywords.json):
  * - a write goes to the primary; never to a replica. Every later statement of the request
  *   goes to the primary too (insert-then-select sees its row; transactions stay together).
  * - a read goes to the first healthy replica. Exception to "write" for routing only:
@@ -81,22 +82,34 @@ final class Tenantkit_SQL_Classifier
     private const STRINGS_PLAIN = '\'(?:[^\']|\'\')*+\'|"(?:[^"]|"")*+"';
     private const BACKQUOTED = '`(?:[^`]|``)*+`';
 
-    private const STATEMENTS = ['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'REPLACE', 'TABLE', 'VALUES'];
+    // BEGIN generated from tenantkit/db/sql_keywords.json by
+    // `python -m tenantkit.db.phpkeywords`: do not edit
+    private const STATEMENTS = [
+        'SELECT', 'INSERT', 'UPDATE', 'DELETE', 'REPLACE', 'TABLE', 'VALUES',
+    ];
+    private const READ_STARTERS = [
+        'SELECT', 'WITH', 'SHOW', 'HELP', 'EXPLAIN', 'DESCRIBE', 'DESC', 'ANALYZE', 'START',
+    ];
     private const EXPLAIN_OPTIONS = ['EXTENDED', 'PARTITIONS', 'ANALYZE'];
     private const FORMAT_VALUES = ['JSON', 'TRADITIONAL', 'TREE'];
     private const UNSAFE_FUNCTIONS = [
         'GET_LOCK', 'RELEASE_LOCK', 'RELEASE_ALL_LOCKS', 'IS_USED_LOCK', 'IS_FREE_LOCK',
-        'LAST_INSERT_ID', 'FOUND_ROWS', 'ROW_COUNT', 'CONNECTION_ID',
-        'LASTVAL', 'NEXTVAL', 'SETVAL', 'SLEEP', 'BENCHMARK',
-        'MASTER_POS_WAIT', 'MASTER_GTID_WAIT', 'WAIT_FOR_EXECUTED_GTID_SET', 'SOURCE_POS_WAIT',
-        'UUID_SHORT', 'LOAD_FILE',
+        'LAST_INSERT_ID', 'FOUND_ROWS', 'ROW_COUNT', 'CONNECTION_ID', 'LASTVAL', 'NEXTVAL',
+        'SETVAL', 'SLEEP', 'BENCHMARK', 'MASTER_POS_WAIT', 'MASTER_GTID_WAIT',
+        'WAIT_FOR_EXECUTED_GTID_SET', 'SOURCE_POS_WAIT', 'UUID_SHORT', 'LOAD_FILE',
     ];
     private const UNSAFE_SYSVARS = [
         'IDENTITY', 'LAST_INSERT_ID', 'INSERT_ID', 'LAST_GTID', 'WARNING_COUNT', 'ERROR_COUNT',
     ];
+    private const SYSVAR_PREFIXES = ['', 'SESSION.', 'LOCAL.'];
+    private const TRAP_WORDS = [
+        'FOR', 'LOCK', 'INTO', ':=', '@', 'SQL_CALC_FOUND_ROWS', 'NEXT', 'PREVIOUS',
+    ];
     private const SESSION_SHOW = ['WARNINGS', 'ERRORS', 'COUNT', 'PROFILE', 'PROFILES'];
-    private const STRAY = ["'", '"', '`', '/*', '*/'];
     private const READ_ONLY_CHARACTERISTICS = ['READ', 'ONLY', 'WITH', 'CONSISTENT', 'SNAPSHOT'];
+    private const STRAY = ['\'', '"', '`', '/*', '*/'];
+    // END generated from tenantkit/db/sql_keywords.json
+
     // What Python's str.upper() turns into ASCII letters (PHP's strtoupper is ASCII-only).
     private const UPPER_TO_ASCII = [
         "\u{131}" => 'I', "\u{17F}" => 'S', "\u{DF}" => 'SS', "\u{FB00}" => 'FF',
@@ -114,9 +127,6 @@ final class Tenantkit_SQL_Classifier
     private static array $route_cache = [];
     /** @var array<string, true>|null */
     private static ?array $trap_hints = null;
-    /** First words after which a statement can be a read; any other first word: a write. */
-    private const READ_STARTERS = ['SELECT', 'WITH', 'SHOW', 'HELP', 'EXPLAIN', 'DESCRIBE', 'DESC',
-        'ANALYZE', 'START', '('];
 
     /** "read" or "write". */
     public static function role(string $sql): string
@@ -378,7 +388,7 @@ final class Tenantkit_SQL_Classifier
     {
         if (self::$trap_hints === null) {
             $hints = array_merge(self::UNSAFE_FUNCTIONS,
-                ['FOR', 'LOCK', 'INTO', ':=', '@', 'SQL_CALC_FOUND_ROWS', 'NEXT', 'PREVIOUS'],
+                self::TRAP_WORDS,
                 self::unsafe_sysvar_tokens());
             self::$trap_hints = array_fill_keys($hints, true);
         }
@@ -390,7 +400,7 @@ final class Tenantkit_SQL_Classifier
     {
         $tokens = [];
         foreach (self::UNSAFE_SYSVARS as $name) {
-            foreach (['', 'SESSION.', 'LOCAL.'] as $prefix) {
+            foreach (self::SYSVAR_PREFIXES as $prefix) {
                 $tokens[] = '@@' . $prefix . $name;
             }
         }

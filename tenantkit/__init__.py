@@ -23,7 +23,8 @@ from tenantkit.cache.publish import publish
 from tenantkit.config import Settings, mask_url
 from tenantkit.db.classify import statement_role
 from tenantkit.db.compress import CompressedConnection, CompressionUnavailableWarning, WireStats
-from tenantkit.db.router import ConsistencyToken, Router, TokenScope
+from tenantkit.db.router import Router
+from tenantkit.db.tokens import ConsistencyToken, TokenScope
 from tenantkit.errors import (
     BusError,
     CacheError,

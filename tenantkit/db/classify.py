@@ -16,7 +16,9 @@ Results of :func:`statement_role` are cached by statement text in a bounded LRU
 classified every time). :func:`explain` is not cached and also says why.
 
 The rules (``contrib/wp-db-router.php`` ports them one for one; the shared cases live in
-``tests/vectors/sql_roles.json``). **When in doubt: write.**
+``tests/vectors/sql_roles.json``; the word lists they name are one file,
+``sql_keywords.json``, that :mod:`tenantkit.db.keywords` generates the PHP constants from).
+**When in doubt: write.**
 
 Tokens. The statement is upper-cased and scanned left to right:
 
@@ -94,6 +96,8 @@ import functools
 import re
 from typing import Literal
 
+from tenantkit.db.keywords import KEYWORDS
+
 __all__ = [
     "CACHE_MAX_LENGTH",
     "CACHE_SIZE",
@@ -145,29 +149,20 @@ _SCAN_NBE = _scanner(False, False)
 _SCAN_EXEC = _scanner(True, True)
 _SCAN_EXEC_NBE = _scanner(False, True)
 
-_STATEMENTS = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "REPLACE", "TABLE", "VALUES"})
+# The word lists live in sql_keywords.json, shared with the PHP drop-in (tenantkit.db.keywords).
+_STATEMENTS = frozenset(KEYWORDS["statements"])
 _EXPLAINED = _STATEMENTS | {"WITH", "("}
-_EXPLAIN_OPTIONS = frozenset({"EXTENDED", "PARTITIONS", "ANALYZE"})
-_FORMAT_VALUES = frozenset({"JSON", "TRADITIONAL", "TREE"})
-_UNSAFE_FUNCTIONS = frozenset({
-    "GET_LOCK", "RELEASE_LOCK", "RELEASE_ALL_LOCKS", "IS_USED_LOCK", "IS_FREE_LOCK",
-    "LAST_INSERT_ID", "FOUND_ROWS", "ROW_COUNT", "CONNECTION_ID",
-    "LASTVAL", "NEXTVAL", "SETVAL", "SLEEP", "BENCHMARK",
-    "MASTER_POS_WAIT", "MASTER_GTID_WAIT", "WAIT_FOR_EXECUTED_GTID_SET", "SOURCE_POS_WAIT",
-    "UUID_SHORT", "LOAD_FILE",
-})
-_UNSAFE_SYSVARS = frozenset({
-    "IDENTITY", "LAST_INSERT_ID", "INSERT_ID", "LAST_GTID", "WARNING_COUNT", "ERROR_COUNT",
-})
+_EXPLAIN_OPTIONS = frozenset(KEYWORDS["explain_options"])
+_FORMAT_VALUES = frozenset(KEYWORDS["format_values"])
+_UNSAFE_FUNCTIONS = frozenset(KEYWORDS["unsafe_functions"])
 _UNSAFE_SYSVAR_TOKENS = frozenset(
-    f"@@{prefix}{name}" for name in _UNSAFE_SYSVARS for prefix in ("", "SESSION.", "LOCAL.")
+    f"@@{prefix}{name}"
+    for name in KEYWORDS["unsafe_sysvars"] for prefix in KEYWORDS["sysvar_prefixes"]
 )
-_SESSION_SHOW = frozenset({"WARNINGS", "ERRORS", "COUNT", "PROFILE", "PROFILES"})
+_SESSION_SHOW = frozenset(KEYWORDS["session_show"])
 # Any of these in a SELECT's token set sends it through the detailed trap check.
-_TRAP_HINTS = _UNSAFE_FUNCTIONS | {
-    "FOR", "LOCK", "INTO", ":=", "@", "SQL_CALC_FOUND_ROWS", "NEXT", "PREVIOUS",
-} | _UNSAFE_SYSVAR_TOKENS
-_STRAY = frozenset({"'", '"', "`", "/*", "*/"})
+_TRAP_HINTS = _UNSAFE_FUNCTIONS | frozenset(KEYWORDS["trap_words"]) | _UNSAFE_SYSVAR_TOKENS
+_STRAY = frozenset(KEYWORDS["stray"])
 
 Verdict = tuple[Role, str]
 _CALC_FOUND_ROWS = "SQL_CALC_FOUND_ROWS (its FOUND_ROWS() must run on the same connection)"
@@ -199,8 +194,7 @@ def _cached_role(sql: str) -> Role:
 # Only these first words can start a read; a statement whose very first word (after nothing
 # but whitespace and parentheses) is another one is a write whatever follows, so the role
 # needs no further scanning (explain() still scans, for the precise reason).
-_READ_STARTERS = frozenset({"SELECT", "WITH", "SHOW", "HELP", "EXPLAIN", "DESCRIBE", "DESC",
-                            "ANALYZE", "START"})
+_READ_STARTERS = frozenset(KEYWORDS["read_starters"])
 _LEADING_WORD = re.compile(r"[ \t\n\r\f\v(]*([0-9A-Z_$\x80-\uffff]+)")
 
 
@@ -267,8 +261,7 @@ _TO_WORDS = bytes(
     c if c in _WORD_BYTES else c - 32 if 0x61 <= c <= 0x7A else 0x20 for c in range(256)
 )
 _FAST_HINTS = frozenset(w.encode() for w in _TRAP_HINTS if w[0].isalpha())
-_FAST_DEFER = frozenset({b"WITH", b"SHOW", b"HELP", b"EXPLAIN", b"DESCRIBE", b"DESC",
-                         b"ANALYZE", b"START"})
+_FAST_DEFER = frozenset(w.encode() for w in _READ_STARTERS - {"SELECT"})
 
 
 def _fast(sql: str) -> Verdict | None:
@@ -491,7 +484,7 @@ def _analyze(words: list[str], i: int) -> Verdict:
     return "write", "ANALYZE TABLE (writes statistics)"
 
 
-_READ_ONLY_CHARACTERISTICS = frozenset({"READ", "ONLY", "WITH", "CONSISTENT", "SNAPSHOT"})
+_READ_ONLY_CHARACTERISTICS = frozenset(KEYWORDS["read_only_characteristics"])
 
 
 def _start(words: list[str], i: int) -> Verdict:

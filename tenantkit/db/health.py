@@ -45,7 +45,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from tenantkit.config import mask_url
-from tenantkit.db.servers import connect_seconds
+from tenantkit.db.failures import error_code
+from tenantkit.db.servers import connect_args
 
 __all__ = ["ReplicaHealth", "ReplicaState", "Status"]
 
@@ -55,11 +56,6 @@ Status = Literal["ok", "lagging", "stopped", "down", "unknown"]
 _TABLE_NAME = re.compile(r"[A-Za-z0-9_$]{1,64}(\.[A-Za-z0-9_$]{1,64})?")
 _CONFIRMED_MAX = 256
 _NO_PRIVILEGE = frozenset({1227, 1142, 1044})
-
-
-def _errno(exc: DBAPIError) -> int | None:
-    args = getattr(exc.orig, "args", ())
-    return args[0] if args and isinstance(args[0], int) else None
 
 
 @dataclass(frozen=True)
@@ -173,11 +169,10 @@ class ReplicaHealth:
         engine = self._engines[index]
         if engine is None:
             url = self._urls[index]
-            connect_args: dict[str, Any] = {}
-            if url.get_backend_name() in ("mysql", "mariadb"):
-                timeout = connect_seconds(self.connect_timeout)
-                connect_args = {"connect_timeout": timeout, "read_timeout": timeout * 2}
-            engine = create_engine(url, poolclass=NullPool, connect_args=connect_args)
+            args: dict[str, Any] = connect_args(url, self.connect_timeout)
+            if args:
+                args["read_timeout"] = args["connect_timeout"] * 2
+            engine = create_engine(url, poolclass=NullPool, connect_args=args)
             self._engines[index] = engine
         return engine
 
@@ -196,7 +191,7 @@ class ReplicaHealth:
                 try:
                     row = conn.execute(text("SHOW SLAVE STATUS")).mappings().first()
                 except DBAPIError as exc:
-                    if _errno(exc) not in _NO_PRIVILEGE:
+                    if error_code(exc) not in _NO_PRIVILEGE:
                         raise
                     # Reachable but not allowed to look: usable, lag unknown.
                     return "ok", None, (

@@ -7,6 +7,7 @@
     servers.replicas           # where its reads go (may be empty: reads from the primary)
     servers.options            # timeouts and modes: always the global [database] table
     servers.connect_args(url)  # {"connect_timeout": 2} for a MySQL URL, {} otherwise
+    connect_args(url, 2.5)     # the same rule for any timeout (a Router's own, a probe's)
 
 The rule: the primary is the site's own ``[database] primary``, else the global one. The
 replicas are the site's own ``replicas`` when it names a primary or lists replicas (a site with
@@ -26,7 +27,7 @@ from sqlalchemy.engine import URL, make_url
 from tenantkit.config import DatabaseSettings, Settings, mask_url
 from tenantkit.sites import Site
 
-__all__ = ["Servers", "connect_seconds", "site_servers"]
+__all__ = ["Servers", "connect_args", "connect_seconds", "site_servers"]
 
 _MYSQL = ("mysql", "mariadb")
 
@@ -34,6 +35,14 @@ _MYSQL = ("mysql", "mariadb")
 def connect_seconds(seconds: float) -> int:
     """A timeout as MySQL clients take it: whole seconds, rounded up, at least 1."""
     return max(1, math.ceil(seconds))
+
+
+def connect_args(url: str | URL, connect_timeout: float) -> dict[str, Any]:
+    """The driver arguments that bound a connect to *url* by *connect_timeout* seconds:
+    ``{"connect_timeout": 2}`` for a MySQL/MariaDB URL, ``{}`` for others."""
+    if make_url(url).get_backend_name() not in _MYSQL:
+        return {}
+    return {"connect_timeout": connect_seconds(connect_timeout)}
 
 
 @dataclass(frozen=True, kw_only=True, repr=False)
@@ -52,9 +61,7 @@ class Servers:
 
     def connect_args(self, url: str | URL) -> dict[str, Any]:
         """The driver arguments that bound a connect to *url* by ``connect_timeout``."""
-        if make_url(url).get_backend_name() not in _MYSQL:
-            return {}
-        return {"connect_timeout": connect_seconds(self.options.connect_timeout)}
+        return connect_args(url, self.options.connect_timeout)
 
     def __repr__(self) -> str:
         replicas = ", ".join(mask_url(r) for r in self.replicas)

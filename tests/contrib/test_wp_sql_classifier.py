@@ -7,6 +7,7 @@ from SQL fragments, traps included, against the Python reference.
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tenantkit.db.classify import explain
+from tenantkit.db.keywords import KEYWORDS
 
-from .phpcli import run_php_calls
+from .phpcli import CONTRIB, run_php_calls
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "sql_roles.json"
 ROUTER = ["wp-db-router.php"]
@@ -26,6 +28,17 @@ def php_roles(php: str, statements: list[str]) -> list[str]:
     result = run_php_calls(php, ROUTER, calls)
     assert result.stderr == ""
     return result.results
+
+
+def test_php_constants_are_the_shared_keyword_lists(php: str) -> None:
+    script = (f"require {json.dumps(str(CONTRIB / ROUTER[0]))};"
+              "echo json_encode((new ReflectionClass('Tenantkit_SQL_Classifier'))"
+              "->getConstants());")
+    proc = subprocess.run([php, "-r", script], capture_output=True, text=True, timeout=30,
+                          check=True)
+    constants = json.loads(proc.stdout)
+    assert {name: constants.get(name.upper()) for name in KEYWORDS} == {
+        name: list(words) for name, words in KEYWORDS.items()}
 
 
 def test_shared_vectors(php: str) -> None:

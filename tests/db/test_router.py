@@ -18,7 +18,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from tenantkit.config import DatabaseSettings, Settings
-from tenantkit.db.router import ConsistencyToken, Router
+from tenantkit.db.router import Router
+from tenantkit.db.tokens import ConsistencyToken
 from tenantkit.errors import ConfigError, InvalidToken, PrimaryUnavailable
 from tenantkit.sites import Backend, Site, SiteDatabase
 from tenantkit.testing import MariaDBCluster
@@ -527,7 +528,7 @@ def test_a_read_failing_on_a_dead_replica_connection_is_retried_once_elsewhere(
         assert _server(conn) == REPLICA_ID
     # The fault: the router does not notice the dead connection before using it (its idle
     # socket check is switched off), so the read itself fails on the replica.
-    monkeypatch.setattr("tenantkit.db.router._socket_closed", lambda dbapi: False)
+    monkeypatch.setattr("tenantkit.db.session.socket_closed", lambda dbapi: False)
     mariadb_pair.stop_replica()
     with router.connect() as conn:
         assert _server(conn) == PRIMARY_ID

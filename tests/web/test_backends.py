@@ -11,7 +11,7 @@ from flask import Flask
 from tk_web import RawServer, Sites, Upstream
 from werkzeug.test import Client, EnvironBuilder
 
-from tenantkit.db.router import ConsistencyToken
+from tenantkit.db.tokens import ConsistencyToken
 from tenantkit.sites import Backend, Site
 from tenantkit.testing import free_port
 from tenantkit.web.backends import BackendError, BackendPool, ProxyApp, UpstreamClosed

@@ -11,7 +11,7 @@ from tk_web import Sites
 from werkzeug.test import Client
 
 from tenantkit.cache.pagecache import PageCache
-from tenantkit.db.router import ConsistencyToken
+from tenantkit.db.tokens import ConsistencyToken
 from tenantkit.web.dispatch import HostDispatcher
 from tenantkit.web.pagecache import TokenCookie, _HotPages
 

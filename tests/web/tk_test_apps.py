@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from tenantkit.db.router import ConsistencyToken
+from tenantkit.db.tokens import ConsistencyToken
 from tenantkit.sites import Site
 
 Start = Callable[..., Any]

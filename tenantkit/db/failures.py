@@ -1,0 +1,83 @@
+"""What a driver failure means: "the connection or server is gone" or "the statement is wrong".
+
+::
+
+    try:
+        cursor.execute(sql)
+    except Exception as exc:
+        if is_connection_error(exc, engine.dialect):   # mark the server down, retry elsewhere
+            ...
+        if error_code(exc) in NOT_SENT:                # the statement cannot have run
+            ...
+    describe(exc)              # "OperationalError: (2003, ...)": one line, for logs and errors
+    socket_closed(dbapi_conn)  # the server closed this idle connection (EOF on its socket)
+
+The verdict is SQLAlchemy's ``dialect.is_disconnect`` (for MySQL/MariaDB: errors 1927,
+2006, 2013, 2014, 2045, 2055, 4031 and a closed connection), plus what a router also counts
+as a dead host and the dialect does not, because SQLAlchemy handles connect errors apart:
+the server cannot be reached (2002, 2003), is shutting down (1053), a socket error, and any
+``InterfaceError``.
+"""
+
+from __future__ import annotations
+
+import select
+from typing import Any, cast
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Dialect
+
+__all__ = ["NOT_SENT", "describe", "error_code", "is_connection_error", "socket_closed"]
+
+# Connect-time errors, which Dialect.is_disconnect leaves to the pool's connect handling.
+_CANNOT_CONNECT = frozenset({2002, 2003, 1053})
+NOT_SENT = frozenset({2002, 2003, 2006})  # the statement cannot have run
+
+
+def error_code(exc: BaseException) -> int | None:
+    """The driver's error number (MySQL's ``args[0]``) of *exc* or of the error it wraps."""
+    orig = getattr(exc, "orig", None) or exc
+    args = getattr(orig, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+def is_connection_error(exc: BaseException, dialect: Dialect) -> bool:
+    """True when *exc* means the connection or server is gone, not that the statement is
+    wrong. *dialect* is the failing server's (its Engine's ``dialect``)."""
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        exc = exc.orig or exc
+    if isinstance(exc, OSError | ConnectionError | EOFError):
+        return True
+    name = type(exc).__name__
+    if name == "InterfaceError":
+        return True
+    if name == "OperationalError" and error_code(exc) in _CANNOT_CONNECT:
+        return True
+    dbapi = dialect.dbapi
+    if dbapi is None or not isinstance(exc, dbapi.Error):
+        return False
+    try:
+        return bool(dialect.is_disconnect(cast(Any, exc), None, None))
+    except (IndexError, TypeError):  # a driver error without the usual (errno, message) args
+        return False
+
+
+def describe(exc: BaseException) -> str:
+    """One line naming the driver error: ``OperationalError: (2003, "Can't connect ...")``."""
+    orig = getattr(exc, "orig", None) or exc
+    return f"{type(orig).__name__}: {orig}".splitlines()[0][:300]
+
+
+def socket_closed(dbapi_connection: Any) -> bool:
+    """True when the server has closed an idle connection (EOF waiting on its socket), so
+    a stale pooled connection is replaced before a statement is lost on it."""
+    sock = getattr(dbapi_connection, "_sock", None)
+    if sock is None:
+        return False
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
