@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tenantkit.errors import ConfigError
+from tenantkit.validate import is_database_url, is_site_name
 
 __all__ = [
     "DEFAULT_BYPASS_COOKIES",
@@ -310,7 +311,7 @@ def _choice(*allowed: str) -> Coerce:
 
 def _db_url(where: str, key: str, value: Any, from_env: bool) -> str:
     text = _str(where, key, value, from_env)
-    if "://" not in text:
+    if not is_database_url(text):
         raise ConfigError(
             f'{where}: key "{key}": expected a database URL such as '
             f'"mysql+tenantkit://user:password@host/db" or "sqlite:///./tenantkit.db", '
@@ -341,7 +342,7 @@ def _log_level(where: str, key: str, value: Any, from_env: bool) -> str:
 
 def _unknown(where: str, key: str, value: Any, from_env: bool) -> str:
     text = _str(where, key, value, from_env)
-    if text != "421" and not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", text):
+    if text != "421" and not is_site_name(text):
         raise _fail(where, key, '"421" or a site name', value, 'write unknown = "421"')
     return text
 

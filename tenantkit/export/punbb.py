@@ -44,8 +44,9 @@ from tenantkit.config import Settings, mask_url
 from tenantkit.db.servers import site_servers
 from tenantkit.errors import ForumMapError
 from tenantkit.files import write_atomic
-from tenantkit.hosts import pattern_key
+from tenantkit.hosts import claim_owner, host_claims, pattern_key
 from tenantkit.sites import Site
+from tenantkit.validate import is_http_url
 
 __all__ = [
     "FORUM_MAP_FILE",
@@ -179,8 +180,7 @@ def _base_url(site: Site) -> str:
             raise _fail(site, "it has no exact host name to build PunBB's base URL from: add "
                               'base_url = "https://forum.example.org" to its [meta] table')
         return f"http://{exact[0]}"
-    if (not isinstance(given, str) or not re.match(r"^https?://[^\s'\"\\<>]+$", given)
-            or "?" in given or "#" in given):
+    if not is_http_url(given) or any(ch in given for ch in "?#'\"\\<>"):
         raise _fail(site, f"[meta] base_url must be an http:// or https:// URL without query, "
                           f"quotes or spaces, got {given!r} "
                           '(write base_url = "https://forum.example.org")')
@@ -246,17 +246,9 @@ def build_forum_map(
     forums = {name: forum_for_site(by_name[name], settings) for name in sorted(chosen)}
     _check_shared_tables(forums)
 
-    claims: dict[tuple[str, str], dict[str, bool]] = {}
-    skipped: list[str] = []
-    for name in sorted(by_name):
-        for pattern in by_name[name].hosts:
-            kind, key = pattern_key(pattern)
-            if kind == "regex":
-                if name in forums:
-                    skipped.append(f"{name}: {pattern}")
-                continue
-            owners = claims.setdefault((kind, key), {})
-            owners[name] = owners.get(name, False) or pattern.startswith(".")
+    claims = host_claims({name: site.hosts for name, site in by_name.items()})
+    skipped = [f"{name}: {pattern}" for name in sorted(forums)
+               for pattern in by_name[name].hosts if pattern_key(pattern)[0] == "regex"]
     for item in skipped:
         logger.warning("forum map: regex host pattern left out (list the host names "
                        "instead): %s", item)
@@ -265,8 +257,10 @@ def build_forum_map(
     leading: dict[str, tuple[str, bool]] = {}
     trailing: dict[str, str] = {}
     for (claim, key), owners in sorted(claims.items()):
-        kept = min(owners)  # as HostIndex: the site whose name sorts first keeps a pattern
+        kept = claim_owner(owners)  # as HostIndex
         target = kept if kept in forums else ""
+        if claim == "regex":
+            continue
         if claim == "exact":
             exact[key] = target
         elif claim == "leading":
