@@ -130,7 +130,9 @@ class DatabaseSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class CacheSettings:
-    """Page cache defaults; each site file may override them in its ``[cache]`` table."""
+    """A page-cache policy: the global defaults (``[cache]`` in the settings), and each
+    site's (``Site.cache``, also known as :class:`tenantkit.sites.SiteCache`: the defaults
+    with its file's ``[cache]`` table applied)."""
 
     enabled: bool = True
     ttl: int = 300

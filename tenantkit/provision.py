@@ -266,7 +266,7 @@ def _plan_and_apply(
             )
     base = existing or Site(
         name=name, hosts=(), backend=Backend(type="proxy", url="http://127.0.0.1"),
-        cache=SiteCache(**vars(settings.cache)),
+        cache=settings.cache,
         cache_root=layout.site_root(settings.cache_dir, name),
     )
     draft = replace(

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from tenantkit import layout
-from tenantkit.config import Settings, mask_url
+from tenantkit.config import CacheSettings, Settings, mask_url
 from tenantkit.errors import InvalidHost, SiteError, SiteFileError
 from tenantkit.hosts import normalize_patterns
 from tenantkit.validate import SITE_NAME_RE, is_database_url, is_http_url, is_site_name
@@ -118,16 +118,14 @@ class SiteDatabase:
                 f"table_prefix={self.table_prefix!r})")
 
 
-@dataclass(frozen=True, kw_only=True)
-class SiteCache:
-    """A site's page cache policy; defaults come from the global ``[cache]`` settings."""
+#: A site's page-cache policy: the same type as the global ``[cache]`` defaults.
+SiteCache = CacheSettings
 
-    enabled: bool = True
-    ttl: int = 300
-    stale_seconds: int = 30
-    max_bytes: int | None = None
-    policy: Literal["site", "targeted"] = "site"
-    bypass_cookies: tuple[str, ...] = ()
+
+def _no_settings_cache() -> CacheSettings:
+    # A Site built in code without a cache policy bypasses on no cookie (site files get the
+    # settings' policy, bypass cookies included, from load_site).
+    return CacheSettings(bypass_cookies=())
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,7 +140,7 @@ class Site:
     hosts: tuple[str, ...]
     backend: Backend
     database: SiteDatabase = field(default_factory=SiteDatabase)
-    cache: SiteCache = field(default_factory=SiteCache)
+    cache: CacheSettings = field(default_factory=_no_settings_cache)
     meta: Mapping[str, Any] = field(default_factory=dict, hash=False)
     cache_root: Path = Path("cache")
     path: Path | None = field(default=None, compare=False)

@@ -43,6 +43,7 @@ from sqlalchemy.exc import ArgumentError
 from tenantkit.config import Settings, mask_url
 from tenantkit.db.servers import site_servers
 from tenantkit.errors import ForumMapError
+from tenantkit.export.php import php_bus_url, php_literal
 from tenantkit.files import write_atomic
 from tenantkit.hosts import claim_owner, host_claims, pattern_key
 from tenantkit.sites import Site
@@ -187,16 +188,6 @@ def _base_url(site: Site) -> str:
     return given.rstrip("/")
 
 
-def _bus(settings: Settings) -> str:
-    # The in-process bus cannot reach PHP: "" makes PunBB drop trigger files in .purge/.
-    if settings.bus.transport != "redis":
-        return ""
-    url = settings.bus.redis_url
-    if settings.bus.stream != "tenantkit:events":
-        url += ("&" if "?" in url else "?") + "stream=" + settings.bus.stream
-    return url
-
-
 def forum_for_site(site: Site, settings: Settings) -> PunbbForum:
     """The PunBB settings of one forum site; raises :class:`ForumMapError` saying what to fix."""
     db_host, db_name, db_user, db_password = _database(site, settings)
@@ -212,7 +203,7 @@ def forum_for_site(site: Site, settings: Settings) -> PunbbForum:
         cookie_name="forum_cookie_" + site.name.replace("-", "_"),
         cache_dir=os.path.abspath(site.app_cache_dir) + "/",
         avatars_dir=f"img/avatars/{site.name}",
-        bus=_bus(settings),
+        bus=php_bus_url(settings),  # "": PunBB drops trigger files in .purge/
         purge_dir=os.path.abspath(site.purge_dir) + "/",
     )
 
@@ -284,30 +275,6 @@ def _check_shared_tables(forums: Mapping[str, PunbbForum]) -> None:
 
 
 # --- PHP --------------------------------------------------------------------------------------
-
-def php_literal(value: Any, indent: str = "") -> str:
-    """*value* (str, int, bool, None, lists, tuples, dicts with str keys) as PHP source."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        if "\0" in value:
-            raise ValueError("a NUL byte cannot go into the forum map")
-        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    inner = indent + "    "
-    if isinstance(value, list | tuple):
-        items = [php_literal(v, inner) for v in value]
-    elif isinstance(value, Mapping):
-        items = [f"{php_literal(str(k))} => {php_literal(v, inner)}" for k, v in value.items()]
-    else:
-        raise TypeError(f"cannot write {type(value).__name__} as PHP")
-    if not items:
-        return "array()"
-    return "array(\n" + "".join(f"{inner}{item},\n" for item in items) + indent + ")"
-
 
 def render_forum_map(forum_map: ForumMap) -> str:
     """The map as the PHP file the patched PunBB includes (it holds database passwords)."""
