@@ -397,7 +397,7 @@ def deprovision(settings: Settings, name: str, *, keep_cache: bool = False,
             raise ProvisionError(f"cannot remove the site file {path}: {exc.strerror}") from exc
         if not keep_cache:
             root = layout.site_root(settings.cache_dir, name)
-            aside = settings.cache_dir / f".{name}.deleted-{uuid.uuid4().hex[:8]}"
+            aside = layout.site_trash(settings.cache_dir, name, uuid.uuid4().hex[:8])
             try:
                 os.rename(root, aside)
             except FileNotFoundError:
