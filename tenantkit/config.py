@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tenantkit.errors import ConfigError
+from tenantkit.validate import is_database_url, is_site_name
 
 __all__ = [
     "DEFAULT_BYPASS_COOKIES",
@@ -129,7 +130,9 @@ class DatabaseSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class CacheSettings:
-    """Page cache defaults; each site file may override them in its ``[cache]`` table."""
+    """A page-cache policy: the global defaults (``[cache]`` in the settings), and each
+    site's (``Site.cache``, also known as :class:`tenantkit.sites.SiteCache`: the defaults
+    with its file's ``[cache]`` table applied)."""
 
     enabled: bool = True
     ttl: int = 300
@@ -310,7 +313,7 @@ def _choice(*allowed: str) -> Coerce:
 
 def _db_url(where: str, key: str, value: Any, from_env: bool) -> str:
     text = _str(where, key, value, from_env)
-    if "://" not in text:
+    if not is_database_url(text):
         raise ConfigError(
             f'{where}: key "{key}": expected a database URL such as '
             f'"mysql+tenantkit://user:password@host/db" or "sqlite:///./tenantkit.db", '
@@ -341,7 +344,7 @@ def _log_level(where: str, key: str, value: Any, from_env: bool) -> str:
 
 def _unknown(where: str, key: str, value: Any, from_env: bool) -> str:
     text = _str(where, key, value, from_env)
-    if text != "421" and not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", text):
+    if text != "421" and not is_site_name(text):
         raise _fail(where, key, '"421" or a site name', value, 'write unknown = "421"')
     return text
 

@@ -67,7 +67,12 @@ class SiteFileError(SiteError):
 
 
 class InvalidHost(SiteError, ValueError):
-    """A Host header or host pattern failed normalisation."""
+    """A Host header or host pattern failed normalisation.
+
+    ``index`` is the position of the bad pattern in a list of them (else None).
+    """
+
+    index: int | None = None
 
 
 class ForumMapError(SiteError):

@@ -47,8 +47,11 @@ __all__ = [
     "Conflict",
     "HostIndex",
     "PatternKind",
+    "claim_owner",
+    "host_claims",
     "normalize_host",
     "normalize_pattern",
+    "normalize_patterns",
     "pattern_key",
     "request_host",
 ]
@@ -231,6 +234,22 @@ def normalize_pattern(raw: str) -> str:
     return prefix + normalize_host(body) + suffix
 
 
+def normalize_patterns(raws: Iterable[str]) -> tuple[str, ...]:
+    """Normalise a site's host patterns (:func:`normalize_pattern`), dropping repeats and
+    keeping the order. The :class:`InvalidHost` for a bad one carries its position in
+    ``index``."""
+    patterns: list[str] = []
+    for i, raw in enumerate(raws):
+        try:
+            pattern = normalize_pattern(raw)
+        except InvalidHost as exc:
+            exc.index = i
+            raise
+        if pattern not in patterns:
+            patterns.append(pattern)
+    return tuple(patterns)
+
+
 def pattern_key(pattern: str) -> tuple[PatternKind, str]:
     """What a normalised pattern claims: two sites with the same key conflict.
 
@@ -266,6 +285,31 @@ class Conflict:
         )
 
 
+#: Who claims what: pattern key -> {site: bare}, where ``bare`` says that a leading claim
+#: takes the name itself too (``.example.org``).
+Claims = dict[tuple[PatternKind, str], dict[str, bool]]
+
+
+def host_claims(mapping: Mapping[str, Iterable[str]], *, normalized: bool = True) -> Claims:
+    """Which sites claim each pattern key (:func:`pattern_key`), sites in name order.
+
+    The one rule for claiming a host: when several sites claim a key,
+    :func:`claim_owner` keeps it. ``normalized=False`` normalises the patterns first.
+    """
+    claims: Claims = {}
+    for site in sorted(mapping):
+        for raw in mapping[site]:
+            pattern = raw if normalized else normalize_pattern(raw)
+            owners = claims.setdefault(pattern_key(pattern), {})
+            owners[site] = owners.get(site, False) or pattern.startswith(".")
+    return claims
+
+
+def claim_owner(owners: Iterable[str]) -> str:
+    """Of the sites claiming one pattern key, the one that keeps it: the first by name."""
+    return min(owners)
+
+
 class HostIndex:
     """Immutable host -> site-name index with nginx ``server_name`` precedence.
 
@@ -280,17 +324,10 @@ class HostIndex:
 
     def __init__(self, mapping: Mapping[str, Iterable[str]], default: str | None = None, *,
                  normalized: bool = False) -> None:
-        claims: dict[tuple[PatternKind, str], dict[str, bool]] = {}
-        regexes: list[tuple[str, str]] = []
-        for site in sorted(mapping):
-            for raw in mapping[site]:
-                pattern = raw if normalized else normalize_pattern(raw)
-                kind, key = pattern_key(pattern)
-                owners = claims.setdefault((kind, key), {})
-                # For leading keys the flag says whether the bare name matches too (".x").
-                owners[site] = owners.get(site, False) or pattern.startswith(".")
-                if kind == "regex":
-                    regexes.append((site, pattern))
+        claims = host_claims(mapping, normalized=normalized)
+        # Regexes in site-name order, then pattern order (dicts keep insertion order).
+        regexes = [(site, key) for (kind, key), owners in claims.items() if kind == "regex"
+                   for site in owners]
         self._exact: dict[str, str] = {}
         # Leading wildcards by the name after "*." or "."; _lead_self holds the ".name" ones,
         # which match the bare name too. Plain strings as values: one memory access fewer.
@@ -299,7 +336,7 @@ class HostIndex:
         self._tail: dict[str, str] = {}
         conflicts: list[Conflict] = []
         for (kind, key), owners in claims.items():
-            kept = min(owners)
+            kept = claim_owner(owners)
             if len(owners) > 1:
                 conflicts.append(Conflict(kind, key, kept, tuple(sorted(owners))[1:]))
             if kind == "exact":

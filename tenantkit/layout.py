@@ -11,6 +11,8 @@
     cache_dir/<site>/.purge/               purge_dir(root): trigger files dropped by PHP apps
     cache_dir/_hosts/<host> -> ../<site>/pages/current/<host>   host_link(...): one per cached
                                            host, so nginx needs no per-site configuration
+    cache_dir/.<site>.deleted-<tag>/       site_trash(...): a removed site's tree, moved aside
+                                           before it is deleted
 
 Everything that names one of these paths (the page cache, provisioning, the shim, the nginx,
 WordPress and PunBB exports, the trigger-file bus) asks this module; the PHP side receives its
@@ -24,7 +26,7 @@ from pathlib import Path
 
 __all__ = [
     "BODY", "CURRENT", "HOSTS_DIR", "SITE_SUBDIRS", "app_dir", "host_link", "host_link_target",
-    "hosts_dir", "pages_dir", "purge_dir", "site_root", "tmp_dir",
+    "hosts_dir", "pages_dir", "purge_dir", "site_root", "site_trash", "tmp_dir",
 ]
 
 PAGES = "pages"
@@ -44,6 +46,12 @@ HOSTS_DIR = "_hosts"
 def site_root(cache_dir: str | os.PathLike[str], site: str) -> Path:
     """``cache_dir/<site>``: everything the site keeps on disk."""
     return Path(cache_dir) / site
+
+
+def site_trash(cache_dir: str | os.PathLike[str], site: str, tag: str) -> Path:
+    """``cache_dir/.<site>.deleted-<tag>``: where a site's tree goes before it is deleted (a
+    dot name is never a site's)."""
+    return Path(cache_dir) / f".{site}.deleted-{tag}"
 
 
 def pages_dir(root: Path) -> Path:

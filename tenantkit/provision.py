@@ -39,7 +39,7 @@ from tenantkit import layout
 from tenantkit.config import Settings, mask_url
 from tenantkit.errors import ProvisionError, SiteFileError
 from tenantkit.files import fsync_dir, write_atomic
-from tenantkit.hosts import normalize_pattern, pattern_key
+from tenantkit.hosts import claim_owner, host_claims, normalize_patterns, pattern_key
 from tenantkit.registry import Registry
 from tenantkit.sites import (
     Backend,
@@ -143,12 +143,7 @@ def _site_lock(settings: Settings, name: str, timeout: float) -> Iterator[None]:
 def _patterns(hosts: Iterable[str]) -> tuple[str, ...]:
     if isinstance(hosts, str):
         raise ProvisionUsageError(f"hosts must be a list of host names, got {hosts!r}")
-    result: list[str] = []
-    for raw in hosts:
-        pattern = normalize_pattern(raw)  # InvalidHost is a ValueError: a usage error
-        if pattern not in result:
-            result.append(pattern)
-    return tuple(result)
+    return normalize_patterns(hosts)  # InvalidHost is a ValueError: a usage error
 
 
 def _ids(owner: str | None, group: str | None) -> tuple[int, int]:
@@ -186,15 +181,12 @@ def _existing(settings: Settings, path: Path) -> Site | None:
 
 def _conflicts(settings: Settings, site: Site) -> list[str]:
     others = Registry.load(settings, log_errors=False).sites
-    claims: dict[tuple[str, str], str] = {}
-    for other in others.values():
-        if other.name != site.name:
-            for p in other.hosts:
-                claims.setdefault(pattern_key(p), other.name)
+    claims = host_claims({n: s.hosts for n, s in others.items() if n != site.name})
     found = []
     for p in site.hosts:
-        owner = claims.get(pattern_key(p))
-        if owner is not None:
+        owners = claims.get(pattern_key(p))
+        if owners:
+            owner = claim_owner(owners)
             found.append(f"host pattern {p!r} is already claimed by site {owner!r}")
     return found
 
@@ -274,7 +266,7 @@ def _plan_and_apply(
             )
     base = existing or Site(
         name=name, hosts=(), backend=Backend(type="proxy", url="http://127.0.0.1"),
-        cache=SiteCache(**vars(settings.cache)),
+        cache=settings.cache,
         cache_root=layout.site_root(settings.cache_dir, name),
     )
     draft = replace(
@@ -404,8 +396,8 @@ def deprovision(settings: Settings, name: str, *, keep_cache: bool = False,
         except OSError as exc:
             raise ProvisionError(f"cannot remove the site file {path}: {exc.strerror}") from exc
         if not keep_cache:
-            root = settings.cache_dir / name
-            aside = settings.cache_dir / f".{name}.deleted-{uuid.uuid4().hex[:8]}"
+            root = layout.site_root(settings.cache_dir, name)
+            aside = layout.site_trash(settings.cache_dir, name, uuid.uuid4().hex[:8])
             try:
                 os.rename(root, aside)
             except FileNotFoundError:

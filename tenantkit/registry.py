@@ -147,6 +147,12 @@ class Registry:
         name = snap.index.lookup(raw_host)
         return None if name is None else snap.sites.get(name)
 
+    def owner(self, raw_host: str) -> str | None:
+        """The name of the site that serves *raw_host* (:meth:`resolve`), else None: the one
+        answer to "who owns this host" for everything that keeps per-host state."""
+        site = self.resolve(raw_host)
+        return None if site is None else site.name
+
     def resolve_request(self, environ: Mapping[str, object], trusted_proxies: int = 0
                         ) -> Site | None:
         """:meth:`resolve` for a WSGI environ; ``X-Forwarded-Host`` counts only when

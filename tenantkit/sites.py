@@ -43,9 +43,10 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from tenantkit import layout
-from tenantkit.config import Settings, mask_url
+from tenantkit.config import CacheSettings, Settings, mask_url
 from tenantkit.errors import InvalidHost, SiteError, SiteFileError
-from tenantkit.hosts import normalize_pattern
+from tenantkit.hosts import normalize_patterns
+from tenantkit.validate import SITE_NAME_RE, is_database_url, is_http_url, is_site_name
 
 __all__ = [
     "MAX_SITE_FILE_BYTES",
@@ -64,10 +65,9 @@ __all__ = [
 #: A site file larger than this is refused (a site file is a few hundred bytes).
 MAX_SITE_FILE_BYTES = 256 * 1024
 
-NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+NAME_RE = SITE_NAME_RE  # the rule lives in tenantkit.validate
 _APP_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
                      r":[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
-_URL_RE = re.compile(r"https?://[^\s/?#@]+(?::[0-9]{1,5})?(?:/[^\s]*)?")
 _PREFIX_RE = re.compile(r"[A-Za-z0-9_]{0,64}")
 
 
@@ -77,7 +77,7 @@ class InvalidSiteName(SiteError, ValueError):
 
 def validate_name(name: object) -> str:
     """Return *name* if it is a valid site name, else raise :class:`InvalidSiteName`."""
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+    if not is_site_name(name):
         shown = name if not isinstance(name, str) or len(name) <= 80 else name[:77] + "..."
         raise InvalidSiteName(
             f"invalid site name {shown!r}: a site name is 1 to 63 lowercase letters, digits "
@@ -118,16 +118,14 @@ class SiteDatabase:
                 f"table_prefix={self.table_prefix!r})")
 
 
-@dataclass(frozen=True, kw_only=True)
-class SiteCache:
-    """A site's page cache policy; defaults come from the global ``[cache]`` settings."""
+#: A site's page-cache policy: the same type as the global ``[cache]`` defaults.
+SiteCache = CacheSettings
 
-    enabled: bool = True
-    ttl: int = 300
-    stale_seconds: int = 30
-    max_bytes: int | None = None
-    policy: Literal["site", "targeted"] = "site"
-    bypass_cookies: tuple[str, ...] = ()
+
+def _no_settings_cache() -> CacheSettings:
+    # A Site built in code without a cache policy bypasses on no cookie (site files get the
+    # settings' policy, bypass cookies included, from load_site).
+    return CacheSettings(bypass_cookies=())
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,7 +140,7 @@ class Site:
     hosts: tuple[str, ...]
     backend: Backend
     database: SiteDatabase = field(default_factory=SiteDatabase)
-    cache: SiteCache = field(default_factory=SiteCache)
+    cache: CacheSettings = field(default_factory=_no_settings_cache)
     meta: Mapping[str, Any] = field(default_factory=dict, hash=False)
     cache_root: Path = Path("cache")
     path: Path | None = field(default=None, compare=False)
@@ -238,15 +236,10 @@ def _hosts(w: _Where, doc: Mapping[str, Any]) -> tuple[str, ...]:
     if not items:
         raise w.bad("hosts", "a non-empty list of host names", value,
                     'write hosts = ["blog.example.org"]')
-    patterns: list[str] = []
-    for i, raw in enumerate(items):
-        try:
-            pattern = normalize_pattern(raw)
-        except InvalidHost as exc:
-            raise w.error(f'key "hosts[{i}]": {exc}') from None
-        if pattern not in patterns:
-            patterns.append(pattern)
-    return tuple(patterns)
+    try:
+        return normalize_patterns(items)
+    except InvalidHost as exc:
+        raise w.error(f'key "hosts[{exc.index}]": {exc}') from None
 
 
 def _backend(w: _Where, doc: Mapping[str, Any]) -> Backend:
@@ -268,7 +261,7 @@ def _backend(w: _Where, doc: Mapping[str, Any]) -> Backend:
         if "app" in table:
             raise w.error('key "backend.app": only for type = "wsgi" (remove it, or use url)')
         url = _get_str(w, "backend.url", table.get("url"), 'write url = "http://127.0.0.1:8080"')
-        if not _URL_RE.fullmatch(url):
+        if not is_http_url(url):
             raise w.bad("backend.url", "an http:// or https:// URL", url,
                         'write url = "http://127.0.0.1:8080"')
         return Backend(type="proxy", url=url)
@@ -277,7 +270,7 @@ def _backend(w: _Where, doc: Mapping[str, Any]) -> Backend:
 
 def _db_url(w: _Where, key: str, value: Any) -> str:
     url = _get_str(w, key, value, 'write a URL such as "mysql+tenantkit://user:pw@host/db"')
-    if "://" not in url or any(ch.isspace() for ch in url):
+    if not is_database_url(url):
         raise w.bad(key, "a database URL", url, 'such as "mysql+tenantkit://user:pw@host/db"')
     return url
 
@@ -423,7 +416,7 @@ def parse_backend_spec(spec: str) -> Backend:
     """``wsgi:module:attr`` or an ``http(s)://`` URL -> :class:`Backend`; ValueError if neither."""
     if spec.startswith("wsgi:") and _APP_RE.fullmatch(spec[5:]):
         return Backend(type="wsgi", app=spec[5:])
-    if _URL_RE.fullmatch(spec):
+    if is_http_url(spec):
         return Backend(type="proxy", url=spec)
     raise ValueError(
         f"invalid backend {mask_url(spec)!r}: write wsgi:module:attr (a WSGI app or factory) "

@@ -278,3 +278,22 @@ def test_reloads_equal_fresh_load_with_last_good(steps: list[tuple[str, str, str
             else:
                 check()
         check()
+
+
+def test_one_owner_per_host_for_the_registry_and_host_links(cfg: Settings) -> None:
+    from tenantkit import layout
+    from tenantkit.hosts import claim_owner, host_claims, pattern_key
+    from tenantkit.web.hostlinks import HostLinks
+
+    put(cfg, "b.toml", site_text("same.org", "b.org"))
+    put(cfg, "a.toml", site_text("same.org"))
+    registry = Registry.load(cfg, log_errors=False)
+    claims = host_claims({n: s.hosts for n, s in registry.sites.items()})
+    assert claim_owner(claims[pattern_key("same.org")]) == "a"
+    assert (registry.owner("SAME.org:80"), registry.owner("b.org"),
+            registry.owner("nobody.org")) == ("a", "b", None)
+    links = HostLinks(cfg.cache_dir)
+    for site, host in (("b", "same.org"), ("b", "b.org"), ("b", "nobody.org")):
+        links.ensure(site, host)
+    links.prune(registry.owner)  # same.org is a's, nobody.org nobody's: both links go
+    assert sorted(p.name for p in layout.hosts_dir(cfg.cache_dir).iterdir()) == ["b.org"]

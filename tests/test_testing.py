@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from importlib.metadata import entry_points
+from pathlib import Path
 
 import pymysql
 import pytest
@@ -149,7 +153,8 @@ def test_missing_binary_names_the_package(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_missing_service_skips_or_fails(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tenantkit.testing import ServiceMissing, _missing
+    from tenantkit.testing import ServiceMissing
+    from tenantkit.testing.plugin import service_missing as _missing
 
     monkeypatch.delenv("TENANTKIT_REQUIRE_SERVICES", raising=False)
     with pytest.raises(pytest.skip.Exception, match="install x"):
@@ -157,3 +162,40 @@ def test_missing_service_skips_or_fails(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("TENANTKIT_REQUIRE_SERVICES", "1")
     with pytest.raises(pytest.fail.Exception, match="TENANTKIT_REQUIRE_SERVICES=1"):
         _missing(ServiceMissing("x not found: install x"))
+
+
+def test_server_classes_import_without_pytest() -> None:
+    # pytest made unimportable: the server classes must not need it (only the plugin does).
+    code = (
+        "import sys\n"
+        "sys.modules['pytest'] = None\n"
+        "import tenantkit.testing as t\n"
+        "from tenantkit.testing import (LoopbackProxy, MariaDBCluster, RedisServer, free_port,\n"
+        "                               wait_port)\n"
+        "assert 'pytest' not in {m for m, v in sys.modules.items() if v is not None}\n"
+        "try:\n"
+        "    import tenantkit.testing.plugin\n"
+        "except ImportError:\n"
+        "    print('plugin needs pytest')\n"
+        "print(free_port() > 0)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["plugin", "needs", "pytest", "True"]
+
+
+def test_plugin_registers_the_fixtures(request: pytest.FixtureRequest,
+                                       tmp_path: Path) -> None:
+    import tenantkit.testing.plugin
+
+    entry = [ep for ep in entry_points(group="pytest11") if ep.name == "tenantkit"]
+    assert [ep.value for ep in entry] == ["tenantkit.testing.plugin"]
+    assert request.config.pluginmanager.get_plugin("tenantkit") is tenantkit.testing.plugin
+    # A fresh pytest run in an empty directory (no conftest) sees the fixtures.
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "--fixtures", "-p", "no:cacheprovider", str(tmp_path)],
+        capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
+    )
+    listed = {line.split()[0] for line in result.stdout.splitlines() if line.strip()}
+    assert {"mariadb_pair", "mariadb_cluster", "redis_server"} <= listed, result.stdout

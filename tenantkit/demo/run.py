@@ -20,6 +20,7 @@ import click
 import tomli_w
 
 from tenantkit.config import Settings
+from tenantkit.files import write_atomic
 from tenantkit.provision import provision
 from tenantkit.sites import Backend, SiteCache, SiteDatabase
 
@@ -38,10 +39,7 @@ def _settings(root: Path) -> Settings:
             "web": {"admin_hosts": ["127.0.0.1", "localhost"],
                     "admin_token": secrets.token_urlsafe(16)},
         }
-        tmp = config.with_suffix(".tmp")
-        tmp.write_bytes(tomli_w.dumps(data).encode())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, config)
+        write_atomic(config, tomli_w.dumps(data).encode(), mode=0o600)
     return Settings.load(config)
 
 

@@ -49,9 +49,11 @@ from sqlalchemy.exc import ArgumentError
 from tenantkit.config import Settings, mask_url
 from tenantkit.db.servers import site_servers
 from tenantkit.errors import ForumMapError
+from tenantkit.export.php import php_bus_url, php_literal
 from tenantkit.files import write_atomic
-from tenantkit.hosts import pattern_key
+from tenantkit.hosts import claim_owner, host_claims, pattern_key
 from tenantkit.sites import Site
+from tenantkit.validate import is_http_url
 
 __all__ = [
     "FORUM_MAP_FILE",
@@ -189,22 +191,11 @@ def _base_url(site: Site) -> str:
             raise _fail(site, "it has no exact host name to build PunBB's base URL from: add "
                               'base_url = "https://forum.example.org" to its [meta] table')
         return f"http://{exact[0]}"
-    if (not isinstance(given, str) or not re.match(r"^https?://[^\s'\"\\<>]+$", given)
-            or "?" in given or "#" in given):
+    if not is_http_url(given) or any(ch in given for ch in "?#'\"\\<>"):
         raise _fail(site, f"[meta] base_url must be an http:// or https:// URL without query, "
                           f"quotes or spaces, got {given!r} "
                           '(write base_url = "https://forum.example.org")')
     return given.rstrip("/")
-
-
-def _bus(settings: Settings) -> str:
-    # The in-process bus cannot reach PHP: "" makes PunBB drop trigger files in .purge/.
-    if settings.bus.transport != "redis":
-        return ""
-    url = settings.bus.redis_url
-    if settings.bus.stream != "tenantkit:events":
-        url += ("&" if "?" in url else "?") + "stream=" + settings.bus.stream
-    return url
 
 
 def forum_for_site(site: Site, settings: Settings) -> PunbbForum:
@@ -223,7 +214,7 @@ def forum_for_site(site: Site, settings: Settings) -> PunbbForum:
         cookie_name="forum_cookie_" + site.name.replace("-", "_"),
         cache_dir=os.path.abspath(site.app_cache_dir) + "/",
         avatars_dir=f"img/avatars/{site.name}",
-        bus=_bus(settings),
+        bus=php_bus_url(settings),  # "": PunBB drops trigger files in .purge/
         purge_dir=os.path.abspath(site.purge_dir) + "/",
     )
 
@@ -257,17 +248,9 @@ def build_forum_map(
     forums = {name: forum_for_site(by_name[name], settings) for name in sorted(chosen)}
     _check_shared_tables(forums)
 
-    claims: dict[tuple[str, str], dict[str, bool]] = {}
-    skipped: list[str] = []
-    for name in sorted(by_name):
-        for pattern in by_name[name].hosts:
-            kind, key = pattern_key(pattern)
-            if kind == "regex":
-                if name in forums:
-                    skipped.append(f"{name}: {pattern}")
-                continue
-            owners = claims.setdefault((kind, key), {})
-            owners[name] = owners.get(name, False) or pattern.startswith(".")
+    claims = host_claims({name: site.hosts for name, site in by_name.items()})
+    skipped = [f"{name}: {pattern}" for name in sorted(forums)
+               for pattern in by_name[name].hosts if pattern_key(pattern)[0] == "regex"]
     for item in skipped:
         logger.warning("forum map: regex host pattern left out (list the host names "
                        "instead): %s", item)
@@ -276,8 +259,10 @@ def build_forum_map(
     leading: dict[str, tuple[str, bool]] = {}
     trailing: dict[str, str] = {}
     for (claim, key), owners in sorted(claims.items()):
-        kept = min(owners)  # as HostIndex: the site whose name sorts first keeps a pattern
+        kept = claim_owner(owners)  # as HostIndex
         target = kept if kept in forums else ""
+        if claim == "regex":
+            continue
         if claim == "exact":
             exact[key] = target
         elif claim == "leading":
@@ -301,30 +286,6 @@ def _check_shared_tables(forums: Mapping[str, PunbbForum]) -> None:
 
 
 # --- PHP --------------------------------------------------------------------------------------
-
-def php_literal(value: Any, indent: str = "") -> str:
-    """*value* (str, int, bool, None, lists, tuples, dicts with str keys) as PHP source."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        if "\0" in value:
-            raise ValueError("a NUL byte cannot go into the forum map")
-        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    inner = indent + "    "
-    if isinstance(value, list | tuple):
-        items = [php_literal(v, inner) for v in value]
-    elif isinstance(value, Mapping):
-        items = [f"{php_literal(str(k))} => {php_literal(v, inner)}" for k, v in value.items()]
-    else:
-        raise TypeError(f"cannot write {type(value).__name__} as PHP")
-    if not items:
-        return "array()"
-    return "array(\n" + "".join(f"{inner}{item},\n" for item in items) + indent + ")"
-
 
 def render_forum_map(forum_map: ForumMap) -> str:
     """The map as the PHP file the patched PunBB includes (it holds database passwords)."""

@@ -25,14 +25,10 @@ from sqlalchemy.exc import ArgumentError
 from tenantkit.config import Settings, mask_url
 from tenantkit.db.servers import site_servers
 from tenantkit.errors import WpConfigError
+from tenantkit.export.php import php_bus_url, php_string
 from tenantkit.sites import Site
 
 __all__ = ["php_string", "render_wp_config", "wp_server_url"]
-
-
-def php_string(value: str) -> str:
-    """A single-quoted PHP string literal."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def wp_server_url(url: str) -> str:
@@ -70,21 +66,6 @@ def wp_server_url(url: str) -> str:
     return f"mysql://{auth}{host}{port}/{quote(parsed.database, safe='')}{query}"
 
 
-def _bus(site: Site, settings: Settings) -> str:
-    bus = settings.bus
-    if bus.transport != "redis":
-        return str(site.purge_dir)
-    url = bus.redis_url
-    params = {}
-    if bus.stream != "tenantkit:events":
-        params["stream"] = bus.stream
-    if bus.stream_maxlen != 10000:
-        params["maxlen"] = str(bus.stream_maxlen)
-    if params:
-        url += ("&" if "?" in url else "?") + urlencode(params)
-    return url
-
-
 def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
@@ -102,7 +83,7 @@ def render_wp_config(site: Site, settings: Settings, *, debian: bool = False) ->
         ("TENANTKIT_DB_PRIMARY", php_string(primary_url)),
         ("TENANTKIT_DB_REPLICAS", "[" + ", ".join(php_string(u) for u in replica_urls) + "]"),
         ("TENANTKIT_COMPRESS", "true"),
-        ("TENANTKIT_BUS", php_string(_bus(site, settings))),
+        ("TENANTKIT_BUS", php_string(php_bus_url(settings) or str(site.purge_dir))),
         ("TENANTKIT_PURGE_DIR", php_string(str(site.purge_dir))),
         ("TENANTKIT_READ_YOUR_WRITES", php_string(db.read_your_writes)),
         ("TENANTKIT_PIN_SECONDS", _number(db.pin_seconds)),

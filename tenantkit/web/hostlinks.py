@@ -5,7 +5,7 @@ the nginx catch-all (:mod:`tenantkit.export.nginx`) serves hits with no per-site
 
     links = HostLinks(settings.cache_dir)
     links.ensure("blog", "blog.example.org")     # after storing a page for that host
-    links.prune({"blog.example.org": "blog", "old.example.org": None})
+    links.prune(registry.owner)                  # or a mapping {"blog.example.org": "blog"}
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import uuid
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from tenantkit import layout
@@ -59,11 +60,13 @@ class HostLinks:
             return
         self._known[host] = site
 
-    def prune(self, owner: dict[str, str | None]) -> None:
+    def prune(self, owner: Mapping[str, str | None] | Callable[[str], str | None]) -> None:
         """Remove links whose host now belongs to another site, or to none.
 
-        *owner* maps each linked host to the site that serves it now (``None``: no site).
+        *owner* says which site serves a host now (``None``: no site): best
+        :meth:`tenantkit.registry.Registry.owner`, or a mapping of each linked host.
         """
+        owner_of = owner.get if isinstance(owner, Mapping) else owner
         try:
             names = os.listdir(self.dir)
         except FileNotFoundError:
@@ -76,7 +79,7 @@ class HostLinks:
                 current = os.readlink(link)
             except OSError:
                 continue
-            site = owner.get(host)
+            site = owner_of(host)
             if site is None or current != layout.host_link_target(site, host):
                 self._known.pop(host, None)
                 with contextlib.suppress(FileNotFoundError):

@@ -451,7 +451,8 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Maria
             f"--ssl-ca={certs / 'ca.pem'}",
         ))
     except Exception as exc:  # ServiceMissing and friends: same rule as the fixtures
-        from tenantkit.testing import ServiceMissing, _missing
+        from tenantkit.testing import ServiceMissing
+        from tenantkit.testing.plugin import service_missing as _missing
         if isinstance(exc, ServiceMissing):
             _missing(exc)
         raise

@@ -1,0 +1,32 @@
+"""The ``tenantkit`` command: the group and :class:`ScriptInfo` in :mod:`.group`, one module
+per command group (:mod:`.sites`, :mod:`.purge`, :mod:`.serve`, :mod:`.export`).
+
+Every command reads the settings lazily through :class:`ScriptInfo`, so ``--help`` works
+even with a broken settings file, and a bad one is reported as a usage error (exit 2)::
+
+    tenantkit --config /etc/tenantkit.toml config
+    TENANTKIT_CONFIG=/etc/tenantkit.toml tenantkit config
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from tenantkit.cli import export, purge, serve, sites
+from tenantkit.cli.group import ScriptInfo, TenantkitFailure, TenantkitUsageError, cli, pass_info
+from tenantkit.errors import TenantkitError
+
+__all__ = ["ScriptInfo", "TenantkitFailure", "TenantkitUsageError", "cli", "main", "pass_info"]
+
+_COMMAND_MODULES = (sites, purge, serve, export)  # imported for the commands they add to cli
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: runs the click group, mapping our errors to exit codes."""
+    try:
+        cli.main(args=argv, prog_name="tenantkit", standalone_mode=True)
+    except TenantkitError as exc:  # a library error that escaped a command
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)

@@ -1,0 +1,66 @@
+"""The ``tenantkit`` click group, its lazily loaded context object (:class:`ScriptInfo`) and
+the CLI's errors (:class:`TenantkitUsageError`: exit 2, :class:`TenantkitFailure`: exit 1).
+
+Command modules add their commands to :data:`cli`::
+
+    @cli.command("sites")
+    @pass_info
+    def sites_command(info: ScriptInfo) -> None:
+        registry = Registry.load(info.settings)
+"""
+
+from __future__ import annotations
+
+import click
+
+from tenantkit.config import Settings
+from tenantkit.errors import ConfigError
+
+__all__ = ["ScriptInfo", "TenantkitFailure", "TenantkitUsageError", "cli", "pass_info"]
+
+
+class TenantkitUsageError(click.UsageError):
+    """Bad arguments or settings: exit code 2, with the message saying what to fix."""
+
+
+class TenantkitFailure(click.ClickException):
+    """The command was right but the work failed: exit code 1."""
+
+    exit_code = 1
+
+
+class ScriptInfo:
+    """Carries ``--config`` and loads :class:`Settings` on first use."""
+
+    def __init__(self, config: str | None = None) -> None:
+        self.config = config
+        self._settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            try:
+                self._settings = Settings.load(self.config)
+            except ConfigError as exc:
+                raise TenantkitUsageError(str(exc)) from exc
+        return self._settings
+
+
+pass_info = click.make_pass_decorator(ScriptInfo, ensure=True)
+
+
+@click.group(
+    context_settings={"auto_envvar_prefix": "TENANTKIT", "help_option_names": ["-h", "--help"]}
+)
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(dir_okay=False),
+    envvar="TENANTKIT_CONFIG",
+    help="Settings file (default: ./tenantkit.toml when present, else the embedded defaults).",
+)
+@click.version_option(package_name="tenantkit")
+@click.pass_context
+def cli(ctx: click.Context, config: str | None) -> None:
+    """Host many sites from one copy of a web stack."""
+    ctx.obj = ScriptInfo(config)
