@@ -20,7 +20,7 @@ from tenantkit.cache.events import (
 from tenantkit.cache.invalidator import Invalidator
 from tenantkit.cache.pagecache import CachedPage, FillTicket, PageCache
 from tenantkit.cache.publish import publish
-from tenantkit.config import Settings, mask_url
+from tenantkit.config import Settings
 from tenantkit.db.classify import statement_role
 from tenantkit.db.compress import CompressedConnection, CompressionUnavailableWarning, WireStats
 from tenantkit.db.router import Router
@@ -51,6 +51,7 @@ from tenantkit.provision import (
     ProvisionUsageError,
 )
 from tenantkit.registry import Registry, ReloadReport
+from tenantkit.secret import SecretURL, mask_url
 from tenantkit.sites import (
     Backend,
     InvalidSiteName,
@@ -99,6 +100,7 @@ __all__ = [
     "ReloadReport",
     "ReplicaUnavailable",
     "Router",
+    "SecretURL",
     "Settings",
     "Site",
     "SiteCache",

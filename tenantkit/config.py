@@ -35,14 +35,13 @@ Every environment variable ``TENANTKIT_<KEY>`` or ``TENANTKIT_<SECTION>_<KEY>``
 overrides the file (``TENANTKIT_DATABASE_PRIMARY``, ``TENANTKIT_BUS_TRANSPORT``,
 ``TENANTKIT_CACHE_TTL``); lists are comma-separated. A bad value raises
 :class:`~tenantkit.errors.ConfigError` naming the file or variable, the key and
-what is allowed. Passwords in URLs never appear in ``repr``: see :func:`mask_url`.
+what is allowed. URLs are held as :class:`~tenantkit.secret.SecretURL`: their passwords never show.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -50,6 +49,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tenantkit.errors import ConfigError
+from tenantkit.secret import MASK, SecretURL, mask_url
 from tenantkit.validate import is_database_url, is_site_name
 
 __all__ = [
@@ -79,35 +79,26 @@ DEFAULT_BYPASS_COOKIES: tuple[str, ...] = (
     "tenantkit_wp_pin",
 )
 
-_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*):(?P<pw>[^@\s]*)@")
-MASK = "********"
-
-
-def mask_url(url: str) -> str:
-    """Return *url* with any password replaced by ``********``.
-
-    >>> mask_url("mysql+pymysql://app:s3cret@db/app")
-    'mysql+pymysql://app:********@db/app'
-    >>> mask_url("redis://:pw@127.0.0.1:6379/0")
-    'redis://:********@127.0.0.1:6379/0'
-    """
-    return _URL_PASSWORD.sub(lambda m: f"{m.group('head')}:{MASK}@", url)
+def keep_urls_secret(obj: object) -> None:
+    """Turn the fields marked ``metadata={"url": True}`` of the frozen dataclass *obj* (a
+    URL, or a tuple of them) into :class:`~tenantkit.secret.SecretURL` (call it from
+    ``__post_init__``), so they are masked wherever they are shown."""
+    for f in dataclasses.fields(obj):  # type: ignore[arg-type]
+        value = getattr(obj, f.name)
+        if not f.metadata.get("url") or value is None:
+            continue
+        if isinstance(value, tuple):
+            value = tuple(SecretURL(v) if isinstance(v, str) else v for v in value)
+        elif isinstance(value, str):
+            value = SecretURL(value)
+        object.__setattr__(obj, f.name, value)
 
 
 def _masked_repr(obj: object) -> str:
     parts = []
     for f in dataclasses.fields(obj):  # type: ignore[arg-type]
         value = getattr(obj, f.name)
-        if f.metadata.get("secret"):
-            shown = repr(MASK if value else value)
-        elif f.metadata.get("url"):
-            shown = (
-                repr(tuple(mask_url(v) for v in value))
-                if isinstance(value, tuple)
-                else repr(mask_url(value))
-            )
-        else:
-            shown = repr(value)
+        shown = repr(MASK if value else value) if f.metadata.get("secret") else repr(value)
         parts.append(f"{f.name}={shown}")
     return f"{type(obj).__name__}({', '.join(parts)})"
 
@@ -126,6 +117,8 @@ class DatabaseSettings:
     dead_host_cooldown: float = 10.0
 
     __repr__ = _masked_repr
+    def __post_init__(self) -> None:
+        keep_urls_secret(self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -154,6 +147,8 @@ class BusSettings:
     replica_wait_timeout: float = 2.0
 
     __repr__ = _masked_repr
+    def __post_init__(self) -> None:
+        keep_urls_secret(self)
 
 
 @dataclass(frozen=True, kw_only=True, repr=False)
@@ -317,7 +312,7 @@ def _db_url(where: str, key: str, value: Any, from_env: bool) -> str:
         raise ConfigError(
             f'{where}: key "{key}": expected a database URL such as '
             f'"mysql+tenantkit://user:password@host/db" or "sqlite:///./tenantkit.db", '
-            f"got {mask_url(text)!r}"
+            f"got {mask_url(text, whole=True)!r}"
         )
     return text
 
@@ -332,7 +327,7 @@ def _redis_url(where: str, key: str, value: Any, from_env: bool) -> str:
     if not text.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(
             f'{where}: key "{key}": expected a Redis URL such as "redis://127.0.0.1:6379/0", '
-            f"got {mask_url(text)!r}"
+            f"got {mask_url(text, whole=True)!r}"
         )
     return text
 

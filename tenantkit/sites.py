@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from tenantkit import layout
-from tenantkit.config import CacheSettings, Settings, mask_url
+from tenantkit.config import CacheSettings, Settings, keep_urls_secret, mask_url
 from tenantkit.errors import InvalidHost, SiteError, SiteFileError
 from tenantkit.hosts import normalize_patterns
 from tenantkit.validate import SITE_NAME_RE, is_database_url, is_http_url, is_site_name
@@ -96,26 +96,22 @@ class Backend:
 
     type: Literal["wsgi", "proxy"]
     app: str | None = None
-    url: str | None = None
+    url: str | None = field(default=None, metadata={"url": True})
 
-    def __repr__(self) -> str:
-        url = mask_url(self.url) if self.url else None
-        return f"Backend(type={self.type!r}, app={self.app!r}, url={url!r})"
+    def __post_init__(self) -> None:
+        keep_urls_secret(self)
 
 
 @dataclass(frozen=True, kw_only=True)
 class SiteDatabase:
     """A site's database; ``primary=None`` means the global ``[database]`` settings."""
 
-    primary: str | None = None
-    replicas: tuple[str, ...] = ()
+    primary: str | None = field(default=None, metadata={"url": True})
+    replicas: tuple[str, ...] = field(default=(), metadata={"url": True})
     table_prefix: str = ""
 
-    def __repr__(self) -> str:
-        primary = mask_url(self.primary) if self.primary else None
-        replicas = tuple(mask_url(r) for r in self.replicas)
-        return (f"SiteDatabase(primary={primary!r}, replicas={replicas!r}, "
-                f"table_prefix={self.table_prefix!r})")
+    def __post_init__(self) -> None:
+        keep_urls_secret(self)
 
 
 #: A site's page-cache policy: the same type as the global ``[cache]`` defaults.
@@ -167,7 +163,7 @@ class Site:
 
 def _masked(value: Any) -> Any:
     if isinstance(value, str):
-        return mask_url(value)
+        return mask_url(value, whole=True)  # a value from the file is one URL
     if isinstance(value, list):
         return [_masked(v) for v in value]
     if isinstance(value, dict):
