@@ -11,7 +11,9 @@ cached pages for: ``cache_dir/_hosts/<host> -> ../<site>/pages/current/<host>``
 ``cache_dir/_hosts/$host$uri/index.html`` when it is there; the symlink goes through the
 site's ``current`` generation, so a whole-site flush is seen at once. Requests that are not
 GET or HEAD, that carry ``Authorization``, a query string, a bypass cookie or the shim's
-read-your-writes cookie, and every miss, go to tenantkit.
+read-your-writes cookie, and every miss, go to tenantkit. A bypass cookie is matched in every
+spelling PHP reads as its name (``comment.author_x``, ``comment author_x`` and
+``comment[author_x`` are all ``comment_author_x`` in ``$_COOKIE``), as the shim does.
 """
 
 from __future__ import annotations
@@ -104,6 +106,12 @@ _PROXY = """\
         proxy_read_timeout 60s;"""
 
 
+def _php_spellings(name: str) -> str:
+    """A regex for a cookie name prefix and every spelling PHP reads as it: ``.``, space
+    and (unbalanced) ``[`` all become ``_`` (see :mod:`tenantkit.web.cookies`)."""
+    return "".join("[._ \\[]" if char in "._" else re.escape(char) for char in name)
+
+
 def _quote(value: str) -> str:
     if re.search(r'[\s;"\'{}\\$]', value):
         raise ValueError(f"{value!r} cannot go into an nginx config (no spaces, quotes, "
@@ -120,7 +128,7 @@ def render_config(settings: Settings, *, upstream: str = "127.0.0.1:8000",
         if not _COOKIE_NAME.fullmatch(name):
             raise ValueError(f"bypass cookie {name!r}: only letters, digits, '_', '-' and '.' "
                              "can go into the nginx config")
-    pattern = "|".join(name.replace(".", "\\.") for name in cookies)
+    pattern = "|".join(_php_spellings(name) for name in cookies)
     cache_dir = Path(os.path.abspath(settings.cache_dir))
     return _TEMPLATE.format(
         cache_dir=_quote(str(cache_dir)), hosts_dir=_quote(str(layout.hosts_dir(cache_dir))),

@@ -13,10 +13,25 @@ released once its last in-flight request is done)::
 callable that is not itself a WSGI app (one positional parameter instead of two).
 
 ``Backend(type="proxy", url="http://127.0.0.1:8080")`` forwards to an HTTP upstream
-(:class:`ProxyApp`) with pooled keep-alive connections: request and response bodies are
-streamed, the client's ``Host`` is preserved, ``X-Forwarded-For/-Proto/-Host`` are set and
-hop-by-hop headers dropped. An upstream that times out answers 504, one that cannot be
-reached 502.
+(:class:`ProxyApp`) with pooled keep-alive connections: the client's ``Host`` is preserved,
+``X-Forwarded-For/-Proto/-Host`` are set and hop-by-hop headers dropped. An upstream that
+times out answers 504, one that cannot be reached 502.
+
+Framing, so that no request or response can be taken for another (issue 24):
+
+- A request body is read whole before anything is sent upstream (in memory up to 1 MiB,
+  then in a temporary file; at most ``max_body`` bytes, else 413), and forwarded with its
+  ``Content-Length`` -- never chunked. A body that does not arrive completely (shorter than
+  its ``Content-Length``, a chunked body cut short or malformed) is answered 400 and never
+  forwarded. ``Content-Length`` with ``Transfer-Encoding``, a length that is not digits, or
+  a transfer coding other than ``chunked`` are answered 400/501 and never forwarded.
+- A request with a body is sent with ``Connection: close`` and its upstream connection is
+  closed after the response: the proxy cannot know whether the upstream read that body,
+  and a body the upstream did not read would be parsed as the next request.
+- Interim (1xx) responses are consumed (:mod:`tenantkit.web.upstream`); ``101`` is 502.
+- An upstream connection goes back to the pool only after a response read to the end its
+  framing gives, from an upstream that keeps the connection alive; anything else (the
+  visitor went away, the upstream closed mid-body) closes it.
 """
 
 from __future__ import annotations
@@ -24,6 +39,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -37,6 +53,7 @@ from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 from tenantkit.config import mask_url
 from tenantkit.errors import SiteError
 from tenantkit.sites import Site
+from tenantkit.web.upstream import upstream_pool
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -52,7 +69,14 @@ HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
     "te", "trailer", "transfer-encoding", "upgrade",
 })
+#: Request fields the proxy sets itself from the body it read (``Expect``: the body is sent
+#: at once, as nginx does).
+_FRAMING = frozenset({"content-length", "expect"})
 _CHUNK = 64 * 1024
+#: Request bodies larger than this are spooled to a temporary file.
+_SPOOL = 1024 * 1024
+#: Default largest request body (nginx's ``client_max_body_size`` in ``tenantkit nginx-config``).
+MAX_BODY = 64 * 1024 * 1024
 
 
 class BackendError(SiteError):
@@ -117,7 +141,8 @@ class ProxyApp:
     """
 
     def __init__(self, url: str, *, connect_timeout: float = 5.0, read_timeout: float = 60.0,
-                 maxsize: int = 16, trusted_proxies: int = 0) -> None:
+                 maxsize: int = 16, trusted_proxies: int = 0,
+                 max_body: int = MAX_BODY) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise BackendError(f"backend url {mask_url(url)!r}: expected http://host:port "
@@ -125,9 +150,9 @@ class ProxyApp:
         self.url = url
         self.prefix = parts.path.rstrip("/")
         self.trusted_proxies = trusted_proxies
+        self.max_body = max_body
         self.timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
-        self.pool = urllib3.connection_from_url(
-            url, maxsize=maxsize, block=False, timeout=self.timeout, retries=False)
+        self.pool = upstream_pool(url, maxsize=maxsize, timeout=self.timeout)
 
     def close(self) -> None:
         self.pool.close()
@@ -140,12 +165,10 @@ class ProxyApp:
                 headers[name] = value
         if environ.get("CONTENT_TYPE"):
             headers["Content-Type"] = environ["CONTENT_TYPE"]
-        if environ.get("CONTENT_LENGTH"):
-            headers["Content-Length"] = environ["CONTENT_LENGTH"]
         named = {t.strip().lower() for t in headers.get("Connection", "").split(",")}
         for name in list(headers):
             lower = name.lower()
-            if lower in HOP_BY_HOP or lower in named:
+            if lower in HOP_BY_HOP or lower in named or lower in _FRAMING:
                 del headers[name]
         remote = environ.get("REMOTE_ADDR", "")
         prior = headers.get("X-Forwarded-For", "")
@@ -173,31 +196,63 @@ class ProxyApp:
                 path += "?" + environ["QUERY_STRING"]
         return self.prefix + path
 
-    def _body(self, environ: WSGIEnvironment, headers: dict[str, str]) -> tuple[Any, bool]:
-        stream = environ["wsgi.input"]
-        if "Content-Length" in headers:
-            try:
-                length = int(headers["Content-Length"])
-            except ValueError:
-                raise _BadRequest("Content-Length is not a number") from None
-            return (_LimitedReader(stream, length) if length > 0 else None), False
-        if environ.get("wsgi.input_terminated") or environ.get("HTTP_TRANSFER_ENCODING"):
-            return _read_chunks(stream), True
-        return None, False
+    def _body(self, environ: WSGIEnvironment) -> tuple[Any, int] | None:
+        """The whole request body as (file, length), None without one; raises _Refused when
+        the body's framing is ambiguous or the body did not arrive completely."""
+        length = environ.get("CONTENT_LENGTH") or ""
+        coding = environ.get("HTTP_TRANSFER_ENCODING")
+        expected: int | None
+        if coding is not None:
+            if length:
+                raise _Refused("400 Bad Request",
+                               "both Content-Length and Transfer-Encoding: send one of them")
+            if coding.strip().lower() != "chunked":
+                raise _Refused("501 Not Implemented",
+                               f"Transfer-Encoding {coding!r}: only chunked is understood")
+            if not environ.get("wsgi.input_terminated"):
+                raise _Refused("411 Length Required",
+                               "a chunked body this server does not decode: send Content-Length")
+            expected = None
+        elif length:
+            if not (length.isascii() and length.isdigit()):
+                raise _Refused("400 Bad Request", f"Content-Length {length!r} is not a number")
+            expected = int(length)
+        else:
+            return None
+        if expected is not None and expected > self.max_body:
+            raise _Refused("413 Content Too Large",
+                           f"a body of more than {self.max_body} bytes")
+        spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL)  # noqa: SIM115 (returned)
+        try:
+            got = _spool(environ["wsgi.input"], spool, expected, self.max_body)
+        except BaseException:
+            spool.close()
+            raise
+        spool.seek(0)
+        return spool, got
 
     def __call__(self, environ: WSGIEnvironment,
                  start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
+        body: Any = None
         try:
             headers = self._headers(environ)
-            body, chunked = self._body(environ, headers)
+            framed = self._body(environ)
+            if framed is not None:
+                body, size = framed
+                headers["Content-Length"] = str(size)
+                if size:
+                    # Whether the upstream reads this body, the proxy cannot know: one it
+                    # did not read would be parsed as the next request on the connection.
+                    headers["Connection"] = "close"
             response = self.pool.urlopen(
-                method, self._target(environ), body=body, headers=headers, chunked=chunked,
+                method, self._target(environ), body=body, headers=headers, chunked=False,
                 redirect=False, retries=False, preload_content=False, decode_content=False,
                 assert_same_host=False, timeout=self.timeout,
             )
-        except _BadRequest as exc:
-            return _plain(start_response, "400 Bad Request", f"bad request: {exc}")
+        except _Refused as exc:
+            logger.info("upstream %s: request refused: %s", mask_url(self.url), exc.message)
+            return _plain(start_response, exc.status, f"bad request: {exc.message}")
         except NewConnectionError as exc:  # a subclass of the timeout error, but not one
             logger.warning("upstream %s unreachable: %s", mask_url(self.url), exc)
             return _plain(start_response, "502 Bad Gateway", "upstream unavailable")
@@ -209,13 +264,57 @@ class ProxyApp:
             return _plain(start_response, "502 Bad Gateway", "upstream unavailable")
         except ValueError as exc:  # http.client refuses a method or header value
             return _plain(start_response, "400 Bad Request", f"bad request: {exc}")
+        finally:
+            if body is not None:
+                body.close()
+        if response.status < 200:  # 101: a protocol switch nobody asked for
+            _discard(response)
+            logger.warning("upstream %s answered %d: not a final response",
+                           mask_url(self.url), response.status)
+            return _plain(start_response, "502 Bad Gateway", "upstream unavailable")
         out = [(k, v) for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP]
         start_response(f"{response.status} {response.reason or ''}".rstrip(), out)
         return _ResponseBody(response, self.url)
 
 
-class _BadRequest(Exception):
-    pass
+class _Refused(Exception):
+    """A request the proxy will not send on: *status* and what was wrong."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _spool(stream: Any, spool: Any, expected: int | None, limit: int) -> int:
+    """Copy the request body from the WSGI input into *spool*: exactly *expected* bytes, or
+    (chunked, decoded by the server) everything up to its end. Returns the length."""
+    got = 0
+    for _ in range(limit + 2):  # bounded: every turn but the last reads at least one byte
+        want = _CHUNK if expected is None else min(_CHUNK, expected - got)
+        if want <= 0:
+            return got
+        try:
+            data: bytes = stream.read(want)
+        except Exception as exc:  # each server has its own error for a broken body
+            raise _Refused("400 Bad Request",
+                           f"the request body did not arrive completely ({exc})") from exc
+        if not data:
+            if expected is not None:
+                raise _Refused("400 Bad Request", f"the request body ended after {got} of "
+                               f"its {expected} bytes (Content-Length)")
+            return got
+        got += len(data)
+        if got > limit:
+            raise _Refused("413 Content Too Large", f"a body of more than {limit} bytes")
+        spool.write(data)
+    raise AssertionError("unreachable: every turn reads a byte or returns")
+
+
+def _discard(response: Any) -> None:
+    """Close *response* and its connection; the pool gets its slot back, not the socket."""
+    response.close()
+    response.release_conn()
 
 
 def _plain(start_response: StartResponse, status: str, text: str) -> list[bytes]:
@@ -223,32 +322,6 @@ def _plain(start_response: StartResponse, status: str, text: str) -> list[bytes]
     start_response(status, [("Content-Type", "text/plain; charset=utf-8"),
                             ("Content-Length", str(len(body)))])
     return [body]
-
-
-class _LimitedReader:
-    """A file-like view of at most *length* bytes of the WSGI input stream."""
-
-    def __init__(self, stream: Any, length: int) -> None:
-        self.stream = stream
-        self.left = length
-
-    def read(self, size: int = -1) -> bytes:
-        if self.left <= 0:
-            return b""
-        size = self.left if size < 0 else min(size, self.left)
-        data: bytes = self.stream.read(size)
-        self.left -= len(data)
-        if not data:
-            self.left = 0
-        return data
-
-
-def _read_chunks(stream: Any) -> Iterator[bytes]:
-    while True:
-        data: bytes = stream.read(_CHUNK)
-        if not data:
-            return
-        yield data
 
 
 class _ResponseBody:
@@ -268,7 +341,10 @@ class _ResponseBody:
             raise UpstreamClosed(f"upstream {mask_url(self.url)} closed mid-body") from exc
 
     def close(self) -> None:
-        self.response.release_conn()
+        if self.response.closed:  # read to the end its framing gives: urllib3 released it
+            self.response.release_conn()
+        else:  # what is left of it would be read as the next request's response
+            _discard(self.response)
 
 
 class _Entry:

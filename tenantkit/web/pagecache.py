@@ -49,6 +49,7 @@ from tenantkit.config import RYW_COOKIE
 from tenantkit.db.router import ConsistencyToken
 from tenantkit.errors import CacheError, TenantkitError
 from tenantkit.sites import Site
+from tenantkit.web.cookies import has_bypass_cookie
 from tenantkit.web.hostlinks import HostLinks
 
 if TYPE_CHECKING:
@@ -296,7 +297,7 @@ class PageCacheMiddleware:
             return self._pass(environ, start_response, None)
         method = environ.get("REQUEST_METHOD")
         if (method not in ("GET", "HEAD") or "HTTP_AUTHORIZATION" in environ
-                or (cookies and _has_bypass_cookie(cookies, site.cache.bypass_cookies))):
+                or (cookies and has_bypass_cookie(cookies, site.cache.bypass_cookies))):
             return self._bypass(site, environ, start_response)
         host: str = environ.get("tenantkit.host") or ""
         path = environ.get("PATH_INFO") or "/"

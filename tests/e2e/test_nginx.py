@@ -64,6 +64,12 @@ def test_nginx_serves_hits_from_disk_and_passes_the_rest(
 
         for how in [{"Cookie": "wordpress_logged_in_x=1"}, {"Authorization": "Bearer x"}]:
             assert get("/post/1/", **how).headers["X-Tenantkit-Cache"] == "BYPASS", how
+        # Every spelling PHP reads as a bypass cookie's name (issue 24) goes to the shim.
+        for cookie in ["comment.author.5f3=Eve", "a=1;  wp-postpass.5f3=h",
+                       "wordpress logged in_5f3=u", "comment[author_5f3=Eve",
+                       "x=1;\ttenantkit.wp.pin=1", "forum.cookie.x=1"]:
+            assert get("/post/1/", Cookie=cookie).headers["X-Tenantkit-Cache"] == "BYPASS", \
+                cookie
         # The read-your-writes cookie goes to the shim, which ignores a forged one: a hit
         # served by the shim keeps the app's Content-Type, nginx's says text/html.
         forged = get("/post/1/", Cookie="a=b; tenantkit_rw=x")

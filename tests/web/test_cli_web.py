@@ -33,7 +33,7 @@ def test_nginx_config_names_the_cache_dir_and_upstream(tmp_path: Path) -> None:
     assert f"root {tmp_path / 'cache' / '_hosts'};" in result.output
     assert "server 127.0.0.1:9000;" in result.output
     assert "listen 127.0.0.1:8080 default_server;" in result.output
-    assert "my_session|tenantkit_rw" in result.output
+    assert "my[._ \\[]session|tenantkit[._ \\[]rw" in result.output
 
 
 @pytest.mark.parametrize(("args", "toml"), [
