@@ -46,7 +46,7 @@ from tenantkit import layout
 from tenantkit.config import CacheSettings, Settings, keep_urls_secret, mask_url
 from tenantkit.errors import InvalidHost, SiteError, SiteFileError
 from tenantkit.hosts import normalize_patterns
-from tenantkit.validate import SITE_NAME_RE, is_database_url, is_http_url, is_site_name
+from tenantkit.validate import is_database_url, is_http_url, is_site_name
 
 __all__ = [
     "MAX_SITE_FILE_BYTES",
@@ -65,7 +65,6 @@ __all__ = [
 #: A site file larger than this is refused (a site file is a few hundred bytes).
 MAX_SITE_FILE_BYTES = 256 * 1024
 
-NAME_RE = SITE_NAME_RE  # the rule lives in tenantkit.validate
 _APP_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
                      r":[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
 _PREFIX_RE = re.compile(r"[A-Za-z0-9_]{0,64}")

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar, Literal
 
 from tenantkit.errors import MalformedEvent
-from tenantkit.sites import NAME_RE
+from tenantkit.validate import SITE_NAME_RE
 
 __all__ = [
     "MAX_EVENT_BYTES",
@@ -69,7 +69,7 @@ class _Base:
     origin: str = field(default="python", compare=False, kw_only=True)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.site, str) or not NAME_RE.fullmatch(self.site):
+        if not isinstance(self.site, str) or not SITE_NAME_RE.fullmatch(self.site):
             raise MalformedEvent(
                 f"event: field \"site\": expected a site name matching "
                 f"^[a-z0-9][a-z0-9-]{{0,62}}$, got {self.site!r}"
@@ -244,7 +244,7 @@ def from_json(raw: str | bytes) -> Event:
     if cls is None:
         raise _bad("type", "one of " + ", ".join(sorted(_TYPES)), kind)
     site = data["site"]
-    if not isinstance(site, str) or not NAME_RE.fullmatch(site):
+    if not isinstance(site, str) or not SITE_NAME_RE.fullmatch(site):
         raise _bad("site", "a site name matching ^[a-z0-9][a-z0-9-]{0,62}$", site)
     common: dict[str, Any] = {"site": site, "gtid": _opt_str(data, "gtid")}
     event_id = _opt_str(data, "id")

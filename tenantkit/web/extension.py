@@ -148,11 +148,7 @@ class Tenantkit:
         self._seen_sites = sites
         self.pool.discard(sites)
         self.caches.discard(sites)
-        owner: dict[str, str | None] = {}
-        for name in os.listdir(self.host_links.dir) if self.host_links.dir.is_dir() else ():
-            site = self.registry.resolve(name)
-            owner[name] = site.name if site is not None else None
-        self.host_links.prune(owner)
+        self.host_links.prune(self.registry.owner)
         self.metrics.sites.set(len(sites))
         self.metrics.reload_errors.set(len(self.registry.errors))
 
