@@ -66,7 +66,7 @@ __all__ = [
 CONFIG_ENV = "TENANTKIT_CONFIG"
 DEFAULT_CONFIG_FILE = "tenantkit.toml"
 
-#: Name of the shim's signed read-your-writes cookie (see :mod:`tenantkit.web.pagecache`).
+#: Name of the shim's signed read-your-writes cookie (see :mod:`tenantkit.web.rwcookie`).
 RYW_COOKIE = "tenantkit_rw"
 
 #: Cookie name prefixes that mean "this visitor sees a personal page" for WordPress and PunBB.

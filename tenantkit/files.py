@@ -3,40 +3,68 @@
 ::
 
     write_atomic(Path("sites/blog.toml"), data, mode=0o640, durable=True)
+    st = write_atomic(f"{page_dir}/index.html", body, mode=0o644, mtime_ns=time.time_ns())
+    replace_symlink("g7", Path("pages/current"))
 
 The data goes to a temporary file in the target's own directory (so the rename never crosses
 a filesystem), then ``os.replace`` puts it in place; the old file is never unlinked first.
-The temporary file is removed if anything fails. ``OSError`` propagates: callers translate
-it into their own error, with a message that says what to fix.
+The temporary file (``.tmp-<pid>-<thread>-<n>``: a dot name, never a page or a site file) is
+removed if anything fails. ``OSError`` propagates (``FileNotFoundError`` when the directory is
+missing): callers translate it into their own error, with a message that says what to fix.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import os
-import tempfile
+import threading
 from pathlib import Path
 
-__all__ = ["fsync_dir", "write_atomic"]
+__all__ = ["fsync_dir", "replace_symlink", "write_atomic"]
+
+_O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+_TMP_IDS = itertools.count()
 
 
-def write_atomic(path: Path, data: bytes, *, mode: int | None = None,
-                 durable: bool = False) -> None:
-    """Write *data* to *path* atomically.
+def _temp_name(directory: str) -> str:
+    return f"{directory}/.tmp-{os.getpid()}-{threading.get_ident()}-{next(_TMP_IDS)}"
 
-    ``mode`` sets the file's permissions (default: ``mkstemp``'s 0600); ``durable`` fsyncs
-    the file and its directory, for files that must survive a crash (site files).
+
+def write_atomic(path: str | os.PathLike[str], data: bytes, *, mode: int | None = None,
+                 durable: bool = False, mtime_ns: int | None = None) -> os.stat_result:
+    """Write *data* to *path* atomically; returns the new file's ``fstat``.
+
+    ``mode`` sets the file's permissions whatever the umask (default: 0600, less the umask);
+    ``durable`` fsyncs the file and its directory, for files that must survive a crash (site
+    files); ``mtime_ns`` sets the file's access and modification times.
     """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    path = os.fspath(path)
+    directory = os.path.dirname(path) or "."
+    for _ in range(8):
+        tmp = _temp_name(directory)
+        try:
+            fd = os.open(tmp, _O_NEW, 0o600)
+            break
+        except FileExistsError:  # left by a dead process whose pid came round again
+            continue
+    else:
+        raise FileExistsError(errno.EEXIST, "cannot create a temporary file", directory)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
             if mode is not None:
-                os.fchmod(fh.fileno(), mode)
+                os.fchmod(fd, mode)
+            if mtime_ns is not None:
+                os.utime(fd, ns=(mtime_ns, mtime_ns))
             if durable:
-                fh.flush()
-                os.fsync(fh.fileno())
+                os.fsync(fd)
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
         tmp = ""
     finally:
@@ -44,7 +72,21 @@ def write_atomic(path: Path, data: bytes, *, mode: int | None = None,
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
     if durable:
-        fsync_dir(path.parent)
+        fsync_dir(Path(directory))
+    return st
+
+
+def replace_symlink(target: str, link: str | os.PathLike[str]) -> None:
+    """Make *link* a symlink to *target*, atomically: a reader finds the old link or the new
+    one, never none."""
+    link = os.fspath(link)
+    tmp = _temp_name(os.path.dirname(link) or ".")
+    os.symlink(target, tmp)
+    try:
+        os.replace(tmp, link)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 def fsync_dir(directory: Path) -> None:

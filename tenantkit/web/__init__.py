@@ -7,7 +7,9 @@
 
 Modules: :mod:`~tenantkit.web.dispatch` (Host -> site, 400/421), :mod:`~tenantkit.web.backends`
 (in-process WSGI apps, HTTP upstreams), :mod:`~tenantkit.web.pagecache` (serve and fill the
-page cache, read-your-writes cookie), :mod:`~tenantkit.web.consistency` (a site app's Router
+page cache), :mod:`~tenantkit.web.hits` (a stored page as a response),
+:mod:`~tenantkit.web.hotpages` (pages in memory, the hit lane), :mod:`~tenantkit.web.rwcookie`
+(the read-your-writes cookie), :mod:`~tenantkit.web.consistency` (a site app's Router
 tokens), :mod:`~tenantkit.web.admin` (``/_tenantkit/``), :mod:`~tenantkit.web.metrics`,
 :mod:`~tenantkit.web.app` (``create_app``, the Flask extension), :mod:`~tenantkit.web.server`
 (``tenantkit serve``), :mod:`~tenantkit.export.nginx` (``tenantkit nginx-config``).

@@ -36,9 +36,9 @@ Framing, so that no request or response can be taken for another (issue 24):
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import logging
+import pkgutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -110,17 +110,15 @@ def load_wsgi_app(site: Site) -> WSGIApplication:
     if not module_name or not attr:
         raise BackendError(f'{where}: expected "module:attribute" (write app = "myapp.wsgi:app")')
     try:
-        module = importlib.import_module(module_name)
+        obj: Any = pkgutil.resolve_name(ref)
     except ImportError as exc:
         raise BackendError(f"{where}: cannot import {module_name!r}: {exc} "
                            "(install the package or fix the module name)") from exc
-    obj: Any = module
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise BackendError(f"{where}: module {module_name!r} has no attribute {attr!r} "
-                               "(check the name after the colon)") from None
+    except AttributeError:
+        raise BackendError(f"{where}: module {module_name!r} has no attribute {attr!r} "
+                           "(check the name after the colon)") from None
+    except ValueError as exc:
+        raise BackendError(f'{where}: {exc} (write app = "myapp.wsgi:app")') from None
     if not callable(obj):
         raise BackendError(f"{where}: {attr!r} is a {type(obj).__name__}, not a WSGI app "
                            "or a factory")

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from tenantkit.db.router import ConsistencyToken, Router
 from tenantkit.errors import TenantkitError
 from tenantkit.web.metrics import watch_router
-from tenantkit.web.pagecache import TOKEN_IN, TOKEN_OUT
+from tenantkit.web.rwcookie import TOKEN_IN, TOKEN_OUT
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment

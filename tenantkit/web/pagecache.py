@@ -32,44 +32,37 @@ is fresh, that browser's requests skip the page cache and carry the token in
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
-import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from email.utils import formatdate, parsedate_to_datetime
-from http.cookies import CookieError, SimpleCookie
+from collections.abc import Callable, Iterable
+from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 
-from itsdangerous import BadData, URLSafeTimedSerializer
+from werkzeug.wsgi import ClosingIterator
 
-from tenantkit import layout
 from tenantkit.cache.caches import SiteCaches
-from tenantkit.cache.pagecache import FillTicket, PageCache, page_key
-from tenantkit.config import RYW_COOKIE
-from tenantkit.db.router import ConsistencyToken
-from tenantkit.errors import CacheError, TenantkitError
+from tenantkit.cache.pagecache import FillTicket, PageCache
+from tenantkit.errors import CacheError
 from tenantkit.sites import Site
 from tenantkit.web.cookies import has_bypass_cookie
+from tenantkit.web.hits import CACHE_HEADER, send_page
 from tenantkit.web.hostlinks import HostLinks
+from tenantkit.web.hotpages import LANE_KEY, HotPages, plain_request_key
+from tenantkit.web.rwcookie import TOKEN_HEADER, TOKEN_IN, TOKEN_OUT, TokenCookie
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 else:
     StartResponse = WSGIApplication = WSGIEnvironment = Any
 
-__all__ = ["PageCacheMiddleware", "SiteCaches", "TokenCookie", "plain_request_key"]
+__all__ = ["LANE_KEY", "PageCacheMiddleware", "SiteCaches", "TokenCookie",
+           "plain_request_key"]
 
 logger = logging.getLogger(__name__)
 
-CACHE_HEADER = "X-Tenantkit-Cache"
-_HIT = (CACHE_HEADER, "HIT")
 TAGS_HEADER = "x-tenantkit-tags"
-TOKEN_HEADER = "x-tenantkit-token"
 _PRIVATE_LENGTHS = frozenset({len(TAGS_HEADER), len(TOKEN_HEADER)})
-TOKEN_IN = "tenantkit.consistency_token"
-TOKEN_OUT = "tenantkit.write_token"
-#: Set by the front door for a plain request (see ``PageCacheMiddleware.replay``).
-LANE_KEY = "tenantkit.lane"
 #: Pages larger than this are passed through, never buffered for the cache.
 MAX_STORE_BYTES = 8 * 1024 * 1024
 #: Headers a stored page keeps (the rest are per-response or hop-by-hop).
@@ -77,173 +70,8 @@ _KEEP = frozenset({"content-type", "content-language", "etag", "last-modified", 
                    "vary", "x-robots-tag", "content-security-policy"})
 
 
-class _HotPages:
-    """Recently served fresh pages kept in memory.
-
-    A page is trusted while its cache's change stamp (:meth:`PageCache.change_stamp`) is the
-    one seen before it was read -- every put, purge, flush or eviction, in any process,
-    changes the stamp -- and it has not expired: a hit then needs no system call. A page in
-    use is also checked against its file (inode, size, mtime) once every ``RECHECK``
-    seconds, so that pages deleted by hand stop being served within that time. Anything
-    doubtful falls through to :meth:`PageCache.get`.
-    """
-
-    MAX_PAGES = 4096
-    MAX_BODY = 256 * 1024
-    RECHECK = 1.0
-
-    def __init__(self) -> None:
-        self._pages: dict[tuple[int, str, str, str], _Hot] = {}
-
-    def get(self, cache: PageCache, host: str, path: str, query: str, now: float
-            ) -> _Hot | None:
-        hot = self._pages.get((id(cache), host, path, query))
-        return hot if hot is not None and self.valid(hot, now) else None
-
-    def valid(self, hot: _Hot, now: float) -> bool:
-        """True while *hot* is still the fresh page on disk."""
-        if now >= hot.expires or hot.stamp != hot.cache.change_stamp():
-            return False
-        if now - hot.checked >= self.RECHECK:
-            try:
-                st = os.stat(hot.file)
-            except OSError:
-                return False
-            if (st.st_ino, st.st_size, st.st_mtime_ns) != hot.ident:
-                return False
-            hot.checked = now
-        return True
-
-    def read(self, cache: PageCache, host: str, path: str, query: str, now: float
-             ) -> tuple[Any, _Hot | None]:
-        """:meth:`PageCache.get`, and the page as kept in memory for the next hits when it
-        is fresh and could be kept."""
-        stamp = cache.change_stamp()
-        page = cache.get(host, path, query)
-        if (stamp is None or page is None or page.stale or page.ident is None
-                or len(page.body) > self.MAX_BODY):
-            return page, None
-        file = os.path.join(cache.root, layout.CURRENT, page_key(host, path, query), layout.BODY)
-        if len(self._pages) >= self.MAX_PAGES:
-            self._pages.clear()
-        hot = self._pages[(id(cache), host, path, query)] = _Hot(cache, file, stamp, page, now)
-        return page, hot
-
-
-class _Hot:
-    """A page in memory with what every 200 hit sends precomputed (see ``_send_hot``)."""
-
-    __slots__ = ("body", "cache", "checked", "created", "expires", "file", "headers", "ident",
-                 "page", "stamp", "status")
-
-    def __init__(self, cache: PageCache, file: str, stamp: bytes, page: Any,
-                 now: float) -> None:
-        self.cache = cache
-        self.file = file
-        self.stamp = stamp
-        self.ident: tuple[int, int, int] = page.ident
-        self.checked = now
-        self.page = page
-        self.body: bytes = page.body
-        self.created: float = page.created
-        self.expires: float = page.created + page.ttl
-        # stored without Content-Length (see _stored_headers)
-        self.headers: list[tuple[str, str]] = [
-            *page.headers, ("Content-Length", str(len(self.body)))]
-        self.status = _status_line(page.status)
-
-
-def _status_line(status: int) -> str:
-    return "200 OK" if status == 200 else str(status)
-
-
-def _default_cache(site: Site) -> PageCache:
-    return PageCache(site.pages_dir, ttl=site.cache.ttl, stale_seconds=site.cache.stale_seconds,
-                     max_bytes=site.cache.max_bytes)
-
-
-class TokenCookie:
-    """Signs and checks the read-your-writes cookie."""
-
-    def __init__(self, secret_key: str | bytes, *, max_age: float = 5.0,
-                 name: str = RYW_COOKIE) -> None:
-        self.serializer = URLSafeTimedSerializer(secret_key, salt="tenantkit-read-your-writes")
-        self.max_age = max(1, round(max_age))
-        self.name = name
-
-    def header(self, token: str, *, secure: bool = False) -> str:
-        value = self.serializer.dumps(token)
-        flags = "; Secure" if secure else ""
-        return (f"{self.name}={value}; Max-Age={self.max_age}; Path=/; HttpOnly; "
-                f"SameSite=Lax{flags}")
-
-    def read(self, cookie_header: str) -> str | None:
-        """The token in a fresh, correctly signed cookie, else None (never raises)."""
-        if self.name not in cookie_header:
-            return None
-        try:
-            morsel = SimpleCookie(cookie_header).get(self.name)
-        except CookieError:
-            # http.cookies gives up on the whole header for one bad cookie; find ours by hand.
-            morsel = None
-            for part in cookie_header.split(";"):
-                key, _, value = part.strip().partition("=")
-                if key == self.name:
-                    return self._loads(value)
-        if morsel is None:
-            return None
-        return self._loads(morsel.value)
-
-    def _loads(self, value: str) -> str | None:
-        try:
-            token = self.serializer.loads(value, max_age=self.max_age)
-        except (BadData, UnicodeError, ValueError):
-            return None
-        if not isinstance(token, str) or len(token) > 4096:
-            return None
-        try:
-            ConsistencyToken.loads(token)
-        except TenantkitError:
-            return None  # signed by us but not a token: a key shared with something else
-        return token
-
-
-def _has_bypass_cookie(cookie_header: str, prefixes: Iterable[str]) -> bool:
-    if not cookie_header:
-        return False
-    names = [part.split("=", 1)[0].strip() for part in cookie_header.split(";")]
-    return any(name.startswith(prefix) for prefix in prefixes for name in names if name)
-
-
 def _parse_tags(value: str) -> tuple[str, ...]:
     return tuple(t for t in value.replace(",", " ").split() if t)
-
-
-def _etag_matches(if_none_match: str, etag: str) -> bool:
-    if if_none_match.strip() == "*":
-        return True
-    weak = etag[2:] if etag.startswith("W/") else etag
-    for candidate in if_none_match.split(","):
-        candidate = candidate.strip()
-        candidate = candidate[2:] if candidate.startswith("W/") else candidate
-        if candidate == weak:
-            return True
-    return False
-
-
-def _not_modified(environ: WSGIEnvironment, headers: Mapping[str, str]) -> bool:
-    etag = headers.get("etag")
-    inm = environ.get("HTTP_IF_NONE_MATCH")
-    if inm is not None:
-        return bool(etag) and _etag_matches(inm, etag or "")
-    ims = environ.get("HTTP_IF_MODIFIED_SINCE")
-    modified = headers.get("last-modified")
-    if ims and modified:
-        try:
-            return parsedate_to_datetime(modified) <= parsedate_to_datetime(ims)
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return False
-    return False
 
 
 class _Capture:
@@ -279,8 +107,7 @@ class PageCacheMiddleware:
         self.cookie = TokenCookie(secret_key, max_age=token_max_age) if secret_key else None
         self.host_links = host_links
         self.on_cache = on_cache
-        self._hot = _HotPages()
-        self._lane: dict[tuple[str, str, str, str], tuple[object, str, _Hot]] = {}
+        self._hot = HotPages()
 
     # -- the request ---------------------------------------------------------------------
 
@@ -304,41 +131,32 @@ class PageCacheMiddleware:
         query = environ.get("QUERY_STRING", "")
         cache = self.caches.get(site)
         now = time.time()
-        hot = self._hot.get(cache, host, path, query, now)
-        if hot is None:
-            try:
-                page, hot = self._hot.read(cache, host, path, query, now)
-            except (CacheError, OSError, ValueError) as exc:
-                logger.debug("site %s: not caching %r: %s", site.name, path, exc)
-                return self._bypass(site, environ, start_response)
-            if hot is None and page is not None and not page.stale:
-                return self._serve(site, environ, start_response, page, "HIT")
-        if hot is not None:
-            if self.on_cache is not None:
-                self.on_cache(site.name, "HIT")
-            if "HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MODIFIED_SINCE" in environ:
-                return self._serve(site, environ, start_response, hot.page, "HIT",
-                                   counted=True)
+        try:
+            stored, hot = self._hot.read(cache, host, path, query, now)
+        except (CacheError, OSError, ValueError) as exc:
+            logger.debug("site %s: not caching %r: %s", site.name, path, exc)
+            return self._bypass(site, environ, start_response)
+        if stored is not None and not stored.stale:
+            self._count(site, "HIT")
             lane = environ.get(LANE_KEY)
-            if lane is not None:
-                self._remember(lane, site.name, hot)
-            return _send_hot(hot, method, start_response, now)
+            if hot is not None and lane is not None:
+                self._hot.remember(lane, site.name, hot)
+            return send_page(stored, environ, start_response, "HIT", now)
         try:
             # With no page at all there is nothing stale to serve: every caller renders, so
             # the fill lock would only cost two file operations.
-            ticket = cache.begin_fill(host, path, query, lock=page is not None)
+            ticket = cache.begin_fill(host, path, query, lock=stored is not None)
         except (CacheError, OSError) as exc:
             logger.warning("site %s: page cache unusable: %s", site.name, exc)
             return self._bypass(site, environ, start_response)
-        if page is not None and not ticket.leader:
+        if stored is not None and not ticket.leader:
             ticket.release()  # someone else regenerates it: serve the stale page meanwhile
-            return self._serve(site, environ, start_response, page, "STALE")
+            self._count(site, "STALE")
+            return send_page(stored, environ, start_response, "STALE", time.time())
         try:
             return self._fill(site, cache, ticket, environ, start_response)
         finally:
             ticket.release()
-
-    # -- the hit lane: repeats of plain GETs that were hits -------------------------------
 
     def replay(self, key: tuple[str, str, str, str], sites: object,
                environ: WSGIEnvironment, start_response: StartResponse,
@@ -348,50 +166,20 @@ class PageCacheMiddleware:
         from a page still hot, without resolving its site again: *sites* must be the same
         registry snapshot as then. None: nothing to replay, take the long way (with
         ``environ[LANE_KEY] = (key, sites)`` so that a hit is remembered)."""
-        route = self._lane.get(key)
+        now = time.time()
+        route = self._hot.route(key, sites, now)
         if route is None:
             return None
-        snapshot, name, hot = route
-        now = time.time()
-        if snapshot is not sites or not self._hot.valid(hot, now):
-            self._lane.pop(key, None)
-            return None
+        name, stored = route
         if on_response is not None:
             on_response(name, 200)
         if self.on_cache is not None:
             self.on_cache(name, "HIT")
-        return _send_hot(hot, environ.get("REQUEST_METHOD"), start_response, now)
-
-    def _remember(self, lane: tuple[tuple[str, str, str, str], object], name: str,
-                  hot: _Hot) -> None:
-        key, sites = lane
-        if len(self._lane) >= _HotPages.MAX_PAGES:
-            self._lane.clear()
-        self._lane[key] = (sites, name, hot)
+        return send_page(stored, environ, start_response, "HIT", now)
 
     def _count(self, site: Site, result: str) -> None:
         if self.on_cache is not None:
             self.on_cache(site.name, result)
-
-    def _serve(self, site: Site, environ: WSGIEnvironment, start_response: StartResponse,
-               page: Any, result: str, *, counted: bool = False) -> Iterable[bytes]:
-        if self.on_cache is not None and not counted:
-            self.on_cache(site.name, result)
-        if "HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MODIFIED_SINCE" in environ:
-            stored = {k.lower(): v for k, v in page.headers}
-            if _not_modified(environ, stored):
-                headers = [(k, v) for k, v in page.headers
-                           if k.lower() in ("etag", "last-modified")]
-                headers.append((CACHE_HEADER, result))
-                start_response("304 Not Modified", headers)
-                return []
-        body: bytes = page.body
-        headers = list(page.headers)  # stored without Content-Length (see _stored_headers)
-        age = max(0, int(time.time() - page.created))
-        headers += [("Content-Length", str(len(body))), ("Age", str(age)),
-                    (CACHE_HEADER, result)]
-        start_response(_status_line(page.status), headers)
-        return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
 
     # -- through to the app ---------------------------------------------------------------
 
@@ -472,7 +260,8 @@ class PageCacheMiddleware:
         except BaseException:
             _close(body)
             raise
-        return _Rest(chunks, iterator, body)
+        # What is left of the body, then the app's own close().
+        return ClosingIterator(itertools.chain(chunks, iterator), getattr(body, "close", None))
 
     def _storable(self, environ: WSGIEnvironment, capture: _Capture) -> bool:
         if environ.get("REQUEST_METHOD") != "GET" or not capture.status.startswith("200"):
@@ -505,48 +294,7 @@ class PageCacheMiddleware:
         return keep
 
 
-def plain_request_key(environ: WSGIEnvironment) -> tuple[str, str, str, str] | None:
-    """For a GET or HEAD that nothing but its URL can make personal (no cookie, no
-    ``Authorization``, no conditional header), what the hit lane keys it by: the raw
-    ``Host`` and ``X-Forwarded-Host`` headers, path and query. None for any other request."""
-    method = environ.get("REQUEST_METHOD")
-    host = environ.get("HTTP_HOST")
-    if ((method != "GET" and method != "HEAD") or not host or environ.get("HTTP_COOKIE")
-            or "HTTP_AUTHORIZATION" in environ or "HTTP_IF_NONE_MATCH" in environ
-            or "HTTP_IF_MODIFIED_SINCE" in environ):
-        return None
-    return (host, environ.get("HTTP_X_FORWARDED_HOST", ""), environ.get("PATH_INFO", ""),
-            environ.get("QUERY_STRING", ""))
-
-
-def _send_hot(hot: _Hot, method: Any, start_response: StartResponse,
-              now: float) -> Iterable[bytes]:
-    """``_serve``'s 200 answer, from what _Hot holds ready."""
-    start_response(hot.status, [*hot.headers, ("Age", str(max(0, int(now - hot.created)))),
-                                _HIT])
-    return [] if method == "HEAD" else [hot.body]
-
-
 def _close(body: Iterable[bytes]) -> None:
     close = getattr(body, "close", None)
     if close is not None:
         close()
-
-
-class _Rest:
-    """The part of a response body not yet consumed, then its original close()."""
-
-    __slots__ = ("body", "chunks", "iterator")
-
-    def __init__(self, chunks: list[bytes], iterator: Iterator[bytes],
-                 body: Iterable[bytes]) -> None:
-        self.chunks = chunks
-        self.iterator = iterator
-        self.body = body
-
-    def __iter__(self) -> Iterator[bytes]:
-        yield from self.chunks
-        yield from self.iterator
-
-    def close(self) -> None:
-        _close(self.body)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tenantkit.cache.pagecache import PageCache, page_key
+from tenantkit.cache.keys import page_key
+from tenantkit.cache.pagecache import PageCache
 from tenantkit.errors import CacheError
 
 

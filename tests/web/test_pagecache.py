@@ -13,7 +13,8 @@ from werkzeug.test import Client
 from tenantkit.cache.pagecache import PageCache
 from tenantkit.db.tokens import ConsistencyToken
 from tenantkit.web.dispatch import HostDispatcher
-from tenantkit.web.pagecache import TokenCookie, _HotPages
+from tenantkit.web.hotpages import HotPages
+from tenantkit.web.rwcookie import TokenCookie
 
 MakeClient = Callable[..., tuple[Flask, Client]]
 HOST = {"Host": "blog.test"}
@@ -286,7 +287,7 @@ def test_pages_deleted_by_hand_stop_being_served(blog: tuple[Flask, Client],
     assert get(client, "/d/").headers["X-Tenantkit-Cache"] == "HIT"
     body = site.pages_dir / "current" / "blog.test" / "d" / "index.html"
     body.unlink()  # rm, as an operator clearing the cache by hand would
-    monkeypatch.setattr(_HotPages, "RECHECK", 0.0)  # instead of waiting a second
+    monkeypatch.setattr(HotPages, "RECHECK", 0.0)  # instead of waiting a second
     assert get(client, "/d/").headers["X-Tenantkit-Cache"] == "MISS"
 
 
