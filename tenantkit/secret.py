@@ -80,6 +80,10 @@ class SecretURL(str):
 
     __slots__ = ()
 
+    def __new__(cls, value: str) -> SecretURL:
+        # str(value) would call a SecretURL's own __str__, which masks.
+        return super().__new__(cls, str.__str__(value))
+
     def reveal(self) -> str:
         """The URL with its password, as a plain ``str``."""
         return str.__str__(self)

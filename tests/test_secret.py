@@ -51,6 +51,7 @@ def test_secret_url_masks_every_way_it_is_shown(caplog: pytest.LogCaptureFixture
     assert url.reveal() == "mysql://app:p@ss word@db/blog"
     assert type(url.reveal()) is str
     assert url + "?x=1" == "mysql://app:p@ss word@db/blog?x=1"
+    assert SecretURL(url).reveal() == url.reveal()  # wrapping again keeps the password
 
 
 def test_settings_and_sites_hold_secret_urls() -> None:
