@@ -97,17 +97,19 @@ final class Tenantkit_SQL_Classifier
         'LAST_INSERT_ID', 'FOUND_ROWS', 'ROW_COUNT', 'CONNECTION_ID', 'LASTVAL', 'NEXTVAL',
         'SETVAL', 'SLEEP', 'BENCHMARK', 'MASTER_POS_WAIT', 'MASTER_GTID_WAIT',
         'WAIT_FOR_EXECUTED_GTID_SET', 'SOURCE_POS_WAIT', 'UUID_SHORT', 'LOAD_FILE',
+        'WSREP_LAST_SEEN_GTID', 'WSREP_LAST_WRITTEN_GTID', 'WSREP_SYNC_WAIT_UPTO_GTID',
     ];
     private const UNSAFE_SYSVARS = [
         'IDENTITY', 'LAST_INSERT_ID', 'INSERT_ID', 'LAST_GTID', 'WARNING_COUNT', 'ERROR_COUNT',
+        'IN_TRANSACTION',
     ];
-    private const SYSVAR_PREFIXES = ['', 'SESSION.', 'LOCAL.'];
+    private const SYSVAR_SCOPES = ['GLOBAL', 'SESSION', 'LOCAL'];
+    private const ORACLE_SEQUENCE_WORDS = ['NEXTVAL', 'CURRVAL'];
     private const TRAP_WORDS = [
-        'FOR', 'LOCK', 'INTO', ':=', '@', 'SQL_CALC_FOUND_ROWS', 'NEXT', 'PREVIOUS',
+        'FOR', 'LOCK', 'INTO', ':=', '@', '@@', 'SQL_CALC_FOUND_ROWS', 'NEXT', 'PREVIOUS',
     ];
     private const SESSION_SHOW = ['WARNINGS', 'ERRORS', 'COUNT', 'PROFILE', 'PROFILES'];
     private const READ_ONLY_CHARACTERISTICS = ['READ', 'ONLY', 'WITH', 'CONSISTENT', 'SNAPSHOT'];
-    private const STRAY = ['\'', '"', '`', '/*', '*/'];
     // END generated from tenantkit/db/sql_keywords.json
 
     // What Python's str.upper() turns into ASCII letters (PHP's strtoupper is ASCII-only).
