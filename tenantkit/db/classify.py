@@ -355,7 +355,7 @@ def _lex_versioned(upper: str, mode: tuple[bool, bool], threshold: int) -> list[
             token = match.group(1)
             if not token:
                 continue
-            if token[0] == "/" and len(token) > 2 and token[2] in "!M":
+            if token.startswith(("/*!", "/*M!")):  # (an unterminated comment never does)
                 if executing:
                     return "cannot parse: an executable comment inside another"
                 if _runs(token, threshold):
