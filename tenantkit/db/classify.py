@@ -226,20 +226,19 @@ def _cached_role(sql: str) -> Role:
 # but whitespace and parentheses) is another one is a write whatever follows, so the role
 # needs no further scanning (explain() still scans, for the precise reason).
 _READ_STARTERS = frozenset(KEYWORDS["read_starters"])
-_LEADING_WORD = re.compile(r"[ \t\n\r\f\v(]*([0-9A-Z_$\x80-\uffff]+)")
+_LEADING_WORD = re.compile(r"[ \t\n\r\f\v(]*+([0-9A-Za-z_$\x80-\uffff]++)")
 
 
 def _role(sql: str) -> Role:
     if not isinstance(sql, str):
         return _classify(sql)[0]  # raises the TypeError
+    match = _LEADING_WORD.match(sql)
+    if match is not None and match.group(1).upper() not in _READ_STARTERS:
+        return "write"
     fast = _fast(sql)
     if fast is not None:
         return fast[0]
-    upper = _upper(sql)
-    match = _LEADING_WORD.match(upper)
-    if match is not None and match.group(1) not in _READ_STARTERS:
-        return "write"
-    return _scan(upper)[0]
+    return _scan(_upper(sql))[0]
 
 
 def cache_info() -> functools._CacheInfo:
@@ -394,6 +393,7 @@ _TO_WORDS = bytes(
     c if c in _WORD_BYTES else c - 32 if 0x61 <= c <= 0x7A else 0x20 for c in range(256)
 )
 _FAST_HINTS = frozenset(w.encode() for w in _TRAP_HINTS if w[0].isalpha())
+_DEFER_CHARS = frozenset(b'"`#;@\\')
 _FAST_DEFER = frozenset(w.encode() for w in _READ_STARTERS - {"SELECT"})
 
 
@@ -411,12 +411,13 @@ def _fast(sql: str) -> Verdict | None:
         return None
     raw = code.encode()
     rest = raw.translate(None, _ORDINARY)  # one pass; usually leaves little or nothing
-    if rest and (b'"' in rest or b"`" in rest or b"#" in rest or b";" in rest
-                 or b"@" in rest or b"\\" in rest
-                 or (b"-" in rest and b"--" in raw)
-                 or ((b"*" in rest) and (b"/*" in raw or b"*/" in raw))
-                 or (b":" in rest and b":=" in raw)):
-        return None
+    if rest:
+        chars = set(rest)  # ints: membership is cheaper than bytes-in-bytes
+        if (not _DEFER_CHARS.isdisjoint(chars)
+                or (0x2D in chars and "--" in code)  # -
+                or (0x2A in chars and ("/*" in code or "*/" in code))  # *
+                or (0x3A in chars and ":=" in code)):  # :
+            return None
     words = raw.translate(_TO_WORDS).split()
     if not words:
         return None
