@@ -75,12 +75,24 @@ if (!class_exists('Tenantkit_SQL_Classifier', false)) {
  */
 final class Tenantkit_SQL_Classifier
 {
-    private const WS = '[ \t\n\r\f\v]';
-    private const LINE_COMMENT = '--(?=[\x00-\x20]|\z)[^\n]*|\#[^\n]*';
-    private const PLAIN_COMMENT = '/\*(?!!|M!)[\s\S]*?\*/';
-    private const STRINGS_BACKSLASH = '\'(?:[^\'\\\\]|\\\\[\s\S]|\'\')*+\'|"(?:[^"\\\\]|\\\\[\s\S]|"")*+"';
-    private const STRINGS_PLAIN = '\'(?:[^\']|\'\')*+\'|"(?:[^"]|"")*+"';
-    private const BACKQUOTED = '`(?:[^`]|``)*+`';
+    // Every quantifier is possessive: the engine never backtracks, a statement is lexed in
+    // one pass. Bytes, not characters (no /u: no UTF-8 check per call): a word is ASCII word
+    // characters and whole UTF-8 sequences of U+0080..U+FFFF, as in Python.
+    private const WORD = '(?:[0-9A-Z_$]|[\xc0-\xef][\x80-\xbf]*+)++';
+    private const LEADING_WORD = '~\A[ \t\n\r\f\v(]*+((?:[0-9A-Z_$]|[\xc0-\xef][\x80-\xbf]*+)++)~';
+    private const LINE_COMMENT = '--(?=[\x00-\x20\x7f]|\z)[^\n\x00]*+|\#[^\n\x00]*+';
+    private const PLAIN_COMMENT = '/\*(?!M?!)[^*]*+\*++(?:[^/*][^*]*+\*++)*+/';
+    private const SINGLE_BACKSLASH = '\'[^\'\\\\]*+(?:(?:\\\\[\s\S]|\'\')[^\'\\\\]*+)*+\'';
+    private const DOUBLE_BACKSLASH = '"[^"\\\\]*+(?:(?:\\\\[\s\S]|"")[^"\\\\]*+)*+"';
+    private const SINGLE_PLAIN = '\'[^\']*+(?:\'\'[^\']*+)*+\'';
+    private const DOUBLE_PLAIN = '"[^"]*+(?:""[^"]*+)*+"';
+    private const BACKQUOTED = '`[^`]*+(?:``[^`]*+)*+`';
+    private const OPENER = '/\*M?!(?:[0-9]{5}[0-9]?)?';
+    private const UNTERMINATED = '[\'"`][\s\S]*+|/\*[\s\S]*+';
+    private const SKIPPED = '~\G(?:[^*/]++|\*(?!/)|/(?!\*)|/\*[^*]*+\*++(?:[^/*][^*]*+\*++)*+/)*+\*/~';
+    private const VERSIONS = '~/\*(M?)!([0-9]{5}[0-9]?)~';
+    private const MAX_VERSIONS = 8;
+    private const UNTERMINATED_REASON = 'cannot parse: unterminated string, identifier or comment';
 
     // BEGIN generated from tenantkit/db/sql_keywords.json by
     // `python -m tenantkit.db.phpkeywords`: do not edit
@@ -97,17 +109,19 @@ final class Tenantkit_SQL_Classifier
         'LAST_INSERT_ID', 'FOUND_ROWS', 'ROW_COUNT', 'CONNECTION_ID', 'LASTVAL', 'NEXTVAL',
         'SETVAL', 'SLEEP', 'BENCHMARK', 'MASTER_POS_WAIT', 'MASTER_GTID_WAIT',
         'WAIT_FOR_EXECUTED_GTID_SET', 'SOURCE_POS_WAIT', 'UUID_SHORT', 'LOAD_FILE',
+        'WSREP_LAST_SEEN_GTID', 'WSREP_LAST_WRITTEN_GTID', 'WSREP_SYNC_WAIT_UPTO_GTID',
     ];
     private const UNSAFE_SYSVARS = [
         'IDENTITY', 'LAST_INSERT_ID', 'INSERT_ID', 'LAST_GTID', 'WARNING_COUNT', 'ERROR_COUNT',
+        'IN_TRANSACTION',
     ];
-    private const SYSVAR_PREFIXES = ['', 'SESSION.', 'LOCAL.'];
+    private const SYSVAR_SCOPES = ['GLOBAL', 'SESSION', 'LOCAL'];
+    private const ORACLE_SEQUENCE_WORDS = ['NEXTVAL', 'CURRVAL'];
     private const TRAP_WORDS = [
-        'FOR', 'LOCK', 'INTO', ':=', '@', 'SQL_CALC_FOUND_ROWS', 'NEXT', 'PREVIOUS',
+        'FOR', 'LOCK', 'INTO', ':=', '@', '@@', 'SQL_CALC_FOUND_ROWS', 'NEXT', 'PREVIOUS',
     ];
     private const SESSION_SHOW = ['WARNINGS', 'ERRORS', 'COUNT', 'PROFILE', 'PROFILES'];
     private const READ_ONLY_CHARACTERISTICS = ['READ', 'ONLY', 'WITH', 'CONSISTENT', 'SNAPSHOT'];
-    private const STRAY = ['\'', '"', '`', '/*', '*/'];
     // END generated from tenantkit/db/sql_keywords.json
 
     // What Python's str.upper() turns into ASCII letters (PHP's strtoupper is ASCII-only).
@@ -189,168 +203,233 @@ final class Tenantkit_SQL_Classifier
      */
     public static function explain(string $sql, array $ignore = []): array
     {
+        // "/*m!" is a plain comment to MariaDB: keep it one after upper-casing.
+        $sql = str_replace('/*m!', '/*_!', $sql);
         $unicode = preg_match('//u', $sql) === 1;
         $upper = strtoupper($unicode ? strtr($sql, self::UPPER_TO_ASCII) : $sql);
-        $executable = str_contains($upper, '/*!') || str_contains($upper, '/*M!');
-        if (!$executable && $ignore === []) {
+        if ($ignore === [] && preg_match(self::LEADING_WORD, $upper, $m) === 1
+            && !in_array($m[1], self::READ_STARTERS, true)) {
             // Every rule makes a statement that starts with another word a write, whatever
-            // follows: decide from the first token and spare the scan of a long INSERT.
-            $first = self::first_token($upper, $unicode);
-            if ($first !== null && $first !== '' && preg_match('/^[0-9A-Z_$\x80-\xff]/', $first) === 1
-                && !in_array($first, self::READ_STARTERS, true)) {
-                return ['write', "$first statement"];
+            // follows: decide from the first word and spare the scan of a long INSERT.
+            return ['write', "{$m[1]} statement"];
+        }
+        $versioned = str_contains($upper, '/*!') || str_contains($upper, '/*M!');
+        $thresholds = [-1];
+        if ($versioned) {
+            $ambiguous = [];
+            if (preg_match_all(self::VERSIONS, $upper, $found, PREG_SET_ORDER) === false) {
+                return ['write', 'cannot parse: statement too large for the regex engine'];
+            }
+            foreach ($found as [, $maria, $digits]) {
+                $version = (int) $digits;
+                if ($maria !== '' || $version < 50700 || $version > 99999) {
+                    $ambiguous[$version] = true;
+                }
+            }
+            if (count($ambiguous) > self::MAX_VERSIONS) {
+                return ['write', 'more than ' . self::MAX_VERSIONS
+                    . ' distinct versions in version-conditional comments'];
+            }
+            $ambiguous = array_keys($ambiguous);
+            sort($ambiguous);
+            $thresholds = array_merge($thresholds, $ambiguous);
+        }
+        $backslash = str_contains($upper, '\\');
+        $modes = [[true, false]];
+        if ($backslash) {
+            $modes[] = [false, false];
+        }
+        if (str_contains($upper, '"')) {
+            $modes[] = [true, true];
+            if ($backslash) {
+                $modes[] = [false, true];
             }
         }
-        $verdict = $executable
-            ? self::classify_executable($upper, self::scanner(true, true, $unicode), $ignore)
-            : self::classify_tokens(self::scan($upper, true, false, $unicode), $ignore);
-        if ($verdict[0] === 'read' && str_contains($upper, '\\')) {
-            $other = $executable
-                ? self::classify_executable($upper, self::scanner(false, true, $unicode), $ignore)
-                : self::classify_tokens(self::scan($upper, false, false, $unicode), $ignore);
-            if ($other[0] === 'write' && !str_starts_with($other[1], 'cannot parse')) {
-                return ['write', $other[1] . ' (when backslashes do not escape)'];
+        $first = null;
+        foreach ($modes as $mode) {
+            $default = $mode === [true, false];
+            foreach ($thresholds as $threshold) {
+                $tokens = $versioned ? self::lex_versioned($upper, $mode, $threshold)
+                    : self::lex($upper, $mode);
+                if (is_string($tokens)) {
+                    if ($default) {
+                        return ['write', $tokens];
+                    }
+                    continue;    // a server in that sql_mode refuses the statement
+                }
+                $verdict = self::classify_tokens($tokens, $ignore);
+                if ($verdict[0] === 'write') {
+                    if (!$default && str_starts_with($verdict[1], 'cannot parse')) {
+                        continue;
+                    }
+                    return ['write', $verdict[1] . self::qualifier($mode, $threshold, $thresholds)];
+                }
+                $first ??= $verdict;
             }
         }
-        return $verdict;
+        return $first;
     }
 
-    /** The first token of $upper ("" when there is none), or null if the regex gave up. */
-    private static function first_token(string $upper, bool $unicode): ?string
+    /**
+     * @param array{0: bool, 1: bool} $mode
+     * @param list<int> $thresholds
+     */
+    private static function qualifier(array $mode, int $threshold, array $thresholds): string
     {
-        $pattern = self::scanner(true, false, $unicode);
-        $offset = 0;
-        for ($i = 0; $i < 1000; $i++) {
-            $found = preg_match($pattern, $upper, $m, PREG_OFFSET_CAPTURE, $offset);
-            if ($found !== 1) {
-                return $found === 0 ? '' : null;
-            }
-            if (isset($m[1]) && $m[1][1] >= 0 && $m[1][0] !== '') {
-                return $m[1][0];
-            }
-            $next = $m[0][1] + strlen($m[0][0]);
-            if ($next <= $offset) {
-                return null;
-            }
-            $offset = $next;
+        $parts = [];
+        if (count($thresholds) > 1) {
+            $parts[] = $threshold < 0 ? 'when no version-conditional comment runs'
+                : "when the server runs version-conditional comments up to $threshold";
         }
-        return null;
+        if (!$mode[0]) {
+            $parts[] = 'when backslashes do not escape';
+        }
+        if ($mode[1]) {
+            $parts[] = 'when double quotes are identifiers';
+        }
+        return $parts === [] ? '' : ' (' . implode(', ', $parts) . ')';
     }
 
-    private static function scanner(bool $backslash, bool $keep_comments, bool $unicode): string
+    /** @param array{0: bool, 1: bool} $mode */
+    private static function scanner(array $mode, bool $versioned): string
     {
-        $key = ($backslash ? 'b' : 'n') . ($keep_comments ? 'k' : 's') . ($unicode ? 'u' : 'x');
+        [$backslash, $ansi] = $mode;
+        $key = ($backslash ? 'b' : 'n') . ($ansi ? 'a' : 'd') . ($versioned ? 'v' : 'p');
         if (isset(self::$patterns[$key])) {
             return self::$patterns[$key];
         }
-        $high = $unicode ? '\x{80}-\x{10FFFF}' : '\x80-\xff';
-        $tokens = '[0-9A-Z_$' . $high . ']+'
-            . '|@@[0-9A-Z_$.' . $high . ']*'
-            . '|@|:=|[();]'
-            . '|/\*M?!\d*'
-            . '|\*/|/\*|[\'"`]';
-        $skip = [self::WS . '+', self::LINE_COMMENT,
-            $backslash ? self::STRINGS_BACKSLASH : self::STRINGS_PLAIN, self::BACKQUOTED];
-        if ($keep_comments) {
-            $tokens = self::PLAIN_COMMENT . '|' . $tokens;
+        $skip = [self::LINE_COMMENT, self::PLAIN_COMMENT,
+            $backslash ? self::SINGLE_BACKSLASH : self::SINGLE_PLAIN];
+        $tokens = [self::BACKQUOTED];
+        if ($ansi) {
+            $tokens[] = self::DOUBLE_PLAIN;
         } else {
-            $skip[] = self::PLAIN_COMMENT;
+            $skip[] = $backslash ? self::DOUBLE_BACKSLASH : self::DOUBLE_PLAIN;
         }
-        return self::$patterns[$key] = '~(?:' . implode('|', $skip) . ')|(' . $tokens . ')~'
-            . ($unicode ? 'u' : '');
+        array_push($tokens, self::WORD, '@@', '[@();]', ':=');
+        if ($versioned) {
+            array_push($tokens, self::OPENER, '\*/');
+        }
+        $tokens[] = self::UNTERMINATED;
+        return self::$patterns[$key] = '~(?:' . implode('|', $skip) . ')|(' . implode('|', $tokens) . ')~';
     }
 
     /**
-     * The tokens of $upper ("" for skipped text, like Python's findall), or null when the
-     * regex engine gives up (a statement too large for it: classified as a write).
+     * The tokens of a statement without version comments, or why it does not lex.
      *
-     * @return list<string>|null
+     * @param array{0: bool, 1: bool} $mode
+     * @return list<string>|string
      */
-    private static function scan(string $upper, bool $backslash, bool $keep_comments, bool $unicode): ?array
+    private static function lex(string $upper, array $mode): array|string
     {
-        return self::tokens(self::scanner($backslash, $keep_comments, $unicode), $upper);
+        if (preg_match_all(self::scanner($mode, false), $upper, $matches) === false) {
+            return 'cannot parse: statement too large for the regex engine';
+        }
+        $tokens = array_values(array_filter($matches[1], static fn (string $t): bool => $t !== ''));
+        if ($tokens !== [] && self::unterminated($tokens[count($tokens) - 1], $mode[1])) {
+            return self::UNTERMINATED_REASON;
+        }
+        return $tokens;
     }
 
-    /** @return list<string>|null */
-    private static function tokens(string $pattern, string $upper): ?array
+    /** Only the last token can be one: an unterminated one runs to the end. */
+    private static function unterminated(string $token, bool $ansi): bool
     {
-        if (preg_match_all($pattern, $upper, $matches) === false) {
-            return null;
+        if ($token[0] === '`' || $token[0] === '"') {
+            if ($token[0] === '"' && !$ansi) {
+                return true;
+            }
+            $pattern = '~\A(?:' . self::BACKQUOTED . ($ansi ? '|' . self::DOUBLE_PLAIN : '') . ')\z~';
+            return preg_match($pattern, $token) !== 1;
         }
-        return $matches[1];
+        return $token[0] === "'" || str_starts_with($token, '/*');
+    }
+
+    private static function runs(string $opener, int $threshold): bool
+    {
+        $maria = $opener[2] === 'M';
+        $digits = substr($opener, $maria ? 4 : 3);
+        if ($digits === '') {
+            return true;
+        }
+        $version = (int) $digits;
+        if (!$maria && $version >= 50700 && $version <= 99999) {
+            return false;    // MariaDB skips MySQL 5.7+ comments
+        }
+        return $version <= $threshold;
     }
 
     /**
-     * @param list<string> $ignore
-     * @return array{0: string, 1: string}
+     * The tokens of one reading of a statement with version comments (MariaDB's lexer:
+     * content that runs is code, skipped content is not lexed at all).
+     *
+     * @param array{0: bool, 1: bool} $mode
+     * @return list<string>|string
      */
-    private static function classify_executable(string $upper, string $pattern, array $ignore): array
+    private static function lex_versioned(string $upper, array $mode, int $threshold): array|string
     {
-        $tokens = self::tokens($pattern, $upper);
-        if ($tokens === null) {
-            return ['write', 'cannot parse: statement too large for the regex engine'];
-        }
-        $every = [];
-        $unconditional = [];
-        $conditional = false;
-        $opened = null;
-        foreach ($tokens as $token) {
+        $pattern = self::scanner($mode, true);
+        $tokens = [];
+        $executing = false;
+        $offset = 0;
+        $length = strlen($upper);
+        while ($offset < $length) {
+            $found = preg_match($pattern, $upper, $m, PREG_OFFSET_CAPTURE, $offset);
+            if ($found === false) {
+                return 'cannot parse: statement too large for the regex engine';
+            }
+            if ($found === 0) {
+                break;
+            }
+            $start = $m[0][1];
+            $offset = $start + strlen($m[0][0]);
+            $token = isset($m[1]) && $m[1][1] >= 0 ? $m[1][0] : '';
             if ($token === '') {
                 continue;
             }
-            if (str_starts_with($token, '/*') && $token !== '/*') {
-                if ($token[2] !== '!' && $token[2] !== 'M') {
-                    if ($opened !== null) {
-                        return ['write', 'cannot parse: a comment inside an executable comment'];
-                    }
+            if (str_starts_with($token, '/*!') || str_starts_with($token, '/*M!')) {
+                if ($executing) {
+                    return 'cannot parse: an executable comment inside another';
+                }
+                if (self::runs($token, $threshold)) {
+                    $executing = true;
                     continue;
                 }
-                if ($opened !== null) {
-                    return ['write', 'cannot parse: nested executable comments'];
+                if (preg_match(self::SKIPPED, $upper, $skipped, 0, $offset) !== 1) {
+                    return 'cannot parse: unterminated version-conditional comment';
                 }
-                $opened = $token;
-                $conditional = $conditional || $token !== '/*!';
+                $offset += strlen($skipped[0]);
                 continue;
             }
             if ($token === '*/') {
-                if ($opened === null) {
-                    return ['write', 'cannot parse: */ closes no comment'];
+                if ($executing) {
+                    $executing = false;
+                } else {
+                    $offset = $start + 1;    // "*", then lex again from the "/"
                 }
-                $opened = null;
                 continue;
             }
-            $every[] = $token;
-            if ($opened === null || $opened === '/*!') {
-                $unconditional[] = $token;
-            }
+            $tokens[] = $token;
         }
-        if ($opened !== null) {
-            return ['write', 'cannot parse: unclosed executable comment'];
+        if ($tokens !== [] && self::unterminated($tokens[count($tokens) - 1], $mode[1])) {
+            return self::UNTERMINATED_REASON;
         }
-        $verdict = self::classify_tokens($every, $ignore);
-        if ($verdict[0] === 'write' || !$conditional) {
-            return $verdict;
+        if ($executing) {
+            return 'cannot parse: unclosed executable comment';
         }
-        $other = self::classify_tokens($unconditional, $ignore);
-        if ($other[0] === 'write') {
-            return ['write', $other[1] . ' (when the version-conditional comment is not run)'];
-        }
-        return $verdict;
+        return $tokens;
     }
 
     /**
-     * @param list<string>|null $tokens
+     * @param list<string> $tokens
      * @param list<string> $ignore
      * @return array{0: string, 1: string}
      */
-    private static function classify_tokens(?array $tokens, array $ignore): array
+    private static function classify_tokens(array $tokens, array $ignore): array
     {
-        if ($tokens === null) {
-            return ['write', 'cannot parse: statement too large for the regex engine'];
-        }
         $words = [];
         foreach ($tokens as $token) {
-            if ($token !== '' && !in_array($token, $ignore, true)) {
+            if (!in_array($token, $ignore, true)) {
                 $words[] = $token;
             }
         }
@@ -358,11 +437,6 @@ final class Tenantkit_SQL_Classifier
             return ['write', 'cannot parse: no statement'];
         }
         $present = array_fill_keys($words, true);
-        foreach (self::STRAY as $stray) {
-            if (isset($present[$stray])) {
-                return ['write', 'cannot parse: unterminated string, identifier or comment'];
-            }
-        }
         if (isset($present[';'])) {
             $end = array_search(';', $words, true);
             foreach (array_slice($words, $end + 1) as $word) {
@@ -387,30 +461,34 @@ final class Tenantkit_SQL_Classifier
     private static function trap_hints(): array
     {
         if (self::$trap_hints === null) {
-            $hints = array_merge(self::UNSAFE_FUNCTIONS,
-                self::TRAP_WORDS,
-                self::unsafe_sysvar_tokens());
-            self::$trap_hints = array_fill_keys($hints, true);
+            self::$trap_hints = array_fill_keys(array_merge(self::UNSAFE_FUNCTIONS,
+                self::TRAP_WORDS, self::ORACLE_SEQUENCE_WORDS), true);
         }
         return self::$trap_hints;
     }
 
-    /** @return list<string> */
-    private static function unsafe_sysvar_tokens(): array
+    /** @param array<string, true> $present */
+    private static function has_trap(array $present): bool
     {
-        $tokens = [];
-        foreach (self::UNSAFE_SYSVARS as $name) {
-            foreach (self::SYSVAR_PREFIXES as $prefix) {
-                $tokens[] = '@@' . $prefix . $name;
+        if (array_intersect_key($present, self::trap_hints()) !== []) {
+            return true;
+        }
+        foreach ($present as $token => $_) {
+            $token = (string) $token;
+            if ($token[0] === '`' || $token[0] === '"') {
+                return true;
             }
         }
-        return $tokens;
+        return false;
     }
 
-    /** @param array<string, true> $present */
-    private static function has_trap_hint(array $present): bool
+    /** A word, or a quoted identifier's name (`GET_LOCK` names GET_LOCK). */
+    private static function name(string $token): string
     {
-        return array_intersect_key($present, self::trap_hints()) !== [];
+        if ($token !== '' && ($token[0] === '`' || $token[0] === '"')) {
+            return str_replace($token[0] . $token[0], $token[0], substr($token, 1, -1));
+        }
+        return $token;
     }
 
     /**
@@ -430,7 +508,7 @@ final class Tenantkit_SQL_Classifier
         }
         $first = $words[$start];
         if ($first === 'SELECT') {
-            return self::has_trap_hint($present) ? self::select($words, $present) : ['read', 'SELECT'];
+            return self::select($words, $present);
         }
         if ($first === 'WITH') {
             return self::with($words, $start, $present);
@@ -464,6 +542,9 @@ final class Tenantkit_SQL_Classifier
      */
     private static function select(array $words, array $present): array
     {
+        if (!self::has_trap($present)) {
+            return ['read', 'SELECT'];
+        }
         if (isset($present['INTO'])) {
             return ['write', 'SELECT ... INTO'];
         }
@@ -485,17 +566,26 @@ final class Tenantkit_SQL_Classifier
             if ($word === 'LOCK' && $next === 'IN') {
                 return ['write', 'locking read LOCK IN SHARE MODE'];
             }
-            if ($next === '(' && in_array($word, self::UNSAFE_FUNCTIONS, true)) {
-                return ['write', "session-dependent function $word()"];
-            }
             if (($word === 'NEXT' || $word === 'PREVIOUS') && $next === 'VALUE'
                 && $i + 2 < $n && $words[$i + 2] === 'FOR') {
                 return ['write', "sequence $word VALUE FOR"];
             }
-        }
-        foreach (self::unsafe_sysvar_tokens() as $token) {
-            if (isset($present[$token])) {
-                return ['write', "connection state $token"];
+            if ($word === '@@') {
+                $name = self::name($next);
+                if (in_array($name, self::SYSVAR_SCOPES, true) && $i + 2 < $n) {
+                    $name = self::name($words[$i + 2]);
+                }
+                if (in_array($name, self::UNSAFE_SYSVARS, true)) {
+                    return ['write', "connection state @@$name"];
+                }
+                continue;
+            }
+            $name = self::name($word);
+            if ($next === '(' && in_array($name, self::UNSAFE_FUNCTIONS, true)) {
+                return ['write', "session-dependent function $name()"];
+            }
+            if (in_array($name, self::ORACLE_SEQUENCE_WORDS, true)) {
+                return ['write', "sequence .$name (sql_mode=ORACLE)"];
             }
         }
         return ['read', 'SELECT'];
@@ -538,7 +628,7 @@ final class Tenantkit_SQL_Classifier
         if ($main !== 'SELECT') {
             return ['write', "WITH ... $main"];
         }
-        $verdict = self::has_trap_hint($present) ? self::select($words, $present) : ['read', 'SELECT'];
+        $verdict = self::select($words, $present);
         return $verdict[0] === 'read' ? ['read', 'WITH ... SELECT'] : $verdict;
     }
 

@@ -17,29 +17,43 @@ classified every time). :func:`explain` is not cached and also says why.
 
 The rules (``contrib/wp-db-router.php`` ports them one for one; the shared cases live in
 ``tests/vectors/sql_roles.json``; the word lists they name are one file,
-``sql_keywords.json``, that :mod:`tenantkit.db.keywords` generates the PHP constants from).
+``sql_keywords.json``, that :mod:`tenantkit.db.phpkeywords` generates the PHP constants from).
 **When in doubt: write.**
 
-Tokens. The statement is upper-cased and scanned left to right:
+Readings. The statement is read the way MariaDB's lexer (``sql_lex.cc``) reads it, once per
+way the server might read it, and it is a read only when every reading is a read:
 
-- skipped: ``-- `` comments (two dashes then a space or control character, or the end) and
-  ``#`` comments, both to the end of the line; ``/* ... */`` comments; quoted strings
-  ``'...'`` and ``"..."`` (backslash escapes and doubled quotes); backquoted identifiers
-  ```...``` (doubled backquotes). Keywords inside any of these mean nothing. Whitespace,
-  punctuation (``, . = < > + - * / %`` ...) and characters above U+FFFF separate words.
-- kept: words of ``[0-9A-Z_$]`` and the characters U+0080 to U+FFFF (MySQL's unquoted
-  identifier characters); ``@@name`` system variables (with ``SESSION.``/``LOCAL.``/
-  ``GLOBAL.`` parts); a bare ``@`` (a user variable); ``:=``; ``(``, ``)`` and ``;``.
-- executable comments: ``/*!`` opens a comment whose content is code, ``*/`` closes it.
-  ``/*!NNNNN`` (a version prefix) and ``/*M!`` (MariaDB only, with or without a version) are
-  *conditional*: the server may or may not run their content, so the statement is classified
-  both with and without it, and it is a write if either reading is.
-- a quote that opens no complete string or identifier, an unterminated ``/*`` comment, a
-  comment opened inside an executable comment, a ``*/`` that closes nothing, an unclosed
-  executable comment or unbalanced parentheses: **cannot parse, write**.
-- a statement containing a backslash is also read the way a server in
-  ``NO_BACKSLASH_ESCAPES`` mode reads it (backslash is an ordinary character); if that reading
-  parses and is a write, the statement is a write.
+- the server version is not known, so each ``/*!NNNNN[N] ... */`` / ``/*M!NNNNN[N] ... */``
+  comment may run or be skipped: one reading per distinct version (the comments up to that
+  version run, later ones are skipped) plus one where none runs. A statement with more than
+  :data:`MAX_VERSIONS` distinct versions is a write.
+- the session's ``sql_mode`` is not known either: a statement with a backslash is also read
+  as ``NO_BACKSLASH_ESCAPES`` does (backslash is an ordinary character), one with a double
+  quote as ``ANSI_QUOTES`` (and ``ORACLE``) does (``"..."`` is an identifier). These extra
+  readings count only when they lex: one that does not would be refused by such a server.
+
+Tokens, left to right on the upper-cased statement (each a single pass: a regular expression
+without backtracking, linear in the length of the statement):
+
+- skipped: ``--`` comments (two dashes then a space, a control character, DEL or the end)
+  and ``#`` comments, both to the end of the line (or a NUL); ``/* ... */`` comments;
+  strings ``'...'`` (and ``"..."`` outside ``ANSI_QUOTES``), with backslash escapes and
+  doubled quotes. Keywords inside any of these mean nothing. Whitespace, punctuation and
+  characters above U+FFFF separate words; ``*/`` outside an executable comment is ``*`` and
+  ``/``.
+- kept: words of ``[0-9A-Z_$]`` and U+0080 to U+FFFF (MySQL's unquoted identifier
+  characters); quoted identifiers ```...``` (and ``"..."`` under ``ANSI_QUOTES``), which are
+  never keywords but still name functions and variables (```GET_LOCK`(...)`` calls
+  ``GET_LOCK``); ``@@`` (a system variable follows), ``@`` (a user variable), ``:=``, ``(``,
+  ``)`` and ``;``.
+- version comments: ``/*!`` and ``/*M!`` (upper-case ``M`` only: ``/*m!`` is a plain
+  comment), optionally followed by a version of 5 or 6 digits. Without a version, or with one
+  the reading runs, the content is code and the first ``*/`` outside a string or comment
+  ends it. A comment the reading skips is not lexed: it ends at the first ``*/``, whatever
+  quotes or dashes are inside, except that it may hold one plain ``/* */`` comment. MariaDB
+  always skips ``/*!50700`` to ``/*!99999`` (MySQL 5.7+ syntax) and runs versions below.
+- an unterminated string, identifier or comment, an unclosed executable comment, an
+  executable comment inside another, or unbalanced parentheses: **cannot parse, write**.
 - no token at all (empty, only comments): write.
 - a ``;`` followed by any token: a multi-statement string, write. Trailing ``;`` are fine.
 
@@ -64,7 +78,7 @@ Roles. Leading ``(`` are skipped; the first word decides:
 - everything else (``INSERT``, ``UPDATE``, ``DELETE``, ``REPLACE``, ``LOAD``, DDL, ``CALL``,
   ``DO``, ``SET``, ``USE``, ``LOCK``, ``UNLOCK``, ``HANDLER``, ``XA``, ``BEGIN``, ``COMMIT``,
   ``ROLLBACK``, ``SAVEPOINT``, ``RELEASE``, ``FLUSH``, ``GRANT``, ``PREPARE``, ``EXECUTE``,
-  ``TABLE``, ``VALUES``, ...): write.
+  ``TABLE``, ``VALUES``, a quoted identifier, ...): write.
 
 Traps (anywhere in a ``SELECT``/``WITH``, subqueries included), each a write:
 
@@ -74,20 +88,26 @@ Traps (anywhere in a ``SELECT``/``WITH``, subqueries included), each a write:
   connection state, set where the writes ran.
 - ``SQL_CALC_FOUND_ROWS``: its ``FOUND_ROWS()`` must run on the same connection, and
   ``FOUND_ROWS()`` is a write (below), so both go to the primary.
-- one of these words followed by ``(``: ``GET_LOCK``, ``RELEASE_LOCK``, ``RELEASE_ALL_LOCKS``,
-  ``IS_USED_LOCK``, ``IS_FREE_LOCK`` (locks live on one server), ``LAST_INSERT_ID``,
-  ``FOUND_ROWS``, ``ROW_COUNT``, ``CONNECTION_ID``, ``LASTVAL``, ``NEXTVAL``, ``SETVAL``
-  (connection state or sequences), ``SLEEP``, ``BENCHMARK`` (they hold a connection for a
-  caller's timing, which belongs with the caller's other statements), ``MASTER_POS_WAIT``,
-  ``MASTER_GTID_WAIT``, ``WAIT_FOR_EXECUTED_GTID_SET``, ``SOURCE_POS_WAIT`` (replication
-  waits name a specific server), ``UUID_SHORT``, ``LOAD_FILE`` (server-local state).
-- ``NEXT VALUE FOR`` and ``PREVIOUS VALUE FOR`` (sequences).
-- system variables holding the connection's last write: ``@@IDENTITY``, ``@@LAST_INSERT_ID``,
-  ``@@INSERT_ID``, ``@@LAST_GTID``, ``@@WARNING_COUNT``, ``@@ERROR_COUNT`` (with or without
-  ``SESSION.``/``LOCAL.``).
+- a function name, bare or quoted, followed by ``(``: ``GET_LOCK``, ``RELEASE_LOCK``,
+  ``RELEASE_ALL_LOCKS``, ``IS_USED_LOCK``, ``IS_FREE_LOCK`` (locks live on one server),
+  ``LAST_INSERT_ID``, ``FOUND_ROWS``, ``ROW_COUNT``, ``CONNECTION_ID``, ``LASTVAL``,
+  ``NEXTVAL``, ``SETVAL`` (connection state or sequences), ``SLEEP``, ``BENCHMARK`` (they
+  hold a connection for a caller's timing, which belongs with the caller's other
+  statements), ``MASTER_POS_WAIT``, ``MASTER_GTID_WAIT``, ``WAIT_FOR_EXECUTED_GTID_SET``,
+  ``SOURCE_POS_WAIT``, ``WSREP_*_GTID`` (replication waits name a specific server),
+  ``UUID_SHORT``, ``LOAD_FILE`` (server-local state).
+- ``NEXT VALUE FOR`` and ``PREVIOUS VALUE FOR`` (sequences), and the words ``NEXTVAL`` and
+  ``CURRVAL`` anywhere (``seq.nextval``/``seq.currval`` under ``sql_mode=ORACLE``).
+- a system variable (``@@name``, ``@@SESSION.name``, ``@@LOCAL.name``, ``@@GLOBAL.name``,
+  the name bare or quoted) holding the connection's last write or transaction:
+  ``IDENTITY``, ``LAST_INSERT_ID``, ``INSERT_ID``, ``LAST_GTID``, ``WARNING_COUNT``,
+  ``ERROR_COUNT``, ``IN_TRANSACTION``.
 
-Known limit: a stored function called from a SELECT may write; only its name is visible, so it
-classifies as a read, and a read-only replica then refuses it loudly (error 1290).
+Known limits: a stored function called from a SELECT may write; only its name is visible, so
+it classifies as a read, and a read-only replica then refuses it loudly (error 1290). The
+lexer models MariaDB (not MySQL) with an ASCII-compatible connection character set
+(utf8mb4, latin1): in multi-byte sets such as SJIS or GBK a backslash can be part of a
+character.
 """
 
 from __future__ import annotations
@@ -101,6 +121,7 @@ from tenantkit.db.keywords import KEYWORDS
 __all__ = [
     "CACHE_MAX_LENGTH",
     "CACHE_SIZE",
+    "MAX_VERSIONS",
     "Role",
     "cache_clear",
     "cache_info",
@@ -113,41 +134,52 @@ Role = Literal["read", "write"]
 
 CACHE_SIZE = 4096
 CACHE_MAX_LENGTH = 4096
+MAX_VERSIONS = 8
+"""More distinct ``/*!NNNNN`` versions than this in one statement: write (bounds the work)."""
 
-_LINE_COMMENT = r"--(?=[\x00-\x20]|\Z)[^\n]*|\#[^\n]*"
-_PLAIN_COMMENT = r"/\*(?!!|M!)[\s\S]*?\*/"
-_STRINGS_BACKSLASH = (
-    r"""'[^'\\]*(?:(?:\\[\s\S]|'')[^'\\]*)*'|"[^"\\]*(?:(?:\\[\s\S]|"")[^"\\]*)*\""""
-)
-_STRINGS_PLAIN = r"""'[^']*(?:''[^']*)*'|"[^"]*(?:""[^"]*)*\""""
-_BACKQUOTED = r"`[^`]*(?:``[^`]*)*`"
-_TOKENS = (
-    r"[0-9A-Z_$\x80-\uffff]+"  # words (upper-cased input; MySQL's unquoted identifier chars)
-    r"|[();]"
-    r"|@@[0-9A-Z_$.\x80-\uffff]*"  # system variables
-    r"|@|:="
-    r"|/\*M?!\d*"  # executable comment openers
-    r"|\*/|/\*|['\"`]"  # stray closers, unterminated comments and quotes
-)
+# Every quantifier is possessive and every alternative starts with a distinct character, so
+# the engine never backtracks: each character is looked at a bounded number of times. A
+# string, identifier or comment that does not end is matched by the "unterminated" token to
+# the end of the statement, once (a failed attempt at a closed match costs one pass too).
+_WORD = r"[0-9A-Z_$\x80-\uffff]+"
+_LINE_COMMENT = r"--(?=[\x00-\x20\x7f]|\Z)[^\n\x00]*+|\#[^\n\x00]*+"
+_PLAIN_COMMENT = r"/\*(?!M?!)[^*]*+\*++(?:[^/*][^*]*+\*++)*+/"
+_SINGLE_BACKSLASH = r"'[^'\\]*+(?:(?:\\[\s\S]|'')[^'\\]*+)*+'"
+_DOUBLE_BACKSLASH = r'"[^"\\]*+(?:(?:\\[\s\S]|"")[^"\\]*+)*+"'
+_SINGLE_PLAIN = r"'[^']*+(?:''[^']*+)*+'"
+_DOUBLE_PLAIN = r'"[^"]*+(?:""[^"]*+)*+"'
+_BACKQUOTED = r"`[^`]*+(?:``[^`]*+)*+`"
+_OPENER = r"/\*M?!(?:[0-9]{5}[0-9]?)?"
+_UNTERMINATED = r"['\"`][\s\S]*+|/\*[\s\S]*+"
+# After a skipped version comment's opener: up to its "*/", one plain comment allowed inside.
+_SKIPPED = re.compile(r"(?:[^*/]++|\*(?!/)|/(?!\*)|/\*[^*]*+\*++(?:[^/*][^*]*+\*++)*+/)*+\*/")
+_VERSIONS = re.compile(r"/\*(M?)!([0-9]{5}[0-9]?)")
+_IDENTIFIER = {False: re.compile(_BACKQUOTED),
+               True: re.compile(f"{_BACKQUOTED}|{_DOUBLE_PLAIN}")}
 
 
-def _scanner(backslash_escapes: bool, keep_comments: bool) -> re.Pattern[str]:
-    strings = _STRINGS_BACKSLASH if backslash_escapes else _STRINGS_PLAIN
-    skip = [strings, _BACKQUOTED, _LINE_COMMENT]
-    tokens = _TOKENS
-    if keep_comments:
-        tokens = _PLAIN_COMMENT + "|" + tokens
+def _scanner(backslash: bool, ansi: bool, versioned: bool) -> re.Pattern[str]:
+    single = _SINGLE_BACKSLASH if backslash else _SINGLE_PLAIN
+    double = _DOUBLE_BACKSLASH if backslash else _DOUBLE_PLAIN
+    skip = [_LINE_COMMENT, _PLAIN_COMMENT, single]
+    tokens = [_BACKQUOTED]
+    if ansi:
+        tokens.append(_DOUBLE_PLAIN)
     else:
-        skip.append(_PLAIN_COMMENT)
+        skip.append(double)
+    tokens += [_WORD, "@@", "[@();]", ":="]
+    if versioned:
+        tokens += [_OPENER, r"\*/"]
+    tokens.append(_UNTERMINATED)
     # findall() returns the one group: "" for skipped text, the token otherwise. Whitespace
     # and punctuation match nothing, so the search steps over them without a list entry.
-    return re.compile(f"(?:{'|'.join(skip)})|({tokens})")
+    return re.compile(f"(?:{'|'.join(skip)})|({'|'.join(tokens)})")
 
 
-_SCAN = _scanner(True, False)
-_SCAN_NBE = _scanner(False, False)
-_SCAN_EXEC = _scanner(True, True)
-_SCAN_EXEC_NBE = _scanner(False, True)
+# (backslash escapes, ANSI_QUOTES) -> scanner; the first is the server's default reading.
+_MODES = [(True, False), (False, False), (True, True), (False, True)]
+_SCAN = {mode: _scanner(*mode, versioned=False) for mode in _MODES}
+_SCAN_VERSIONED = {mode: _scanner(*mode, versioned=True) for mode in _MODES}
 
 # The word lists live in sql_keywords.json, shared with the PHP drop-in (tenantkit.db.keywords).
 _STATEMENTS = frozenset(KEYWORDS["statements"])
@@ -155,17 +187,16 @@ _EXPLAINED = _STATEMENTS | {"WITH", "("}
 _EXPLAIN_OPTIONS = frozenset(KEYWORDS["explain_options"])
 _FORMAT_VALUES = frozenset(KEYWORDS["format_values"])
 _UNSAFE_FUNCTIONS = frozenset(KEYWORDS["unsafe_functions"])
-_UNSAFE_SYSVAR_TOKENS = frozenset(
-    f"@@{prefix}{name}"
-    for name in KEYWORDS["unsafe_sysvars"] for prefix in KEYWORDS["sysvar_prefixes"]
-)
+_UNSAFE_SYSVARS = frozenset(KEYWORDS["unsafe_sysvars"])
+_SYSVAR_SCOPES = frozenset(KEYWORDS["sysvar_scopes"])
+_ORACLE_SEQUENCE = frozenset(KEYWORDS["oracle_sequence_words"])
 _SESSION_SHOW = frozenset(KEYWORDS["session_show"])
 # Any of these in a SELECT's token set sends it through the detailed trap check.
-_TRAP_HINTS = _UNSAFE_FUNCTIONS | frozenset(KEYWORDS["trap_words"]) | _UNSAFE_SYSVAR_TOKENS
-_STRAY = frozenset(KEYWORDS["stray"])
+_TRAP_HINTS = _UNSAFE_FUNCTIONS | frozenset(KEYWORDS["trap_words"]) | _ORACLE_SEQUENCE
 
 Verdict = tuple[Role, str]
 _CALC_FOUND_ROWS = "SQL_CALC_FOUND_ROWS (its FOUND_ROWS() must run on the same connection)"
+_UNTERMINATED_REASON = "cannot parse: unterminated string, identifier or comment"
 
 
 def statement_role(sql: str) -> Role:
@@ -195,20 +226,19 @@ def _cached_role(sql: str) -> Role:
 # but whitespace and parentheses) is another one is a write whatever follows, so the role
 # needs no further scanning (explain() still scans, for the precise reason).
 _READ_STARTERS = frozenset(KEYWORDS["read_starters"])
-_LEADING_WORD = re.compile(r"[ \t\n\r\f\v(]*([0-9A-Z_$\x80-\uffff]+)")
+_LEADING_WORD = re.compile(r"[ \t\n\r\f\v(]*+([0-9A-Za-z_$\x80-\uffff]++)")
 
 
 def _role(sql: str) -> Role:
     if not isinstance(sql, str):
         return _classify(sql)[0]  # raises the TypeError
+    match = _LEADING_WORD.match(sql)
+    if match is not None and match.group(1).upper() not in _READ_STARTERS:
+        return "write"
     fast = _fast(sql)
     if fast is not None:
         return fast[0]
-    upper = sql.upper()
-    match = _LEADING_WORD.match(upper)
-    if match is not None and match.group(1) not in _READ_STARTERS:
-        return "write"
-    return _scan(upper)[0]
+    return _scan(_upper(sql))[0]
 
 
 def cache_info() -> functools._CacheInfo:
@@ -226,25 +256,127 @@ def _classify(sql: str) -> Verdict:
             f"statement_role() needs the SQL text as str, got {type(sql).__name__} "
             "(decode bytes first)"
         )
-    return _fast(sql) or _scan(sql.upper())
+    return _fast(sql) or _scan(_upper(sql))
+
+
+def _upper(sql: str) -> str:
+    # "/*m!" is a plain comment to MariaDB (only an upper-case M marks its version comments):
+    # keep it one after upper-casing. Same length, and harmless inside strings and comments.
+    if "/*m!" in sql:
+        sql = sql.replace("/*m!", "/*_!")
+    return sql.upper()
 
 
 def _scan(upper: str) -> Verdict:
-    """The full scanner (the fast path defers to it)."""
-    if "/*!" in upper or "/*M!" in upper:
-        verdict = _classify_executable(upper, _SCAN_EXEC)
-    else:
-        verdict = _classify_tokens(_SCAN.findall(upper))
-    if verdict[0] == "read" and "\\" in upper:
-        # A server in NO_BACKSLASH_ESCAPES mode ends strings at a backslash-quote; a reading
-        # that does not even parse would be refused by the server, so only a clean one counts.
-        if "/*!" in upper or "/*M!" in upper:
-            other = _classify_executable(upper, _SCAN_EXEC_NBE)
-        else:
-            other = _classify_tokens(_SCAN_NBE.findall(upper))
-        if other[0] == "write" and not other[1].startswith("cannot parse"):
-            return "write", f"{other[1]} (when backslashes do not escape)"
-    return verdict
+    """The full scanner (the fast path defers to it): every reading, write if any writes."""
+    versioned = "/*!" in upper or "/*M!" in upper
+    thresholds: list[int] = [-1]
+    if versioned:
+        ambiguous = {int(digits) for maria, digits in _VERSIONS.findall(upper)
+                     if maria or not 50700 <= int(digits) <= 99999}
+        if len(ambiguous) > MAX_VERSIONS:
+            return "write", (f"more than {MAX_VERSIONS} distinct versions in "
+                             "version-conditional comments")
+        thresholds += sorted(ambiguous)
+    modes = [(True, False)]
+    if "\\" in upper:
+        modes.append((False, False))
+    if '"' in upper:
+        modes += [(True, True)] + ([(False, True)] if "\\" in upper else [])
+    first: Verdict | None = None
+    for mode in modes:
+        for threshold in thresholds:
+            tokens = (_lex_versioned(upper, mode, threshold) if versioned
+                      else _lex(upper, mode))
+            if isinstance(tokens, str):
+                if mode == _MODES[0]:
+                    return "write", tokens
+                continue  # a server in that sql_mode refuses the statement
+            verdict = _classify_tokens(tokens)
+            if verdict[0] == "write":
+                if verdict[1].startswith("cannot parse") and mode != _MODES[0]:
+                    continue
+                return "write", verdict[1] + _qualifier(mode, threshold, thresholds)
+            first = first or verdict
+    assert first is not None
+    return first
+
+
+def _qualifier(mode: tuple[bool, bool], threshold: int, thresholds: list[int]) -> str:
+    parts = []
+    if len(thresholds) > 1:
+        parts.append("when no version-conditional comment runs" if threshold < 0 else
+                     f"when the server runs version-conditional comments up to {threshold}")
+    if not mode[0]:
+        parts.append("when backslashes do not escape")
+    if mode[1]:
+        parts.append("when double quotes are identifiers")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def _lex(upper: str, mode: tuple[bool, bool]) -> list[str] | str:
+    """The tokens of a statement without version comments, or why it does not lex."""
+    tokens = [t for t in _SCAN[mode].findall(upper) if t]
+    if tokens and _unterminated(tokens[-1], mode[1]):
+        return _UNTERMINATED_REASON
+    return tokens
+
+
+def _unterminated(token: str, ansi: bool) -> bool:
+    """Only the last token can be one: an unterminated one runs to the end."""
+    if token[0] in "`\"":
+        return (token[0] == '"' and not ansi) or _IDENTIFIER[ansi].fullmatch(token) is None
+    return token[0] == "'" or token.startswith("/*")
+
+
+def _runs(opener: str, threshold: int) -> bool:
+    maria = opener[2] == "M"
+    digits = opener[4:] if maria else opener[3:]
+    if not digits:
+        return True
+    version = int(digits)
+    if not maria and 50700 <= version <= 99999:
+        return False  # MariaDB skips MySQL 5.7+ comments
+    return version <= threshold
+
+
+def _lex_versioned(upper: str, mode: tuple[bool, bool], threshold: int) -> list[str] | str:
+    """The tokens of one reading of a statement with version comments (MariaDB's lexer:
+    content that runs is code, skipped content is not lexed at all)."""
+    scanner = _SCAN_VERSIONED[mode]
+    tokens: list[str] = []
+    executing = False
+    pos = 0
+    restart = True
+    while restart:
+        restart = False
+        for match in scanner.finditer(upper, pos):
+            token = match.group(1)
+            if not token:
+                continue
+            if token.startswith(("/*!", "/*M!")):  # (an unterminated comment never does)
+                if executing:
+                    return "cannot parse: an executable comment inside another"
+                if _runs(token, threshold):
+                    executing = True
+                    continue
+                skipped = _SKIPPED.match(upper, match.end())
+                if skipped is None:
+                    return "cannot parse: unterminated version-conditional comment"
+                pos, restart = skipped.end(), True
+                break
+            if token == "*/":
+                if executing:
+                    executing = False
+                    continue
+                pos, restart = match.start() + 1, True  # "*", then lex again from the "/"
+                break
+            tokens.append(token)
+    if tokens and _unterminated(tokens[-1], mode[1]):
+        return _UNTERMINATED_REASON
+    if executing:
+        return "cannot parse: unclosed executable comment"
+    return tokens
 
 
 # The fast path: the common statement without backslashes, and without comments, double
@@ -261,6 +393,7 @@ _TO_WORDS = bytes(
     c if c in _WORD_BYTES else c - 32 if 0x61 <= c <= 0x7A else 0x20 for c in range(256)
 )
 _FAST_HINTS = frozenset(w.encode() for w in _TRAP_HINTS if w[0].isalpha())
+_DEFER_CHARS = frozenset(b'"`#;@\\')
 _FAST_DEFER = frozenset(w.encode() for w in _READ_STARTERS - {"SELECT"})
 
 
@@ -278,12 +411,13 @@ def _fast(sql: str) -> Verdict | None:
         return None
     raw = code.encode()
     rest = raw.translate(None, _ORDINARY)  # one pass; usually leaves little or nothing
-    if rest and (b'"' in rest or b"`" in rest or b"#" in rest or b";" in rest
-                 or b"@" in rest or b"\\" in rest
-                 or (b"-" in rest and b"--" in raw)
-                 or ((b"*" in rest) and (b"/*" in raw or b"*/" in raw))
-                 or (b":" in rest and b":=" in raw)):
-        return None
+    if rest:
+        chars = set(rest)  # ints: membership is cheaper than bytes-in-bytes
+        if (not _DEFER_CHARS.isdisjoint(chars)
+                or (0x2D in chars and "--" in code)  # -
+                or (0x2A in chars and ("/*" in code or "*/" in code))  # *
+                or (0x3A in chars and ":=" in code)):  # :
+            return None
     words = raw.translate(_TO_WORDS).split()
     if not words:
         return None
@@ -306,51 +440,10 @@ def _fast(sql: str) -> Verdict | None:
     return "write", f"{first.decode()} statement"
 
 
-def _classify_executable(upper: str, scanner: re.Pattern[str]) -> Verdict:
-    """Split executable comments into the two readings (content run / not run)."""
-    every: list[str] = []
-    unconditional: list[str] = []
-    conditional = False
-    opened: str | None = None
-    for token in scanner.findall(upper):
-        if not token:
-            continue
-        if token.startswith("/*") and token not in ("/*",):
-            if token[2] not in ("!", "M"):  # a plain comment, kept only to spot nesting
-                if opened is not None:
-                    return "write", "cannot parse: a comment inside an executable comment"
-                continue
-            if opened is not None:
-                return "write", "cannot parse: nested executable comments"
-            opened = token
-            conditional = conditional or token != "/*!"
-            continue
-        if token == "*/":
-            if opened is None:
-                return "write", "cannot parse: */ closes no comment"
-            opened = None
-            continue
-        every.append(token)
-        if opened is None or opened == "/*!":
-            unconditional.append(token)
-    if opened is not None:
-        return "write", "cannot parse: unclosed executable comment"
-    verdict = _classify_tokens(every)
-    if verdict[0] == "write" or not conditional:
-        return verdict
-    other = _classify_tokens(unconditional)
-    if other[0] == "write":
-        return "write", f"{other[1]} (when the version-conditional comment is not run)"
-    return verdict
-
-
-def _classify_tokens(tokens: list[str]) -> Verdict:
-    words = list(filter(None, tokens))  # skipped text appears as "" in findall's list
+def _classify_tokens(words: list[str]) -> Verdict:
     if not words:
         return "write", "cannot parse: no statement"
     present = set(words)
-    if present & _STRAY:
-        return "write", "cannot parse: unterminated string, identifier or comment"
     if ";" in present:
         end = words.index(";")
         if any(t != ";" for t in words[end + 1 :]):
@@ -372,7 +465,7 @@ def _classify_words(words: list[str], present: set[str]) -> Verdict:
         return "write", "cannot parse: no statement"
     first = words[start]
     if first == "SELECT":
-        return _select(words, present) if present & _TRAP_HINTS else ("read", "SELECT")
+        return _select(words, present)
     if first == "WITH":
         return _with(words, start, present)
     if first == "SHOW":
@@ -391,8 +484,21 @@ def _classify_words(words: list[str], present: set[str]) -> Verdict:
     return "write", f"{first} statement"
 
 
+def _name(token: str) -> str:
+    """A word, or a quoted identifier's name (```GET_LOCK``` names ``GET_LOCK``)."""
+    if token[0] in "`\"":
+        return token[1:-1].replace(token[0] * 2, token[0])
+    return token
+
+
+def _has_trap(present: set[str]) -> bool:
+    return not _TRAP_HINTS.isdisjoint(present) or any(t[0] in "`\"" for t in present)
+
+
 def _select(words: list[str], present: set[str]) -> Verdict:
     """The detailed trap check, for SELECTs whose token set hints at one."""
+    if not _has_trap(present):
+        return "read", "SELECT"
     if "INTO" in present:
         return "write", "SELECT ... INTO"
     if ":=" in present:
@@ -408,13 +514,21 @@ def _select(words: list[str], present: set[str]) -> Verdict:
             return "write", f"locking read FOR {nxt}"
         if word == "LOCK" and nxt == "IN":
             return "write", "locking read LOCK IN SHARE MODE"
-        if word in _UNSAFE_FUNCTIONS and nxt == "(":
-            return "write", f"session-dependent function {word}()"
         if (word in ("NEXT", "PREVIOUS") and nxt == "VALUE"
                 and i + 2 < n and words[i + 2] == "FOR"):
             return "write", f"sequence {word} VALUE FOR"
-    for word in present & _UNSAFE_SYSVAR_TOKENS:
-        return "write", f"connection state {word}"
+        if word == "@@":
+            name = _name(nxt) if nxt else ""
+            if name in _SYSVAR_SCOPES and i + 2 < n:
+                name = _name(words[i + 2])
+            if name in _UNSAFE_SYSVARS:
+                return "write", f"connection state @@{name}"
+            continue
+        name = _name(word)
+        if name in _UNSAFE_FUNCTIONS and nxt == "(":
+            return "write", f"session-dependent function {name}()"
+        if name in _ORACLE_SEQUENCE:
+            return "write", f"sequence .{name} (sql_mode=ORACLE)"
     return "read", "SELECT"
 
 
@@ -442,7 +556,7 @@ def _with(words: list[str], start: int, present: set[str]) -> Verdict:
         return "write", "cannot parse: WITH without a main statement"
     if main != "SELECT":
         return "write", f"WITH ... {main}"
-    verdict = _select(words, present) if present & _TRAP_HINTS else ("read", "SELECT")
+    verdict = _select(words, present)
     if verdict[0] == "read":
         return "read", "WITH ... SELECT"
     return verdict

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,10 @@ _FRAGMENTS = [
     "FORMAT", "JSON", "START", "TRANSACTION", "READ", "ONLY", "WITH CONSISTENT SNAPSHOT",
     "\\", "NEXT", "VALUE", "é", "\u017felect", "\n", "\t", "DESC", "TABLE", "VALUES", "SET",
     "HELP", "UNION", "BEGIN", "COMMIT", "DO", "CALL",
+    "/*!999999", "/*!50700", "/*M!100100", "/*m!", "/*!1001000", "--\x7f", "--\x01", "\x00",
+    "`GET_LOCK`", "`get_lock`(", '"GET_LOCK"', "@@", "@@session.`identity`", "@@`identity`",
+    ".nextval", ".CURRVAL", "s.nextval", "*/*", "/**/", "`a``b`", '"a""b"', "'\\", "ü",
+    "\U0001f600", "@@session", ".", "identity", "IN_TRANSACTION", "`",
 ]
 
 
@@ -98,3 +103,15 @@ def test_huge_statements_are_classified_quickly_and_safely(php: str) -> None:
     trap = select[:-1] + ") FOR UPDATE"
     assert php_roles(php, [insert, select, trap]) == ["write", "read", "write"]
     assert [explain(s)[0] for s in (insert, select, trap)] == ["write", "read", "write"]
+
+
+def test_hostile_input_is_linear_in_php(php: str) -> None:
+    """1 MB of unterminated strings and comments, and of version comments, is classified in
+    one pass (the bound is generous: seconds, where a quadratic scan takes hours)."""
+    units = ["\\'", "/*", "/*!999999 '", "/*!100100 '*/ ", "`a`(", "--\x7f", "/*! ("]
+    statements = [("SELECT " + unit * (1_000_000 // len(unit)))[:1_000_000] for unit in units]
+    start = time.monotonic()
+    roles = php_roles(php, statements)
+    elapsed = time.monotonic() - start
+    assert roles == [explain(sql)[0] for sql in statements]
+    assert elapsed < 30, elapsed

@@ -53,6 +53,7 @@ def test_classify_uses_the_shared_lists() -> None:
     assert load_keywords() == dict(KEYWORDS)
     assert set(KEYWORDS["unsafe_functions"]) <= classify._TRAP_HINTS
     assert set(KEYWORDS["trap_words"]) <= classify._TRAP_HINTS
-    assert "@@SESSION.LAST_GTID" in classify._TRAP_HINTS
+    assert set(KEYWORDS["oracle_sequence_words"]) <= classify._TRAP_HINTS
+    assert frozenset(KEYWORDS["unsafe_sysvars"]) == classify._UNSAFE_SYSVARS
     assert frozenset(KEYWORDS["read_starters"]) == classify._READ_STARTERS
     assert all(word == word.upper() for words in KEYWORDS.values() for word in words)
