@@ -376,16 +376,24 @@ class RoutingConnection:
             reason = "forced"
         else:
             reason = ""
-        if reason:
-            leg = self._primary_leg()
-            if role == "write" or reason == "forced":
-                self._pinned = True
-            if role == "write" and self._read_only is not None and not leg.used:
-                self._start_read_only(leg)
-            result = self._run(rc, leg, role, reason, method, statement, parameters)
-        else:
-            leg, reason = self._choose_read()
-            result = self._run(rc, leg, role, reason, method, statement, parameters)
+        explicit = self._explicit
+        if found is not None and found.kind in ("read-only-start", "begin"):
+            # Under autocommit, BEGIN opens a transaction that goes on after the statement.
+            self._explicit = bool(self._autocommit)
+        try:
+            if reason:
+                leg = self._primary_leg()
+                if role == "write" or reason == "forced":
+                    self._pinned = True
+                if role == "write" and self._read_only is not None and not leg.used:
+                    self._start_read_only(leg)
+                result = self._run(rc, leg, role, reason, method, statement, parameters)
+            else:
+                leg, reason = self._choose_read()
+                result = self._run(rc, leg, role, reason, method, statement, parameters)
+        except BaseException:
+            self._explicit = explicit
+            raise
         if found is not None:
             self._took_effect(found, statement)
         return result
@@ -399,8 +407,6 @@ class RoutingConnection:
             self._temporary -= found.names
         elif kind == "read-only-start":
             self._read_only = statement
-        if kind in ("read-only-start", "begin") and self._autocommit:
-            self._explicit = True
 
     def _start_read_only(self, leg: Leg) -> None:
         """A write inside START TRANSACTION READ ONLY: the primary joins the read-only
