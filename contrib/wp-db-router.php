@@ -764,6 +764,12 @@ class Tenantkit_DB extends wpdb
     public ?string $tk_read_label = null;
     private bool $tk_read_link_tried = false;
     private int $tk_depth = 0;
+    /** The database chosen by select() or USE: every link uses it, now and when opened. */
+    public ?string $tk_database = null;
+    /** The START TRANSACTION READ ONLY in force, and the links that run it. */
+    public ?string $tk_read_only = null;
+    /** @var list<mysqli> */
+    private array $tk_read_only_links = [];
 
     public function __construct($dbuser, $dbpassword, $dbname, $dbhost)
     {
@@ -1023,7 +1029,7 @@ class Tenantkit_DB extends wpdb
         $this->ready = true;
         $this->set_sql_mode();
         $this->dbh = $previous ?? $link;
-        if (!@mysqli_select_db($link, $server['name'])) {
+        if (!@mysqli_select_db($link, $this->tk_database ?? $server['name'])) {
             error_log(sprintf('tenantkit: %s %s: cannot use database "%s": %s',
                 $primary ? 'primary' : 'replica', $server['label'], $server['name'], mysqli_error($link)));
             @mysqli_close($link);
@@ -1240,6 +1246,9 @@ class Tenantkit_DB extends wpdb
         }
         [$role, $first] = $this->tk_route($query);
         $link = $this->tk_link_for($role);
+        if ($link !== null && $this->tk_read_only !== null && $role === 'write') {
+            $this->tk_read_only_write($link, $first);
+        }
         if ($link === null) {
             // Only the primary can be missing here: a write (or a read with no replica left).
             $this->last_query = $query;
@@ -1276,6 +1285,9 @@ class Tenantkit_DB extends wpdb
         if ($this->tk_depth > 0) {
             $this->dbh = $outer;
         }
+        if ($result !== false && $used instanceof mysqli) {
+            $this->tk_session_state($query, $role, $first, $used);
+        }
         if ($role === 'calc') {
             $this->tk_calc_link = $used instanceof mysqli ? $used : null;
         } elseif ($role === 'write' && $result !== false) {
@@ -1284,6 +1296,73 @@ class Tenantkit_DB extends wpdb
             $this->tk_wrote = true;
         }
         return $result;
+    }
+
+    /**
+     * A write inside START TRANSACTION READ ONLY (which ran on the replica): the primary joins
+     * the read-only transaction first, so the server refuses the write (1792) as one server
+     * would; COMMIT/ROLLBACK also end it on the links that run it.
+     */
+    private function tk_read_only_write(mysqli $link, string $first): void
+    {
+        if ($first === 'COMMIT' || $first === 'ROLLBACK') {
+            foreach ($this->tk_read_only_links as $other) {
+                if ($other !== $link) {
+                    @mysqli_query($other, $first);
+                }
+            }
+            $this->tk_read_only = null;
+            $this->tk_read_only_links = [];
+            return;
+        }
+        if (!in_array($link, $this->tk_read_only_links, true)) {
+            @mysqli_query($link, $this->tk_read_only);
+            $this->tk_read_only_links[] = $link;
+        }
+    }
+
+    /** What a statement that succeeded on $link did to the session: USE, a read-only start. */
+    private function tk_session_state(string $query, string $role, string $first, mysqli $link): void
+    {
+        if ($first === 'USE' && $role === 'write'
+            && preg_match('/^\s*USE\s+(?:`((?:[^`]|``)+)`|([A-Za-z0-9_$]+))\s*;?\s*$/Di', $query, $m) === 1) {
+            $name = ($m[2] ?? '') !== '' ? $m[2] : str_replace('``', '`', $m[1]);
+            $this->tk_database = $name;
+            foreach ([$this->tk_read_link, $this->tk_primary_link] as $other) {
+                if ($other instanceof mysqli && $other !== $link) {
+                    @mysqli_select_db($other, $name);
+                }
+            }
+        } elseif ($role === 'read'
+            && preg_match('~^(?:\s++|/\*(?![!M]).*?\*/|--[\x00-\x20\x7f][^\n]*+|#[^\n]*+)*+START\b~is', $query) === 1) {
+            // The classifier reads START only as START TRANSACTION READ ONLY [...].
+            $this->tk_read_only = $query;
+            $this->tk_read_only_links = [$link];
+        } elseif (($first === 'COMMIT' || $first === 'ROLLBACK') && $role === 'write') {
+            $this->tk_read_only = null;
+            $this->tk_read_only_links = [];
+        }
+    }
+
+    /**
+     * wpdb::select() on every link (and those opened later), not just the current one.
+     *
+     * @param string $db
+     * @param mysqli|null $dbh
+     */
+    public function select($db, $dbh = null)
+    {
+        if ($dbh !== null) {
+            return parent::select($db, $dbh);
+        }
+        $this->tk_database = (string) $db;
+        $seen = [];
+        foreach ([$this->tk_read_link, $this->tk_primary_link, $this->dbh] as $link) {
+            if ($link instanceof mysqli && !isset($seen[spl_object_id($link)])) {
+                $seen[spl_object_id($link)] = true;
+                parent::select($db, $link);
+            }
+        }
     }
 
     /**
@@ -1331,6 +1410,8 @@ class Tenantkit_DB extends wpdb
         $this->tk_primary_link = null;
         $this->tk_calc_link = null;
         $this->tk_read_link_tried = false;
+        $this->tk_read_only = null;
+        $this->tk_read_only_links = [];
         $this->dbh = null;
         $this->ready = false;
         $this->has_connected = false;

@@ -114,6 +114,9 @@ class DatabaseSettings:
     gtid_wait_timeout: float = 1.0
     lag_threshold: float = 5.0
     connect_timeout: float = 2.0
+    read_timeout: float = 30.0  # a primary that stops answering: the request gives up
+    replica_read_timeout: float = 10.0  # a hung replica: the read goes elsewhere sooner
+    write_timeout: float = 30.0
     dead_host_cooldown: float = 10.0
 
     __repr__ = _masked_repr
@@ -356,6 +359,9 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Coerce]]] = {
             "gtid_wait_timeout": _number(float, 0),
             "lag_threshold": _number(float, 0),
             "connect_timeout": _number(float, 0.001),
+            "read_timeout": _number(float, 0.001),
+            "replica_read_timeout": _number(float, 0.001),
+            "write_timeout": _number(float, 0.001),
             "dead_host_cooldown": _number(float, 0),
         },
     ),

@@ -13,7 +13,9 @@ sites' patterns), then creates ``cache_dir/<site>/`` with ``pages/``, ``app/``, 
 atomically (a temporary file in ``sites_dir``, then ``os.replace``), so a running watcher never
 sees a site without its cache. A second identical run changes nothing and says so; options left
 out keep the site's current values. A lock file (``sites_dir/.<site>.lock``) serialises
-concurrent runs for the same site. On any error, directories created by the run are removed
+concurrent runs for the same site, and ``sites_dir/._hosts.lock`` the host claims of all
+sites (from the conflict check to the site file's write: two runs for different sites that
+claim the same host cannot both succeed). On any error, directories created by the run are removed
 again: nothing is left half-created.
 """
 
@@ -109,9 +111,13 @@ class DeprovisionResult:
 # --- locking ------------------------------------------------------------------------------
 
 
+_CLAIMS = "_hosts"  # the host claims' lock, ._hosts.lock ("_" is in no site name)
+
+
 @contextlib.contextmanager
 def _site_lock(settings: Settings, name: str, timeout: float) -> Iterator[None]:
     path = settings.sites_dir / f".{name}.lock"
+    what = "host claims" if name == _CLAIMS else f"site {name}"
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
@@ -128,7 +134,7 @@ def _site_lock(settings: Settings, name: str, timeout: float) -> Iterator[None]:
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     raise ProvisionError(
-                        f"site {name}: another provision or deprovision is running (lock {path} "
+                        f"{what}: another provision or deprovision is running (lock {path} "
                         f"held for more than {timeout:g} s); try again when it has finished"
                     ) from None
                 time.sleep(0.02)
@@ -245,7 +251,7 @@ def provision(
         raise ProvisionError(
             f"cannot create the sites directory {settings.sites_dir}: {exc.strerror}"
         ) from exc
-    with _site_lock(settings, name, lock_timeout):
+    with _site_lock(settings, name, lock_timeout), _site_lock(settings, _CLAIMS, lock_timeout):
         return _plan_and_apply(settings, name, path, patterns, backend, database, cache, meta,
                                uid, gid, dry_run=False)
 

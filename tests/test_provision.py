@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -7,8 +8,10 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -248,7 +251,45 @@ def test_two_processes_never_corrupt(cfg: Settings) -> None:
         assert out.strip() == "ok"
     site = load_site(cfg.sites_dir / "shared.toml", cfg)
     assert site.hosts in (("one.org", "n14.one.org"), ("two.org", "n14.two.org"))
-    assert sorted(p.name for p in cfg.sites_dir.iterdir()) == [".shared.lock", "shared.toml"]
+    assert sorted(p.name for p in cfg.sites_dir.iterdir()) == [
+        "._hosts.lock", ".shared.lock", "shared.toml"]
+
+
+def test_two_sites_cannot_both_claim_one_host(cfg: Settings,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both runs pass the conflict check before either writes, unless host claims are locked:
+    the check is held open until the other run has had its chance to get there too."""
+    import tenantkit.provision as module
+
+    checked = threading.Barrier(2)
+    check = module._conflicts
+
+    def slow_check(settings: Settings, site: Any) -> list[str]:
+        found = check(settings, site)
+        with contextlib.suppress(threading.BrokenBarrierError):
+            checked.wait(timeout=1.0)  # with the lock, the other run is still waiting
+        return found
+
+    monkeypatch.setattr(module, "_conflicts", slow_check)
+    outcomes: dict[str, str] = {}
+
+    def run(name: str) -> None:
+        try:
+            provision(cfg, name, ["shared.example.org"], backend=UPSTREAM)
+            outcomes[name] = "ok"
+        except ProvisionError as exc:
+            outcomes[name] = str(exc)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in ("one", "two")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert sorted(outcomes) == ["one", "two"]
+    assert list(outcomes.values()).count("ok") == 1, outcomes
+    loser = next(v for v in outcomes.values() if v != "ok")
+    assert "already claimed" in loser
+    assert len(Registry.load(cfg, log_errors=False).sites) == 1
 
 
 def test_deprovision(cfg: Settings) -> None:

@@ -10,6 +10,7 @@
         if error_code(exc) in NOT_SENT:                # the statement cannot have run
             ...
     describe(exc)              # "OperationalError: (2003, ...)": one line, for logs and errors
+    timed_out(exc)             # the server stopped answering (read_timeout/write_timeout)
     socket_closed(dbapi_conn)  # the server closed this idle connection (EOF on its socket)
 
 The verdict is SQLAlchemy's ``dialect.is_disconnect`` (for MySQL/MariaDB: errors 1927,
@@ -27,7 +28,8 @@ from typing import Any, cast
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Dialect
 
-__all__ = ["NOT_SENT", "describe", "error_code", "is_connection_error", "socket_closed"]
+__all__ = ["NOT_SENT", "describe", "error_code", "is_connection_error", "socket_closed",
+           "timed_out"]
 
 # Connect-time errors, which Dialect.is_disconnect leaves to the pool's connect handling.
 _CANNOT_CONNECT = frozenset({2002, 2003, 1053})
@@ -62,6 +64,20 @@ def is_connection_error(exc: BaseException, dialect: Dialect) -> bool:
         return bool(dialect.is_disconnect(cast(Any, exc), None, None))
     except (IndexError, TypeError):  # a driver error without the usual (errno, message) args
         return False
+
+
+def timed_out(exc: BaseException) -> bool:
+    """True when *exc* comes from a read or write that timed out: the host stopped answering
+    without closing the connection (hung, partitioned), so a new connection would wait too."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # the driver's error, its cause, the socket's TimeoutError
+        if seen is None:
+            return False
+        if isinstance(seen, TimeoutError):
+            return True
+        orig = getattr(seen, "orig", None)
+        seen = orig if isinstance(orig, BaseException) else (seen.__cause__ or seen.__context__)
+    return False
 
 
 def describe(exc: BaseException) -> str:

@@ -114,13 +114,14 @@ class _Server:
     """One server: its Engine, whether we made it, and what it is."""
 
     def __init__(self, source: str | URL | Engine, options: Mapping[str, Any],
-                 connect_timeout: float) -> None:
+                 connect_timeout: float, read_timeout: float, write_timeout: float) -> None:
         if isinstance(source, Engine):
             self.engine, self.owned = source, False
         else:
             url = make_url(source)
             opts = dict(options)
-            bounded = connect_args(url, connect_timeout)
+            bounded = connect_args(url, connect_timeout, read_timeout=read_timeout,
+                                   write_timeout=write_timeout)
             if bounded:
                 opts["connect_args"] = bounded | dict(opts.get("connect_args", {}))
             self.engine, self.owned = create_engine(url, **opts), True
@@ -146,6 +147,9 @@ class Router:
         gtid_wait_timeout: float = 1.0,
         lag_threshold: float = 5.0,
         connect_timeout: float = 2.0,
+        read_timeout: float = 30.0,
+        replica_read_timeout: float = 10.0,
+        write_timeout: float = 30.0,
         dead_host_cooldown: float = 10.0,
         engine_options: Mapping[str, Any] | None = None,
         health_interval: float = 1.0,
@@ -158,14 +162,24 @@ class Router:
         if isinstance(replicas, str | URL | Engine):
             raise ConfigError("replicas: expected a list of URLs or Engines, got a single one "
                               "(write replicas=[url])")
+        if replica_read_timeout <= gtid_wait_timeout:
+            raise ConfigError(
+                f"replica_read_timeout ({replica_read_timeout:g}s) must be longer than "
+                f"gtid_wait_timeout ({gtid_wait_timeout:g}s): a replica waiting for a GTID "
+                "would be taken for a hung one (raise replica_read_timeout)"
+            )
         self.read_your_writes: Mode = read_your_writes
         self.pin_seconds = pin_seconds
         self.gtid_wait_timeout = gtid_wait_timeout
         self.connect_timeout = connect_timeout
         self.dead_host_cooldown = dead_host_cooldown
         options = dict(engine_options or {})
-        self._primary = _Server(primary, options, connect_timeout)
-        self._replicas = [_Server(r, options, connect_timeout) for r in replicas]
+        self.read_timeout = read_timeout
+        self.replica_read_timeout = replica_read_timeout
+        self.write_timeout = write_timeout
+        self._primary = _Server(primary, options, connect_timeout, read_timeout, write_timeout)
+        self._replicas = [_Server(r, options, connect_timeout, replica_read_timeout,
+                                  write_timeout) for r in replicas]
         self.health = ReplicaHealth(
             [r.engine for r in self._replicas], lag_threshold=lag_threshold,
             dead_host_cooldown=dead_host_cooldown, interval=health_interval,
@@ -205,7 +219,8 @@ class Router:
             db.primary, db.replicas, read_your_writes=db.read_your_writes,
             pin_seconds=db.pin_seconds, gtid_wait_timeout=db.gtid_wait_timeout,
             lag_threshold=db.lag_threshold, connect_timeout=db.connect_timeout,
-            dead_host_cooldown=db.dead_host_cooldown, **kwargs,
+            read_timeout=db.read_timeout, replica_read_timeout=db.replica_read_timeout,
+            write_timeout=db.write_timeout, dead_host_cooldown=db.dead_host_cooldown, **kwargs,
         )
 
     @classmethod
@@ -219,8 +234,9 @@ class Router:
             servers.primary, servers.replicas,
             read_your_writes=db.read_your_writes, pin_seconds=db.pin_seconds,
             gtid_wait_timeout=db.gtid_wait_timeout, lag_threshold=db.lag_threshold,
-            connect_timeout=db.connect_timeout, dead_host_cooldown=db.dead_host_cooldown,
-            **kwargs,
+            connect_timeout=db.connect_timeout, read_timeout=db.read_timeout,
+            replica_read_timeout=db.replica_read_timeout, write_timeout=db.write_timeout,
+            dead_host_cooldown=db.dead_host_cooldown, **kwargs,
         )
 
     # --- public API ---------------------------------------------------------------------

@@ -6,8 +6,9 @@
     servers.primary            # where the site's writes go
     servers.replicas           # where its reads go (may be empty: reads from the primary)
     servers.options            # timeouts and modes: always the global [database] table
-    servers.connect_args(url)  # {"connect_timeout": 2} for a MySQL URL, {} otherwise
-    connect_args(url, 2.5)     # the same rule for any timeout (a Router's own, a probe's)
+    servers.connect_args(url)  # {"connect_timeout": 2, "read_timeout": 30, "write_timeout": 30}
+                               # for a MySQL URL (a replica's: replica_read_timeout), {} otherwise
+    connect_args(url, 2.5, read_timeout=10)   # the same rule for any timeouts (a Router's own)
 
 The rule: the primary is the site's own ``[database] primary``, else the global one. The
 replicas are the site's own ``replicas`` when it names a primary or lists replicas (a site with
@@ -37,12 +38,20 @@ def connect_seconds(seconds: float) -> int:
     return max(1, math.ceil(seconds))
 
 
-def connect_args(url: str | URL, connect_timeout: float) -> dict[str, Any]:
-    """The driver arguments that bound a connect to *url* by *connect_timeout* seconds:
-    ``{"connect_timeout": 2}`` for a MySQL/MariaDB URL, ``{}`` for others."""
+def connect_args(url: str | URL, connect_timeout: float, *, read_timeout: float | None = None,
+                 write_timeout: float | None = None) -> dict[str, Any]:
+    """The driver arguments that bound a connect to *url* by *connect_timeout* seconds, and
+    each read or write on the connection (a server that stops answering without closing)
+    by *read_timeout* / *write_timeout*: ``{"connect_timeout": 2, "read_timeout": 30}`` for
+    a MySQL/MariaDB URL, ``{}`` for others."""
     if make_url(url).get_backend_name() not in _MYSQL:
         return {}
-    return {"connect_timeout": connect_seconds(connect_timeout)}
+    args: dict[str, Any] = {"connect_timeout": connect_seconds(connect_timeout)}
+    if read_timeout is not None:
+        args["read_timeout"] = connect_seconds(read_timeout)
+    if write_timeout is not None:
+        args["write_timeout"] = connect_seconds(write_timeout)
+    return args
 
 
 @dataclass(frozen=True, kw_only=True, repr=False)
@@ -60,8 +69,16 @@ class Servers:
         return "its [database] primary" if self.own else "the global [database] primary"
 
     def connect_args(self, url: str | URL) -> dict[str, Any]:
-        """The driver arguments that bound a connect to *url* by ``connect_timeout``."""
-        return connect_args(url, self.options.connect_timeout)
+        """The driver arguments that bound a connect to *url* by ``connect_timeout`` and its
+        reads and writes by ``read_timeout`` (``replica_read_timeout`` for a replica) and
+        ``write_timeout``."""
+        options = self.options
+        replica = str(url) != self.primary and str(url) in self.replicas
+        return connect_args(
+            url, options.connect_timeout,
+            read_timeout=options.replica_read_timeout if replica else options.read_timeout,
+            write_timeout=options.write_timeout,
+        )
 
     def __repr__(self) -> str:
         replicas = ", ".join(mask_url(r) for r in self.replicas)

@@ -6,7 +6,23 @@ the primary's and one replica's Engine, and routes every ``cursor.execute`` to o
 its SQL text; the :class:`~tenantkit.db.cursor.RoutingCursor` reads results from that leg.
 The rules are the Router's module docstring; this module keeps the state of one connection:
 the open legs, whether the transaction is pinned to the primary or wrote there, the session
-settings to replay on a new leg, and autocommit.
+state to carry to every leg (settings, ``USE``), what must stay on the primary (temporary
+tables, a read-only transaction's promise), and autocommit.
+
+Session state (what :func:`~tenantkit.db.effects.effect` finds in a statement):
+
+- a session ``SET`` and ``USE`` run on every open leg and, once they have succeeded, are kept
+  for legs opened later, in the order of their last use; a later ``SET`` of the same
+  variables replaces an earlier one. A ``SET`` that failed is not kept; one that succeeded on
+  a leg and failed on another closes the first (it reopens with the kept state). A leg whose
+  connection the server closed is reopened, the state replayed, without an error.
+- ``SET TRANSACTION`` (the next transaction only) reaches the legs of that transaction only.
+- after ``CREATE TEMPORARY TABLE`` every statement goes to the primary until the tables are
+  dropped or the primary connection is lost.
+- inside ``START TRANSACTION READ ONLY`` a write first starts the same read-only transaction
+  on the primary, so that the server refuses it (error 1792) as it would on one connection.
+- a leg that carries session state is closed, not handed back to its server's pool, when
+  this connection lets it go: no other connection inherits its settings or tables.
 """
 
 from __future__ import annotations
@@ -21,12 +37,14 @@ from sqlalchemy.engine import Dialect
 
 from tenantkit.db.classify import statement_role
 from tenantkit.db.cursor import RoutingCursor
+from tenantkit.db.effects import Effect, effect
 from tenantkit.db.failures import (
     NOT_SENT,
     describe,
     error_code,
     is_connection_error,
     socket_closed,
+    timed_out,
 )
 from tenantkit.db.gtid import last_gtid_dbapi, wait_for_gtid_dbapi
 from tenantkit.errors import PrimaryUnavailable
@@ -38,12 +56,6 @@ __all__ = ["Leg", "RoutingConnection"]
 
 logger = logging.getLogger(__name__)
 
-_SESSION_SET = re.compile(
-    r"\s*SET\s+(?!GLOBAL\b|@@GLOBAL\.|PASSWORD\b|ROLE\b|DEFAULT\s+ROLE\b|STATEMENT\b"
-    r"|PERSIST|@(?!@))",
-    re.IGNORECASE,
-)
-_MAX_SETTINGS = 32
 _TX_CONTROL = re.compile(r"\s*(COMMIT|ROLLBACK)(?:\s+WORK)?\s*;?\s*\Z", re.IGNORECASE)
 
 
@@ -60,6 +72,18 @@ class Leg:
         self.used = False  # ran a statement in the current transaction
 
 
+class _Setting:
+    """A kept session statement: replayed, with its parameters, on every new leg."""
+
+    __slots__ = ("dependent", "names", "parameters", "statement")
+
+    def __init__(self, statement: str, parameters: Any, found: Effect) -> None:
+        self.statement = statement
+        self.parameters = parameters
+        self.names = found.names
+        self.dependent = found.dependent
+
+
 class RoutingConnection:
     """The DB-API connection SQLAlchemy sees; routes each cursor's statements to a leg."""
 
@@ -67,7 +91,11 @@ class RoutingConnection:
         self._router = router
         self._primary: Leg | None = None
         self._replica: Leg | None = None
-        self._settings: list[str] = []
+        self._settings: list[_Setting] = []  # session SETs and USE, in order of last use
+        self._next_tx: list[tuple[str, Any]] = []  # SET TRANSACTION: this transaction's legs
+        self._temporary: set[str] = set()  # temporary tables on the primary leg
+        self._read_only: str | None = None  # the START TRANSACTION READ ONLY in force
+        self._explicit = False  # a BEGIN under autocommit: the transaction goes on
         self._autocommit: bool | None = None
         self._pinned = False  # the rest of this transaction goes to the primary
         self._wrote = False  # a write ran on the primary in this transaction
@@ -84,6 +112,8 @@ class RoutingConnection:
                 try:
                     primary.dbapi.commit()
                 except Exception as exc:
+                    # The unit of work failed: its reads' snapshot must not outlive it.
+                    self._end_replica_transaction()
                     if is_connection_error(exc, primary.dialect):
                         self._drop("primary", invalidate=True)
                         raise self._router._primary_down(exc) from exc
@@ -118,6 +148,20 @@ class RoutingConnection:
         self._drop("primary", invalidate=False)
         self._drop("replica", invalidate=False)
 
+    def select_db(self, db: str) -> None:
+        """The DB-API extension (PyMySQL, mysqlclient): ``USE db`` on every leg."""
+        sql = "USE `" + db.replace("`", "``") + "`"
+        self.execute(RoutingCursor(self, (), {}), "execute", sql, None)
+
+    def _end_replica_transaction(self) -> None:
+        replica = self._replica
+        if replica is None or not replica.used:
+            return
+        try:
+            replica.dbapi.rollback()
+        except Exception:
+            self._drop("replica", invalidate=True)
+
     def autocommit(self, value: bool) -> None:
         self._autocommit = bool(value)
         for leg in (self._primary, self._replica):
@@ -146,6 +190,9 @@ class RoutingConnection:
     def _end_transaction(self) -> None:
         self._pinned = False
         self._wrote = False
+        self._read_only = None
+        self._explicit = False
+        self._next_tx.clear()
         for leg in (self._primary, self._replica):
             if leg is not None:
                 leg.used = False
@@ -167,8 +214,13 @@ class RoutingConnection:
             return
         if which == "primary":
             self._primary = None
+            self._temporary.clear()  # they lived on that connection
         else:
             self._replica = None
+        # A connection with session state is not handed back to its server's pool, where
+        # another routing connection would inherit it.
+        invalidate = invalidate or bool(self._settings or self._next_tx) or (
+            which == "primary" and bool(self._temporary))
         with contextlib.suppress(Exception):
             if invalidate:
                 leg.fairy.invalidate()
@@ -181,11 +233,13 @@ class RoutingConnection:
         try:
             if self._autocommit is not None:
                 leg.dbapi.autocommit(self._autocommit)
-            if self._settings:
+            if self._settings or self._next_tx:
                 cursor = leg.dbapi.cursor()
                 try:
-                    for sql in self._settings:
-                        cursor.execute(sql)
+                    for setting in self._settings:
+                        cursor.execute(setting.statement, setting.parameters)
+                    for sql, parameters in self._next_tx:
+                        cursor.execute(sql, parameters)
                 finally:
                     cursor.close()
         except BaseException:
@@ -302,9 +356,10 @@ class RoutingConnection:
     def execute(self, rc: RoutingCursor, method: str, statement: str, parameters: Any) -> Any:
         router = self._router
         role = statement_role(statement)
+        found = effect(statement) if method == "execute" else None
+        if found is not None and found.kind in ("session", "next-transaction", "use"):
+            return self._setting(rc, statement, parameters, found)
         if role == "write":
-            if _SESSION_SET.match(statement):
-                return self._setting(rc, method, statement, parameters)
             control = _TX_CONTROL.match(statement)
             if control is not None:  # e.g. the dialect's COMMIT after an isolation change
                 rc.cursor = None
@@ -313,19 +368,62 @@ class RoutingConnection:
                     else self.rollback()
         if role == "write":
             reason = "primary"
+        elif self._temporary:
+            reason = "temporary-table"
         elif self._pinned:
             reason = "after-write"
         elif router._force.get():
             reason = "forced"
         else:
             reason = ""
-        if reason:
-            leg = self._primary_leg()
-            if role == "write" or reason == "forced":
-                self._pinned = True
-            return self._run(rc, leg, role, reason, method, statement, parameters)
-        leg, reason = self._choose_read()
-        return self._run(rc, leg, role, reason, method, statement, parameters)
+        explicit = self._explicit
+        if found is not None and found.kind in ("read-only-start", "begin"):
+            # Under autocommit, BEGIN opens a transaction that goes on after the statement.
+            self._explicit = bool(self._autocommit)
+        try:
+            if reason:
+                leg = self._primary_leg()
+                if role == "write" or reason == "forced":
+                    self._pinned = True
+                if role == "write" and self._read_only is not None and not leg.used:
+                    self._start_read_only(leg)
+                result = self._run(rc, leg, role, reason, method, statement, parameters)
+            else:
+                leg, reason = self._choose_read()
+                result = self._run(rc, leg, role, reason, method, statement, parameters)
+        except BaseException:
+            self._explicit = explicit
+            raise
+        if found is not None:
+            self._took_effect(found, statement)
+        return result
+
+    def _took_effect(self, found: Effect, statement: str) -> None:
+        """*statement* (of effect *found*) succeeded: note what it did to the session."""
+        kind = found.kind
+        if kind == "create-temporary":
+            self._temporary |= found.names
+        elif kind == "drop-table":
+            self._temporary -= found.names
+        elif kind == "read-only-start":
+            self._read_only = statement
+
+    def _start_read_only(self, leg: Leg) -> None:
+        """A write inside START TRANSACTION READ ONLY: the primary joins the read-only
+        transaction first, so that the server refuses the write (1792)."""
+        assert self._read_only is not None
+        cursor = leg.dbapi.cursor()
+        try:
+            cursor.execute(self._read_only)
+        except Exception as exc:
+            if is_connection_error(exc, leg.dialect):
+                self._drop("primary", invalidate=True)
+                raise self._router._primary_down(exc) from exc
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                cursor.close()
+        leg.used = True
 
     def _run(self, rc: RoutingCursor, leg: Leg, role: str, reason: str, method: str,
              statement: str, parameters: Any, retried: bool = False) -> Any:
@@ -351,6 +449,14 @@ class RoutingConnection:
                                      parameters, retried=True)
                 raise
             self._drop("primary", invalidate=True)
+            if timed_out(exc):  # a hung primary: no second wait on it
+                down = router._primary_down(exc)
+                if first and not retried and role == "read" and not self._temporary:
+                    other = self._replica_leg() or self._replica_leg(ignore_health=True)
+                    if other is not None:
+                        return self._run(rc, other, role, "stale-primary-down", method,
+                                         statement, parameters, retried=True)
+                raise down from exc
             if first and not retried and (role == "read" or error_code(exc) in NOT_SENT):
                 return self._run(rc, self._primary_leg(), role, reason, method, statement,
                                  parameters, retried=True)
@@ -358,7 +464,7 @@ class RoutingConnection:
         leg.used = True
         if leg.index < 0 and role == "write":
             self._wrote = True
-            if self._autocommit:
+            if self._autocommit and not self._explicit:
                 self._after_write_commit(leg)
                 self._end_transaction()
         rc.cursor = cursor
@@ -366,18 +472,72 @@ class RoutingConnection:
                       router._replicas[leg.index].name, statement)
         return result
 
-    def _setting(self, rc: RoutingCursor, method: str, statement: str,
-                 parameters: Any) -> Any:
-        """A session setting: run on every open leg, replayed on legs opened later."""
-        if statement not in self._settings:
-            self._settings.append(statement)
-            del self._settings[:-_MAX_SETTINGS]
+    def _setting(self, rc: RoutingCursor, statement: str, parameters: Any,
+                 found: Effect) -> Any:
+        """A session setting or ``USE``: run on every open leg (at least one), then kept for
+        legs opened later; ``SET TRANSACTION``: the same for this transaction's legs."""
+        ran: list[Leg] = []
         result: Any = None
-        for leg in (self._replica, self._primary):
+        for which in ("replica", "primary"):
+            leg = self._replica if which == "replica" else self._primary
             if leg is None:
                 continue
-            cursor = leg.dbapi.cursor(*rc.args, **rc.kwargs)
-            result = getattr(cursor, method)(statement, parameters)
-            rc.cursor = cursor
+            if not leg.used and socket_closed(leg.dbapi):
+                self._drop(which, invalidate=True)  # reopened, state replayed, when needed
+                continue
+            try:
+                result = self._run_on(rc, leg, statement, parameters)
+            except Exception as exc:
+                lost = is_connection_error(exc, leg.dialect)
+                if lost:
+                    if leg.index >= 0:
+                        self._router.health.mark_down(leg.index, describe(exc))
+                    self._drop(which, invalidate=True)
+                    if not leg.used:
+                        continue  # nothing of the transaction lived there: reopen later
+                self._undo(ran)
+                if lost and leg.index < 0:
+                    raise self._router._primary_down(exc) from exc
+                raise
+            ran.append(leg)
+        if not ran:  # no leg open: run it on the read leg, so a bad one fails now
+            leg = self._read_leg_for_info()
+            try:
+                result = self._run_on(rc, leg, statement, parameters)
+            except Exception as exc:
+                if is_connection_error(exc, leg.dialect):
+                    self._drop("primary" if leg.index < 0 else "replica", invalidate=True)
+                raise
+        self._keep(statement, parameters, found)
         self._router._count("write", "session-setting", "every leg", statement)
         return result
+
+    def _run_on(self, rc: RoutingCursor, leg: Leg, statement: str, parameters: Any) -> Any:
+        cursor = leg.dbapi.cursor(*rc.args, **rc.kwargs)
+        try:
+            result = cursor.execute(statement, parameters)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                cursor.close()
+            raise
+        rc.cursor = cursor
+        return result
+
+    def _undo(self, ran: list[Leg]) -> None:
+        """A setting failed on one leg after it succeeded on *ran*: close those that hold no
+        transaction (they reopen with the kept state); a used one keeps it, logged."""
+        for leg in ran:
+            if leg.used:
+                logger.warning("a session setting failed on one server after it succeeded "
+                               "on another, inside a transaction: they differ until it ends")
+                continue
+            self._drop("primary" if leg.index < 0 else "replica", invalidate=True)
+
+    def _keep(self, statement: str, parameters: Any, found: Effect) -> None:
+        if found.kind == "next-transaction":
+            self._next_tx.append((statement, parameters))
+            return
+        setting = _Setting(statement, parameters, found)
+        if not found.dependent:  # it decides its variables alone: earlier ones are moot
+            self._settings = [s for s in self._settings if not s.names <= found.names]
+        self._settings.append(setting)

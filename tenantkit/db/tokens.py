@@ -27,6 +27,28 @@ _GTID_MYSQL = (r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-
                r"(?::\d{1,20}(?:-\d{1,20})?)+")
 _GTID = re.compile(rf"(?:{_GTID_MARIADB}|{_GTID_MYSQL}(?:,{_GTID_MYSQL})*)")
 _TOKEN = re.compile(r"1\.([0-9a-f]{1,13})\.([0-9A-Za-z:_-]{0,2000})")
+_NUMBER = re.compile(r"\d+")
+# What the servers parse: MariaDB's domain and server ids are 32-bit, its sequence numbers
+# 64-bit (unsigned); MySQL's transaction numbers are positive 63-bit.
+_MAX_32 = 2**32 - 1
+_MAX_64 = 2**64 - 1
+_MAX_MYSQL_GNO = 2**63 - 1
+
+
+def _out_of_range(gtid: str) -> str | None:
+    """The first number of *gtid* (already in the right form) the server cannot parse."""
+    for part in gtid.split(","):
+        if ":" in part:  # MySQL uuid:1-5:7
+            for number in _NUMBER.findall(part.split(":", 1)[1]):
+                if not 0 < int(number) <= _MAX_MYSQL_GNO:
+                    return f"transaction number {number} is not between 1 and 2^63-1"
+            continue
+        domain, server, seq = part.split("-")
+        if int(domain) > _MAX_32 or int(server) > _MAX_32:
+            return f"{part}: domain and server id must be at most 2^32-1"
+        if int(seq) > _MAX_64:
+            return f"{part}: sequence number must be at most 2^64-1"
+    return None
 
 
 @dataclass(frozen=True)
@@ -69,6 +91,12 @@ class ConsistencyToken:
             raise InvalidToken(
                 f"consistency token: {gtid[:60]!r} is not a MariaDB (0-1-42) or MySQL "
                 "(uuid:1-5) GTID (drop the cookie)"
+            )
+        problem = _out_of_range(gtid) if gtid is not None else None
+        if problem is not None:
+            raise InvalidToken(
+                f"consistency token: {problem}: no server has such a GTID (a forged cookie: "
+                "drop the cookie)"
             )
         return cls(gtid, int(match.group(1), 16) / 1000)
 

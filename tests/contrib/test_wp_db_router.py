@@ -475,3 +475,86 @@ def test_a_hung_replica_costs_the_read_timeout_not_the_request(wp: WP) -> None:
     assert run.results == ["row0", {"primary": 1, "replica": 0}]
     assert run.seconds < 15
     assert "cannot connect to replica" in run.stderr
+
+
+# --- session state ------------------------------------------------------------------------
+
+
+def _primary_count(pair: MariaDBCluster, table: str = "t") -> int:
+    with pymysql.connect(**pair.primary.connect_args()) as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT COUNT(*) FROM {table}")
+        return int(cur.fetchone()[0])
+
+
+def test_start_transaction_read_only_refuses_writes(wp: WP) -> None:
+    make_table(wp.pair, rows=1)
+    run = wp.run([
+        ["query", "/* ro */ START TRANSACTION READ ONLY"],
+        ["get_var", "SELECT COUNT(*) FROM t"],
+        ["query", "INSERT INTO t (v) VALUES ('read only')"],
+        ["query", "COMMIT"],
+        ["get_var", "SELECT COUNT(*) FROM t"],
+    ], method="POST")
+    assert run.results[1] == "1"
+    assert run.results[2]["value"] is False
+    assert "READ ONLY" in run.results[2]["error"]
+    assert run.results[4] == "1"
+    assert _primary_count(wp.pair) == 1, "never committed on the primary"
+
+
+def test_select_db_follows_the_session_to_every_link(wp: WP) -> None:
+    primary_sql(wp.pair, "DROP DATABASE IF EXISTS tk_other", "CREATE DATABASE tk_other",
+                "CREATE TABLE tk_other.marker (id INT)")
+    run = wp.run([
+        ["get_var", "SELECT DATABASE()"],  # the replica link is open
+        ["php", "global $wpdb; $wpdb->select('tk_other'); return $wpdb->ready;"],
+        ["get_var", "SELECT CONCAT(DATABASE(), ' ', @@server_id)"],
+        ["query", "INSERT INTO marker VALUES (1)"],
+        ["get_var", "SELECT CONCAT(DATABASE(), ' ', @@server_id)"],
+    ], method="POST")
+    assert run.results[0] == DATABASE
+    assert run.results[2] == "tk_other 2"
+    assert run.results[3]["value"] == 1, run.results[3]
+    assert run.results[4] == "tk_other 1"
+    assert _primary_count(wp.pair, "tk_other.marker") == 1
+
+
+def test_use_reaches_the_link_opened_later(wp: WP) -> None:
+    primary_sql(wp.pair, "DROP DATABASE IF EXISTS tk_other", "CREATE DATABASE tk_other",
+                "CREATE TABLE tk_other.marker (id INT)")
+    run = wp.run([
+        ["php", "global $wpdb; $wpdb->select('tk_other'); return null;"],  # replica only
+        ["query", "INSERT INTO marker VALUES (1)"],  # the primary link opens now
+        ["get_var", "SELECT CONCAT(DATABASE(), ' ', @@server_id)"],
+    ], method="POST")
+    assert run.results[1]["value"] == 1, run.results[1]
+    assert run.results[2] == "tk_other 1"
+
+
+def test_temporary_tables_stay_on_the_primary(wp: WP) -> None:
+    make_table(wp.pair, rows=1)
+    run = wp.run([
+        ["get_var", "SELECT COUNT(*) FROM t"],
+        ["query", "CREATE TEMPORARY TABLE tk_tmp (id INT)"],
+        ["query", "INSERT INTO tk_tmp VALUES (1), (2)"],
+        ["get_var", "SELECT COUNT(*) FROM tk_tmp"],
+        ["counts"],
+    ])
+    assert run.results[3] == "2"
+    assert run.results[4] == {"primary": 3, "replica": 1}
+
+
+def test_a_hung_primary_costs_the_read_timeout_not_the_request(wp: WP) -> None:
+    make_table(wp.pair, rows=1)
+    wp.configure(TENANTKIT_READ_TIMEOUT=1)
+    proc = wp.pair.primary.proc
+    assert proc is not None
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        insert = "global $wpdb; return $wpdb->query(\"INSERT INTO t (v) VALUES ('x')\");"
+        run = wp.run([["get_var", "SELECT v FROM t"], ["php", insert]], expect_results=False)
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    assert run.seconds < 15
+    assert run.results[:1] in ([], ["row0"])
+    assert _primary_count(wp.pair) == 1

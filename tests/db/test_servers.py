@@ -93,8 +93,21 @@ def test_connect_timeout_has_one_rounding(seconds: float, whole: int) -> None:
     assert connect_seconds(seconds) == whole
     servers = site_servers(None, Settings(database=DatabaseSettings(
         primary=G_PRIMARY, connect_timeout=seconds)))
-    assert servers.connect_args(G_PRIMARY) == {"connect_timeout": whole}
+    assert servers.connect_args(G_PRIMARY)["connect_timeout"] == whole
     assert servers.connect_args("sqlite:///x.db") == {}
+
+
+def test_every_connection_has_read_and_write_timeouts() -> None:
+    settings = Settings(database=DatabaseSettings(
+        primary=G_PRIMARY, replicas=(G_REPLICA,), read_timeout=20, replica_read_timeout=4.5,
+        write_timeout=7))
+    servers = site_servers(None, settings)
+    assert servers.connect_args(G_PRIMARY) == {
+        "connect_timeout": 2, "read_timeout": 20, "write_timeout": 7}
+    assert servers.connect_args(G_REPLICA) == {
+        "connect_timeout": 2, "read_timeout": 5, "write_timeout": 7}
+    defaults = site_servers(None, Settings(database=DatabaseSettings(primary=G_PRIMARY)))
+    assert defaults.connect_args(G_PRIMARY)["read_timeout"] == 30
 
 
 def test_servers_repr_masks_passwords() -> None:
