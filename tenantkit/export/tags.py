@@ -61,7 +61,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="exit 1 if a file is not up to date; write nothing")
     parser.add_argument("files", nargs="+", type=Path)
     args = parser.parse_args(argv)
-    stale = [p for p in args.files if not sync_php(p, check=args.check)]
+    try:
+        stale = [p for p in args.files if not sync_php(p, check=args.check)]
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     for path in stale:
         print(f"{path}: {'out of date' if args.check else 'updated'}", file=sys.stderr)
     return 1 if args.check and stale else 0

@@ -3,8 +3,8 @@
 ``make_tree(dest, config)`` copies what must sit next to ``wp-load.php`` (the top-level PHP
 files and ``wp-admin``, whose files find ``wp-load.php`` through ``__DIR__``), links
 ``wp-includes`` and the themes, installs ``contrib/wp-db-router.php`` as
-``wp-content/db.php`` and ``contrib/tenantkit-tags.php`` as a must-use plugin, and writes our own ``wp-config.php``: no file under /etc/wordpress or
-/usr/share/wordpress is touched.
+``wp-content/db.php`` and ``contrib/tenantkit-tags.php`` as a must-use plugin, and writes our
+own ``wp-config.php``: no file under /etc/wordpress or /usr/share/wordpress is touched.
 """
 
 from __future__ import annotations
