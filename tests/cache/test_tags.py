@@ -141,3 +141,30 @@ def test_comment_events_carry_terms_on_the_wire() -> None:
     assert from_json(to_json(event)) == event
     assert from_json('{"v": 1, "type": "comment_changed", "site": "f", "post_id": 5, '
                      '"terms": [2, 3]}') == CommentChanged("f", 5, True, terms=(2, 3))
+
+
+# --- tenantkit check --------------------------------------------------------------------------
+
+def test_check_warns_about_a_targeted_site_whose_pages_carry_no_tags(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from tenantkit.cli import cli
+
+    settings, site = _site(tmp_path)
+    config = tmp_path / "tenantkit.toml"
+    config.write_text(f'sites_dir = "{settings.sites_dir}"\ncache_dir = "{settings.cache_dir}"\n')
+    cache = site_page_cache(site)
+    cache.put(HOST, "/tagged/", b"t", tags=("post:1",))
+
+    def check() -> tuple[int, str]:
+        result = CliRunner().invoke(cli, ["--config", str(config), "check"])
+        return result.exit_code, result.output
+
+    code, output = check()
+    assert code == 0 and "carry no tags" not in output, output
+    cache.put(HOST, "/untagged/", b"u")
+    code, output = check()
+    assert code == 0, output
+    assert 'site blog: policy = "targeted", but 1 of its 2 most recent cached pages carry no ' \
+        "tags" in output
+    assert "contrib/tenantkit-tags.php" in output
