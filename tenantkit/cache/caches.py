@@ -24,11 +24,13 @@ __all__ = ["SiteCaches", "site_page_cache"]
 
 
 def site_page_cache(site: Site) -> PageCache:
-    """A PageCache on the site's pages directory, with the site's cache settings; a page
-    stored without tags is stored under the site-wide tag (:data:`~tenantkit.cache.tags.SITE`),
-    which every purge of the site purges (:func:`tenantkit.cache.purge.purge`)."""
+    """A PageCache on the site's pages directory, with the site's cache settings. Under
+    ``policy = "targeted"`` a page stored without tags is stored under the site-wide tag
+    (:data:`~tenantkit.cache.tags.SITE`), which every purge of the site purges
+    (:func:`tenantkit.cache.purge.purge`); under ``"site"`` every event flushes anyway."""
+    targeted = site.cache.policy == "targeted"
     return PageCache(site.pages_dir, ttl=site.cache.ttl, stale_seconds=site.cache.stale_seconds,
-                     max_bytes=site.cache.max_bytes, untagged=SITE)
+                     max_bytes=site.cache.max_bytes, untagged=SITE if targeted else None)
 
 
 class SiteCaches:

@@ -7,8 +7,8 @@ all end here::
     result = purge(caches.get(site), site, action)                 # carried out, once
     result.pages                                                   # pages that went stale
 
-Every purge that is not a flush also purges the site-wide tag ``site``, under which pages
-without tags are stored (:func:`tenantkit.cache.tags.store_tags`).
+Every purge that is not a flush also purges the site-wide tag ``site``, under which a
+targeted site's pages without tags are stored (:func:`tenantkit.cache.caches.site_page_cache`).
 
 The host and the paths are checked before anything is purged: a host that does not
 normalise raises :class:`~tenantkit.errors.InvalidHost`, a path without a leading ``/``

@@ -3,6 +3,7 @@ site-wide tag for pages without tags, and the events' tags per app."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -168,3 +169,11 @@ def test_check_warns_about_a_targeted_site_whose_pages_carry_no_tags(tmp_path: P
     assert 'site blog: policy = "targeted", but 1 of its 2 most recent cached pages carry no ' \
         "tags" in output
     assert "contrib/tenantkit-tags.php" in output
+
+
+def test_under_the_site_policy_untagged_pages_stay_untagged(tmp_path: Path) -> None:
+    _, site = _site(tmp_path)
+    site = dataclasses.replace(site, cache=dataclasses.replace(site.cache, policy="site"))
+    cache = site_page_cache(site)
+    cache.put(HOST, "/", b"x")
+    assert cache.get(HOST, "/").tags == ()  # type: ignore[union-attr]
