@@ -17,6 +17,8 @@
  *     tenantkit_publish(['type' => 'purge', 'site' => 'blog', 'all' => true],
  *                       '/var/cache/tenantkit/blog/.purge');
  *
+ *     tenantkit_send_tags([TENANTKIT_TAG_POST . 42, TENANTKIT_TAG_HOME]);  // X-Tenantkit-Tags
+ *
  *     tenantkit_normalize_host('Blog.Example.COM.:8080');   // "blog.example.com"
  *     tenantkit_normalize_host('bad/host');                 // null
  *
@@ -42,6 +44,50 @@ define('TENANTKIT_EVENT_TYPES', [
 define('TENANTKIT_DEFAULT_STREAM', 'tenantkit:events');
 define('TENANTKIT_DEFAULT_MAXLEN', 10000);
 define('TENANTKIT_DEFAULT_TIMEOUT', 0.5);
+define('TENANTKIT_TAGS_HEADER', 'X-Tenantkit-Tags');
+define('TENANTKIT_TAGS_MAX_BYTES', 4000);
+// BEGIN generated from tenantkit/cache/tags.py by
+// `python -m tenantkit.export.tags`: do not edit (README: "Cache tags")
+define('TENANTKIT_TAG_POST', 'post:');
+define('TENANTKIT_TAG_TERM', 'term:');
+define('TENANTKIT_TAG_AUTHOR', 'author:');
+define('TENANTKIT_TAG_HOME', 'home');
+define('TENANTKIT_TAG_FEED', 'feed');
+define('TENANTKIT_TAG_TOPIC', 'topic:');
+define('TENANTKIT_TAG_FORUM', 'forum:');
+define('TENANTKIT_TAG_INDEX', 'index');
+define('TENANTKIT_TAG_SITE', 'site');
+// END generated from tenantkit/cache/tags.py
+
+/**
+ * Send the X-Tenantkit-Tags header naming what the page shows (the tag vocabulary above:
+ * TENANTKIT_TAG_POST . 42, TENANTKIT_TAG_HOME, ...). Duplicates and anything that is not a
+ * tag are dropped; a list longer than TENANTKIT_TAGS_MAX_BYTES becomes TENANTKIT_TAG_SITE
+ * (purged by every purge of the site: never too little). Returns the tags sent, or null when
+ * headers were already sent (logged).
+ *
+ * @param iterable<mixed> $tags
+ * @return list<string>|null
+ */
+function tenantkit_send_tags(iterable $tags): ?array
+{
+    $kept = [];
+    foreach ($tags as $tag) {
+        if (is_string($tag) && preg_match('/^[a-z][a-z0-9_-]*(:[0-9]+)?$/D', $tag) === 1) {
+            $kept[$tag] = true;
+        }
+    }
+    $kept = array_keys($kept);
+    if ($kept === [] || strlen(implode(' ', $kept)) > TENANTKIT_TAGS_MAX_BYTES) {
+        $kept = [TENANTKIT_TAG_SITE];
+    }
+    if (headers_sent($file, $line)) {
+        error_log('tenantkit: X-Tenantkit-Tags not sent: output started at ' . $file . ':' . $line);
+        return null;
+    }
+    header(TENANTKIT_TAGS_HEADER . ': ' . implode(' ', $kept));
+    return $kept;
+}
 
 /**
  * Publish one invalidation event to $bus: "redis://[:password@]host[:port][/db][?stream=name]"

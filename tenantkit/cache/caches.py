@@ -17,15 +17,20 @@ import threading
 from collections.abc import Callable, Iterable
 
 from tenantkit.cache.pagecache import PageCache
+from tenantkit.cache.tags import SITE
 from tenantkit.sites import Site
 
 __all__ = ["SiteCaches", "site_page_cache"]
 
 
 def site_page_cache(site: Site) -> PageCache:
-    """A PageCache on the site's pages directory, with the site's cache settings."""
+    """A PageCache on the site's pages directory, with the site's cache settings. Under
+    ``policy = "targeted"`` a page stored without tags is stored under the site-wide tag
+    (:data:`~tenantkit.cache.tags.SITE`), which every purge of the site purges
+    (:func:`tenantkit.cache.purge.purge`); under ``"site"`` every event flushes anyway."""
+    targeted = site.cache.policy == "targeted"
     return PageCache(site.pages_dir, ttl=site.cache.ttl, stale_seconds=site.cache.stale_seconds,
-                     max_bytes=site.cache.max_bytes)
+                     max_bytes=site.cache.max_bytes, untagged=SITE if targeted else None)
 
 
 class SiteCaches:

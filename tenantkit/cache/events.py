@@ -9,10 +9,12 @@
     action.tags                      # ("post:42", "home")
 
 Policies: ``"site"`` (the default) flushes the whole site on any content change;
-``"targeted"`` purges by tag: a comment purges ``post:N`` (and ``home`` when the home page
-shows comment counts), a post edit ``post:N``, ``home``, ``feed``, ``term:T`` for each of its
-terms and ``author:A``. Comments that are not approved purge nothing. An explicit
-:class:`Purge` does what it says under either policy.
+``"targeted"`` purges by tag (the vocabulary of :mod:`tenantkit.cache.tags`): a comment purges
+``post:N`` (and ``home`` when the home page shows comment counts), a post edit ``post:N``,
+``home``, ``feed``, ``term:T`` for each of its terms and ``author:A``. On a PunBB site
+(``app="punbb"``) ``post_id`` is a topic and ``terms`` its forums: any change purges
+``topic:N``, ``forum:F`` for each forum and ``index``. Comments that are not approved purge
+nothing. An explicit :class:`Purge` does what it says under either policy.
 
 :func:`from_json` raises :class:`~tenantkit.errors.MalformedEvent` with a message naming the
 field and what was wrong: such an event is logged and dropped, never retried.
@@ -28,6 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar, Literal
 
+from tenantkit.cache import tags as vocabulary
 from tenantkit.errors import MalformedEvent
 from tenantkit.validate import SITE_NAME_RE
 
@@ -78,11 +81,13 @@ class _Base:
 
 @dataclass(frozen=True)
 class CommentPosted(_Base):
-    """A new comment on ``post_id``; only an approved one purges anything."""
+    """A new comment on ``post_id``; only an approved one purges anything. ``terms``: where
+    the post is listed, when that matters (a PunBB reply: the topic's forum)."""
 
     type: ClassVar[str] = "comment_posted"
     post_id: int | None = None
     approved: bool = True
+    terms: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,7 @@ class CommentChanged(_Base):
     type: ClassVar[str] = "comment_changed"
     post_id: int | None = None
     approved: bool = True
+    terms: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -260,7 +266,8 @@ def from_json(raw: str | bytes) -> Event:
         common["origin"] = origin[:64]
     if cls in (CommentPosted, CommentChanged):
         event: Event = cls(**common, post_id=_int_or_none(data, "post_id"),
-                           approved=_bool(data, "approved", True))
+                           approved=_bool(data, "approved", True),
+                           terms=_int_list(data, "terms"))
     elif cls in (PostEdited, PostDeleted):
         event = cls(**common, post_id=_int_or_none(data, "post_id"),
                     terms=_int_list(data, "terms"), author=_int_or_none(data, "author"))
@@ -302,8 +309,9 @@ Policy = Literal["site", "targeted"]
 
 
 def purge_action(event: Event, policy: Policy = "site", *,
-                 home_shows_comments: bool = True) -> PurgeAction:
-    """What ``event`` purges under ``policy``."""
+                 home_shows_comments: bool = True, app: str | None = None) -> PurgeAction:
+    """What ``event`` purges under ``policy``, on a site of ``app`` (``"punbb"``: the forum
+    vocabulary; anything else: posts, terms and authors)."""
     if isinstance(event, Purge):
         if event.all:
             return PurgeAction(flush=True)
@@ -314,15 +322,21 @@ def purge_action(event: Event, policy: Policy = "site", *,
         return PurgeAction(flush=True)
     if event.post_id is None:  # a change we cannot pin to a post: be safe
         return PurgeAction(flush=True)
+    tag = vocabulary.tag
+    if app == "punbb":
+        if not event.terms:  # a topic without its forum: its listing cannot be named
+            return PurgeAction(flush=True)
+        return PurgeAction(tags=(tag("topic", event.post_id),
+                                 *(tag("forum", f) for f in event.terms), vocabulary.INDEX))
     if isinstance(event, CommentPosted | CommentChanged):
-        tags = [f"post:{event.post_id}"]
+        tags = [tag("post", event.post_id)]
         if home_shows_comments:
-            tags.append("home")
+            tags.append(vocabulary.HOME)
         return PurgeAction(tags=tuple(tags))
-    tags = [f"post:{event.post_id}", "home", "feed"]
-    tags += [f"term:{t}" for t in event.terms]
+    tags = [tag("post", event.post_id), vocabulary.HOME, vocabulary.FEED]
+    tags += [tag("term", t) for t in event.terms]
     if event.author is not None:
-        tags.append(f"author:{event.author}")
+        tags.append(tag("author", event.author))
     return PurgeAction(tags=tuple(tags))
 
 

@@ -80,13 +80,16 @@ class PageCache:
     ``ttl``: seconds a page is fresh; ``stale_seconds``: how long a purged or expired page may
     still be served while one caller re-renders it; ``max_bytes``: the oldest pages go when
     the current generation grows past it; ``fill_timeout``: a fill lock older than this is
-    taken over (its holder is presumed dead); ``clock``: wall-clock seconds (tests pass a fake).
+    taken over (its holder is presumed dead); ``clock``: wall-clock seconds (tests pass a fake);
+    ``untagged``: the tag a page put without tags is stored under (a site's cache uses
+    :data:`tenantkit.cache.tags.SITE`, which every purge of the site purges).
     """
 
     def __init__(self, root: str | os.PathLike[str], *, ttl: int = 300, stale_seconds: int = 30,
                  max_bytes: int | None = None, fill_timeout: float = 30.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, untagged: str | None = None) -> None:
         self.root = Path(root)
+        self.untagged = untagged
         self.ttl = ttl
         self.stale_seconds = stale_seconds
         self.max_bytes = max_bytes
@@ -238,6 +241,8 @@ class PageCache:
         key = page_key(host, path, query)
         normal_host = check_host(host)
         tags = tuple(dict.fromkeys(tags))
+        if not tags and self.untagged:
+            tags = (self.untagged,)
         marker_names = [url_name(normal_host, path), *(tag_name(t) for t in tags)]
         generation = self.generation()
         if self._overtaken(ticket, generation, marker_names):

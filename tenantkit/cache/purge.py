@@ -7,6 +7,9 @@ all end here::
     result = purge(caches.get(site), site, action)                 # carried out, once
     result.pages                                                   # pages that went stale
 
+Every purge that is not a flush also purges the site-wide tag ``site``, under which a
+targeted site's pages without tags are stored (:func:`tenantkit.cache.caches.site_page_cache`).
+
 The host and the paths are checked before anything is purged: a host that does not
 normalise raises :class:`~tenantkit.errors.InvalidHost`, a path without a leading ``/``
 :class:`~tenantkit.errors.CacheError` (from the page cache), and the cache is left as it was.
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 
 from tenantkit.cache.events import Event, PurgeAction, purge_action
 from tenantkit.cache.pagecache import PageCache
+from tenantkit.cache.tags import SITE
 from tenantkit.hosts import normalize_host
 from tenantkit.sites import Site
 
@@ -38,18 +42,23 @@ class PurgeResult:
 
 
 def action_for(site: Site, event: Event) -> PurgeAction:
-    """What ``event`` purges on ``site``, under the site's policy and home-page setting."""
+    """What ``event`` purges on ``site``, under the site's policy, home-page setting and app
+    (``[meta] app``)."""
+    app = site.meta.get("app")
     return purge_action(event, site.cache.policy,
-                        home_shows_comments=bool(site.meta.get("home_shows_comments", True)))
+                        home_shows_comments=bool(site.meta.get("home_shows_comments", True)),
+                        app=app if isinstance(app, str) else None)
 
 
 def purge(cache: PageCache, site: Site, action: PurgeAction) -> PurgeResult:
     """Carry out ``action`` on ``site``'s page cache ``cache``: a flush of the whole site, or
-    the action's paths (of ``action.host``, or of every host) and then its tags."""
+    the action's paths (of ``action.host``, or of every host) and then its tags, always
+    with the site-wide tag (:data:`~tenantkit.cache.tags.SITE`): pages stored without tags
+    go stale on every purge of their site."""
     if action.flush:
         return PurgeResult(site.name, flushed=True, generation=cache.flush())
     host = normalize_host(action.host) if action.paths and action.host is not None else None
     pages = cache.purge_paths(host, action.paths) if action.paths else 0
-    if action.tags:
-        pages += cache.purge_tags(action.tags)
+    if action.tags or action.paths:
+        pages += cache.purge_tags(tuple(dict.fromkeys((*action.tags, SITE))))
     return PurgeResult(site.name, pages=pages, host=host)

@@ -232,6 +232,47 @@ def check_command(info: ScriptInfo) -> None:
                    err=True)
     for message in problems:
         click.echo(f"error: {message}", err=True)
+    for message in _untagged_warnings(list(registry.sites.values())):
+        click.echo(f"warning: {message}", err=True)
     if problems:
         raise TenantkitFailure(f"{len(problems)} problem(s) found")
     click.echo(f"ok: settings and {len(registry.sites)} site file(s) are valid")
+
+
+def _untagged_warnings(sites: list[Site], recent: int = 50) -> list[str]:
+    """One warning per site under ``policy = "targeted"`` whose most recently stored pages
+    (up to *recent*) carry no tags: the app sends no X-Tenantkit-Tags, so every purge of the
+    site clears those pages and a targeted purge saves nothing for them (issue 25)."""
+    import os
+
+    from tenantkit.cache.tags import is_untagged
+
+    warnings = []
+    for site in sites:
+        if site.cache.policy != "targeted":
+            continue
+        metas: list[tuple[float, str]] = []
+        for root, dirs, files in os.walk(site.pages_dir / "current"):
+            dirs[:] = [d for d in dirs if d not in (".tags", ".purged")]
+            if ".meta.json" in files:
+                path = os.path.join(root, ".meta.json")
+                try:
+                    metas.append((os.stat(path).st_mtime, path))
+                except FileNotFoundError:
+                    continue
+        untagged = 0
+        newest = sorted(metas, reverse=True)[:recent]
+        for _, path in newest:
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    untagged += is_untagged(json.load(handle).get("tags") or ())
+            except (OSError, ValueError, AttributeError):
+                continue
+        if untagged:
+            warnings.append(
+                f'site {site.name}: policy = "targeted", but {untagged} of its {len(newest)} '
+                "most recent cached pages carry no tags (any purge of the site clears them); "
+                "make the app send X-Tenantkit-Tags (WordPress: install "
+                "contrib/tenantkit-tags.php as a must-use plugin; PunBB: apply the current "
+                "contrib/punbb.diff), or use policy = \"site\"")
+    return warnings

@@ -105,7 +105,9 @@ def render_wp_config(site: Site, settings: Settings, *, debian: bool = False) ->
             + (f"; link it for the other hosts: {', '.join(exact[1:])}." if exact[1:] else "."),
             "// Install the drop-in: ln -s .../contrib/wp-db-router.php "
             "/var/lib/wordpress/wp-content/db.php",
-            "// (with contrib/tenantkit-events.php next to its target).",
+            "// and the cache tags: ln -s .../contrib/tenantkit-tags.php "
+            "/var/lib/wordpress/wp-content/mu-plugins/",
+            "// (with contrib/tenantkit-events.php next to their targets).",
             f"define('DB_NAME', {php_string(parsed.database or '')});",
             f"define('DB_USER', {php_string(parsed.username or '')});",
             f"define('DB_PASSWORD', {php_string(str(parsed.password or ''))});",
@@ -113,8 +115,11 @@ def render_wp_config(site: Site, settings: Settings, *, debian: bool = False) ->
             f"$table_prefix = {php_string(site.database.table_prefix or 'wp_')};",
         ]
     else:
-        lines.append(f"// tenantkit: site {site.name}, for contrib/wp-db-router.php "
-                     "(wp-content/db.php). Paste above \"That's all, stop editing!\".")
+        lines += [f"// tenantkit: site {site.name}, for contrib/wp-db-router.php "
+                  "(wp-content/db.php). Paste above \"That's all, stop editing!\".",
+                  "// Cache tags (policy = \"targeted\"): ln -s .../contrib/tenantkit-tags.php "
+                  "wp-content/mu-plugins/",
+                  "// (contrib/tenantkit-events.php next to the targets of both links)."]
     lines += [f"define('{name}', {value});" for name, value in constants]
     return "\n".join(lines) + "\n"
 

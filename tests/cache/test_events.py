@@ -29,7 +29,7 @@ README_EXAMPLE = """{"v": 1, "type": "comment_posted", "site": "blog", "post_id"
 
 def test_readme_example_parses() -> None:
     event = from_json(README_EXAMPLE)
-    assert event == CommentPosted("blog", 42, True, gtid="0-1-1234")
+    assert event == CommentPosted("blog", 42, True, terms=(7, 9), gtid="0-1-1234")
     assert (event.id, event.ts, event.origin) == ("6f1c...", 1764090000.25, "php")
 
 

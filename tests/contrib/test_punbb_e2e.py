@@ -22,10 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pymysql
 import pytest
 import redis
 from click.testing import CliRunner
 
+from tenantkit.cache.pagecache import PageCache
 from tenantkit.cli import cli
 from tenantkit.testing import MariaDBCluster, RedisServer, free_port, wait_port
 
@@ -433,9 +435,24 @@ def _served_flow(served: Served, name: str, host: str) -> dict[str, int]:
     return {"tid": tid}
 
 
-def test_two_forums_behind_tenantkit_serve(served: Served) -> None:
+def _stored_tags(served: Served, site: str, host: str, url: str) -> set[str]:
+    path, _, query = url.partition("?")
+    page = PageCache(served.root / "cache" / site / "pages").get(host, path, query)
+    assert page is not None, (site, url)
+    return set(page.tags)
+
+
+def test_two_forums_behind_tenantkit_serve(served: Served, mariadb_pair: MariaDBCluster,
+                                            redis_server: RedisServer) -> None:
     hosts = {"forum-a": "a.test", "forum-b": f"b.test:{served.port}"}
     topics = {name: _served_flow(served, name, host)["tid"] for name, host in hosts.items()}
+    # A second forum in forum-a (straight into the database, before any page is cached).
+    with pymysql.connect(**mariadb_pair.primary.connect_args(), autocommit=True) as conn, \
+            conn.cursor() as cur:
+        cur.execute("INSERT INTO fa_forums (forum_name, disp_position, cat_id) "
+                    "VALUES ('Second forum', 2, 1)")
+        second_forum = cur.lastrowid
+    mariadb_pair.wait_replicas()
 
     for name, host in hosts.items():
         # A guest's pages are stored and served from the cache (and no cookie is set).
@@ -462,7 +479,23 @@ def test_two_forums_behind_tenantkit_serve(served: Served) -> None:
         for bad in ("Fatal error", "already closed", "Deprecated", "Warning"):
             assert bad not in page.text, (action, page.text[-2000:])
 
-    # A reply purges its topic, its forum and the index; forum-b's pages stay.
+    # Pages carry the tag vocabulary: topic:N, forum:N, index.
+    other_topic = f"/viewtopic.php?id={topics['forum-a'] + 1}"  # "Unanswered of forum-a"
+    second = f"/viewforum.php?id={second_forum}"
+    for url in (other_topic, second):
+        _guest_get(served, hosts["forum-a"], url)
+        _until(lambda url=url: _guest_get(served, hosts["forum-a"], url).headers.get(CACHE)
+               == "HIT", f"{url} cached")
+    assert "Unanswered of forum-a" in _guest_get(served, hosts["forum-a"], other_topic).text
+    tid = topics["forum-a"]
+    assert _stored_tags(served, "forum-a", "a.test", f"/viewtopic.php?id={tid}") == {
+        f"topic:{tid}"}
+    assert _stored_tags(served, "forum-a", "a.test", "/viewforum.php?id=1") == {"forum:1"}
+    assert _stored_tags(served, "forum-a", "a.test", second) == {f"forum:{second_forum}"}
+    assert _stored_tags(served, "forum-a", "a.test", "/index.php") == {"index"}
+
+    # A reply purges its topic, its forum and the index; the other topic, the other forum
+    # and forum-b's pages stay.
     admin = served.browser(hosts["forum-a"])
     _login(admin)
     response = admin.submit(f"/post.php?tid={topics['forum-a']}", {"req_message": "Purge me in"},
@@ -476,6 +509,11 @@ def test_two_forums_behind_tenantkit_serve(served: Served) -> None:
         assert _guest_get(served, hosts["forum-a"], url).headers.get(CACHE) == "HIT"
     other = _guest_get(served, hosts["forum-b"], f"/viewtopic.php?id={topics['forum-b']}")
     assert other.headers.get(CACHE) == "HIT"
+    for url in (other_topic, second):
+        assert _guest_get(served, hosts["forum-a"], url).headers.get(CACHE) == "HIT", url
+    events = [e for e in _events(redis_server.url) if e["type"] == "comment_posted"
+              and e["site"] == "forum-a"]
+    assert events and events[-1]["terms"] == [1], events
 
     php_log = served.php_log.read_text(errors="replace")
     for bad in ("Fatal error", "Parse error", "Uncaught", "already closed"):

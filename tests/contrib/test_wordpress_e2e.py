@@ -28,16 +28,18 @@ from typing import Any
 
 import pymysql
 import pytest
+from werkzeug.test import Client
 
 from tenantkit.cache.events import Event, PurgeAction
 from tenantkit.cache.invalidator import Invalidator
 from tenantkit.cache.pagecache import PageCache
-from tenantkit.config import BusSettings, DatabaseSettings, Settings
+from tenantkit.config import BusSettings, CacheSettings, DatabaseSettings, Settings
 from tenantkit.export.wordpress import render_wp_config
 from tenantkit.provision import provision
 from tenantkit.registry import Registry
 from tenantkit.sites import Site, SiteDatabase
 from tenantkit.testing import DATABASE, PASSWORD, USER, MariaDBCluster, RedisServer, free_port
+from tenantkit.web.app import create_app
 
 from .wordpress import write_config
 
@@ -119,6 +121,12 @@ def php_server(php: str, tree: Path, log: Path) -> Iterator[str]:
 
 def edit_post_as_admin(base: str, post_id: int, title: str) -> None:
     """Log in through wp-login.php, get a REST nonce, update the post's title."""
+    result = rest_as_admin(base, f"posts/{post_id}", {"title": title})
+    assert result["title"]["raw"] == title
+
+
+def rest_as_admin(base: str, route: str, data: dict[str, Any]) -> Any:
+    """Log in through wp-login.php, get a REST nonce, POST *data* to /wp/v2/<route>."""
     jar = CookieJar()
     opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
     with opener.open(f"{base}/wp-login.php", timeout=60) as resp:
@@ -132,13 +140,13 @@ def edit_post_as_admin(base: str, post_id: int, title: str) -> None:
         nonce = resp.read().decode().strip()
     assert re.fullmatch(r"[0-9a-f]{10}", nonce), nonce
     request = urllib.request.Request(
-        f"{base}/index.php?rest_route=/wp/v2/posts/{post_id}",
-        data=json.dumps({"title": title}).encode(),
+        f"{base}/index.php?rest_route=/wp/v2/{route}",
+        data=json.dumps(data).encode(),
         headers={"Content-Type": "application/json", "X-WP-Nonce": nonce}, method="POST",
     )
     with opener.open(request, timeout=60) as resp:
-        assert resp.status == 200
-        assert json.loads(resp.read())["title"]["raw"] == title
+        assert resp.status in (200, 201)
+        return json.loads(resp.read())
 
 
 def primary_query(pair: MariaDBCluster, sql: str, *args: Any) -> list[tuple[Any, ...]]:
@@ -242,3 +250,134 @@ def test_wordpress_end_to_end(php: str, wp_tree: Path, mariadb_pair: MariaDBClus
     ours = [line for line in server_log.splitlines()
             if re.search(r"wp-db-router\.php|tenantkit-events\.php", line)]
     assert ours == []
+
+
+# --- policy = "targeted": pages tagged by contrib/tenantkit-tags.php (issue 25) ----------------
+
+#: A theme that shows comment counts in its listings: each post title says how many it has.
+COUNTS_PLUGIN = """<?php
+add_filter('the_title', static function ($title, $id = 0) {
+    return is_admin() || !$id ? $title : $title . ' [' . get_comments_number($id) . ' comments]';
+}, 10, 2);
+"""
+
+
+def _until(check: Any, what: str, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_wordpress_targeted_purges(php: str, wp_tree: Path, mariadb_pair: MariaDBCluster,
+                                   redis_server: RedisServer, tmp_path: Path) -> None:
+    """Behind the shim's page cache under policy = "targeted": a comment on post A refreshes
+    A's page and the front page within 5 s while post B's page stays a HIT; an edit of A
+    refreshes its category's page."""
+    pair = mariadb_pair
+    settings = Settings(
+        sites_dir=tmp_path / "sites", cache_dir=tmp_path / "cache",
+        database=DatabaseSettings(primary=pair.primary_url, replicas=(pair.replica_url,)),
+        bus=BusSettings(transport="redis", redis_url=redis_server.url, node="node-a",
+                        replica_wait_timeout=5),
+        cache=CacheSettings(policy="targeted", ttl=600),
+    )
+    counts = wp_tree / "wp-content" / "mu-plugins" / "tk-test-counts.php"
+    counts.write_text(COUNTS_PLUGIN)
+    log = tmp_path / "php-server.log"
+    try:
+        with php_server(php, wp_tree, log) as base:
+            site = provision(settings, "blog", [HOST], backend=base,
+                             database=SiteDatabase(primary=pair.primary_url,
+                                                   replicas=(pair.replica_url,))).site
+            assert site.cache.policy == "targeted"
+            write_config(wp_tree, {"DB_NAME": DATABASE, "DB_USER": USER, "DB_PASSWORD": PASSWORD,
+                                   "DB_HOST": f"127.0.0.1:{pair.primary.port}",
+                                   "TENANTKIT_STATE_DIR": str(tmp_path)},
+                         extra_php=render_wp_config(site, settings))
+            status, page, _ = http(f"{base}/wp-admin/install.php?step=2", {
+                "weblog_title": "tenantkit tags", "user_name": "admin",
+                "admin_password": ADMIN_PASSWORD, "admin_password2": ADMIN_PASSWORD,
+                "pw_weak": "1", "admin_email": "admin@example.org", "blog_public": "0",
+                "language": "",
+            })
+            assert status == 200 and "Success!" in page, page[-2000:]
+            primary_query(pair, "UPDATE wp_options SET option_value = '0' "
+                                "WHERE option_name = 'comment_previously_approved'")
+            # Plain permalinks: /?p=N and /?cat=N are the pages themselves, not redirects.
+            primary_query(pair, "UPDATE wp_options SET option_value = '' "
+                                "WHERE option_name = 'permalink_structure'")
+            cats = rest_as_admin(base, "categories", {"name": "Cats"})["id"]
+            rest_as_admin(base, "posts/1", {"categories": [cats]})
+            post_b = rest_as_admin(base, "posts", {"title": "Post B", "content": "bee",
+                                                   "status": "publish"})["id"]
+            pair.wait_replicas()
+
+            app = create_app(settings, TENANTKIT_BACKGROUND=True)
+            client = Client(app)
+            port = base.rsplit(":", 1)[1]
+
+            def get(path: str, query: str = "") -> tuple[str, str]:
+                response = client.get(f"{path}?{query}" if query else path,
+                                      base_url=f"http://{HOST}:{port}")
+                assert response.status_code == 200, (path, query, response.status_code)
+                assert "X-Tenantkit-Tags" not in response.headers  # never to the visitor
+                return response.headers.get("X-Tenantkit-Cache", ""), response.get_data(
+                    as_text=True)
+
+            pages = {"a": ("/", "p=1"), "b": ("/", f"p={post_b}"), "front": ("/", ""),
+                     "cats": ("/", f"cat={cats}")}
+            try:
+                # Every page is stored on its first visit and served from the cache after
+                # (once the invalidator has started: a new consumer group flushes the site).
+                for path, query in pages.values():
+                    _until(lambda p=path, q=query: get(p, q)[0] == "HIT", f"{path}?{query}", 10)
+                cache = PageCache(site.pages_dir)
+
+                def tags_of(name: str) -> set[str]:
+                    stored = cache.get(HOST, *pages[name])
+                    assert stored is not None, name
+                    return set(stored.tags)
+
+                assert {"post:1", f"term:{cats}", "author:1"} <= tags_of("a")
+                assert f"post:{post_b}" in tags_of("b") and "post:1" not in tags_of("b")
+                assert {"home", "post:1", f"post:{post_b}"} <= tags_of("front")
+                assert {f"term:{cats}", "post:1"} <= tags_of("cats")
+                assert f"post:{post_b}" not in tags_of("cats")
+                def count_on_front() -> int:
+                    found = re.search(r"Hello world! \[(\d+) comments\]", get(*pages["front"])[1])
+                    assert found is not None
+                    return int(found.group(1))
+
+                before = count_on_front()
+
+                # A comment on A: A's page and the front page within 5 s; B's page stays.
+                status, _, headers = http(f"{base}/wp-comments-post.php", {
+                    "comment_post_ID": "1", "author": "Ada", "email": "ada@example.org",
+                    "url": "", "comment": "Tagged comment from the e2e test",
+                    "submit": "Post Comment"})
+                assert status == 302, headers
+                _until(lambda: "Tagged comment from the e2e test" in get(*pages["a"])[1],
+                       "the comment on post A's page", 5)
+                _until(lambda: count_on_front() == before + 1,
+                       "the comment count on the front page", 5)
+                assert get(*pages["b"])[0] == "HIT"  # not re-rendered
+
+                # An edit of A: its category's page shows the new title within 5 s.
+                _until(lambda: get(*pages["cats"])[0] == "HIT", "the category page cached", 5)
+                edit_post_as_admin(base, 1, "Edited with tags")
+                _until(lambda: "Edited with tags" in get(*pages["cats"])[1],
+                       "the edited title on the category page", 5)
+                _until(lambda: "Edited with tags" in get(*pages["a"])[1],
+                       "the edited title on post A's page", 5)
+            finally:
+                app.extensions["tenantkit"].stop()
+    finally:
+        counts.unlink()
+    server_log = log.read_text(errors="replace")
+    assert [line for line in server_log.splitlines()
+            if re.search(r"tenantkit-tags\.php|tenantkit-events\.php|Fatal", line)] == []

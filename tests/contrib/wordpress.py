@@ -3,8 +3,8 @@
 ``make_tree(dest, config)`` copies what must sit next to ``wp-load.php`` (the top-level PHP
 files and ``wp-admin``, whose files find ``wp-load.php`` through ``__DIR__``), links
 ``wp-includes`` and the themes, installs ``contrib/wp-db-router.php`` as
-``wp-content/db.php`` and writes our own ``wp-config.php``: no file under /etc/wordpress or
-/usr/share/wordpress is touched.
+``wp-content/db.php`` and ``contrib/tenantkit-tags.php`` as a must-use plugin, and writes our
+own ``wp-config.php``: no file under /etc/wordpress or /usr/share/wordpress is touched.
 """
 
 from __future__ import annotations
@@ -72,6 +72,9 @@ def make_tree(dest: Path, constants: dict[str, Any]) -> Path:
     (content / "uploads").mkdir()
     (content / "themes").symlink_to(source / "wp-content" / "themes")
     (content / "db.php").symlink_to(CONTRIB / "wp-db-router.php")
+    # As `tenantkit provision --print-wp-config` says: the cache tags as a must-use plugin.
+    (content / "mu-plugins").mkdir()
+    (content / "mu-plugins" / "tenantkit-tags.php").symlink_to(CONTRIB / "tenantkit-tags.php")
     write_config(dest, constants)
     return dest
 
