@@ -15,7 +15,14 @@ import sys
 import click
 
 from tenantkit.cli import export, purge, serve, sites
-from tenantkit.cli.group import ScriptInfo, TenantkitFailure, TenantkitUsageError, cli, pass_info
+from tenantkit.cli.group import (
+    CONFIGURE_LOGGING,
+    ScriptInfo,
+    TenantkitFailure,
+    TenantkitUsageError,
+    cli,
+    pass_info,
+)
 from tenantkit.errors import TenantkitError
 
 __all__ = ["ScriptInfo", "TenantkitFailure", "TenantkitUsageError", "cli", "main", "pass_info"]
@@ -25,6 +32,7 @@ _COMMAND_MODULES = (sites, purge, serve, export)  # imported for the commands th
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: runs the click group, mapping our errors to exit codes."""
+    CONFIGURE_LOGGING["on"] = True
     try:
         cli.main(args=argv, prog_name="tenantkit", standalone_mode=True)
     except TenantkitError as exc:  # a library error that escaped a command

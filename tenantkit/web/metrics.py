@@ -19,7 +19,7 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -53,6 +53,10 @@ def replica_lag() -> dict[str, float | None]:
             out[state.name] = state.lag if state.status != "down" else None
     return out
 
+
+#: Upstream-time histogram buckets (seconds), fine enough for a p50/p99 on the status page.
+UPSTREAM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0, float("inf"))
 
 RoutingStats = Callable[[], Mapping[tuple[str, str], int]]
 LagStats = Callable[[], Mapping[str, float | None]]
@@ -106,6 +110,9 @@ class Metrics:
                                    registry=self.registry, multiprocess_mode="max")
         self.sites = Gauge("tenantkit_sites", "Sites loaded", registry=self.registry,
                            multiprocess_mode="max")
+        self.upstream_seconds = Histogram(
+            "tenantkit_upstream_seconds", "Time the site's backend took to start its answer",
+            ["site"], registry=self.registry, buckets=UPSTREAM_BUCKETS)
         self.callbacks = _Callbacks(routing, lag)
         self.registry.register(self.callbacks)
         # (site, status|result) -> the labelled child's value holder, found once: the label
@@ -127,6 +134,9 @@ class Metrics:
         except KeyError:
             value = self._cache[site, result] = _value(self.cache_results.labels(site, result))
             value.inc(1)
+
+    def upstream(self, site: str, seconds: float) -> None:
+        self.upstream_seconds.labels(site).observe(seconds)
 
     def cache_counts(self) -> dict[str, dict[str, float]]:
         """site -> result -> count, from this process's counters (for the status page)."""
