@@ -1,4 +1,5 @@
-"""``tenantkit provision``, ``deprovision``, ``sites`` and ``check``: the site files."""
+"""``tenantkit provision``, ``deprovision`` and ``sites``: the site files (``check`` is in
+:mod:`.check`)."""
 
 from __future__ import annotations
 
@@ -213,25 +214,3 @@ def sites_command(info: ScriptInfo, as_json: bool) -> None:
         click.echo(f"{site_name:<{width}}  {kind:<7}  {hosts}")
     for message in [*registry.errors.values(), *map(str, registry.conflicts)]:
         click.echo(f"warning: {message}", err=True)
-
-
-@cli.command("check")
-@pass_info
-def check_command(info: ScriptInfo) -> None:
-    """Validate the settings and every site file; print every error; exit 1 if any."""
-    from tenantkit.registry import Registry
-
-    try:
-        settings = info.settings
-    except TenantkitUsageError as exc:
-        raise TenantkitFailure(exc.message) from exc
-    registry = Registry.load(settings, log_errors=False)
-    problems = [*registry.errors.values(), *map(str, registry.conflicts)]
-    if not settings.sites_dir.is_dir():
-        click.echo(f"note: sites directory {settings.sites_dir} does not exist (no sites)",
-                   err=True)
-    for message in problems:
-        click.echo(f"error: {message}", err=True)
-    if problems:
-        raise TenantkitFailure(f"{len(problems)} problem(s) found")
-    click.echo(f"ok: settings and {len(registry.sites)} site file(s) are valid")
