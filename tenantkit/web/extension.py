@@ -100,6 +100,8 @@ class Tenantkit:
         self._registry = registry
         self.background: list[Any] = []
         self._started = False
+        #: True once start() ran: the health check then wants the invalidator running.
+        self.background_expected = False
         self._lock = threading.Lock()
         self._router: Router | None = None
         if app is not None:
@@ -219,6 +221,7 @@ class Tenantkit:
             if self._started:
                 return
             self._started = True
+            self.background_expected = True
             for factory in (self._watcher, self._invalidator):
                 worker = factory()
                 if worker is not None:
