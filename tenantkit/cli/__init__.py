@@ -14,7 +14,7 @@ import sys
 
 import click
 
-from tenantkit.cli import check, export, purge, serve, sites
+from tenantkit.cli import check, each, export, purge, serve, sites
 from tenantkit.cli.group import (
     CONFIGURE_LOGGING,
     ScriptInfo,
@@ -27,7 +27,8 @@ from tenantkit.errors import TenantkitError
 
 __all__ = ["ScriptInfo", "TenantkitFailure", "TenantkitUsageError", "cli", "main", "pass_info"]
 
-_COMMAND_MODULES = (sites, check, purge, serve, export)  # imported for the commands they add to cli
+# imported for the commands they add to cli
+_COMMAND_MODULES = (sites, check, each, purge, serve, export)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 
 import click
 
+from tenantkit.cli.each import reveal
 from tenantkit.cli.group import ScriptInfo, TenantkitFailure, TenantkitUsageError, cli, pass_info
 from tenantkit.config import Settings, did_you_mean, mask_url, settings_env_vars, settings_problems
 from tenantkit.sites import Site
@@ -156,8 +157,8 @@ def _databases(settings: Settings, sites: list[Site]) -> Iterator[Problem]:
         if site is not None and not servers.own:
             continue
         label = f"site {site.name}: " if site is not None else ""
-        for url, replica in [(str(servers.primary), False),
-                             *((str(r), True) for r in servers.replicas)]:
+        for url, replica in [(reveal(servers.primary), False),
+                             *((reveal(r), True) for r in servers.replicas)]:
             if url in seen:
                 continue
             seen.add(url)

@@ -180,7 +180,10 @@ def deprovision_command(info: ScriptInfo, name: str, keep_cache: bool) -> None:
     click.echo(result.summary())
 
 
-def _site_row(site: Any) -> dict[str, Any]:
+def _site_row(site: Any, settings: Settings) -> dict[str, Any]:
+    from tenantkit.db.servers import site_servers
+
+    servers = site_servers(site, settings)
     backend = site.backend
     return {
         "name": site.name,
@@ -189,6 +192,12 @@ def _site_row(site: Any) -> dict[str, Any]:
                     "url": mask_url(backend.url) if backend.url else None},
         "cache_root": str(site.cache_root),
         "path": str(site.path) if site.path else None,
+        "database": {"primary": mask_url(str(servers.primary)),
+                     "replicas": [mask_url(str(r)) for r in servers.replicas],
+                     "own": servers.own, "table_prefix": site.database.table_prefix},
+        "cache": {"enabled": site.cache.enabled, "ttl": site.cache.ttl,
+                  "stale_seconds": site.cache.stale_seconds, "policy": site.cache.policy},
+        "meta": dict(site.meta),
     }
 
 
@@ -202,7 +211,7 @@ def sites_command(info: ScriptInfo, as_json: bool) -> None:
     registry = Registry.load(info.settings, log_errors=False)
     if as_json:
         click.echo(json.dumps({
-            "sites": [_site_row(s) for s in registry.sites.values()],
+            "sites": [_site_row(s, info.settings) for s in registry.sites.values()],
             "errors": {str(p): m for p, m in registry.errors.items()},
             "conflicts": [str(c) for c in registry.conflicts],
         }, indent=2))
