@@ -53,7 +53,7 @@ def test_runs_per_site_with_its_values(root: Path) -> None:
 
 
 def test_glob_failures_and_summary(root: Path) -> None:
-    code, out, err = each(root, "--sites", "blog-*", "--", sys.executable, "-c",
+    code, _, err = each(root, "--sites", "blog-*", "--", sys.executable, "-c",
                           "import os, sys; sys.exit(3 if os.environ['TENANTKIT_SITE'] == "
                           "'blog-b' else 0)")
     assert code == 1
