@@ -31,6 +31,10 @@ A file looks like this (every key optional)::
     admin_hosts = ["admin.example.org"]
     admin_token = "change-me"
 
+    [log]
+    format = "text"                          # text | json
+    access = true                            # one access-log line per request
+
 Every environment variable ``TENANTKIT_<KEY>`` or ``TENANTKIT_<SECTION>_<KEY>``
 overrides the file (``TENANTKIT_DATABASE_PRIMARY``, ``TENANTKIT_BUS_TRANSPORT``,
 ``TENANTKIT_CACHE_TTL``); lists are comma-separated. A bad value raises
@@ -41,9 +45,10 @@ what is allowed. URLs are held as :class:`~tenantkit.secret.SecretURL`: their pa
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -58,9 +63,13 @@ __all__ = [
     "BusSettings",
     "CacheSettings",
     "DatabaseSettings",
+    "LogSettings",
     "Settings",
     "WebSettings",
+    "did_you_mean",
     "mask_url",
+    "settings_env_vars",
+    "settings_problems",
 ]
 
 CONFIG_ENV = "TENANTKIT_CONFIG"
@@ -168,6 +177,15 @@ class WebSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LogSettings:
+    """What tenantkit logs and how (see :mod:`tenantkit.logs`); the level is the top-level
+    ``log_level``."""
+
+    format: Literal["text", "json"] = "text"
+    access: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     """All of tenantkit's settings; frozen, compared by value, secrets masked in ``repr``.
 
@@ -183,6 +201,7 @@ class Settings:
     cache: CacheSettings = field(default_factory=CacheSettings)
     bus: BusSettings = field(default_factory=BusSettings)
     web: WebSettings = field(default_factory=WebSettings)
+    log: LogSettings = field(default_factory=LogSettings)
     source: str | None = field(default=None, compare=False)
 
     @classmethod
@@ -397,6 +416,7 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Coerce]]] = {
             "secret_key": _str,
         },
     ),
+    "log": (LogSettings, {"format": _choice("text", "json"), "access": _bool}),
 }
 
 
@@ -404,33 +424,62 @@ def _allowed(keys: Mapping[str, Any]) -> str:
     return ", ".join(sorted(keys))
 
 
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """``' (did you mean "ttl"?)'`` when *word* looks like a misspelling of one of *choices*,
+    else ``""``."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+class _Problems:
+    """Raise the first ConfigError (``collect=None``), or keep every one of them."""
+
+    def __init__(self, collect: list[str] | None) -> None:
+        self.collect = collect
+
+    def __call__(self, error: ConfigError) -> None:
+        if self.collect is None:
+            raise error
+        self.collect.append(str(error))
+
+
 def _build(
-    data: dict[str, Any], env: Mapping[str, str], where: str, base: Path, source: str | None
+    data: dict[str, Any], env: Mapping[str, str], where: str, base: Path, source: str | None,
+    collect: list[str] | None = None,
 ) -> Settings:
+    problem = _Problems(collect)
     top: dict[str, Any] = {}
     sections: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
     for key, value in data.items():
-        if key in _TOP:
-            top[key] = _TOP[key](where, key, value, False)
-            if isinstance(top[key], Path) and not top[key].is_absolute():
-                top[key] = base / top[key]
-        elif key in _SECTIONS:
-            if not isinstance(value, dict):
-                raise _fail(where, key, "a table", value, f"write [{key}] on a line of its own")
-            schema = _SECTIONS[key][1]
-            for sub, subvalue in value.items():
-                if sub not in schema:
-                    raise ConfigError(
-                        f'{where}: key "{key}.{sub}": unknown key (allowed in [{key}]: '
-                        f"{_allowed(schema)})"
-                    )
-                sections[key][sub] = schema[sub](where, f"{key}.{sub}", subvalue, False)
-        else:
-            raise ConfigError(
-                f'{where}: key "{key}": unknown key (allowed: '
-                f"{_allowed({**_TOP, **_SECTIONS})})"
-            )
-    _apply_env(env, top, sections)
+        try:
+            if key in _TOP:
+                top[key] = _TOP[key](where, key, value, False)
+                if isinstance(top[key], Path) and not top[key].is_absolute():
+                    top[key] = base / top[key]
+            elif key in _SECTIONS:
+                if not isinstance(value, dict):
+                    raise _fail(where, key, "a table", value, f"write [{key}] on a line of its own")
+                schema = _SECTIONS[key][1]
+                for sub, subvalue in value.items():
+                    try:
+                        if sub not in schema:
+                            raise ConfigError(
+                                f'{where}: key "{key}.{sub}": unknown key'
+                                f"{did_you_mean(sub, schema)} (allowed in [{key}]: "
+                                f"{_allowed(schema)})"
+                            )
+                        sections[key][sub] = schema[sub](where, f"{key}.{sub}", subvalue, False)
+                    except ConfigError as exc:
+                        problem(exc)
+            else:
+                known = {**_TOP, **_SECTIONS}
+                raise ConfigError(
+                    f'{where}: key "{key}": unknown key{did_you_mean(key, known)} (allowed: '
+                    f"{_allowed(known)})"
+                )
+        except ConfigError as exc:
+            problem(exc)
+    _apply_env(env, top, sections, problem)
     return Settings(
         **top,
         **{name: _SECTIONS[name][0](**values) for name, values in sections.items()},
@@ -438,22 +487,63 @@ def _build(
     )
 
 
+def settings_env_vars() -> list[str]:
+    """Every ``TENANTKIT_*`` variable the settings read (the CLI's options add their own)."""
+    names = [CONFIG_ENV, "TENANTKIT_REQUIRE_SERVICES"]
+    names += [f"TENANTKIT_{key.upper()}" for key in _TOP]
+    for section, (_, schema) in _SECTIONS.items():
+        names += [f"TENANTKIT_{section.upper()}_{key.upper()}" for key in schema]
+    return names
+
+
+def settings_problems(
+    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+) -> list[str]:
+    """Every problem of the settings :meth:`Settings.load` would read (it stops at the first);
+    an empty list when they load."""
+    env = os.environ if env is None else env
+    if path is None and env.get(CONFIG_ENV):
+        path = env[CONFIG_ENV]
+    if path is None and Path(DEFAULT_CONFIG_FILE).is_file():
+        path = DEFAULT_CONFIG_FILE
+    data: dict[str, Any] = {}
+    base = Path(".")
+    if path is not None:
+        try:
+            data = _read_toml(Path(path))
+        except ConfigError as exc:
+            return [str(exc)]
+        base = Path(path).parent
+    problems: list[str] = []
+    try:
+        _build(data, env, str(path) if path is not None else "defaults", base,
+               str(path) if path is not None else None, problems)
+    except (ConfigError, TypeError) as exc:  # pragma: no cover - every problem is collected
+        problems.append(str(exc))
+    return problems
+
+
 def _apply_env(
-    env: Mapping[str, str], top: dict[str, Any], sections: dict[str, dict[str, Any]]
+    env: Mapping[str, str], top: dict[str, Any], sections: dict[str, dict[str, Any]],
+    problem: Callable[[ConfigError], None] | None = None,
 ) -> None:
+    problem = problem or _Problems(None)
     known = {"TENANTKIT_CONFIG", "TENANTKIT_REQUIRE_SERVICES"}
     for var, value in env.items():
         if not var.startswith("TENANTKIT_") or var in known:
             continue
         name = var[len("TENANTKIT_") :].lower()
         where = f"environment variable {var}"
-        if name in _TOP:
-            top[name] = _TOP[name](where, name, value, True)
-            continue
-        for section, (_, schema) in _SECTIONS.items():
-            prefix = section + "_"
-            if name.startswith(prefix) and name[len(prefix) :] in schema:
-                key = name[len(prefix) :]
-                sections[section][key] = schema[key](where, f"{section}.{key}", value, True)
-                break
+        try:
+            if name in _TOP:
+                top[name] = _TOP[name](where, name, value, True)
+                continue
+            for section, (_, schema) in _SECTIONS.items():
+                prefix = section + "_"
+                if name.startswith(prefix) and name[len(prefix) :] in schema:
+                    key = name[len(prefix) :]
+                    sections[section][key] = schema[key](where, f"{section}.{key}", value, True)
+                    break
+        except ConfigError as exc:
+            problem(exc)
         # Other TENANTKIT_* variables belong to the CLI (click's auto_envvar_prefix): not ours.

@@ -37,13 +37,13 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
 from tenantkit import layout
-from tenantkit.config import CacheSettings, Settings, keep_urls_secret, mask_url
+from tenantkit.config import CacheSettings, Settings, did_you_mean, keep_urls_secret, mask_url
 from tenantkit.errors import InvalidHost, SiteError, SiteFileError
 from tenantkit.hosts import normalize_patterns
 from tenantkit.validate import is_database_url, is_http_url, is_site_name
@@ -58,6 +58,7 @@ __all__ = [
     "load_site",
     "parse_backend_spec",
     "site_document",
+    "site_file_problems",
     "site_from_document",
     "validate_name",
 ]
@@ -186,7 +187,9 @@ class _Where:
         return self.error(f'key "{key}": expected {expected}, got {shown} ({fix})')
 
     def unknown(self, key: str, allowed: Mapping[str, object] | tuple[str, ...]) -> SiteFileError:
-        return self.error(f'key "{key}": unknown key (allowed: {", ".join(sorted(allowed))})')
+        hint = did_you_mean(key.rsplit(".", 1)[-1], allowed)
+        return self.error(f'key "{key}": unknown key{hint} (allowed: '
+                          f'{", ".join(sorted(allowed))})')
 
 
 def _table(w: _Where, doc: Mapping[str, Any], key: str, allowed: tuple[str, ...]
@@ -339,6 +342,42 @@ def site_from_document(doc: Mapping[str, Any], name: str, settings: Settings,
 def load_site(path: Path | str, settings: Settings) -> Site:
     """Read and validate ``sites_dir/<name>.toml``; raise :class:`SiteFileError` if unusable."""
     path = Path(path)
+    return site_from_document(_read_document(path), path.stem, settings, path)
+
+
+def site_file_problems(path: Path | str, settings: Settings) -> list[str]:
+    """Every problem of one site file, one message each (:func:`load_site` stops at the
+    first); an empty list when it loads."""
+    path = Path(path)
+    try:
+        doc = _read_document(path)
+    except SiteFileError as exc:
+        return [str(exc)]
+    w = _Where(path)
+    problems: list[str] = []
+
+    def attempt(check: Callable[[], object]) -> None:
+        try:
+            check()
+        except SiteFileError as exc:
+            problems.append(str(exc))
+
+    problems += [str(w.unknown(key, _TOP)) for key in doc if key not in _TOP]
+    if "name" in doc and doc["name"] != path.stem:
+        problems.append(str(w.bad("name", f'the file name\'s stem "{path.stem}"', doc["name"],
+                                  "remove the key, or rename the file")))
+    if not isinstance(doc.get("meta", {}), dict):
+        problems.append(str(w.bad("meta", "a table", doc["meta"],
+                                  "write [meta] on a line of its own")))
+    for check in (_hosts, _backend, _database):
+        attempt(lambda check=check: check(w, doc))  # type: ignore[misc]
+    attempt(lambda: _cache(w, doc, settings))
+    if not problems:
+        attempt(lambda: site_from_document(doc, path.stem, settings, path))
+    return problems
+
+
+def _read_document(path: Path) -> dict[str, Any]:
     w = _Where(path)
     if path.suffix != ".toml":
         raise w.error("a site file's name must end in .toml (rename it to <site>.toml)")
@@ -370,7 +409,7 @@ def load_site(path: Path | str, settings: Settings) -> Site:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise w.error(f"invalid TOML: {exc} (fix the syntax)") from None
-    return site_from_document(doc, path.stem, settings, path)
+    return doc
 
 
 def site_document(site: Site, settings: Settings) -> dict[str, Any]:

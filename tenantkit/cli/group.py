@@ -29,8 +29,14 @@ class TenantkitFailure(click.ClickException):
     exit_code = 1
 
 
+#: Set by :func:`tenantkit.cli.main` (the console script): configure the process's logging
+#: from the settings when they are loaded. Off under ``click.testing`` and when embedded.
+CONFIGURE_LOGGING = {"on": False}
+
+
 class ScriptInfo:
-    """Carries ``--config`` and loads :class:`Settings` on first use."""
+    """Carries ``--config`` and loads :class:`Settings` on first use (and, in the console
+    script, configures logging from them: :mod:`tenantkit.logs`)."""
 
     def __init__(self, config: str | None = None) -> None:
         self.config = config
@@ -43,6 +49,10 @@ class ScriptInfo:
                 self._settings = Settings.load(self.config)
             except ConfigError as exc:
                 raise TenantkitUsageError(str(exc)) from exc
+            if CONFIGURE_LOGGING["on"]:
+                from tenantkit.logs import configure_logging
+
+                configure_logging(self._settings)
         return self._settings
 
 

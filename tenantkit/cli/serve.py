@@ -84,10 +84,18 @@ def serve_command(info: ScriptInfo, bind: str, workers: int, server: str) -> Non
               help="Where the demo keeps its settings, sites, caches and databases.")
 def demo_command(port: int, directory: Path) -> None:
     """Two demo blogs on one shim: watch the page cache fill and purge. Ctrl-C stops it."""
-    from tenantkit.demo.run import run_demo
+    from tenantkit.cli.group import CONFIGURE_LOGGING
+    from tenantkit.config import Settings
+    from tenantkit.demo.run import PortInUse, run_demo
 
+    if CONFIGURE_LOGGING["on"]:
+        from tenantkit.logs import configure_logging
+
+        configure_logging(Settings())
     try:
         run_demo(directory, port=port)
+    except PortInUse as exc:
+        raise TenantkitFailure(f"demo: {exc.strerror}") from exc
     except OSError as exc:
         raise TenantkitFailure(f"demo: {exc.strerror or exc} (is port {port} in use? "
                                "try --port)") from exc

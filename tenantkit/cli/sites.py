@@ -1,4 +1,5 @@
-"""``tenantkit provision``, ``deprovision``, ``sites`` and ``check``: the site files."""
+"""``tenantkit provision``, ``deprovision`` and ``sites``: the site files (``check`` is in
+:mod:`.check`)."""
 
 from __future__ import annotations
 
@@ -179,7 +180,10 @@ def deprovision_command(info: ScriptInfo, name: str, keep_cache: bool) -> None:
     click.echo(result.summary())
 
 
-def _site_row(site: Any) -> dict[str, Any]:
+def _site_row(site: Any, settings: Settings) -> dict[str, Any]:
+    from tenantkit.db.servers import site_servers
+
+    servers = site_servers(site, settings)
     backend = site.backend
     return {
         "name": site.name,
@@ -188,6 +192,12 @@ def _site_row(site: Any) -> dict[str, Any]:
                     "url": mask_url(backend.url) if backend.url else None},
         "cache_root": str(site.cache_root),
         "path": str(site.path) if site.path else None,
+        "database": {"primary": mask_url(str(servers.primary)),
+                     "replicas": [mask_url(str(r)) for r in servers.replicas],
+                     "own": servers.own, "table_prefix": site.database.table_prefix},
+        "cache": {"enabled": site.cache.enabled, "ttl": site.cache.ttl,
+                  "stale_seconds": site.cache.stale_seconds, "policy": site.cache.policy},
+        "meta": dict(site.meta),
     }
 
 
@@ -201,7 +211,7 @@ def sites_command(info: ScriptInfo, as_json: bool) -> None:
     registry = Registry.load(info.settings, log_errors=False)
     if as_json:
         click.echo(json.dumps({
-            "sites": [_site_row(s) for s in registry.sites.values()],
+            "sites": [_site_row(s, info.settings) for s in registry.sites.values()],
             "errors": {str(p): m for p, m in registry.errors.items()},
             "conflicts": [str(c) for c in registry.conflicts],
         }, indent=2))
@@ -213,66 +223,3 @@ def sites_command(info: ScriptInfo, as_json: bool) -> None:
         click.echo(f"{site_name:<{width}}  {kind:<7}  {hosts}")
     for message in [*registry.errors.values(), *map(str, registry.conflicts)]:
         click.echo(f"warning: {message}", err=True)
-
-
-@cli.command("check")
-@pass_info
-def check_command(info: ScriptInfo) -> None:
-    """Validate the settings and every site file; print every error; exit 1 if any."""
-    from tenantkit.registry import Registry
-
-    try:
-        settings = info.settings
-    except TenantkitUsageError as exc:
-        raise TenantkitFailure(exc.message) from exc
-    registry = Registry.load(settings, log_errors=False)
-    problems = [*registry.errors.values(), *map(str, registry.conflicts)]
-    if not settings.sites_dir.is_dir():
-        click.echo(f"note: sites directory {settings.sites_dir} does not exist (no sites)",
-                   err=True)
-    for message in problems:
-        click.echo(f"error: {message}", err=True)
-    for message in _untagged_warnings(list(registry.sites.values())):
-        click.echo(f"warning: {message}", err=True)
-    if problems:
-        raise TenantkitFailure(f"{len(problems)} problem(s) found")
-    click.echo(f"ok: settings and {len(registry.sites)} site file(s) are valid")
-
-
-def _untagged_warnings(sites: list[Site], recent: int = 50) -> list[str]:
-    """One warning per site under ``policy = "targeted"`` whose most recently stored pages
-    (up to *recent*) carry no tags: the app sends no X-Tenantkit-Tags, so every purge of the
-    site clears those pages and a targeted purge saves nothing for them (issue 25)."""
-    import os
-
-    from tenantkit.cache.tags import is_untagged
-
-    warnings = []
-    for site in sites:
-        if site.cache.policy != "targeted":
-            continue
-        metas: list[tuple[float, str]] = []
-        for root, dirs, files in os.walk(site.pages_dir / "current"):
-            dirs[:] = [d for d in dirs if d not in (".tags", ".purged")]
-            if ".meta.json" in files:
-                path = os.path.join(root, ".meta.json")
-                try:
-                    metas.append((os.stat(path).st_mtime, path))
-                except FileNotFoundError:
-                    continue
-        untagged = 0
-        newest = sorted(metas, reverse=True)[:recent]
-        for _, path in newest:
-            try:
-                with open(path, encoding="utf-8") as handle:
-                    untagged += is_untagged(json.load(handle).get("tags") or ())
-            except (OSError, ValueError, AttributeError):
-                continue
-        if untagged:
-            warnings.append(
-                f'site {site.name}: policy = "targeted", but {untagged} of its {len(newest)} '
-                "most recent cached pages carry no tags (any purge of the site clears them); "
-                "make the app send X-Tenantkit-Tags (WordPress: install "
-                "contrib/tenantkit-tags.php as a must-use plugin; PunBB: apply the current "
-                "contrib/punbb.diff), or use policy = \"site\"")
-    return warnings

@@ -6,13 +6,17 @@
 
 Everything lives in that directory: ``tenantkit.toml`` (the embedded defaults, plus an admin
 token), ``sites/``, ``cache/`` and one SQLite database per blog. Running it again reuses
-what is there.
+what is there but the page caches, which start empty. A port already in use is refused
+before anything starts, with a free one to use instead (:class:`PortInUse`).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
+import shutil
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,9 +28,39 @@ from tenantkit.files import write_atomic
 from tenantkit.provision import provision
 from tenantkit.sites import Backend, SiteCache, SiteDatabase
 
-__all__ = ["DEMO_SITES", "run_demo"]
+__all__ = ["DEMO_SITES", "PortInUse", "run_demo"]
 
 DEMO_SITES = {"one": "Blog One", "two": "Blog Two"}
+
+
+class PortInUse(OSError):
+    """The demo's port is taken; the message names a free one."""
+
+
+def _free_port_after(port: int) -> int | None:
+    for candidate in range(port + 1, min(port + 100, 65536)):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            return candidate
+    return None
+
+
+def check_port(port: int) -> None:
+    """Raise :class:`PortInUse` when 127.0.0.1:*port* cannot be listened on."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            free = _free_port_after(port)
+            hint = f"tenantkit demo --port {free}" if free else "tenantkit demo --port PORT"
+            raise PortInUse(errno.EADDRINUSE, f"port {port} on 127.0.0.1 is already in use "
+                            f"(another demo or server?): run {hint}") from None
 
 
 def _settings(root: Path) -> Settings:
@@ -49,7 +83,11 @@ def run_demo(root: Path, *, port: int = 8000,
     from tenantkit.web.server import serve
 
     root = root.resolve()
+    check_port(port)
     settings = _settings(root)
+    # A re-run starts from empty page caches: pages of an earlier run (or another version of
+    # the demo blog) would be served as hits.
+    shutil.rmtree(settings.cache_dir, ignore_errors=True)
     os.environ["TENANTKIT_CONFIG"] = str(root / "tenantkit.toml")  # the blogs load it too
     for name, title in DEMO_SITES.items():
         provision(

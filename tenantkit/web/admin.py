@@ -11,7 +11,9 @@ Every request needs ``Authorization: Bearer <admin_token>`` (or HTTP Basic with 
 the password, so a browser can open the status page); the token is compared in constant
 time. With no token configured the admin is off and answers 404.
 
-- ``GET /_tenantkit/health``: 200 or 503 with JSON details (sites, primary, replicas, bus);
+- ``GET /_tenantkit/health``: 200 or 503 with JSON details and the reason: no sites, the
+  primary unreachable, the invalidator down, Redis unreachable, the cache directory not
+  writable -- what a load balancer must know;
 - ``GET /_tenantkit/sites``: sites, hosts and backends as JSON, plus site-file errors;
 - ``POST /_tenantkit/reload``: re-read the sites directory now;
 - ``POST /_tenantkit/purge``: ``site`` and one of ``path`` (with ``host``), ``tag`` or
@@ -95,7 +97,10 @@ Check = Callable[["Tenantkit"], tuple[bool, dict[str, Any]]]
 def _check_sites(ext: Tenantkit) -> tuple[bool, dict[str, Any]]:
     sites = ext.registry.sites
     errors = {str(path): message for path, message in ext.registry.errors.items()}
-    return bool(sites), {"count": len(sites), "errors": errors}
+    details: dict[str, Any] = {"count": len(sites), "errors": errors}
+    if not sites:
+        details["reason"] = f"no site is loaded from {ext.settings.sites_dir}"
+    return bool(sites), details
 
 
 def _check_database(ext: Tenantkit) -> tuple[bool, dict[str, Any]]:
@@ -113,6 +118,7 @@ def _check_database(ext: Tenantkit) -> tuple[bool, dict[str, Any]]:
         ok = False
         details["primary_reachable"] = False
         details["primary_error"] = str(exc).splitlines()[0][:200]
+        details["reason"] = f"the primary is unreachable: {details['primary_error']}"
     details["primary_seconds"] = round(time.monotonic() - started, 3)
     lag = ext.replica_lag()
     details["replica_lag"] = lag
@@ -126,12 +132,23 @@ def _check_bus(ext: Tenantkit) -> tuple[bool, dict[str, Any]]:
     bus = ext.settings.bus
     details: dict[str, Any] = {"transport": bus.transport}
     invalidator = ext.invalidator()
-    details["invalidator"] = "running" if invalidator is not None else "not running here"
-    if invalidator is not None:
+    ok = True
+    if invalidator is None:
+        # Without background work (an embedding app, tests) nothing was meant to run here.
+        details["invalidator"] = "down" if ext.background_expected else "not running here"
+        ok = not ext.background_expected
+    else:
+        thread = getattr(invalidator, "_thread", None)
+        alive = thread is not None and thread.is_alive()
+        details["invalidator"] = "running" if alive else "down"
+        details["node"] = invalidator.node
         details["events_handled"] = invalidator.handled
         details["errors"] = invalidator.errors
+        ok = alive
+    if not ok:
+        details["reason"] = "the invalidator is not running on this node: purges are not applied"
     if bus.transport != "redis":
-        return True, details
+        return ok, details
     import redis
 
     details["redis"] = mask_url(bus.redis_url)
@@ -146,13 +163,34 @@ def _check_bus(ext: Tenantkit) -> tuple[bool, dict[str, Any]]:
     except redis.RedisError as exc:
         details["connected"] = False
         details["error"] = str(exc)[:200]
+        details["reason"] = f"Redis is unreachable: {details['error']}"
         return False, details
     details["connected"] = True
+    return ok, details
+
+
+def _check_cache(ext: Tenantkit) -> tuple[bool, dict[str, Any]]:
+    """The cache directory takes a new file (what every stored page and purge needs)."""
+    import os
+    import tempfile
+
+    directory = str(ext.settings.cache_dir)
+    details: dict[str, Any] = {"dir": directory}
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=directory, prefix=".health-")
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        details["writable"] = False
+        details["reason"] = f"cache directory {directory} is not writable: {exc.strerror}"
+        return False, details
+    details["writable"] = True
     return True, details
 
 
 CHECKS: dict[str, Check] = {"sites": _check_sites, "database": _check_database,
-                            "bus": _check_bus}
+                            "bus": _check_bus, "cache": _check_cache}
 
 
 def health_report(ext: Tenantkit) -> tuple[bool, dict[str, Any]]:
@@ -167,7 +205,21 @@ def health_report(ext: Tenantkit) -> tuple[bool, dict[str, Any]]:
             ok, details = False, {"error": str(exc)}
         results[name] = {"ok": ok, **details}
         healthy = healthy and ok
-    return healthy, {"status": "ok" if healthy else "unhealthy", "checks": results}
+    reasons = [f"{name}: {r.get('reason') or r.get('error') or 'failed'}"
+               for name, r in results.items() if not r["ok"]]
+    report: dict[str, Any] = {"status": "ok" if healthy else "unhealthy",
+                              "node": node_label(ext), "checks": results}
+    if reasons:
+        report["reasons"] = reasons
+    return healthy, report
+
+
+def node_label(ext: Tenantkit) -> str:
+    """This node's name, the one the invalidator uses (``[bus] node``, else the host name)."""
+    from tenantkit.cache.transports.base import node_name
+
+    invalidator = ext.invalidator()
+    return invalidator.node if invalidator is not None else node_name(ext.settings)
 
 
 @blueprint.get("/health")
@@ -252,10 +304,11 @@ def metrics() -> Response:
 
 
 _STATUS = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>tenantkit status</title>
+<html lang="en"><head><meta charset="utf-8"><title>tenantkit status: {{ node }}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
+{% if refresh %}<meta http-equiv="refresh" content="{{ refresh }}">{% endif %}
 <style>
- body { font: 15px/1.45 system-ui, sans-serif; margin: 2rem auto; max-width: 62rem;
+ body { font: 15px/1.45 system-ui, sans-serif; margin: 2rem auto; max-width: 66rem;
         color: #1d2433; background: #f6f7fb; padding: 0 1rem; }
  h1 { font-size: 1.6rem; margin: 0 0 .2rem; }
  h2 { font-size: 1.1rem; margin: 1.8rem 0 .6rem; }
@@ -263,71 +316,113 @@ _STATUS = """<!doctype html>
  .badge { display: inline-block; padding: .1rem .6rem; border-radius: 1rem; color: #fff;
           font-weight: 600; }
  .ok { background: #23824b; } .bad { background: #b3261e; }
+ .scroll { overflow-x: auto; }
  table { border-collapse: collapse; width: 100%; background: #fff;
          box-shadow: 0 1px 3px rgba(0,0,0,.12); }
  th, td { text-align: left; padding: .5rem .75rem; border-bottom: 1px solid #e3e6ee; }
+ td.n { text-align: right; font-variant-numeric: tabular-nums; }
  th { background: #2f3b59; color: #fff; font-weight: 600; }
  code { background: #eef0f6; padding: 0 .3rem; border-radius: .2rem; }
- .bar { background: #e3e6ee; border-radius: .3rem; height: .6rem; width: 8rem; }
+ .bar { background: #e3e6ee; border-radius: .3rem; height: .6rem; width: 6rem; }
  .bar span { display: block; height: 100%; border-radius: .3rem; background: #3d6fd8; }
  .err { color: #b3261e; white-space: pre-wrap; }
+ @media (max-width: 40rem) { body { margin: 1rem auto; font-size: 14px; }
+   th, td { padding: .35rem .4rem; } }
 </style></head>
 <body>
 <h1>tenantkit <span class="badge {{ 'ok' if healthy else 'bad' }}">{{ report.status }}</span></h1>
-<p class="muted">node {{ node }} &middot; {{ sites|length }} sites &middot; settings from
- {{ settings_source }}</p>
+<p class="muted">node <strong id="node">{{ node }}</strong> &middot; {{ sites|length }} sites
+ &middot; {{ workers }} &middot; settings from {{ settings_source }}
+ {% if refresh %}&middot; refreshes every {{ refresh }} s{% endif %}</p>
+{% if report.reasons %}<ul class="err" id="reasons">{% for r in report.reasons %}
+<li>{{ r }}</li>{% endfor %}</ul>{% endif %}
 <h2>Sites</h2>
-<table>
-<tr><th>site</th><th>hosts</th><th>backend</th><th>cache hit ratio</th>
- <th>hits / misses / stale</th></tr>
+<div class="scroll"><table id="sites">
+<tr><th>site</th><th>hosts</th><th>backend</th><th>requests</th><th>errors</th>
+ <th>hit ratio</th><th>hits / misses / stale / bypass</th><th>upstream p50 / p99</th></tr>
 {% for s in sites %}
-<tr><td><strong>{{ s.name }}</strong></td>
+<tr data-site="{{ s.name }}"><td><strong>{{ s.name }}</strong></td>
 <td>{% for h in s.hosts %}<code>{{ h }}</code> {% endfor %}</td>
 <td>{{ s.backend }}</td>
+<td class="n requests">{{ s.requests|int }}</td>
+<td class="n errors">{{ s.errors|int }}</td>
 <td>{% if s.ratio is none %}<span class="muted">no traffic</span>{% else %}
  <div class="bar"><span style="width: {{ (s.ratio * 100)|round|int }}%"></span></div>
  {{ (s.ratio * 100)|round(1) }}%{% endif %}</td>
-<td>{{ s.hits|int }} / {{ s.misses|int }} / {{ s.stale|int }}</td></tr>
+<td class="n">{{ s.hits|int }} / {{ s.misses|int }} / {{ s.stale|int }} / {{ s.bypass|int }}</td>
+<td class="n">{{ s.p50 }} / {{ s.p99 }}</td></tr>
 {% else %}
-<tr><td colspan="5" class="muted">no sites loaded</td></tr>
+<tr><td colspan="8" class="muted">no sites loaded</td></tr>
 {% endfor %}
-</table>
+</table></div>
+<h2>Invalidator</h2>
+<div class="scroll"><table id="invalidator">
+<tr><th>node</th><th>transport</th><th>state</th><th>events handled</th><th>errors</th></tr>
+<tr><td>{{ node }}</td><td>{{ bus.transport }}{% if bus.redis %} <code>{{ bus.redis }}</code>
+ {% if bus.connected %}connected{% else %}<span class="err">not connected</span>{% endif %}
+ {% endif %}</td>
+ <td>{{ bus.invalidator }}</td><td class="n">{{ bus.events_handled|default('-') }}</td>
+ <td class="n">{{ bus.errors|default('-') }}</td></tr>
+</table></div>
 <h2>Database</h2>
-<table>
+<div class="scroll"><table id="database">
 <tr><th>server</th><th>state</th></tr>
-<tr><td>primary</td>
+<tr><td>primary <code>{{ db.primary|default('') }}</code></td>
  <td>{% if db.primary_reachable is not defined %}not checked{% elif db.primary_reachable %}
- reachable{% else %}unreachable: {{ db.primary_error }}{% endif %}</td></tr>
+ reachable{% else %}<span class="err">unreachable: {{ db.primary_error }}</span>{% endif %}
+ </td></tr>
 {% for name, lag in db.get('replica_lag', {}).items() %}
-<tr><td><code>{{ name }}</code></td>
- <td>{{ 'unknown' if lag is none else '%.1f s behind'|format(lag) }}</td></tr>
+<tr><td>replica <code>{{ name }}</code></td>
+ <td>{{ 'down or unknown' if lag is none else '%.1f s behind'|format(lag) }}</td></tr>
 {% endfor %}
-</table>
-<h2>Last reload errors</h2>
-{% if errors %}<table><tr><th>file</th><th>error</th></tr>
+</table></div>
+<h2>Cache directory</h2>
+<p>{{ cache.dir }}: {% if cache.writable %}writable{% else %}
+ <span class="err">not writable</span>{% endif %}</p>
+<h2>Site file errors</h2>
+{% if errors %}<div class="scroll"><table><tr><th>file</th><th>error</th></tr>
 {% for f, e in errors.items() %}
 <tr><td><code>{{ f }}</code></td><td class="err">{{ e }}</td></tr>
 {% endfor %}
-</table>{% else %}<p class="muted">none</p>{% endif %}
+</table></div>{% else %}<p class="muted">none</p>{% endif %}
 </body></html>
 """
 
 
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value == float("inf"):
+        return "> 30 s"
+    return f"\u2264 {value * 1000:g} ms" if value < 1 else f"\u2264 {value:g} s"
+
+
 @blueprint.get("/")
 def status() -> str:
+    import os
+
     ext = _ext()
     healthy, report = health_report(ext)
-    counts = ext.metrics.cache_counts()
+    stats = ext.metrics.site_stats()
     rows = []
     for s in sorted(ext.registry.sites.values(), key=lambda s: s.name):
-        c = counts.get(s.name, {})
+        row = stats.get(s.name, {})
+        c = row.get("cache", {})
         hits, stale, misses = c.get("HIT", 0.0), c.get("STALE", 0.0), c.get("MISS", 0.0)
         total = hits + stale + misses
         rows.append({"name": s.name, "hosts": s.hosts, "backend": s.backend.type,
+                     "requests": row.get("requests", 0.0), "errors": row.get("errors", 0.0),
                      "hits": hits, "misses": misses, "stale": stale,
+                     "bypass": c.get("BYPASS", 0.0),
+                     "p50": _seconds(row.get("upstream_p50")),
+                     "p99": _seconds(row.get("upstream_p99")),
                      "ratio": (hits + stale) / total if total else None})
+    refresh = request.args.get("refresh", "10")
     return render_template_string(
-        _STATUS, healthy=healthy, report=report, sites=rows,
-        db=report["checks"]["database"], node=ext.settings.bus.node or "this node",
+        _STATUS, healthy=healthy, report=report, sites=rows, node=report["node"],
+        db=report["checks"]["database"], bus=report["checks"]["bus"],
+        cache=report["checks"]["cache"],
+        refresh=int(refresh) if refresh.isdigit() else 10,
+        workers="every worker" if ext.metrics.multiprocess else f"process {os.getpid()}",
         settings_source=ext.settings.source or "the embedded defaults",
         errors={str(p): m for p, m in ext.registry.errors.items()})

@@ -252,13 +252,16 @@ class ProxyApp:
             logger.info("upstream %s: request refused: %s", mask_url(self.url), exc.message)
             return _plain(start_response, exc.status, f"bad request: {exc.message}")
         except NewConnectionError as exc:  # a subclass of the timeout error, but not one
-            logger.warning("upstream %s unreachable: %s", mask_url(self.url), exc)
+            logger.warning("site %s: upstream %s unreachable: %s", _site_name(environ),
+                           mask_url(self.url), exc)
             return _plain(start_response, "502 Bad Gateway", "upstream unavailable")
         except Urllib3TimeoutError as exc:
-            logger.warning("upstream %s timed out: %s", mask_url(self.url), exc)
+            logger.warning("site %s: upstream %s timed out: %s", _site_name(environ),
+                           mask_url(self.url), exc)
             return _plain(start_response, "504 Gateway Timeout", "upstream timed out")
         except (Urllib3HTTPError, OSError) as exc:
-            logger.warning("upstream %s failed: %s", mask_url(self.url), exc)
+            logger.warning("site %s: upstream %s failed: %s", _site_name(environ),
+                           mask_url(self.url), exc)
             return _plain(start_response, "502 Bad Gateway", "upstream unavailable")
         except ValueError as exc:  # http.client refuses a method or header value
             return _plain(start_response, "400 Bad Request", f"bad request: {exc}")
@@ -273,6 +276,10 @@ class ProxyApp:
         out = [(k, v) for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP]
         start_response(f"{response.status} {response.reason or ''}".rstrip(), out)
         return _ResponseBody(response, self.url)
+
+
+def _site_name(environ: WSGIEnvironment) -> str:
+    return str(getattr(environ.get("tenantkit.site"), "name", "-"))
 
 
 class _Refused(Exception):

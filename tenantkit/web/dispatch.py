@@ -13,7 +13,9 @@ request goes on to ``app`` (default: the site's own backend, see
 :mod:`tenantkit.web.backends`). A Host that fails normalisation answers **400**; a Host no
 site claims answers **421 Misdirected Request** (RFC 9110 section 15.5.20), or goes to the site
 named by ``unknown`` -- never to the first site by accident. An exception raised by one
-site's app becomes a 500 for that request only.
+site's app becomes a 500 for that request only. An expected failure (a database or an
+upstream that does not answer, a backend that cannot be loaded: see :func:`expected_failure`)
+is logged as one line naming the site; anything else with its traceback.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from tenantkit.errors import InvalidHost
+from tenantkit.errors import InvalidHost, TenantkitError
 from tenantkit.hosts import normalize_host, request_host
 from tenantkit.sites import Site
 from tenantkit.web.backends import BackendPool
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
 else:
     StartResponse = WSGIApplication = WSGIEnvironment = Any
 
-__all__ = ["HostDispatcher", "SiteBackendApp", "SiteResolver"]
+__all__ = ["HostDispatcher", "SiteBackendApp", "SiteResolver", "expected_failure"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +50,33 @@ class SiteResolver(Protocol):
     def sites(self) -> Mapping[str, Site]: ...
 
     def resolve(self, raw_host: str) -> Site | None: ...
+
+
+def expected_failure(exc: BaseException) -> str | None:
+    """A one-line reason when *exc* (or what caused it) is a failure an operator expects --
+    a database or a network peer that does not answer, a tenantkit error (a backend that
+    cannot be imported, a replica that is gone) -- else None: a bug, worth a traceback."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, TenantkitError | OSError) or _is_driver_error(current):
+            text = str(current).strip().splitlines()
+            detail = text[0][:300] if text else ""
+            return f"{type(current).__name__}: {detail}" if detail else type(current).__name__
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _is_driver_error(exc: BaseException) -> bool:
+    """SQLAlchemy's and the DB-API drivers' connection-level errors, by their module (no
+    driver is imported here)."""
+    module = type(exc).__module__ or ""
+    if module.startswith("sqlalchemy"):
+        return type(exc).__name__ in ("OperationalError", "InterfaceError", "TimeoutError",
+                                      "DisconnectionError")
+    return module.startswith(("pymysql", "MySQLdb", "redis")) and type(exc).__name__ in (
+        "OperationalError", "InterfaceError", "ConnectionError", "TimeoutError")
 
 
 def error_response(start_response: StartResponse, status: str, text: str,
@@ -118,9 +147,14 @@ class HostDispatcher:
 
         try:
             return self.app(environ, respond)
-        except Exception:
-            logger.exception("site %s: the app raised on %s %s", site.name,
-                             environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
+        except Exception as exc:
+            reason = expected_failure(exc)
+            if reason is None:
+                logger.exception("site %s: the app raised on %s %s", site.name,
+                                 environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
+            else:
+                logger.error("site %s: %s %s answered 500: %s", site.name,
+                             environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), reason)
             # exc_info only when the app already called start_response (PEP 3333: replace
             # the headers it gave); otherwise a server may re-raise it.
             return error_response(respond, "500 Internal Server Error",

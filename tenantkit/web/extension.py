@@ -48,11 +48,13 @@ from tenantkit.registry import Registry
 from tenantkit.sites import Site
 from tenantkit.watch import SiteWatcher
 from tenantkit.web import admin
+from tenantkit.web.accesslog import AccessLog
 from tenantkit.web.backends import BackendPool
 from tenantkit.web.dispatch import HostDispatcher, SiteBackendApp
 from tenantkit.web.hostlinks import HostLinks
 from tenantkit.web.metrics import Metrics, replica_lag, watch_router
 from tenantkit.web.pagecache import LANE_KEY, PageCacheMiddleware, plain_request_key
+from tenantkit.web.timing import UpstreamTimer
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -98,6 +100,8 @@ class Tenantkit:
         self._registry = registry
         self.background: list[Any] = []
         self._started = False
+        #: True once start() ran: the health check then wants the invalidator running.
+        self.background_expected = False
         self._lock = threading.Lock()
         self._router: Router | None = None
         if app is not None:
@@ -116,7 +120,8 @@ class Tenantkit:
         self.caches = SiteCaches()
         self.host_links = HostLinks(settings.cache_dir)
         self.pagecache = PageCacheMiddleware(
-            SiteBackendApp(self.pool), caches=self.caches, secret_key=_secret_key(settings),
+            UpstreamTimer(SiteBackendApp(self.pool), on_time=self.metrics.upstream),
+            caches=self.caches, secret_key=_secret_key(settings),
             token_max_age=max(settings.database.pin_seconds, 1.0), host_links=self.host_links,
             on_cache=self.metrics.cache)
         self.dispatcher = HostDispatcher(
@@ -134,9 +139,22 @@ class Tenantkit:
         self.metrics.reload_errors.set(len(self.registry.errors))
         app.extensions["tenantkit"] = self
         app.register_blueprint(admin.blueprint)
-        app.wsgi_app = _Split(app.wsgi_app, self)  # type: ignore[method-assign]
+        front: WSGIApplication = _Split(app.wsgi_app, self)
+        if settings.log.access:
+            front = AccessLog(front, site_of=self._site_of)
+        app.wsgi_app = front  # type: ignore[method-assign,assignment]
         if app.config.get("TENANTKIT_BACKGROUND"):
             self.start()
+
+    def _site_of(self, environ: WSGIEnvironment) -> str:
+        """The site a request went to when the dispatcher did not say (a replayed hit)."""
+        try:
+            host = normalize_host(request_host(environ, self.settings.web.trusted_proxies))
+        except InvalidHost:
+            return "-"
+        environ.setdefault("tenantkit.host", host)
+        site = self.registry.resolve(host)
+        return site.name if site is not None else "-"
 
     # -- sites coming and going ----------------------------------------------------------
 
@@ -199,6 +217,7 @@ class Tenantkit:
             if self._started:
                 return
             self._started = True
+            self.background_expected = True
             for factory in (self._watcher, self._invalidator):
                 worker = factory()
                 if worker is not None:

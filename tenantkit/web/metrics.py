@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import os
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -52,6 +52,23 @@ def replica_lag() -> dict[str, float | None]:
         for state in router.health.states():
             out[state.name] = state.lag if state.status != "down" else None
     return out
+
+
+#: Upstream-time histogram buckets (seconds), fine enough for a p50/p99 on the status page.
+UPSTREAM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0, float("inf"))
+
+def _quantile(cumulative: Mapping[float, float], q: float) -> float | None:
+    """The upper bound of the first bucket holding the *q* quantile of a cumulative
+    histogram (``le`` -> count); None when it is empty."""
+    ordered = sorted(cumulative.items())
+    total = ordered[-1][1] if ordered else 0.0
+    if total <= 0:
+        return None
+    for bound, count in ordered:
+        if count >= q * total:
+            return bound
+    return ordered[-1][0]  # pragma: no cover - the +Inf bucket holds everything
 
 
 RoutingStats = Callable[[], Mapping[tuple[str, str], int]]
@@ -106,6 +123,9 @@ class Metrics:
                                    registry=self.registry, multiprocess_mode="max")
         self.sites = Gauge("tenantkit_sites", "Sites loaded", registry=self.registry,
                            multiprocess_mode="max")
+        self.upstream_seconds = Histogram(
+            "tenantkit_upstream_seconds", "Time the site's backend took to start its answer",
+            ["site"], registry=self.registry, buckets=UPSTREAM_BUCKETS)
         self.callbacks = _Callbacks(routing, lag)
         self.registry.register(self.callbacks)
         # (site, status|result) -> the labelled child's value holder, found once: the label
@@ -128,14 +148,53 @@ class Metrics:
             value = self._cache[site, result] = _value(self.cache_results.labels(site, result))
             value.inc(1)
 
+    def upstream(self, site: str, seconds: float) -> None:
+        self.upstream_seconds.labels(site).observe(seconds)
+
+    def _families(self) -> Iterable[Any]:
+        """Every metric family: every worker's under ``PROMETHEUS_MULTIPROC_DIR``, else this
+        process's."""
+        if self.multiprocess:
+            merged = CollectorRegistry()
+            MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+            return list(merged.collect())
+        return [family for metric in (self.requests, self.cache_results,
+                                      self.upstream_seconds) for family in metric.collect()]
+
     def cache_counts(self) -> dict[str, dict[str, float]]:
-        """site -> result -> count, from this process's counters (for the status page)."""
-        out: dict[str, dict[str, float]] = {}
-        for metric in self.cache_results.collect():
-            for sample in metric.samples:
-                if sample.name.endswith("_total"):
-                    site, result = sample.labels["site"], sample.labels["result"]
-                    out.setdefault(site, {})[result] = sample.value
+        """site -> result -> count, summed over every worker (for the status page)."""
+        return {name: dict(stats["cache"]) for name, stats in self.site_stats().items()}
+
+    def site_stats(self) -> dict[str, dict[str, Any]]:
+        """Per site, summed over every worker: ``requests``, ``errors`` (5xx), ``cache``
+        (result -> count), ``upstream_p50`` and ``upstream_p99`` (seconds, the upper bound of
+        the histogram bucket; None without traffic)."""
+        out: dict[str, dict[str, Any]] = {}
+        buckets: dict[str, dict[float, float]] = {}
+
+        def entry(site: str) -> dict[str, Any]:
+            return out.setdefault(site, {"requests": 0.0, "errors": 0.0, "cache": {},
+                                         "upstream_p50": None, "upstream_p99": None})
+
+        for family in self._families():
+            for sample in family.samples:
+                labels = sample.labels
+                if sample.name == "tenantkit_requests_total":
+                    row = entry(labels["site"])
+                    row["requests"] += sample.value
+                    if labels["status"].startswith("5"):
+                        row["errors"] += sample.value
+                elif sample.name == "tenantkit_cache_total":
+                    cache = entry(labels["site"])["cache"]
+                    cache[labels["result"]] = cache.get(labels["result"], 0.0) + sample.value
+                elif sample.name == "tenantkit_upstream_seconds_bucket":
+                    per = buckets.setdefault(labels["site"], {})
+                    bound = float(labels["le"])
+                    per[bound] = per.get(bound, 0.0) + sample.value
+        for site, per in buckets.items():
+            row = entry(site)
+            row["upstream_p50"] = _quantile(per, 0.5)
+            row["upstream_p99"] = _quantile(per, 0.99)
         return out
 
     def render(self) -> bytes:

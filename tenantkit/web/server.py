@@ -130,6 +130,10 @@ class GunicornServer(_gunicorn_base() if gunicorn_available() else object):  # t
         for key, value in self.options.items():
             if key in self.cfg.settings and value is not None:
                 self.cfg.set(key, value)
+        from tenantkit.logs import logging_config
+
+        self.cfg.set("loglevel", self.settings.log_level.lower())
+        self.cfg.set("logconfig_dict", logging_config(self.settings))
         self.cfg.set("post_worker_init", _post_worker_init)
         self.cfg.set("worker_exit", _worker_exit)
         self.cfg.set("child_exit", _child_exit)

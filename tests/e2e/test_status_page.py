@@ -76,3 +76,46 @@ def test_status_page_refuses_chromium_without_the_token(served: tuple[Shim, Site
     html = dom.stdout.decode(errors="replace")
     assert dom.returncode == 0
     assert "alpha.test" not in html and "broken.toml" not in html
+
+
+def _requests_cell(html: str, site: str) -> int:
+    import re
+
+    match = re.search(rf'data-site="{site}".*?<td class="n requests">(\d+)</td>', html, re.S)
+    assert match is not None, html[-3000:]
+    return int(match.group(1))
+
+
+def test_status_page_adds_up_every_worker_in_chromium(tmp_path: Path) -> None:
+    """Under four workers the page shows all of them: 40 requests over fresh connections
+    (spread over the workers) read 40, and the number moves after more traffic."""
+    import urllib3
+
+    sites = Sites(tmp_path)
+    sites.add("alpha", ["alpha.test"], app="tk_test_apps:page")
+    shim = Shim(tmp_path, shim_env(sites.dir, sites.cache_dir,
+                                   TENANTKIT_WEB_ADMIN_HOSTS="admin.test",
+                                   TENANTKIT_WEB_ADMIN_TOKEN=TOKEN, TENANTKIT_BUS_NODE="web-1"),
+                "--workers", "4")
+    try:
+        def traffic(count: int) -> None:
+            with urllib3.PoolManager(retries=False, timeout=10) as http:
+                for i in range(count):
+                    assert http.request("GET", f"{shim.url}/p/{i % 5}/", headers={
+                        "Host": "alpha.test", "Connection": "close"}).status == 200
+
+        url = f"http://admin:{TOKEN}@admin.test:{shim.port}/_tenantkit/?refresh=0"
+        traffic(40)
+        first = chromium(tmp_path, "--enable-logging=stderr", "--v=0", "--dump-dom", url)
+        html = first.stdout.decode(errors="replace")
+        assert "web-1" in html and "every worker" in html, html[-3000:]
+        assert _requests_cell(html, "alpha") == 40
+        console = [line for line in first.stderr.decode(errors="replace").splitlines()
+                   if "CONSOLE" in line or "Uncaught" in line]
+        assert console == [], console
+        traffic(10)
+        again = chromium(tmp_path, "--dump-dom", url).stdout.decode(errors="replace")
+        assert _requests_cell(again, "alpha") == 50
+    finally:
+        code = shim.stop()
+    assert code == 0 and "Traceback" not in shim.output(), shim.output()[-3000:]

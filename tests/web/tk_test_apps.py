@@ -67,3 +67,26 @@ def factory(site: Site) -> Callable[..., Iterable[bytes]]:
         return [greeting]
 
     return app
+
+
+def dead_database(environ: dict[str, Any], start_response: Start) -> Iterable[bytes]:
+    """An app whose database does not answer (a closed loopback port): SQLAlchemy raises."""
+    import sqlalchemy
+
+    from tenantkit.testing import free_port
+
+    engine = sqlalchemy.create_engine(
+        f"mysql+pymysql://app:secret@127.0.0.1:{free_port()}/app",
+        connect_args={"connect_timeout": 2})
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT 1"))
+    finally:
+        engine.dispose()
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"unreachable\n"]
+
+
+def buggy(environ: dict[str, Any], start_response: Start) -> Iterable[bytes]:
+    """An app with a bug: its traceback is worth logging."""
+    return [b"%d" % {}["missing"]]

@@ -1,0 +1,396 @@
+"""``tenantkit check``: find the mistakes operators make, all of them at once.
+
+::
+
+    tenantkit check                   # settings, site files, backends, servers, cache modes
+    tenantkit check --offline         # no connection to databases, Redis or upstreams
+    tenantkit check --json            # {"ok": ..., "problems": [{"level", "where", "message"}]}
+    tenantkit check --purge blog      # self-test: a probe page, a purge over the bus, timed
+
+Errors make the exit code 1; warnings (what works today but is likely wrong) do not. Bad
+arguments exit 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import json
+import os
+import pwd
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tenantkit.cache.tags import is_untagged
+from tenantkit.cli.each import reveal
+from tenantkit.cli.group import ScriptInfo, TenantkitFailure, TenantkitUsageError, cli, pass_info
+from tenantkit.config import Settings, did_you_mean, mask_url, settings_env_vars, settings_problems
+from tenantkit.sites import Site
+
+__all__ = ["Problem", "check_command", "cli_env_vars"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    level: str  # "error" | "warning"
+    where: str
+    message: str
+
+
+# -- settings and environment -----------------------------------------------------------------
+
+def cli_env_vars(group: click.Group) -> list[str]:
+    """The ``TENANTKIT_<COMMAND>_<OPTION>`` variables click reads (auto_envvar_prefix)."""
+    names = []
+    for name, command in group.commands.items():
+        for param in command.params:
+            if isinstance(param, click.Option) and param.name:
+                names.append(f"TENANTKIT_{name.upper()}_{param.name.upper()}".replace("-", "_"))
+    return names
+
+
+def _environment(env: dict[str, str]) -> Iterator[Problem]:
+    known = set(settings_env_vars()) | set(cli_env_vars(cli))
+    for var in sorted(env):
+        if var.startswith("TENANTKIT_") and var not in known:
+            yield Problem("error", f"environment variable {var}",
+                          f"not a tenantkit setting, ignored{did_you_mean(var, known)}")
+
+
+# -- site files ---------------------------------------------------------------------------------
+
+def _site_files(settings: Settings) -> Iterator[Problem]:
+    from tenantkit.sites import site_file_problems
+
+    try:
+        entries = sorted(os.scandir(settings.sites_dir), key=lambda e: e.name)
+    except FileNotFoundError:
+        yield Problem("warning", str(settings.sites_dir),
+                      "the sites directory does not exist (no sites are served; create it "
+                      "or set sites_dir)")
+        return
+    for entry in entries:
+        path = Path(entry.path)
+        if entry.name.startswith(".") or entry.name.endswith("~"):
+            continue
+        if not entry.name.endswith(".toml"):
+            if entry.is_file():
+                stem, _, suffix = entry.name.rpartition(".")
+                looks = did_you_mean(suffix, ["toml"]) if stem else ""
+                yield Problem("error" if looks else "warning", str(path),
+                              f"ignored: only *.toml files are site files (rename it to "
+                              f"{stem or entry.name}.toml if it is one)")
+            continue
+        prefix = f"site file {path}: "
+        for message in site_file_problems(path, settings):
+            yield Problem("error", str(path), message.removeprefix(prefix))
+
+
+# -- backends, databases, Redis --------------------------------------------------------------
+
+def _backend(site: Site, settings: Settings, online: bool) -> Iterator[Problem]:
+    where = f"site {site.name}"
+    if site.backend.type == "wsgi":
+        from tenantkit.web.backends import load_wsgi_app
+
+        try:
+            load_wsgi_app(site)
+        except Exception as exc:
+            yield Problem("error", where, f"backend does not load: {exc}")
+        return
+    if not online or not site.backend.url:
+        return
+    import urllib3
+
+    timeout = settings.database.connect_timeout
+    try:
+        with urllib3.PoolManager(retries=False, timeout=timeout) as http:
+            http.request("HEAD", site.backend.url, headers={
+                "Host": site.hosts[0].lstrip("*.~") if site.hosts else "localhost"})
+    except urllib3.exceptions.HTTPError as exc:
+        yield Problem("error", where, f"upstream {mask_url(site.backend.url)} does not "
+                      f"answer: {str(exc).splitlines()[0][:200]} (is it running?)")
+
+
+_BINLOG_NEEDS = {"log_bin": "1", "binlog_format": "ROW", "binlog_row_image": "FULL",
+                 "log_slave_updates": "1"}
+
+
+def _database(url: str, what: str, timeout: float, replica: bool) -> Iterator[Problem]:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    from tenantkit.db.servers import connect_args
+
+    shown = mask_url(url)
+    try:
+        engine = create_engine(url, poolclass=NullPool, connect_args=connect_args(url, timeout))
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+                if replica and engine.dialect.name == "mysql":
+                    names = ", ".join(f"@@{k}" for k in _BINLOG_NEEDS)
+                    row = conn.execute(text(f"SELECT {names}")).one()
+                    for (key, wanted), got in zip(_BINLOG_NEEDS.items(), row, strict=True):
+                        if str(got).upper() != wanted:
+                            yield Problem("warning", f"{what} {shown}",
+                                          f"{key} = {got}: the binlog source needs {key} = "
+                                          f"{wanted} on the replica it reads")
+        finally:
+            engine.dispose()
+    except Exception as exc:
+        first = (str(getattr(exc, "orig", None) or exc).splitlines() or [""])[0][:200]
+        yield Problem("error", f"{what} {shown}", f"does not answer: {first}")
+
+
+def _databases(settings: Settings, sites: list[Site]) -> Iterator[Problem]:
+    from tenantkit.db.servers import site_servers
+
+    seen: set[str] = set()
+    for site in [None, *sites]:
+        servers = site_servers(site, settings)
+        if site is not None and not servers.own:
+            continue
+        label = f"site {site.name}: " if site is not None else ""
+        for url, replica in [(reveal(servers.primary), False),
+                             *((reveal(r), True) for r in servers.replicas)]:
+            if url in seen:
+                continue
+            seen.add(url)
+            yield from _database(url, f"{label}{'replica' if replica else 'primary'}",
+                                 settings.database.connect_timeout, replica)
+
+
+def _redis(settings: Settings) -> Iterator[Problem]:
+    if settings.bus.transport != "redis":
+        return
+    import redis
+
+    timeout = settings.database.connect_timeout
+    try:
+        client = redis.Redis.from_url(settings.bus.redis_url, socket_timeout=timeout,
+                                      socket_connect_timeout=timeout)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except redis.RedisError as exc:
+        yield Problem("error", f"[bus] redis_url {mask_url(settings.bus.redis_url)}",
+                      f"Redis does not answer: {str(exc)[:200]}")
+
+
+# -- cache trees nginx must read -------------------------------------------------------------
+
+def _identity(user: str) -> tuple[int, set[int]] | None:
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return None
+    groups = {entry.pw_gid} | {g.gr_gid for g in grp.getgrall() if user in g.gr_mem}
+    return entry.pw_uid, groups
+
+
+def _allows(st: os.stat_result, who: tuple[int, set[int]], bits: int) -> bool:
+    """Whether the user *who* has every permission in *bits* (a mask of R and X, in the
+    "others" position) on a file with *st*."""
+    uid, gids = who
+    if uid == 0:
+        return True
+    if st.st_uid == uid:
+        return st.st_mode & (bits << 6) == bits << 6
+    if st.st_gid in gids:
+        return st.st_mode & (bits << 3) == bits << 3
+    return st.st_mode & bits == bits
+
+
+def _mode_text(path: Path, st: os.stat_result) -> str:
+    try:
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        owner = str(st.st_uid)
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    return f"{path} is {stat.S_IMODE(st.st_mode):04o} {owner}:{group}"
+
+
+def _cache_tree(site: Site, settings: Settings, user: str) -> Iterator[Problem]:
+    who = _identity(user)
+    if who is None:
+        return
+    where = f"site {site.name}: cache tree"
+    fix = (f"run tenantkit provision {site.name} --group {_nginx_group(user)}, or "
+           f"chmod -R g+rX (with that group) / o+rX the cache tree")
+    chain = [Path(settings.cache_dir), site.cache_root, site.pages_dir]
+    current = site.pages_dir / "current"
+    with contextlib.suppress(RuntimeError, OSError):
+        chain.append(current.resolve(strict=True))
+    for directory in chain:
+        try:
+            st = directory.stat()
+        except FileNotFoundError:  # made when the first page is stored
+            return
+        if not _allows(st, who, stat.S_IXOTH):
+            yield Problem("error", where, f"{_mode_text(directory, st)}: nginx ({user}) "
+                          f"cannot enter it and falls through to the shim on every "
+                          f"page ({fix})")
+            return
+    if len(chain) < 4:
+        return
+    for count, file in enumerate(p for p in chain[-1].rglob("*") if p.is_file()):
+        if count >= 200:
+            break
+        st = file.stat()
+        if not _allows(st, who, stat.S_IROTH):
+            yield Problem("error", where, f"{_mode_text(file, st)}: nginx ({user}) cannot "
+                          f"read this page ({fix})")
+            return
+
+
+def _untagged(site: Site, recent: int = 50) -> Iterator[Problem]:
+    """A warning when *site* is under ``policy = "targeted"`` and its most recently stored
+    pages (up to *recent*) carry no tags: the app sends no X-Tenantkit-Tags, so every purge of
+    the site clears those pages and a targeted purge saves nothing for them."""
+    if site.cache.policy == "targeted":
+        metas: list[tuple[float, str]] = []
+        for root, dirs, files in os.walk(site.pages_dir / "current"):
+            dirs[:] = [d for d in dirs if d not in (".tags", ".purged")]
+            if ".meta.json" in files:
+                path = os.path.join(root, ".meta.json")
+                try:
+                    metas.append((os.stat(path).st_mtime, path))
+                except FileNotFoundError:
+                    continue
+        untagged = 0
+        newest = sorted(metas, reverse=True)[:recent]
+        for _, path in newest:
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    untagged += is_untagged(json.load(handle).get("tags") or ())
+            except (OSError, ValueError, AttributeError):
+                continue
+        if untagged:
+            yield Problem(
+                "warning", f"site {site.name}",
+                f'policy = "targeted", but {untagged} of its {len(newest)} '
+                "most recent cached pages carry no tags (any purge of the site clears them); "
+                "make the app send X-Tenantkit-Tags (WordPress: install "
+                "contrib/tenantkit-tags.php as a must-use plugin; PunBB: apply the current "
+                "contrib/punbb.diff), or use policy = \"site\"")
+
+
+def _nginx_group(user: str) -> str:
+    try:
+        return grp.getgrgid(pwd.getpwnam(user).pw_gid).gr_name
+    except KeyError:
+        return user
+
+
+# -- the purge self-test ----------------------------------------------------------------------
+
+def _purge_self_test(settings: Settings, site: Site, timeout: float) -> dict[str, Any]:
+    """Store a probe page in *site*'s cache, publish a purge of it through the configured
+    transport, and time how long until this node's cache dropped it."""
+    from tenantkit.cache.caches import site_page_cache
+    from tenantkit.cache.events import Purge
+    from tenantkit.cache.publish import publish
+
+    cache = site_page_cache(site)
+    host = next((h for h in site.hosts if not h.startswith(("*", ".", "~"))), "probe.invalid")
+    path = f"/_tenantkit-probe/{os.getpid()}-{time.monotonic_ns()}/"
+    if not cache.put(host, path, b"tenantkit check probe\n", ttl=max(int(timeout) + 60, 60)):
+        return {"stored": False, "purged": False, "seconds": None}
+    started = time.monotonic()
+    if settings.bus.transport == "local":
+        from tenantkit.cache.purge import action_for, purge
+
+        event = Purge(site.name, paths=(path,), host=host, origin="check")
+        purge(cache, site, action_for(site, event))
+    else:
+        publish(Purge(site.name, paths=(path,), host=host, origin="check"), settings=settings)
+    while time.monotonic() - started < timeout:
+        page = cache.get(host, path)
+        if page is None or page.stale:  # a purged page is kept to be served as stale
+            return {"stored": True, "purged": True, "transport": settings.bus.transport,
+                    "seconds": round(time.monotonic() - started, 3)}
+        time.sleep(0.05)
+    return {"stored": True, "purged": False, "transport": settings.bus.transport,
+            "seconds": None}
+
+
+# -- the command ------------------------------------------------------------------------------
+
+@cli.command("check")
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+@click.option("--offline", is_flag=True,
+              help="Do not connect to databases, Redis or upstreams.")
+@click.option("--nginx-user", default="www-data", show_default=True,
+              help="The user nginx reads the page caches as (skipped when it does not exist).")
+@click.option("--purge", "purge_site", metavar="SITE",
+              help="Self-test: store a probe page for SITE, publish a purge through the "
+                   "configured transport and report whether and how fast it was dropped.")
+@click.option("--timeout", type=click.FloatRange(0.1, 300), default=10.0, show_default=True,
+              help="How long --purge waits for the probe page to go.")
+@pass_info
+def check_command(info: ScriptInfo, as_json: bool, offline: bool, nginx_user: str,
+                  purge_site: str | None, timeout: float) -> None:
+    """Check the settings, every site file, backends, servers and cache trees; report every
+    problem. Exit 1 when there are errors (warnings alone exit 0)."""
+    from tenantkit.registry import Registry
+
+    problems = [Problem("error", "settings", m) for m in settings_problems(info.config)]
+    problems += _environment(dict(os.environ))
+    settings: Settings | None = None
+    if not any(p.where == "settings" for p in problems):
+        try:
+            settings = info.settings
+        except TenantkitUsageError as exc:  # pragma: no cover - settings_problems saw it
+            problems.append(Problem("error", "settings", exc.message))
+    sites: list[Site] = []
+    report: dict[str, Any] = {}
+    if settings is not None:
+        problems += _site_files(settings)
+        registry = Registry.load(settings, log_errors=False)
+        problems += [Problem("error", "sites", str(c)) for c in registry.conflicts]
+        sites = sorted(registry.sites.values(), key=lambda s: s.name)
+        for site in sites:
+            problems += _backend(site, settings, not offline)
+            problems += _cache_tree(site, settings, nginx_user)
+            problems += _untagged(site)
+        if not offline:
+            problems += _databases(settings, sites)
+            problems += _redis(settings)
+        if purge_site is not None:
+            if purge_site not in registry.sites:
+                raise TenantkitUsageError(f"--purge {purge_site!r}: no such site (known: "
+                                          f"{', '.join(s.name for s in sites) or 'none'})")
+            report = _purge_self_test(settings, registry.sites[purge_site], timeout)
+            if not report["purged"]:
+                problems.append(Problem("error", f"site {purge_site}: purge self-test",
+                                        f"the probe page was not purged within {timeout:g}s "
+                                        "(is the invalidator running on this node?)"
+                                        if report["stored"] else "the probe page could not "
+                                        "be stored (is the cache directory writable?)"))
+    errors = [p for p in problems if p.level == "error"]
+    if as_json:
+        click.echo(json.dumps({"ok": not errors, "sites": len(sites),
+                               "problems": [asdict(p) for p in problems],
+                               **({"purge": report} if report else {})}, indent=2))
+    else:
+        for p in problems:
+            click.echo(f"{p.level}: {p.where}: {p.message}", err=True)
+        if report.get("purged"):
+            click.echo(f"purge self-test: {purge_site}'s probe page was purged over "
+                       f"{report['transport']} in {report['seconds']:.3f}s")
+    if errors:
+        raise TenantkitFailure(f"{len(errors)} problem(s) found")
+    if not as_json:
+        click.echo(f"ok: settings and {len(sites)} site file(s) are valid"
+                   + (f" ({len(problems)} warning(s))" if problems else ""))
