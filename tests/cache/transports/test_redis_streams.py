@@ -69,8 +69,9 @@ def test_publish_trims_the_stream(redis_server: RedisServer) -> None:
         client.close()
 
 
-def test_malformed_stream_entries_are_logged_acked_and_skipped(
+def test_malformed_stream_entries_are_dead_lettered_acked_and_skipped(
         tmp_path: Path, redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    redis_server.flushall()
     settings, _cache = _node(tmp_path, "node-a", redis_server.url)
     purges = Purges()
     client = redis.Redis.from_url(redis_server.url)
@@ -84,10 +85,14 @@ def test_malformed_stream_entries_are_logged_acked_and_skipped(
             client.xadd(STREAM, {"other": b"field"})
             client.xadd(STREAM, {"event": '{"v": 1, "type": "purge", "site": "blog", '
                                           '"paths": ["relative"]}'})
-            RedisStreamTransport(redis_server.url).publish(SiteChanged("blog"))
-            assert purges.wait_count(2)
-        assert caplog.text.count("dropped a malformed event") == 3
+            RedisStreamTransport(redis_server.url).publish(CommentPosted("blog", 7, True))
+            assert purges.wait_for(lambda seen: any(s[1] is not None for s in seen))
+        assert caplog.text.count("could not be handled") == 3
+        assert [e[1][b"dead-reason"][:22] for e in client.xrange(f"{STREAM}:dead")] == [
+            b"event: not UTF-8 text ", b"event: not valid JSON ", b'event: field "paths": ']
         assert wait_until(lambda: client.xinfo_groups(STREAM)[0]["pending"] == 0)
+        # Each one flushed its site (every site when it names none): events may be lost.
+        assert sum(1 for s in purges.seen if s[1] is None) == 1 + 3
     finally:
         inv.stop()
         client.close()
