@@ -11,6 +11,8 @@
     cache_dir/<site>/.purge/               purge_dir(root): trigger files dropped by PHP apps
     cache_dir/<site>/.purge/failed/        failed_dir(root): trigger files that could not be
                                            handled (dead letters), each with a .reason file
+    cache_dir/_binlog/<host>-<port>.json   binlog_state(cache_dir, ...): the binlog source's
+                                           position (GTID) on that replica, for this node
     cache_dir/_hosts/<host> -> ../<site>/pages/current/<host>   host_link(...): one per cached
                                            host, so nginx needs no per-site configuration
 
@@ -25,7 +27,8 @@ import os
 from pathlib import Path
 
 __all__ = [
-    "BODY", "CURRENT", "HOSTS_DIR", "SITE_SUBDIRS", "app_dir", "failed_dir", "host_link",
+    "BODY", "CURRENT", "HOSTS_DIR", "SITE_SUBDIRS", "app_dir", "binlog_state", "failed_dir",
+    "host_link",
     "host_link_target", "hosts_dir", "pages_dir", "purge_dir", "site_root", "tmp_dir",
 ]
 
@@ -68,6 +71,11 @@ def purge_dir(root: Path) -> Path:
 def failed_dir(root: Path) -> Path:
     """``.purge/failed``: the trigger files' dead letters."""
     return purge_dir(root) / FAILED
+
+
+def binlog_state(cache_dir: str | os.PathLike[str], host: str, port: int) -> Path:
+    """``cache_dir/_binlog/<host>-<port>.json``: where the binlog source keeps its position."""
+    return Path(cache_dir) / "_binlog" / f"{host}-{port}.json"
 
 
 def hosts_dir(cache_dir: str | os.PathLike[str]) -> Path:
