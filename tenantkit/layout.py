@@ -9,6 +9,10 @@
     cache_dir/<site>/app/                  app_dir(root): the application's own cache files
     cache_dir/<site>/tmp/                  tmp_dir(root)
     cache_dir/<site>/.purge/               purge_dir(root): trigger files dropped by PHP apps
+    cache_dir/<site>/.purge/failed/        failed_dir(root): trigger files that could not be
+                                           handled (dead letters), each with a .reason file
+    cache_dir/_binlog/<host>-<port>.json   binlog_state(cache_dir, ...): the binlog source's
+                                           position (GTID) on that replica, for this node
     cache_dir/_hosts/<host> -> ../<site>/pages/current/<host>   host_link(...): one per cached
                                            host, so nginx needs no per-site configuration
     cache_dir/.<site>.deleted-<tag>/       site_trash(...): a removed site's tree, moved aside
@@ -25,14 +29,16 @@ import os
 from pathlib import Path
 
 __all__ = [
-    "BODY", "CURRENT", "HOSTS_DIR", "SITE_SUBDIRS", "app_dir", "host_link", "host_link_target",
-    "hosts_dir", "pages_dir", "purge_dir", "site_root", "site_trash", "tmp_dir",
+    "BODY", "CURRENT", "HOSTS_DIR", "SITE_SUBDIRS", "app_dir", "binlog_state", "failed_dir",
+    "host_link", "host_link_target", "hosts_dir", "pages_dir", "purge_dir", "site_root",
+    "site_trash", "tmp_dir",
 ]
 
 PAGES = "pages"
 APP = "app"
 TMP = "tmp"
 PURGE = ".purge"
+FAILED = "failed"
 #: The directories ``tenantkit provision`` creates under a site's root, in this order.
 SITE_SUBDIRS = (PAGES, APP, TMP, PURGE)
 #: The symlink in ``pages/`` that names the current generation.
@@ -68,6 +74,16 @@ def tmp_dir(root: Path) -> Path:
 
 def purge_dir(root: Path) -> Path:
     return root / PURGE
+
+
+def failed_dir(root: Path) -> Path:
+    """``.purge/failed``: the trigger files' dead letters."""
+    return purge_dir(root) / FAILED
+
+
+def binlog_state(cache_dir: str | os.PathLike[str], host: str, port: int) -> Path:
+    """``cache_dir/_binlog/<host>-<port>.json``: where the binlog source keeps its position."""
+    return Path(cache_dir) / "_binlog" / f"{host}-{port}.json"
 
 
 def hosts_dir(cache_dir: str | os.PathLike[str]) -> Path:

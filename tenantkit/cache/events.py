@@ -237,6 +237,9 @@ def from_json(raw: str | bytes) -> Event:
         data = json.loads(raw)
     except ValueError as exc:
         raise MalformedEvent(f"event: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise MalformedEvent("event: JSON nested too deeply (an event is one flat object)"
+                             ) from None
     if not isinstance(data, dict):
         raise MalformedEvent(f"event: expected a JSON object, got {type(data).__name__}")
     for required in ("v", "type", "site"):

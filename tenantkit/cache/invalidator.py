@@ -10,9 +10,17 @@ Run one per node (or ``tenantkit invalidator``)::
 It consumes the transport ``[bus] transport`` names (:mod:`tenantkit.cache.transports`) and,
 whatever the transport, the trigger files in every site's ``.purge/`` directory (watchdog,
 plus a periodic scan). A transport's demand to flush every site (after a reconnect, or a
-gap in a stream) is obeyed. Purges go through :func:`tenantkit.cache.purge.purge`, on the
-PageCache objects of ``caches`` (pass the shim's :class:`~tenantkit.cache.caches.SiteCaches`
-when it runs in the shim's process).
+gap in a stream) is obeyed.
+
+Nothing stops the loop: an entry that cannot be handled -- malformed, or handling it raised
+anything at all, or a purge that kept failing -- is acknowledged and moved to the transport's
+dead letter (``<stream>:dead`` in Redis, ``.purge/failed/`` for trigger files), counted in
+:attr:`Invalidator.dead_letters`, logged once, and its site is flushed (every site when the
+payload names none), since a lost event may mean stale pages.
+
+Purges go through :func:`tenantkit.cache.purge.purge`, on the PageCache objects of ``caches``
+(pass the shim's :class:`~tenantkit.cache.caches.SiteCaches` when it runs in the shim's
+process).
 
 The replica-safe purge: an event carries the GTID of its commit; the Invalidator first waits
 (at most ``[bus] replica_wait_timeout`` seconds) until this node's replica (the first replica
@@ -38,12 +46,14 @@ import sqlalchemy
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from tenantkit import layout
 from tenantkit.cache.caches import SiteCaches
 from tenantkit.cache.events import Event, PurgeAction
 from tenantkit.cache.pagecache import PageCache
 from tenantkit.cache.purge import action_for, purge
 from tenantkit.cache.transports import (
     Consumer,
+    Message,
     Transport,
     make_transport,
     node_name,
@@ -53,6 +63,7 @@ from tenantkit.config import Settings, mask_url
 from tenantkit.db.gtid import wait_for_gtid
 from tenantkit.db.servers import site_servers
 from tenantkit.errors import CacheError, InvalidHost, MalformedEvent
+from tenantkit.files import write_atomic
 from tenantkit.sites import Site
 
 __all__ = ["Invalidator"]
@@ -60,16 +71,23 @@ __all__ = ["Invalidator"]
 log = logging.getLogger(__name__)
 
 
+#: Attempts at an event whose purge fails with an OSError before it is dead-lettered.
+MAX_ATTEMPTS = 3
+RETRY_DELAY = 0.5
+
+
 class _TriggerHandler(FileSystemEventHandler):
-    def __init__(self, inbox: queue.Queue[Path]) -> None:
+    def __init__(self, inbox: queue.Queue[Path], directory: Path) -> None:
         self.inbox = inbox
+        self.directory = os.path.realpath(directory)
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.is_directory or event.event_type not in ("created", "moved", "modified"):
             return
         path = event.dest_path if event.event_type == "moved" else event.src_path
         name = os.fsdecode(path)
-        if name.endswith(".json"):  # temporary names end in .tmp
+        # temporary names end in .tmp; dead letters (failed/) are not for us
+        if name.endswith(".json") and os.path.realpath(os.path.dirname(name)) == self.directory:
             self.inbox.put(Path(name))
 
 
@@ -104,8 +122,12 @@ class Invalidator:
         self._repurges: list[tuple[float, int, str, PurgeAction]] = []
         self._repurge_seq = 0
         self._last_scan = 0.0
+        self._retries: list[tuple[float, int, int, Message]] = []
+        self._file_attempts: dict[Path, int] = {}
         self.handled = 0
         self.errors = 0
+        #: Entries moved to a dead letter since start.
+        self.dead_letters = 0
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -178,15 +200,11 @@ class Invalidator:
         """One round: consume what the transport has, trigger files, due re-purges."""
         assert self._consumer is not None
         for message in self._consumer.poll(self.poll_timeout):
-            if message.flush_all:
-                log.warning("invalidator: flushing every site: %s", message.flush_all)
-                self.flush_all()
-            elif message.error:
-                self.errors += 1
-                log.warning("invalidator: dropped a malformed event: %s", message.error)
-            elif message.event is not None and not self.handle(message.event):
-                continue  # not acknowledged: delivered again after a restart
-            message.ack()
+            self.deliver(message)
+        now = time.monotonic()
+        while self._retries and self._retries[0][0] <= now:
+            _, _, attempts, message = heapq.heappop(self._retries)
+            self.deliver(message, attempts)
         while True:
             try:
                 path = self._inbox.get_nowait()
@@ -206,6 +224,59 @@ class Invalidator:
             self.scan()
 
     # --- events ---------------------------------------------------------------------------
+
+    def deliver(self, message: Message, attempts: int = 0) -> None:
+        """Handle one delivery; it is acknowledged, or moved to the dead letter, or (purge
+        failed with an OSError) tried again shortly. Never raises."""
+        if message.flush_all:
+            log.warning("invalidator: flushing every site: %s", message.flush_all)
+            self.flush_all()
+            message.ack()
+            return
+        if message.event is None:
+            self._dead_letter(message.ref, message.site, message.error or "no event",
+                              message.reject)
+            return
+        try:
+            done = self.handle(message.event)
+        except Exception as exc:  # a poison event: it must never stop this node
+            self._dead_letter(message.ref, message.event.site, _describe(exc), message.reject)
+            return
+        if done:
+            message.ack()
+        elif attempts + 1 >= MAX_ATTEMPTS:
+            self._dead_letter(message.ref, message.event.site,
+                              f"the purge failed {MAX_ATTEMPTS} times", message.reject)
+        else:  # not acknowledged: tried again here (and redelivered after a restart)
+            self._repurge_seq += 1
+            heapq.heappush(self._retries, (time.monotonic() + RETRY_DELAY * 2 ** attempts,
+                                           self._repurge_seq, attempts + 1, message))
+
+    def _dead_letter(self, ref: str, site_name: str | None, reason: str,
+                     move: Callable[[str], None]) -> None:
+        """Move an entry that cannot be handled out of the way, count it, log it once and
+        flush its site (every site when it names none): its event may be lost."""
+        self.errors += 1
+        self.dead_letters += 1
+        if site_name is None:
+            targets = list(self.sites.values())
+            flushed = "every site"
+        else:
+            site = self.sites.get(site_name)
+            targets = [site] if site is not None else []
+            flushed = f"site {site_name}" if site is not None else "nothing (unknown site)"
+        log.error("invalidator: %s could not be handled (%s); moved to the dead letter, "
+                  "flushing %s", ref or "an event", reason, flushed)
+        try:
+            move(reason)
+        except Exception as exc:
+            log.error("invalidator: cannot move %s to the dead letter: %s", ref or "an entry",
+                      _describe(exc))
+        for site in targets:
+            try:
+                self.apply(site, PurgeAction(flush=True), None)
+            except Exception as exc:
+                log.error("invalidator: flush of site %s failed: %s", site.name, _describe(exc))
 
     def handle(self, event: Event) -> bool:
         """Purge for one event (after the replica wait). False when the purge failed."""
@@ -279,8 +350,14 @@ class Invalidator:
         for site in list(self.sites.values()):
             try:
                 self.apply(site, PurgeAction(flush=True), None)
-            except (OSError, CacheError) as exc:
-                log.error("invalidator: flush of site %s failed: %s", site.name, exc)
+            except Exception as exc:
+                log.error("invalidator: flush of site %s failed: %s", site.name, _describe(exc))
+
+    def bus_status(self) -> dict[str, Any]:
+        """The consumer's view of the bus (health checks): ``connected``, and for Redis
+        ``unreachable_since`` (Unix time) and ``error`` while it is down."""
+        status = getattr(self._consumer, "status", None)
+        return dict(status) if isinstance(status, dict) else {}
 
     # --- trigger files --------------------------------------------------------------------
 
@@ -292,7 +369,7 @@ class Invalidator:
             try:
                 directory.mkdir(parents=True, exist_ok=True)
                 self._watched[directory] = self._observer.schedule(
-                    _TriggerHandler(self._inbox), str(directory), recursive=False)
+                    _TriggerHandler(self._inbox, directory), str(directory), recursive=False)
             except OSError as exc:
                 log.warning("invalidator: cannot watch %s: %s", directory, exc)
         for directory in self._watched.keys() - wanted:
@@ -313,32 +390,61 @@ class Invalidator:
         return count
 
     def process_trigger_file(self, path: Path) -> bool:
-        """Handle and remove one trigger file. Malformed files are logged and removed."""
-        site_name = path.parent.parent.name
+        """Handle and remove one trigger file. One that cannot be handled (malformed, for
+        another site, or handling it raised) goes to ``.purge/failed/`` and the site is
+        flushed; one whose purge failed with an OSError is kept for the next scan, and
+        dead-lettered after :data:`MAX_ATTEMPTS` tries."""
+        site = self.sites.get(path.parent.parent.name)
+        if site is None or not _same_dir(site.purge_dir, path.parent):
+            log.warning("invalidator: trigger file %s is not in a known site's purge "
+                        "directory; removed", path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            return False
         try:
             event = read_trigger_file(path)
         except FileNotFoundError:
             return False  # already handled (watcher and scan both saw it)
         except (MalformedEvent, OSError) as exc:
-            self.errors += 1
-            log.warning("invalidator: trigger file %s is malformed: %s; removed", path, exc)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-            return False
-        site = self.sites.get(site_name)
-        if site is None or not _same_dir(site.purge_dir, path.parent):
-            log.warning("invalidator: trigger file %s is not in a known site's purge "
-                        "directory; removed", path)
-        elif event.site != site.name:
-            self.errors += 1
-            log.warning("invalidator: trigger file %s names site %r but lies in site %r's "
-                        "directory; removed (a site may only purge itself)", path, event.site,
-                        site.name)
-        elif not self.handle(event):
-            return False  # kept: tried again at the next scan
+            return self._dead_file(site, path, _describe(exc))
+        if event.site != site.name:
+            return self._dead_file(site, path, f"it names site {event.site!r} but lies in "
+                                   f"site {site.name!r}'s directory (a site may only purge "
+                                   "itself)")
+        try:
+            done = self.handle(event)
+        except Exception as exc:  # a poison event: it must never stop the scan
+            return self._dead_file(site, path, _describe(exc))
+        if not done:
+            attempts = self._file_attempts[path] = self._file_attempts.get(path, 0) + 1
+            if attempts < MAX_ATTEMPTS:
+                return False  # kept: tried again at the next scan
+            return self._dead_file(site, path, f"the purge failed {MAX_ATTEMPTS} times")
+        self._file_attempts.pop(path, None)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         return True
+
+    def _dead_file(self, site: Site, path: Path, reason: str) -> bool:
+        self._file_attempts.pop(path, None)
+
+        def move(why: str) -> None:
+            failed = layout.failed_dir(site.cache_root)
+            failed.mkdir(exist_ok=True)
+            try:
+                os.replace(path, failed / path.name)
+            except FileNotFoundError:
+                return
+            write_atomic(failed / f"{path.name}.reason",
+                         why.encode("utf-8", "backslashreplace") + b"\n")
+
+        self._dead_letter(f"trigger file {path}", site.name, reason, move)
+        return False
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) if isinstance(exc, MalformedEvent) else f"{type(exc).__name__}: {exc}"
+    return text.encode("utf-8", "backslashreplace").decode()[:300]
 
 
 def _same_dir(a: Path, b: Path) -> bool:

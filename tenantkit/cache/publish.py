@@ -46,11 +46,13 @@ def close_transports() -> None:
 
 
 def publish(event: Event, *, settings: Settings | None = None,
-            transport: Transport | None = None) -> None:
+            transport: Transport | None = None, fallback: bool = True) -> None:
     """Send ``event`` to every node. Call it only after the commit that caused it.
 
     With Redis down, the event becomes a trigger file on this node (the other nodes flush
-    when they reconnect); :class:`BusError` only when that fails too.
+    when they reconnect); :class:`BusError` only when that fails too. With
+    ``fallback=False`` (``tenantkit purge``: an operator is waiting for the answer),
+    :class:`BusError` at once, saying that nothing was published.
     """
     if transport is None:
         settings = settings if settings is not None else Settings.load()
@@ -58,6 +60,9 @@ def publish(event: Event, *, settings: Settings | None = None,
     try:
         transport.publish(event)
     except BusError as exc:
+        if not fallback:
+            raise BusError(f"{exc}; nothing was published, so no node purged anything "
+                           "(start Redis, or fix [bus] redis_url, and run it again)") from exc
         if settings is None or isinstance(transport, TriggerFileTransport):
             raise
         log.warning("%s; writing a trigger file instead", exc)

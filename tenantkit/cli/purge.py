@@ -64,7 +64,7 @@ def purge_command(info: ScriptInfo, site: str, paths: tuple[str, ...], host: str
             purge(site_page_cache(chosen), chosen, action_for(chosen, event))
             click.echo(f"purged {site}")
         else:
-            publish(event, settings=settings)
+            publish(event, settings=settings, fallback=False)
             click.echo(f"published a purge of {site} over {settings.bus.transport}")
     except TenantkitError as exc:
         raise TenantkitFailure(str(exc)) from exc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -15,8 +16,15 @@ from tenantkit.errors import TenantkitError
               "host name); one Redis consumer group per node.")
 @click.option("--transport", type=click.Choice(["local", "redis", "pubsub", "files"]),
               default=None, help="Override [bus] transport.")
+@click.option("--source", type=click.Choice(["bus", "binlog"]), default="bus",
+              show_default=True, help="bus: events over [bus]; binlog: also read this node's "
+              "replica binlog (see the README, \"Invalidation sources\").")
+@click.option("--binlog-url", default=None, metavar="URL", help="With --source binlog: the "
+              "replica to read, as a user with REPLICATION SLAVE (default: the sites' first "
+              "replica URL).")
 @pass_info
-def invalidator_command(info: ScriptInfo, node: str | None, transport: str | None) -> None:
+def invalidator_command(info: ScriptInfo, node: str | None, transport: str | None,
+                        source: str = "bus", binlog_url: str | None = None) -> None:
     """Consume invalidation events on this node and purge the page caches (until stopped)."""
     import signal
 
@@ -40,10 +48,24 @@ def invalidator_command(info: ScriptInfo, node: str | None, transport: str | Non
     signal.signal(signal.SIGINT, stop)
     click.echo(f"invalidator for {len(registry.sites)} site(s) on node {invalidator.node} "
                f"over {chosen.name}", err=True)
+    binlogs: list[Any] = []
+    if source == "binlog":
+        from tenantkit.cache.sources.binlog import BinlogSource, replica_urls
+
+        urls = [binlog_url] if binlog_url else replica_urls(settings, registry.sites)
+        if not urls:
+            raise TenantkitUsageError('--source binlog: no site has a replica and [meta] '
+                                      'invalidation (write invalidation = "wordpress")')
+        binlogs = [BinlogSource(settings, registry, url=url, caches=invalidator.caches,
+                                node=invalidator.node) for url in urls]
     try:
         with SiteWatcher(registry):
+            for binlog in binlogs:
+                binlog.start()
             invalidator.run_forever()
     finally:
+        for binlog in binlogs:
+            binlog.stop()
         chosen.close()
 
 

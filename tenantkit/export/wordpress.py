@@ -17,6 +17,7 @@ web server only.
 
 from __future__ import annotations
 
+import os
 from urllib.parse import quote, urlencode
 
 from sqlalchemy.engine import make_url
@@ -83,8 +84,8 @@ def render_wp_config(site: Site, settings: Settings, *, debian: bool = False) ->
         ("TENANTKIT_DB_PRIMARY", php_string(primary_url)),
         ("TENANTKIT_DB_REPLICAS", "[" + ", ".join(php_string(u) for u in replica_urls) + "]"),
         ("TENANTKIT_COMPRESS", "true"),
-        ("TENANTKIT_BUS", php_string(php_bus_url(settings) or str(site.purge_dir))),
-        ("TENANTKIT_PURGE_DIR", php_string(str(site.purge_dir))),
+        ("TENANTKIT_BUS", php_string(php_bus_url(settings) or os.path.abspath(site.purge_dir))),
+        ("TENANTKIT_PURGE_DIR", php_string(os.path.abspath(site.purge_dir))),
         ("TENANTKIT_READ_YOUR_WRITES", php_string(db.read_your_writes)),
         ("TENANTKIT_PIN_SECONDS", _number(db.pin_seconds)),
         ("TENANTKIT_GTID_WAIT_TIMEOUT", _number(db.gtid_wait_timeout)),

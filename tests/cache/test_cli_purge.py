@@ -86,3 +86,17 @@ def test_invalidator_rejects_a_bad_transport(tmp_path: Path) -> None:
                                       "--transport", "carrier-pigeon"])
     assert result.exit_code == 2
     assert "carrier-pigeon" in result.output
+
+
+def test_purge_over_redis_with_redis_down_fails_and_says_so(tmp_path: Path) -> None:
+    from tenantkit.cache.publish import close_transports
+
+    config = _config(tmp_path, "redis", "redis://127.0.0.1:1/0")
+    try:
+        result = CliRunner().invoke(cli, ["--config", str(config), "purge", "blog", "--all"])
+    finally:
+        close_transports()
+    assert result.exit_code == 1, result.output
+    assert "cannot publish to Redis at redis://127.0.0.1:1/0" in result.output
+    assert "nothing was published" in result.output
+    assert "published a purge" not in result.output

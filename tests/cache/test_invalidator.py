@@ -95,15 +95,20 @@ def test_trigger_files_from_another_process(tmp_path: Path, caplog: pytest.LogCa
                        check=True, timeout=30)
         assert wait_until(lambda: not (purge_dir / "bad.json").exists())
         assert message in caplog.text
-        assert not purges.seen
+        # Moved to the dead letter, and the site flushed: the event it meant is lost.
+        assert purges.wait_count(1)
+        assert purges.seen[0][1] is None and purges.seen[0][3].flush
+        assert (purge_dir / "failed" / "bad.json").read_bytes() == payload.encode()
+        assert message in (purge_dir / "failed" / "bad.json.reason").read_text()
         # The watcher is still alive: a good file is handled.
+        cache.put(HOST, "/", b"home again")
         good = to_json(Purge("blog", paths=("/",), host=HOST))
         subprocess.run([sys.executable, "-c", _WRITER, str(purge_dir), "good.json", good],
                        check=True, timeout=30)
-        assert purges.wait_count(1)
-        assert invalidator.errors >= 1
+        assert purges.wait_count(2)
+        assert invalidator.errors >= 1 and invalidator.dead_letters == 1
     assert cache.get(HOST, "/").stale  # type: ignore[union-attr]
-    assert sorted(p.name for p in purge_dir.iterdir()) == []
+    assert sorted(p.name for p in purge_dir.iterdir()) == ["failed"]
 
 
 def test_trigger_files_present_at_start_are_scanned(tmp_path: Path) -> None:

@@ -109,3 +109,19 @@ def test_print_wp_config_usage_errors(config_file: Path, args: list[str], messag
     assert code == 2
     assert message in err
     assert "define(" not in out
+
+
+def test_print_wp_config_paths_are_absolute(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """PHP runs elsewhere: a relative purge directory would be one no watcher looks at."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TENANTKIT_CONFIG", raising=False)
+    monkeypatch.setenv("TENANTKIT_SITES_DIR", "sites")
+    monkeypatch.setenv("TENANTKIT_CACHE_DIR", "cache")
+    result = CliRunner().invoke(cli, ["provision", "blog", "--host", "blog.example.org",
+                                      "--upstream", "http://127.0.0.1:8080",
+                                      "--database", PRIMARY, "--print-wp-config"])
+    assert result.exit_code == 0, result.stderr
+    expected = str(tmp_path / "cache" / "blog" / ".purge")
+    assert f"define('TENANTKIT_PURGE_DIR', '{expected}');" in result.stdout
+    assert f"define('TENANTKIT_BUS', '{expected}');" in result.stdout

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tenantkit.cache.events import CommentPosted, SiteChanged
+from tenantkit.cache.events import CommentPosted, SiteChanged, to_json
 from tenantkit.cache.invalidator import Invalidator
 from tenantkit.cache.pagecache import PageCache
 from tenantkit.cache.transports import RedisStreamTransport
@@ -69,8 +69,9 @@ def test_publish_trims_the_stream(redis_server: RedisServer) -> None:
         client.close()
 
 
-def test_malformed_stream_entries_are_logged_acked_and_skipped(
+def test_malformed_stream_entries_are_dead_lettered_acked_and_skipped(
         tmp_path: Path, redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    redis_server.flushall()
     settings, _cache = _node(tmp_path, "node-a", redis_server.url)
     purges = Purges()
     client = redis.Redis.from_url(redis_server.url)
@@ -84,10 +85,14 @@ def test_malformed_stream_entries_are_logged_acked_and_skipped(
             client.xadd(STREAM, {"other": b"field"})
             client.xadd(STREAM, {"event": '{"v": 1, "type": "purge", "site": "blog", '
                                           '"paths": ["relative"]}'})
-            RedisStreamTransport(redis_server.url).publish(SiteChanged("blog"))
-            assert purges.wait_count(2)
-        assert caplog.text.count("dropped a malformed event") == 3
+            RedisStreamTransport(redis_server.url).publish(CommentPosted("blog", 7, True))
+            assert purges.wait_for(lambda seen: any(s[1] is not None for s in seen))
+        assert caplog.text.count("could not be handled") == 3
+        assert [e[1][b"dead-reason"][:22] for e in client.xrange(f"{STREAM}:dead")] == [
+            b"event: not UTF-8 text ", b"event: not valid JSON ", b'event: field "paths": ']
         assert wait_until(lambda: client.xinfo_groups(STREAM)[0]["pending"] == 0)
+        # Each one flushed its site (every site when it names none): events may be lost.
+        assert sum(1 for s in purges.seen if s[1] is None) == 1 + 3
     finally:
         inv.stop()
         client.close()
@@ -187,6 +192,128 @@ def test_a_frozen_redis_is_noticed_and_flushes(tmp_path: Path, redis_server: Red
             redis_server.proc.send_signal(signal.SIGCONT)
         assert purges.wait_count(2)  # the read timed out, the node reconnected and flushed
         assert purges.seen[1][1] is None
+        assert cache.get(HOST, "/").stale  # type: ignore[union-attr]
+    finally:
+        inv.stop()
+
+
+def test_a_trimmed_burst_is_noticed_on_the_read_itself(
+        tmp_path: Path, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The node is busy while a burst trims an event for "blog" it never read: the very
+    next read says so and every site is flushed, before the events behind the burst."""
+    import threading
+
+    from tenantkit.cache.events import Purge
+    from tenantkit.cache.transports import redis_streams
+
+    # No periodic check may rescue the node: only the read itself can notice.
+    monkeypatch.setattr(redis_streams._StreamConsumer, "GAP_CHECK_SECONDS", 3600.0,
+                        raising=False)
+    redis_server.flushall()
+    settings = make_settings(tmp_path, transport="redis", redis_url=redis_server.url,
+                             sites=("blog", "news"), policy="targeted")
+    blog = PageCache(settings.cache_dir / "blog" / "pages")
+    purges = Purges()
+    busy, release = threading.Event(), threading.Event()
+
+    def on_purge(event: object, site: object, action: object) -> None:
+        purges(event, site, action)  # type: ignore[arg-type]
+        if isinstance(event, Purge) and "hold" in event.tags:
+            busy.set()
+            release.wait(20)
+
+    inv = Invalidator(settings, registry_for(settings), on_purge=on_purge, poll_timeout=0.1)
+    publisher = RedisStreamTransport(redis_server.url, maxlen=50)
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        inv.start()
+        assert purges.wait_count(2)  # the new group's flush
+        blog.put(HOST, "/p/1/", b"post", tags=["post:1"])
+        publisher.publish(Purge("news", tags=("hold",)))
+        assert busy.wait(10)
+        publisher.publish(Purge("blog", tags=("post:1",)))  # trimmed before the node reads it
+        pipe = client.pipeline(transaction=False)
+        for _ in range(2000):
+            pipe.xadd(STREAM, {"event": to_json(Purge("news", tags=("x",)))}, maxlen=50,
+                      approximate=True)
+        pipe.execute()
+        publisher.publish(Purge("news", tags=("marker",)))
+        release.set()
+        assert purges.wait_for(lambda seen: any(
+            isinstance(s[1], Purge) and "marker" in s[1].tags for s in seen))
+        assert blog.get(HOST, "/p/1/").stale  # type: ignore[union-attr]
+        flushes = [s for s in purges.seen[2:] if s[1] is None]
+        assert {s[2].name for s in flushes} == {"blog", "news"}  # once, every site
+        assert len(flushes) == 2
+    finally:
+        release.set()
+        inv.stop()
+        publisher.close()
+        client.close()
+
+
+def test_started_with_redis_down_logs_once_backs_off_and_flushes_when_it_is_back(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    server = RedisServer(tmp_path / "redis")  # our own, not started yet: the port refuses
+    settings, cache = _node(tmp_path, "node-a", server.url)
+    cache.put(HOST, "/", b"page")
+    commands: list[str] = []
+    real = redis.Redis.execute_command
+
+    def counting(self: redis.Redis, *args: object, **options: object) -> object:
+        commands.append(str(args[0]))
+        return real(self, *args, **options)
+
+    monkeypatch.setattr(redis.Redis, "execute_command", counting)
+    purges = Purges()
+    inv = Invalidator(settings, registry_for(settings), on_purge=purges, poll_timeout=0.1)
+    try:
+        with caplog.at_level(logging.WARNING):
+            inv.start()
+            time.sleep(2.0)
+            assert not purges.seen
+            assert caplog.text.count("unreachable") == 1  # once, not once per attempt
+            assert len(commands) <= 8  # 0.1 + 0.2 + 0.4 + 0.8 s: a backoff, not a spin
+            assert inv.bus_status()["connected"] is False
+            server.start()
+            assert purges.wait_count(1, timeout=15)  # caught up with a flush
+        assert purges.seen[0][1] is None and purges.seen[0][3].flush
+        assert cache.get(HOST, "/").stale  # type: ignore[union-attr]
+        assert "reachable again" in caplog.text
+        assert inv.bus_status()["connected"] is True
+    finally:
+        inv.stop()
+        server.close()
+
+
+def test_started_while_redis_hangs_flushes_when_it_answers(
+        tmp_path: Path, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The group exists and nothing was trimmed, but events published while Redis hung went
+    to trigger files elsewhere: the node cannot know, so it flushes."""
+    import signal
+
+    from tenantkit.cache.transports import redis_streams
+
+    monkeypatch.setattr(redis_streams, "SOCKET_TIMEOUT", 1.0)
+    settings, cache = _node(tmp_path, "node-a", redis_server.url)
+    registry = registry_for(settings)
+    first = Invalidator(settings, registry, on_purge=Purges(), poll_timeout=0.1).start()
+    time.sleep(0.5)
+    first.stop()
+    cache.put(HOST, "/", b"page")
+    purges = Purges()
+    inv = Invalidator(settings, registry, on_purge=purges, poll_timeout=0.1)
+    assert redis_server.proc is not None
+    redis_server.proc.send_signal(signal.SIGSTOP)
+    try:
+        inv.start()
+        time.sleep(2.5)
+    finally:
+        redis_server.proc.send_signal(signal.SIGCONT)
+    try:
+        assert purges.wait_count(1, timeout=15)
+        assert purges.seen[0][1] is None and purges.seen[0][3].flush
         assert cache.get(HOST, "/").stale  # type: ignore[union-attr]
     finally:
         inv.stop()

