@@ -16,9 +16,10 @@ end-to-end header); every other page (JSON, feeds, pages with security or CORS h
 stored under a dot name and served by the shim. Requests that are not GET or HEAD, that
 carry ``Authorization``, a query string, a bypass cookie or the shim's read-your-writes
 cookie, whose raw target is not exactly nginx's normalised ``$uri`` (``%`` escapes, ``//``,
-dot segments: the shim keys pages on the raw target), and every miss, go to tenantkit. A bypass cookie is matched in every
-spelling PHP reads as its name (``comment.author_x``, ``comment author_x`` and
-``comment[author_x`` are all ``comment_author_x`` in ``$_COOKIE``), as the shim does.
+dot segments: the shim keys pages on the raw target), and every miss, go to tenantkit.
+A bypass cookie is matched in every spelling PHP reads as its name (``comment.author_x``,
+``comment author_x`` and ``comment[author_x`` are all ``comment_author_x`` in
+``$_COOKIE``), as the shim does.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ map "$uri|$request_uri" $tenantkit_raw {{
     "~^([^|]*)\\|\\1$" 0;
     default 1;
 }}
-map "$tenantkit_method$tenantkit_cookie$tenantkit_raw|$http_authorization|$args" $tenantkit_skip_cache {{
+map "$tenantkit_method$tenantkit_cookie$tenantkit_raw|$http_authorization|$args"
+    $tenantkit_skip_cache {{
     "000||" 0;
     default 1;
 }}

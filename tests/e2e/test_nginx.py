@@ -21,8 +21,8 @@ from tenantkit.web.app import create_app
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[tuple[str, Sites, object]]:
     sites = Sites(tmp_path)
-    sites.add("alpha", ["alpha.test", "*.alpha.test"])
-    sites.add("beta", ["beta.test"])
+    sites.add("alpha", ["alpha.test", "*.alpha.test"], app="tk_test_apps:hello_html")
+    sites.add("beta", ["beta.test"], app="tk_test_apps:hello_html")
     settings = sites.settings(trusted_proxies=1)
     app = create_app(settings)
     server = make_server("127.0.0.1", 0, app, threaded=True)
@@ -71,10 +71,10 @@ def test_nginx_serves_hits_from_disk_and_passes_the_rest(
             assert get("/post/1/", Cookie=cookie).headers["X-Tenantkit-Cache"] == "BYPASS", \
                 cookie
         # The read-your-writes cookie goes to the shim, which ignores a forged one: a hit
-        # served by the shim keeps the app's Content-Type, nginx's says text/html.
+        # served by the shim has the same type nginx gives it.
         forged = get("/post/1/", Cookie="a=b; tenantkit_rw=x")
         assert forged.headers["X-Tenantkit-Cache"] == "HIT"
-        assert forged.headers["Content-Type"] == "text/plain"
+        assert forged.headers["Content-Type"] == "text/html; charset=utf-8"
         assert get("/post/1/", method="POST").headers["X-Tenantkit-Cache"] == "BYPASS"
         assert get("/post/1/?x=1").headers["X-Tenantkit-Cache"] in ("MISS", "HIT")
         assert len(tk_test_apps.CALLS) > calls
