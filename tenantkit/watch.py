@@ -20,8 +20,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from types import TracebackType
 from collections.abc import Callable
+from types import TracebackType
 from typing import Any
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
