@@ -31,8 +31,9 @@ Layout under ``root`` (``cache_dir/<site>/pages``)::
     .locks/<key-hash>                              per-key fill locks
     .changes                                       change stamp (see change_stamp())
 
-nginx serves hits with ``try_files /current/$host$uri/index.html @app`` for ``$uri`` ending in
-``/`` (and ``location ~ /\\. { deny all; }``); names starting with a dot never come from a URL.
+nginx (``tenantkit nginx-config``) serves ``index.html`` for ``$uri`` ending in ``/``: only
+pages :func:`~tenantkit.cache.pagefile.nginx_serves` accepts get that name; names starting
+with a dot never come from a URL and are never served by nginx.
 
 The parts live in their own modules: keys and index names in :mod:`~tenantkit.cache.keys`, a
 page's files in :mod:`~tenantkit.cache.pagefile`, generations in
