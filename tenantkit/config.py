@@ -59,6 +59,7 @@ from tenantkit.validate import is_database_url, is_site_name
 
 __all__ = [
     "DEFAULT_BYPASS_COOKIES",
+    "DEFAULT_IGNORED_QUERY_ARGS",
     "RYW_COOKIE",
     "BusSettings",
     "CacheSettings",
@@ -86,6 +87,11 @@ DEFAULT_BYPASS_COOKIES: tuple[str, ...] = (
     "forum_cookie_",
     "punbb_cookie",
     "tenantkit_wp_pin",
+)
+#: Marketing query arguments that never change a page: left out of the page-cache key and
+#: still forwarded (``[cache] ignore_query_args``; a trailing ``*`` matches a prefix).
+DEFAULT_IGNORED_QUERY_ARGS: tuple[str, ...] = (
+    "utm_*", "fbclid", "gclid", "dclid", "msclkid", "mc_cid", "mc_eid",
 )
 
 def keep_urls_secret(obj: object) -> None:
@@ -145,6 +151,8 @@ class CacheSettings:
     max_bytes: int | None = None
     policy: Literal["site", "targeted"] = "site"
     bypass_cookies: tuple[str, ...] = DEFAULT_BYPASS_COOKIES
+    #: Query arguments left out of the page-cache key, still forwarded (``utm_*``: prefix).
+    ignore_query_args: tuple[str, ...] = DEFAULT_IGNORED_QUERY_ARGS
 
 
 @dataclass(frozen=True, kw_only=True, repr=False)
@@ -393,6 +401,7 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Coerce]]] = {
             "max_bytes": _optional_int,
             "policy": _choice("site", "targeted"),
             "bypass_cookies": _str_list,
+            "ignore_query_args": _str_list,
         },
     ),
     "bus": (

@@ -16,8 +16,10 @@ a log line or an error message cannot leak a password by forgetting to mask it.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+from urllib.parse import unquote
 
-__all__ = ["MASK", "SecretURL", "mask_url"]
+__all__ = ["MASK", "SecretURL", "mask_url", "scrub"]
 
 MASK = "********"
 
@@ -49,6 +51,43 @@ def mask_url(text: str, *, whole: bool = False) -> str:
             index + 1 < len(matches)) else ""
         out.append(_mask_one(part, whole) + tail)
     return "".join(out)
+
+
+def _password(url: str) -> str:
+    """The password of one URL (to its last ``@``), "" when it has none."""
+    match = _SCHEME.match(url)
+    if match is None:
+        return ""
+    masked = _mask_one(url[match.end():], True)
+    rest = url[match.end():]
+    colon = masked.find(MASK)
+    if colon < 0:
+        return ""
+    return rest[colon:len(rest) - (len(masked) - colon - len(MASK))]
+
+
+def scrub(text: str, urls: Iterable[str]) -> str:
+    """*text* -- a driver's error message, say -- with every URL in it masked, and every
+    piece of the passwords of *urls* a parser may have split off and quoted on its own
+    (``Can't connect to MySQL server on 'w@rd@db'``) replaced by ``********``: the
+    password, decoded or not, and its parts between ``@``, ``:`` and ``/`` (3 characters
+    or more)."""
+    text = mask_url(text)
+    pieces: set[str] = set()
+    tails: set[str] = set()  # what a parser splitting at the first "@" takes for the host
+    for url in urls:
+        password = _password(str.__str__(url))
+        for form in {password, unquote(password)}:
+            if form:
+                pieces.add(form)
+                pieces.update(re.split(r"[@:/\s]", form))
+                tails.update(form.split("@", i)[i] for i in range(1, form.count("@") + 1))
+    for tail in sorted(tails, key=len, reverse=True):
+        text = text.replace(tail + "@", MASK + "@")
+    for piece in sorted(pieces, key=len, reverse=True):
+        if len(piece) >= 3:
+            text = text.replace(piece, MASK)
+    return text
 
 
 def _mask_one(rest: str, whole: bool) -> str:

@@ -288,8 +288,8 @@ def _database(w: _Where, doc: Mapping[str, Any]) -> SiteDatabase:
 
 
 def _cache(w: _Where, doc: Mapping[str, Any], settings: Settings) -> SiteCache:
-    table = _table(w, doc, "cache", ("bypass_cookies", "enabled", "max_bytes", "policy",
-                                     "stale_seconds", "ttl"))
+    table = _table(w, doc, "cache", ("bypass_cookies", "enabled", "ignore_query_args",
+                                     "max_bytes", "policy", "stale_seconds", "ttl"))
     d = settings.cache
     enabled = table.get("enabled", d.enabled)
     if not isinstance(enabled, bool):
@@ -308,6 +308,9 @@ def _cache(w: _Where, doc: Mapping[str, Any], settings: Settings) -> SiteCache:
         bypass_cookies=_get_str_list(w, "cache.bypass_cookies",
                                      table.get("bypass_cookies", list(d.bypass_cookies)),
                                      "wordpress_logged_in_"),
+        ignore_query_args=_get_str_list(
+            w, "cache.ignore_query_args",
+            table.get("ignore_query_args", list(d.ignore_query_args)), "utm_*"),
     )
 
 
@@ -435,7 +438,8 @@ def site_document(site: Site, settings: Settings) -> dict[str, Any]:
         doc["database"] = db
     cache: dict[str, Any] = {}
     defaults = settings.cache
-    for key in ("enabled", "ttl", "stale_seconds", "max_bytes", "policy", "bypass_cookies"):
+    for key in ("enabled", "ttl", "stale_seconds", "max_bytes", "policy", "bypass_cookies",
+                "ignore_query_args"):
         value = getattr(site.cache, key)
         if value != getattr(defaults, key) and value is not None:
             cache[key] = list(value) if isinstance(value, tuple) else value

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -49,11 +50,14 @@ class SiteWatcher:
     """Keeps *registry* in step with its ``sites_dir``; see the module docstring.
 
     ``use_events=False`` relies on the periodic scan alone (for file systems where inotify
-    does not work, such as some network mounts).
+    does not work, such as some network mounts). ``on_reload`` is called (in the watcher's
+    thread) after every reload that swapped in a new snapshot, so that per-site state outside
+    the registry (nginx's host links) follows at once, not at the next request.
     """
 
     def __init__(self, registry: Registry, *, debounce: float = 0.2, reconcile: float = 5.0,
-                 max_delay: float = 1.0, use_events: bool = True) -> None:
+                 max_delay: float = 1.0, use_events: bool = True,
+                 on_reload: Callable[[], None] | None = None) -> None:
         if debounce < 0 or reconcile <= 0 or max_delay < debounce:
             raise ValueError("need debounce >= 0, reconcile > 0 and max_delay >= debounce")
         self.registry = registry
@@ -61,6 +65,7 @@ class SiteWatcher:
         self.reconcile = reconcile
         self.max_delay = max_delay
         self.use_events = use_events
+        self.on_reload = on_reload
         self.last_report: ReloadReport | None = None
         self.reloads = 0
         self._cond = threading.Condition()
@@ -179,7 +184,14 @@ class SiteWatcher:
 
     def _reload(self) -> None:
         try:
+            before = self.registry.sites
             self.last_report = self.registry.reload()
             self.reloads += 1
         except Exception:  # keep watching: the next event or scan tries again
             log.exception("reloading sites from %s failed", self.registry.settings.sites_dir)
+            return
+        if self.on_reload is not None and self.registry.sites is not before:
+            try:
+                self.on_reload()
+            except Exception:
+                log.exception("after reloading sites: on_reload failed")

@@ -6,9 +6,10 @@
     page_key("blog.example.org", "/search", "q=x")      # '.q/blog.example.org/ab/<sha256>'
     tag_name("post:42")                                 # 't-post:42'
 
-Keys that nginx can serve (no query, a path ending in ``/``, safe segments) are the URL's own
-path under the host; every other key goes under the hashed query tree. Names starting with a
-dot never come from a URL, so sidecars, indexes and temporary files cannot collide with pages.
+Keys that nginx can serve (no query, a path ending in ``/``, safe segments: no ``%`` escapes,
+no segment named ``index.html``) are the URL's own path under the host; every other key goes
+under the hashed query tree. Names starting with a dot never come from a URL, so sidecars,
+indexes and temporary files cannot collide with pages.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import re
 
 from tenantkit.errors import CacheError, InvalidHost
 from tenantkit.hosts import normalize_host
+from tenantkit.layout import BODY
 
 __all__ = ["QUERY_TREE", "check_host", "key_hash", "page_key", "safe_host", "tag_name",
            "url_name"]
@@ -32,8 +34,13 @@ MAX_NGINX_PATH = 1024
 
 _SAFE_HOST = re.compile(r"[a-z0-9_-]{1,63}(?:\.[a-z0-9_-]{1,63})*|\[[0-9a-f:.]{2,45}\]").fullmatch
 # Path segments that may become directory names of the nginx tree: no dot first (that rules
-# out ".", "..", our sidecars and temp files), nothing a shell or nginx would treat oddly.
-_SAFE_SEGMENT = re.compile(r"[A-Za-z0-9_~!$&'()*+,;=:@%-][A-Za-z0-9._~!$&'()*+,;=:@%-]*").fullmatch
+# out ".", "..", our sidecars and temp files), nothing a shell or nginx would treat oddly, and
+# no "%": nginx looks pages up by the decoded $uri, so a raw path with an escape in it could
+# name another URL's directory ("/a%2Fb/" and "/a/b/", issue 16). Such paths are hashed.
+_SAFE_SEGMENT = re.compile(r"[A-Za-z0-9_~!$&'()*+,;=:@-][A-Za-z0-9._~!$&'()*+,;=:@-]*").fullmatch
+#: Segments that are the name of a page's own file: "/index.html/" must not turn the home
+#: page's body file into a directory.
+_FILE_NAMES = frozenset({BODY})
 _SAFE_TAG = re.compile(r"[A-Za-z0-9_:=@+-][A-Za-z0-9_:=@+.-]{0,99}").fullmatch
 
 
@@ -76,7 +83,8 @@ def page_key(host: str, path: str, query: str = "") -> str:
     if not query and path.endswith("/") and len(path) <= MAX_NGINX_PATH:
         segments = path[1:-1].split("/") if path != "/" else []
         if len(segments) <= MAX_DEPTH and all(
-            len(s) <= MAX_SEGMENT and _SAFE_SEGMENT(s) for s in segments
+            len(s) <= MAX_SEGMENT and _SAFE_SEGMENT(s) and s not in _FILE_NAMES
+            for s in segments
         ):
             return "/".join([normal, *segments])
     digest = key_hash(normal, path, query)

@@ -20,7 +20,9 @@ Layout under ``root`` (``cache_dir/<site>/pages``)::
 
     current -> g7                                  symlink, swapped atomically by flush()
     previous -> g6                                 the last generation, served stale for a while
-    g7/<host>/<path>/index.html                    what nginx serves (paths ending in "/")
+    g7/<host>/<path>/index.html                    what nginx serves (paths ending in "/"),
+                                                   only for pages nginx_serves() accepts
+    g7/<host>/<path>/.page.body                    the body of every other page
     g7/<host>/<path>/.meta.json                    status, headers, tags, created, ttl, identity
     g7/.q/<host>/<ab>/<sha256>/index.html          every other key (query strings, odd paths)
     g7/.tags/<tag>/<key-hash> -> <page dir>        tag index (symlinks), per generation
@@ -29,8 +31,9 @@ Layout under ``root`` (``cache_dir/<site>/pages``)::
     .locks/<key-hash>                              per-key fill locks
     .changes                                       change stamp (see change_stamp())
 
-nginx serves hits with ``try_files /current/$host$uri/index.html @app`` for ``$uri`` ending in
-``/`` (and ``location ~ /\\. { deny all; }``); names starting with a dot never come from a URL.
+nginx (``tenantkit nginx-config``) serves ``index.html`` for ``$uri`` ending in ``/``: only
+pages :func:`~tenantkit.cache.pagefile.nginx_serves` accepts get that name; names starting
+with a dot never come from a URL and are never served by nginx.
 
 The parts live in their own modules: keys and index names in :mod:`~tenantkit.cache.keys`, a
 page's files in :mod:`~tenantkit.cache.pagefile`, generations in
@@ -58,11 +61,13 @@ from tenantkit.cache.pagefile import (
     BODY,
     META,
     PAGE_FILES,
+    PRIVATE_BODY,
     STALE_BODY,
     STALE_META,
     CachedPage,
     PageFiles,
     SidecarMeta,
+    nginx_serves,
 )
 from tenantkit.cache.stamp import ChangeStamp
 from tenantkit.cache.stats import CacheStats, Counters
@@ -143,9 +148,10 @@ class PageCache:
                 raise CacheError(f"page cache {self.root}: 'current' is not a symlink ({exc})"
                                  ) from exc
 
-    def body_file(self, host: str, path: str, query: str = "") -> str:
-        """The file a fresh page of this key is read from (through ``current``)."""
-        return f"{self._current}/{page_key(host, path, query)}/{BODY}"
+    def body_file(self, host: str, path: str, query: str = "", name: str = BODY) -> str:
+        """The file a fresh page of this key is read from (through ``current``): *name* is
+        the page's ``body_name``."""
+        return f"{self._current}/{page_key(host, path, query)}/{name}"
 
     # --- reads ----------------------------------------------------------------------------
 
@@ -182,7 +188,7 @@ class PageCache:
             counters.misses += 1
             return None
         return CachedPage(body, meta.status, meta.headers, meta.tags, meta.created, meta.ttl,
-                          max(0.0, now - meta.created), stale, meta.ident)
+                          max(0.0, now - meta.created), stale, meta.ident, meta.body_name)
 
     def _previous_flushed(self) -> float | None:
         """When the generation ``previous`` points to was flushed; None when there is none.
@@ -251,6 +257,8 @@ class PageCache:
         gen_dir = f"{self.root}/{generation}"
         directory = f"{gen_dir}/{key}"
         data = bytes(body)
+        headers = [(str(k), str(v)) for k, v in headers]
+        public = nginx_serves(int(status), headers)
         meta = {
             "status": int(status), "headers": [[str(k), str(v)] for k, v in headers],
             "tags": list(tags), "created": self.clock(),
@@ -260,11 +268,11 @@ class PageCache:
         created = False
         try:
             try:
-                self._files.write(directory, data, meta)
+                self._files.write(directory, data, meta, public=public)
             except FileNotFoundError:
                 os.makedirs(directory, exist_ok=True)
                 created = True
-                self._files.write(directory, data, meta)
+                self._files.write(directory, data, meta, public=public)
             # purge_paths finds a path's own page without the index; its query variants
             # and every tagged page are found through it.
             for name in marker_names if query else marker_names[1:]:
@@ -389,7 +397,7 @@ class PageCache:
                     except FileNotFoundError:
                         continue
                     size += st.st_size
-                    if name in (BODY, STALE_BODY):
+                    if name in (BODY, PRIVATE_BODY, STALE_BODY):
                         created = st.st_mtime if created is None else min(created, st.st_mtime)
             if created is not None:
                 pages.append((created, size, dirpath))

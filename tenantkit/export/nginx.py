@@ -9,11 +9,17 @@ nginx cannot know which site a Host belongs to, so the shim keeps one symlink pe
 cached pages for: ``cache_dir/_hosts/<host> -> ../<site>/pages/current/<host>``
 (:class:`tenantkit.web.hostlinks.HostLinks`; ``_hosts`` can never be a site name). nginx serves
 ``cache_dir/_hosts/$host$uri/index.html`` when it is there; the symlink goes through the
-site's ``current`` generation, so a whole-site flush is seen at once. Requests that are not
-GET or HEAD, that carry ``Authorization``, a query string, a bypass cookie or the shim's
-read-your-writes cookie, and every miss, go to tenantkit. A bypass cookie is matched in every
-spelling PHP reads as its name (``comment.author_x``, ``comment author_x`` and
-``comment[author_x`` are all ``comment_author_x`` in ``$_COOKIE``), as the shim does.
+site's ``current`` generation, so a whole-site flush is seen at once. The shim writes that
+``index.html`` only for pages nginx answers exactly as the shim would
+(:func:`tenantkit.cache.pagefile.nginx_serves`: ``text/html; charset=utf-8``, no other
+end-to-end header); every other page (JSON, feeds, pages with security or CORS headers) is
+stored under a dot name and served by the shim. Requests that are not GET or HEAD, that
+carry ``Authorization``, a query string, a bypass cookie or the shim's read-your-writes
+cookie, whose raw target is not exactly nginx's normalised ``$uri`` (``%`` escapes, ``//``,
+dot segments: the shim keys pages on the raw target), and every miss, go to tenantkit.
+A bypass cookie is matched in every spelling PHP reads as its name (``comment.author_x``,
+``comment author_x`` and ``comment[author_x`` are all ``comment_author_x`` in
+``$_COOKIE``), as the shim does.
 """
 
 from __future__ import annotations
@@ -41,7 +47,8 @@ upstream tenantkit_shim {{
 }}
 
 # $tenantkit_skip_cache is 0 only for GET or HEAD without Authorization, query string, bypass
-# cookie or read-your-writes cookie: those requests may be answered from the page cache.
+# cookie or read-your-writes cookie, whose raw target is exactly $uri (no escapes, no "//",
+# no dot segments): those requests may be answered from the page cache.
 map $request_method $tenantkit_method {{
     GET 0;
     HEAD 0;
@@ -51,8 +58,13 @@ map $http_cookie $tenantkit_cookie {{
     default 0;
     "~(?:^|[;\\s])(?:{cookies})" 1;
 }}
-map "$tenantkit_method$tenantkit_cookie|$http_authorization|$args" $tenantkit_skip_cache {{
-    "00||" 0;
+map "$uri|$request_uri" $tenantkit_raw {{
+    "~^([^|]*)\\|\\1$" 0;
+    default 1;
+}}
+map "$tenantkit_method$tenantkit_cookie$tenantkit_raw|$http_authorization|$args"
+    $tenantkit_skip_cache {{
+    "000||" 0;
     default 1;
 }}
 

@@ -11,6 +11,12 @@ Every request needs ``Authorization: Bearer <admin_token>`` (or HTTP Basic with 
 the password, so a browser can open the status page); the token is compared in constant
 time. With no token configured the admin is off and answers 404.
 
+State-changing requests (``POST``: reload, purge) cannot come from another site: they are
+refused (403) with a ``Sec-Fetch-Site`` other than ``same-origin``/``none``, with an
+``Origin`` other than the admin host's own, and, when authenticated only by HTTP Basic (which
+a browser sends by itself once it knows it), unless they are JSON (a cross-site form cannot
+send ``application/json``). Scripts use ``Authorization: Bearer``.
+
 - ``GET /_tenantkit/health``: 200 or 503 with JSON details and the reason: no sites, the
   primary unreachable, the invalidator down, Redis unreachable, the cache directory not
   writable -- what a load balancer must know;
@@ -31,10 +37,12 @@ import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, abort, current_app, jsonify, render_template_string, request
 
 from tenantkit.config import mask_url
+from tenantkit.secret import scrub
 
 if TYPE_CHECKING:  # the extension registers this blueprint: no import at run time
     from tenantkit.web.extension import Tenantkit
@@ -80,6 +88,32 @@ def _authorise() -> Response | None:
         response.status_code = 401
         response.headers["WWW-Authenticate"] = 'Basic realm="tenantkit", charset="UTF-8"'
         return response
+    refused = _cross_site()
+    if refused is not None:
+        logger.warning("admin: %s %s refused: %s", request.method, request.path, refused)
+        response = jsonify(error=f"refused: {refused} (state-changing admin requests come "
+                                 "from the admin itself, or from scripts with "
+                                 "Authorization: Bearer)")
+        response.status_code = 403
+        return response
+    return None
+
+
+def _cross_site() -> str | None:
+    """Why this request must be refused as possibly cross-site; None when it may go on."""
+    if request.method in ("GET", "HEAD", "OPTIONS"):
+        return None
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    if fetch_site is not None and fetch_site.strip().lower() not in ("same-origin", "none"):
+        return f"Sec-Fetch-Site: {fetch_site}"
+    origin = request.headers.get("Origin")
+    if origin is not None and (origin == "null"
+                               or urlsplit(origin).netloc.lower() != request.host.lower()):
+        return f"Origin {origin!r} is not this admin host"
+    scheme = request.headers.get("Authorization", "").partition(" ")[0].lower()
+    if scheme == "basic" and request.mimetype != "application/json":
+        return ("a non-JSON request authenticated only by HTTP Basic, which a browser sends "
+                "by itself")
     return None
 
 
@@ -207,10 +241,13 @@ def health_report(ext: Tenantkit) -> tuple[bool, dict[str, Any]]:
         healthy = healthy and ok
     reasons = [f"{name}: {r.get('reason') or r.get('error') or 'failed'}"
                for name, r in results.items() if not r["ok"]]
+    # Drivers quote what they parsed: a password with an "@" shows up as part of a host.
+    urls = [ext.settings.database.primary, *ext.settings.database.replicas,
+            ext.settings.bus.redis_url]
     report: dict[str, Any] = {"status": "ok" if healthy else "unhealthy",
-                              "node": node_label(ext), "checks": results}
+                              "node": node_label(ext), "checks": _scrubbed(results, urls)}
     if reasons:
-        report["reasons"] = reasons
+        report["reasons"] = _scrubbed(reasons, urls)
     return healthy, report
 
 
@@ -220,6 +257,17 @@ def node_label(ext: Tenantkit) -> str:
 
     invalidator = ext.invalidator()
     return invalidator.node if invalidator is not None else node_name(ext.settings)
+
+
+def _scrubbed(value: Any, urls: list[str]) -> Any:
+    """*value* with every string in it passed through :func:`tenantkit.secret.scrub`."""
+    if isinstance(value, str):
+        return scrub(value, urls)
+    if isinstance(value, dict):
+        return {k: _scrubbed(v, urls) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_scrubbed(v, urls) for v in value]
+    return value
 
 
 @blueprint.get("/health")

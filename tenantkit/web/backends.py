@@ -14,8 +14,14 @@ callable that is not itself a WSGI app (one positional parameter instead of two)
 
 ``Backend(type="proxy", url="http://127.0.0.1:8080")`` forwards to an HTTP upstream
 (:class:`ProxyApp`) with pooled keep-alive connections: the client's ``Host`` is preserved,
-``X-Forwarded-For/-Proto/-Host`` are set and hop-by-hop headers dropped. An upstream that
-times out answers 504, one that cannot be reached 502.
+``X-Forwarded-For/-Proto/-Host`` are set and hop-by-hop headers dropped. With
+``trusted_proxies`` the host the site was chosen by (``X-Forwarded-Host``) is sent as both
+``Host`` and ``X-Forwarded-Host``. A ``Proxy`` request header (httpoxy) is never forwarded;
+response fields named in the upstream's ``Connection`` header are dropped (RFC 9110 section
+7.6.1). The upstream receives the request target exactly as the client sent it
+(:func:`tenantkit.web.target.request_target`, also the page cache's key). An upstream that
+cannot be reached, or closes before the first byte of its body, answers 502; one that times
+out 504; each is logged in one line naming the site.
 
 Framing, so that no request or response can be taken for another (issue 24):
 
@@ -43,7 +49,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
@@ -52,7 +58,9 @@ from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 
 from tenantkit.config import mask_url
 from tenantkit.errors import SiteError
+from tenantkit.hosts import request_host
 from tenantkit.sites import Site
+from tenantkit.web.target import request_target
 from tenantkit.web.upstream import upstream_pool
 
 if TYPE_CHECKING:
@@ -60,7 +68,8 @@ if TYPE_CHECKING:
 else:
     StartResponse = WSGIApplication = WSGIEnvironment = Any
 
-__all__ = ["BackendError", "BackendPool", "ProxyApp", "UpstreamClosed", "load_wsgi_app"]
+__all__ = ["BackendError", "BackendPool", "ProxyApp", "UpstreamClosed", "UpstreamError",
+           "UpstreamTimeout", "load_wsgi_app"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +81,9 @@ HOP_BY_HOP = frozenset({
 #: Request fields the proxy sets itself from the body it read (``Expect``: the body is sent
 #: at once, as nginx does).
 _FRAMING = frozenset({"content-length", "expect"})
+#: Request fields never forwarded: ``Proxy`` would become an upstream CGI's HTTP_PROXY
+#: (httpoxy); ``Script-Name`` would move the upstream's idea of the path.
+_NEVER_FORWARDED = frozenset({"proxy", "script-name"})
 _CHUNK = 64 * 1024
 #: Request bodies larger than this are spooled to a temporary file.
 _SPOOL = 1024 * 1024
@@ -83,8 +95,23 @@ class BackendError(SiteError):
     """A site's backend cannot be built (bad ``app`` reference, import error, bad URL)."""
 
 
-class UpstreamClosed(ConnectionError):
+class UpstreamError(ConnectionError):
+    """The upstream failed while its response body was being read: ``status`` is what the
+    visitor gets when nothing was sent yet, ``public`` its text."""
+
+    status = "502 Bad Gateway"
+    public = "upstream unavailable"
+
+
+class UpstreamClosed(UpstreamError):
     """The upstream closed the connection before the whole response body was sent."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream stopped sending its response body for longer than the read timeout."""
+
+    status = "504 Gateway Timeout"
+    public = "upstream timed out"
 
 
 def _is_wsgi_app(obj: Any) -> bool:
@@ -166,7 +193,8 @@ class ProxyApp:
         named = {t.strip().lower() for t in headers.get("Connection", "").split(",")}
         for name in list(headers):
             lower = name.lower()
-            if lower in HOP_BY_HOP or lower in named or lower in _FRAMING:
+            if (lower in HOP_BY_HOP or lower in named or lower in _FRAMING
+                    or lower in _NEVER_FORWARDED):
                 del headers[name]
         remote = environ.get("REMOTE_ADDR", "")
         prior = headers.get("X-Forwarded-For", "")
@@ -174,7 +202,8 @@ class ProxyApp:
             headers["X-Forwarded-For"] = f"{prior}, {remote}"
         else:
             headers["X-Forwarded-For"] = remote
-        host = environ.get("HTTP_HOST") or environ.get("SERVER_NAME", "")
+        # The host the site (and the page-cache key) came from, under both names.
+        host = request_host(environ, self.trusted_proxies)
         headers["Host"] = host
         headers["X-Forwarded-Host"] = host
         headers["X-Forwarded-Proto"] = environ.get("wsgi.url_scheme", "http")
@@ -185,14 +214,11 @@ class ProxyApp:
         return headers
 
     def _target(self, environ: WSGIEnvironment) -> str:
-        path = environ.get("RAW_URI") or environ.get("REQUEST_URI")
-        if not path or not path.startswith("/"):
-            raw = environ.get("PATH_INFO", "").encode("latin-1")
-            path = quote(environ.get("SCRIPT_NAME", "") + raw.decode("latin-1"),
-                         safe="/:@!$&'()*+,;=~%")
-            if environ.get("QUERY_STRING"):
-                path += "?" + environ["QUERY_STRING"]
-        return self.prefix + path
+        raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+        if isinstance(raw, str) and raw.startswith("/"):
+            return self.prefix + raw
+        path, query = request_target(environ)
+        return self.prefix + path + ("?" + query if query else "")
 
     def _body(self, environ: WSGIEnvironment) -> tuple[Any, int] | None:
         """The whole request body as (file, length), None without one; raises _Refused when
@@ -273,9 +299,32 @@ class ProxyApp:
             logger.warning("upstream %s answered %d: not a final response",
                            mask_url(self.url), response.status)
             return _plain(start_response, "502 Bad Gateway", "upstream unavailable")
-        out = [(k, v) for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP]
+        named = {t.strip().lower() for k, v in response.headers.items()
+                 if k.lower() == "connection" for t in v.split(",")}
+        out = [(k, v) for k, v in response.headers.items()
+               if k.lower() not in HOP_BY_HOP and k.lower() not in named]
+        body = _ResponseBody(response, self.url)
+        # Up to _CHUNK bytes of the body (all of most pages) are read before the status line
+        # goes out: an upstream that fails by then still gets an honest 502/504 instead of
+        # a truncated 200.
+        iterator = iter(body)
+        first: list[bytes] = []
+        try:
+            got = 0
+            for chunk in iterator:
+                first.append(chunk)
+                got += len(chunk)
+                if got >= _CHUNK:
+                    break
+        except UpstreamError as exc:
+            body.close()
+            logger.warning("site %s: %s", _site_name(environ), exc)
+            return _plain(start_response, exc.status, exc.public)
+        except BaseException:
+            body.close()
+            raise
         start_response(f"{response.status} {response.reason or ''}".rstrip(), out)
-        return _ResponseBody(response, self.url)
+        return _Prefetched(first, iterator, body)
 
 
 def _site_name(environ: WSGIEnvironment) -> str:
@@ -339,17 +388,39 @@ class _ResponseBody:
     def __iter__(self) -> Iterator[bytes]:
         try:
             yield from self.response.stream(_CHUNK, decode_content=False)
+        except (Urllib3TimeoutError, TimeoutError) as exc:
+            raise UpstreamTimeout(f"upstream {mask_url(self.url)} timed out mid-body: "
+                                  f"{exc}") from exc
         except (Urllib3HTTPError, OSError) as exc:
-            logger.warning("upstream %s closed mid-body: %s", mask_url(self.url), exc)
-            # The status line has gone out: the only honest signal left is to make the
+            # Once the status line has gone out, the only honest signal left is to make the
             # server drop the connection, so the client sees a truncated response.
-            raise UpstreamClosed(f"upstream {mask_url(self.url)} closed mid-body") from exc
+            raise UpstreamClosed(f"upstream {mask_url(self.url)} closed mid-body: "
+                                 f"{exc}") from exc
 
     def close(self) -> None:
         if self.response.closed:  # read to the end its framing gives: urllib3 released it
             self.response.release_conn()
         else:  # what is left of it would be read as the next request's response
             _discard(self.response)
+
+
+class _Prefetched:
+    """The upstream body with its first piece already read."""
+
+    __slots__ = ("body", "first", "iterator")
+
+    def __init__(self, first: list[bytes], iterator: Iterator[bytes],
+                 body: _ResponseBody) -> None:
+        self.first = first
+        self.iterator = iterator
+        self.body = body
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self.first
+        yield from self.iterator
+
+    def close(self) -> None:
+        self.body.close()
 
 
 class _Entry:

@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from tenantkit.errors import InvalidHost, TenantkitError
 from tenantkit.hosts import normalize_host, request_host
 from tenantkit.sites import Site
-from tenantkit.web.backends import BackendPool
+from tenantkit.web.backends import BackendPool, UpstreamError
+from tenantkit.web.target import untrusted_script_name
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -114,6 +115,8 @@ class HostDispatcher:
 
     def resolve(self, environ: WSGIEnvironment) -> Site | None:
         """The site for this request; raises :class:`InvalidHost` for a malformed host."""
+        if self.trusted_proxies == 0:
+            untrusted_script_name(environ)
         host = normalize_host(request_host(environ, self.trusted_proxies))
         environ[HOST_KEY] = host
         site = self.registry.resolve(host)
@@ -147,6 +150,11 @@ class HostDispatcher:
 
         try:
             return self.app(environ, respond)
+        except UpstreamError as exc:
+            if started:
+                raise
+            logger.warning("site %s: %s", site.name, exc)
+            return error_response(respond, exc.status, exc.public)
         except Exception as exc:
             reason = expected_failure(exc)
             if reason is None:

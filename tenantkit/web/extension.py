@@ -135,6 +135,8 @@ class Tenantkit:
                 logger.error("settings: [web] admin_hosts: %s (ignored)", exc)
         self.admin_hosts = frozenset(admin_hosts)
         self._seen_sites = self.registry.sites
+        # Links left by an earlier run for hosts no site (or another site) serves now.
+        self.host_links.prune(self.registry.owner)
         self.metrics.sites.set(len(self._seen_sites))
         self.metrics.reload_errors.set(len(self.registry.errors))
         app.extensions["tenantkit"] = self
@@ -240,7 +242,8 @@ class Tenantkit:
             router.close()
 
     def _watcher(self) -> Any:
-        return SiteWatcher(self.registry)
+        # Host links follow the registry at once: nginx serves hits without asking us.
+        return SiteWatcher(self.registry, on_reload=self.sites_changed)
 
     def _invalidator(self) -> Any:
         return Invalidator(self.settings, self.registry, caches=self.caches)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from tenantkit.cache.pagecache import PageCache
 from tenantkit.web.hits import StoredResponse
+from tenantkit.web.target import request_target
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
@@ -101,7 +102,7 @@ class HotPages:
         if len(self._pages) >= self.MAX_PAGES:
             self._pages.clear()
         hot = self._pages[(id(cache), host, path, query)] = HotPage(
-            cache, cache.body_file(host, path, query), stamp, page.ident, stored,
+            cache, cache.body_file(host, path, query, page.body_name), stamp, page.ident, stored,
             page.created + page.ttl, now)
         return stored, hot
 
@@ -130,13 +131,14 @@ class HotPages:
 
 def plain_request_key(environ: WSGIEnvironment) -> RequestKey | None:
     """For a GET or HEAD that nothing but its URL can make personal (no cookie, no
-    ``Authorization``, no conditional header), what the hit lane keys it by: the raw
-    ``Host`` and ``X-Forwarded-Host`` headers, path and query. None for any other request."""
+    ``Authorization``, no conditional header; ``Accept-Encoding`` only picks the page's form
+    when it is sent), what the hit lane keys it by: the raw ``Host`` and
+    ``X-Forwarded-Host`` headers and the raw request target. None for any other request."""
     method = environ.get("REQUEST_METHOD")
     host = environ.get("HTTP_HOST")
     if ((method != "GET" and method != "HEAD") or not host or environ.get("HTTP_COOKIE")
             or "HTTP_AUTHORIZATION" in environ or "HTTP_IF_NONE_MATCH" in environ
-            or "HTTP_IF_MODIFIED_SINCE" in environ):
+            or "HTTP_IF_MODIFIED_SINCE" in environ or "HTTP_SCRIPT_NAME" in environ):
         return None
-    return (host, environ.get("HTTP_X_FORWARDED_HOST", ""), environ.get("PATH_INFO", ""),
-            environ.get("QUERY_STRING", ""))
+    path, query = request_target(environ)
+    return (host, environ.get("HTTP_X_FORWARDED_HOST", ""), path, query)

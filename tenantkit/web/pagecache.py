@@ -15,11 +15,21 @@ Every response of a cache-enabled site says what happened in ``X-Tenantkit-Cache
   HEAD, an ``Authorization`` header, a bypass cookie (``site.cache.bypass_cookies``
   prefixes), or a fresh read-your-writes cookie.
 
-Only 200 responses to GET without ``Set-Cookie``, without ``Cache-Control: private``,
-``no-store`` or ``no-cache`` and without ``Vary: Cookie`` (or ``Authorization``, ``*``) are
-stored. Tags come from the ``X-Tenantkit-Tags`` response header (comma- or
-space-separated), which never reaches the client. Stored pages get an ``ETag`` and a
-``Last-Modified``; conditional GETs on hits answer 304.
+A page is keyed by the host and exactly the request target the backend rendered
+(:func:`tenantkit.web.target.request_target`: raw, ``%2F`` is not ``/``), with the site's
+``[cache] ignore_query_args`` (``utm_*``, ``fbclid``, ``gclid``, ...) left out of the key --
+they are still forwarded.
+
+Only 200 responses to GET are stored, and only when nothing in them is personal or
+short-lived: no ``Set-Cookie``; no ``Cache-Control: private``, ``no-store``, ``no-cache`` or
+a zero lifetime (``s-maxage``, else ``max-age``, is the page's lifetime when given, else the
+site's ``ttl``); ``Vary`` on nothing but ``Accept-Encoding``; no ``Content-Encoding`` but
+``gzip``, which is decoded once on store (a hit is gzipped again for a client that accepts
+it, see :mod:`tenantkit.web.hits`). Every end-to-end header is stored with the page (all but
+hop-by-hop and per-response ones: ``Date``, ``Age``, ``Server``, ``Content-Length``).
+Tags come from the ``X-Tenantkit-Tags`` response header (comma- or space-separated), which
+never reaches the client. Stored pages get an ``ETag`` and a ``Last-Modified``; conditional
+GETs on hits answer 304.
 
 Read-your-writes: after a request whose backend wrote (the router's consistency token is
 found in ``environ["tenantkit.write_token"]`` or the ``X-Tenantkit-Token`` response header),
@@ -35,6 +45,7 @@ import hashlib
 import itertools
 import logging
 import time
+import zlib
 from collections.abc import Callable, Iterable
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
@@ -50,6 +61,7 @@ from tenantkit.web.hits import CACHE_HEADER, send_page
 from tenantkit.web.hostlinks import HostLinks
 from tenantkit.web.hotpages import LANE_KEY, HotPages, plain_request_key
 from tenantkit.web.rwcookie import TOKEN_HEADER, TOKEN_IN, TOKEN_OUT, TokenCookie
+from tenantkit.web.target import cache_query, request_target
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -65,9 +77,55 @@ TAGS_HEADER = "x-tenantkit-tags"
 _PRIVATE_LENGTHS = frozenset({len(TAGS_HEADER), len(TOKEN_HEADER)})
 #: Pages larger than this are passed through, never buffered for the cache.
 MAX_STORE_BYTES = 8 * 1024 * 1024
-#: Headers a stored page keeps (the rest are per-response or hop-by-hop).
-_KEEP = frozenset({"content-type", "content-language", "etag", "last-modified", "link",
-                   "vary", "x-robots-tag", "content-security-policy"})
+#: Headers a stored page does not keep: hop-by-hop (RFC 9110 section 7.6.1), per-response,
+#: recomputed on every hit, or ours. Every other header the app sent is kept.
+_DROP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
+    "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "content-length",
+    "content-encoding", "date", "age", "server", "set-cookie", CACHE_HEADER.lower(),
+    TAGS_HEADER, TOKEN_HEADER,
+})
+#: Content codings a page may be stored with: decoded on store.
+_DECODABLE = frozenset({"gzip", "x-gzip"})
+
+
+def cache_control(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """The response's Cache-Control directives, lowercased names to values ("" for none)."""
+    directives: dict[str, str] = {}
+    for key, value in headers:
+        if key.lower() == "cache-control":
+            for item in value.split(","):
+                name, _, arg = item.strip().partition("=")
+                if name:
+                    directives.setdefault(name.strip().lower(), arg.strip().strip('"'))
+    return directives
+
+
+def lifetime(headers: Iterable[tuple[str, str]], default: int) -> int:
+    """How long a shared cache may keep this response (RFC 9111 section 4.2.1): ``s-maxage``,
+    else ``max-age``, else *default*; 0 for ``no-store``, ``no-cache`` or ``private``."""
+    directives = cache_control(headers)
+    if directives.keys() & {"no-store", "no-cache", "private"}:
+        return 0
+    for name in ("s-maxage", "max-age"):
+        if name in directives:
+            value = directives[name]
+            return int(value) if value.isascii() and value.isdigit() else 0
+    return default
+
+
+def _decode(data: bytes, coding: str) -> bytes | None:
+    """*data* without its content coding, None when it cannot be (or is too large)."""
+    if coding not in _DECODABLE:
+        return None
+    try:
+        inflater = zlib.decompressobj(wbits=31)
+        plain = inflater.decompress(data, MAX_STORE_BYTES + 1)
+    except zlib.error:
+        return None
+    if len(plain) > MAX_STORE_BYTES or inflater.unconsumed_tail or not inflater.eof:
+        return None
+    return plain
 
 
 def _parse_tags(value: str) -> tuple[str, ...]:
@@ -127,8 +185,8 @@ class PageCacheMiddleware:
                 or (cookies and has_bypass_cookie(cookies, site.cache.bypass_cookies))):
             return self._bypass(site, environ, start_response)
         host: str = environ.get("tenantkit.host") or ""
-        path = environ.get("PATH_INFO") or "/"
-        query = environ.get("QUERY_STRING", "")
+        path, query = request_target(environ)
+        query = cache_query(query, site.cache.ignore_query_args)
         cache = self.caches.get(site)
         now = time.time()
         try:
@@ -154,7 +212,7 @@ class PageCacheMiddleware:
             self._count(site, "STALE")
             return send_page(stored, environ, start_response, "STALE", time.time())
         try:
-            return self._fill(site, cache, ticket, environ, start_response)
+            return self._fill(site, cache, ticket, query, environ, start_response)
         finally:
             ticket.release()
 
@@ -220,39 +278,41 @@ class PageCacheMiddleware:
 
         return self.app(environ, respond)
 
-    def _fill(self, site: Site, cache: PageCache, ticket: FillTicket,
+    def _fill(self, site: Site, cache: PageCache, ticket: FillTicket, query: str,
               environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         self._count(site, "MISS")
         host, path = ticket.host, ticket.path
-        query = environ.get("QUERY_STRING", "")
         capture = _Capture()
         body = self.app(environ, capture)
         try:
             chunks: list[bytes] = []
             size = 0
             iterator = iter(body)
-            storable = self._storable(environ, capture)
-            if storable:
+            ttl = self._storable(site, environ, capture)
+            if ttl:
                 for chunk in iterator:
                     chunks.append(chunk)
                     size += len(chunk)
                     if size > MAX_STORE_BYTES:
-                        storable = False
+                        ttl = 0
                         break
             out, tags = self._outgoing(environ, capture.headers, "MISS")
-            if storable:
+            if ttl:
                 data = b"".join(chunks)
-                keep = self._stored_headers(out, data)
-                try:
-                    stored = cache.put(host, path, data, query=query, status=200, headers=keep,
-                                       tags=tags, ticket=ticket)
-                except (CacheError, OSError, ValueError) as exc:
-                    logger.warning("site %s: cannot store %r: %s", site.name, path, exc)
-                    stored = False
-                if stored and self.host_links is not None and not query:
-                    self.host_links.ensure(site.name, host)
-                names = {k.lower() for k, _ in keep}
-                out = [(k, v) for k, v in out if k.lower() not in names] + keep
+                form = self._stored_form(out, data)
+                if form is not None:
+                    plain, keep = form
+                    try:
+                        stored = cache.put(host, path, plain, query=query, status=200,
+                                           headers=keep, tags=tags, ttl=ttl, ticket=ticket)
+                    except (CacheError, OSError, ValueError) as exc:
+                        logger.warning("site %s: cannot store %r: %s", site.name, path, exc)
+                        stored = False
+                    if stored and self.host_links is not None and not query:
+                        self.host_links.ensure(site.name, host)
+                    if plain is data:  # the visitor gets the validators the hits will have
+                        names = {k.lower() for k, _ in out}
+                        out += [(k, v) for k, v in keep if k.lower() not in names]
                 start_response(capture.status, out, capture.exc_info)
                 _close(body)
                 return [data]
@@ -263,35 +323,48 @@ class PageCacheMiddleware:
         # What is left of the body, then the app's own close().
         return ClosingIterator(itertools.chain(chunks, iterator), getattr(body, "close", None))
 
-    def _storable(self, environ: WSGIEnvironment, capture: _Capture) -> bool:
+    def _storable(self, site: Site, environ: WSGIEnvironment, capture: _Capture) -> int:
+        """How long the response may be stored; 0 when it must not be."""
         if environ.get("REQUEST_METHOD") != "GET" or not capture.status.startswith("200"):
-            return False
+            return 0
         if TOKEN_OUT in environ:
-            return False
+            return 0
         for key, value in capture.headers:
             lower = key.lower()
             if lower in ("set-cookie", TOKEN_HEADER):
-                return False
-            if lower == "cache-control":
-                directives = {d.strip().split("=")[0].lower() for d in value.split(",")}
-                if directives & {"private", "no-store", "no-cache"}:
-                    return False
-            if lower == "vary":
-                # The cache keys on host, path and query only: a page that differs by
-                # anything personal must not be shared.
-                varies = {v.strip().lower() for v in value.split(",")}
-                if varies & {"*", "cookie", "authorization"}:
-                    return False
-        return True
+                return 0
+            # The key is host and target only: a page that differs by anything but the
+            # content coding (decoded on store) must not be shared.
+            if lower == "vary" and {v.strip().lower() for v in value.split(",")} - {
+                    "accept-encoding", ""}:
+                return 0
+            if lower == "content-encoding" and value.strip().lower() not in (
+                    _DECODABLE | {"identity", ""}):
+                return 0
+        return lifetime(capture.headers, site.cache.ttl)
 
-    def _stored_headers(self, out: list[tuple[str, str]], data: bytes) -> list[tuple[str, str]]:
-        keep = [(k, v) for k, v in out if k.lower() in _KEEP]
+    def _stored_form(self, out: list[tuple[str, str]], data: bytes
+                     ) -> tuple[bytes, list[tuple[str, str]]] | None:
+        """The identity body and the headers to store with it; None when the body's coding
+        cannot be undone."""
+        plain = data
+        for key, value in out:
+            if key.lower() == "content-encoding":
+                coding = value.strip().lower()
+                if coding not in ("identity", ""):
+                    decoded = _decode(data, coding)
+                    if decoded is None:
+                        return None
+                    plain = decoded
+        keep = [(k, v) for k, v in out if k.lower() not in _DROP]
         names = {k.lower() for k, _ in keep}
-        if "etag" not in names:
-            keep.append(("ETag", '"' + hashlib.blake2b(data, digest_size=12).hexdigest() + '"'))
+        if "etag" not in names or plain is not data:
+            # An upstream's ETag names its encoded body: the stored one gets its own.
+            keep = [(k, v) for k, v in keep if k.lower() != "etag"]
+            keep.append(("ETag", '"' + hashlib.blake2b(plain, digest_size=12).hexdigest() + '"'))
         if "last-modified" not in names:
             keep.append(("Last-Modified", formatdate(time.time(), usegmt=True)))
-        return keep
+        return plain, keep
 
 
 def _close(body: Iterable[bytes]) -> None:

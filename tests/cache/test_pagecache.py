@@ -9,6 +9,8 @@ import pytest
 
 from tenantkit.cache.keys import page_key
 from tenantkit.cache.pagecache import PageCache
+from tenantkit.cache.pagefile import NGINX_TYPE as HTML
+from tenantkit.cache.pagefile import PRIVATE_BODY
 from tenantkit.errors import CacheError
 
 
@@ -43,11 +45,45 @@ def test_put_then_get_round_trips(cache: PageCache) -> None:
 
 
 def test_layout_is_servable_by_nginx(cache: PageCache) -> None:
-    cache.put(H, "/2024/hello/", b"body")
+    cache.put(H, "/2024/hello/", b"body", headers=[("Content-Type", HTML)])
     served = cache.root / "current" / H / "2024" / "hello" / "index.html"
     assert served.read_bytes() == b"body"
     assert os.readlink(cache.root / "current") == "g1"
     assert (served.parent / ".meta.json").is_file()
+
+
+@pytest.mark.parametrize("headers", [
+    pytest.param([], id="no type"),
+    pytest.param([("Content-Type", "application/json")], id="json"),
+    pytest.param([("Content-Type", "text/html")], id="no charset"),
+    pytest.param([("Content-Type", HTML), ("X-Frame-Options", "DENY")], id="security header"),
+    pytest.param([("Content-Type", HTML), ("Vary", "User-Agent")], id="vary"),
+])
+def test_pages_nginx_would_serve_differently_are_kept_from_it(
+        cache: PageCache, headers: list[tuple[str, str]]) -> None:
+    cache.put(H, "/j/", b"{}", headers=headers)
+    directory = cache.root / "current" / H / "j"
+    assert not (directory / "index.html").exists()
+    assert (directory / PRIVATE_BODY).read_bytes() == b"{}"
+    page = cache.get(H, "/j/")
+    assert page is not None and page.body == b"{}" and page.body_name == PRIVATE_BODY
+    cache.put(H, "/j/", b"<p>", headers=[("Content-Type", HTML)])  # now an html page
+    assert (directory / "index.html").read_bytes() == b"<p>"
+    assert not (directory / PRIVATE_BODY).exists()
+    assert cache.get(H, "/j/").body == b"<p>"  # type: ignore[union-attr]
+    cache.purge_paths(H, ["/j/"])
+    assert not (directory / "index.html").exists()
+
+
+@pytest.mark.parametrize(("path", "servable"), [
+    pytest.param("/a/", True, id="plain"),
+    pytest.param("/a%2Fb/", False, id="encoded slash"),
+    pytest.param("/caf%C3%A9/", False, id="any escape"),
+    pytest.param("/index.html/", False, id="index.html segment"),
+    pytest.param("/a/index.html/", False, id="deeper index.html segment"),
+])
+def test_keys_nginx_could_confuse_are_hashed(path: str, servable: bool) -> None:
+    assert (not page_key(H, path).startswith(".q/")) is servable
 
 
 def test_query_keys_go_to_the_hashed_tree(cache: PageCache) -> None:
@@ -194,7 +230,7 @@ def test_a_torn_sidecar_is_a_miss_not_a_mixed_page(cache: PageCache) -> None:
 
 
 def test_get_never_checks_exists_first(cache: PageCache) -> None:
-    cache.put(H, "/r/", b"r")
+    cache.put(H, "/r/", b"r", headers=[("Content-Type", HTML)])
     (cache.root / "current" / H / "r" / "index.html").unlink()
     (cache.root / "current" / H / "r" / ".meta.json").unlink()
     assert cache.get(H, "/r/") is None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,8 +23,8 @@ from tenantkit.web.app import create_app
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[tuple[str, Sites, object]]:
     sites = Sites(tmp_path)
-    sites.add("alpha", ["alpha.test", "*.alpha.test"])
-    sites.add("beta", ["beta.test"])
+    sites.add("alpha", ["alpha.test", "*.alpha.test"], app="tk_test_apps:hello_html")
+    sites.add("beta", ["beta.test"], app="tk_test_apps:hello_html")
     settings = sites.settings(trusted_proxies=1)
     app = create_app(settings)
     server = make_server("127.0.0.1", 0, app, threaded=True)
@@ -71,10 +73,10 @@ def test_nginx_serves_hits_from_disk_and_passes_the_rest(
             assert get("/post/1/", Cookie=cookie).headers["X-Tenantkit-Cache"] == "BYPASS", \
                 cookie
         # The read-your-writes cookie goes to the shim, which ignores a forged one: a hit
-        # served by the shim keeps the app's Content-Type, nginx's says text/html.
+        # served by the shim has the same type nginx gives it.
         forged = get("/post/1/", Cookie="a=b; tenantkit_rw=x")
         assert forged.headers["X-Tenantkit-Cache"] == "HIT"
-        assert forged.headers["Content-Type"] == "text/plain"
+        assert forged.headers["Content-Type"] == "text/html; charset=utf-8"
         assert get("/post/1/", method="POST").headers["X-Tenantkit-Cache"] == "BYPASS"
         assert get("/post/1/?x=1").headers["X-Tenantkit-Cache"] in ("MISS", "HIT")
         assert len(tk_test_apps.CALLS) > calls
@@ -104,3 +106,60 @@ def test_a_removed_site_is_no_longer_served_by_nginx(stack: tuple[str, Sites, ob
         (sites.dir / "beta.toml").unlink()
         app.extensions["tenantkit"].reload()  # type: ignore[attr-defined]
         assert http.request("GET", url + "/x/", headers=headers).status == 421
+
+
+@pytest.mark.parametrize("change", ["moved", "removed"])
+def test_host_links_follow_the_registry_without_a_request(tmp_path: Path, change: str) -> None:
+    """Issue 16: a host moved to another site, or a removed site, stops being served from the
+    old cache by nginx at once: the watcher's reload prunes the link, no request needed."""
+    sites = Sites(tmp_path)
+    sites.add("alpha", ["alpha.test"], app="tk_test_apps:hello_html")
+    sites.add("beta", ["beta.test"], app="tk_test_apps:hello_html")
+    settings = sites.settings()
+    app = create_app(settings, TENANTKIT_BACKGROUND=True)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    port = free_port()
+    nginx = Nginx(tmp_path, render_config(settings, upstream=f"127.0.0.1:{server.server_port}",
+                                          listen=f"127.0.0.1:{port}"))
+    link = settings.cache_dir / "_hosts" / "beta.test"
+    try:
+        nginx.start(port)
+        with urllib3.PoolManager(retries=False, timeout=10) as http:
+            url = f"http://127.0.0.1:{port}/x/"
+            http.request("GET", url, headers={"Host": "beta.test"})
+            hit = http.request("GET", url, headers={"Host": "beta.test"})
+            assert hit.headers["X-Tenantkit-Cache"] == "HIT" and b"site=beta" in hit.data
+            assert os.path.islink(link)
+            if change == "moved":
+                sites.add("beta", ["other.test"], app="tk_test_apps:hello_html")
+                sites.add("alpha", ["alpha.test", "beta.test"], app="tk_test_apps:hello_html")
+            else:
+                (sites.dir / "beta.toml").unlink()
+            deadline = time.monotonic() + 10
+            while os.path.lexists(link) and time.monotonic() < deadline:
+                time.sleep(0.05)  # the watcher reloads within a second; nobody asks the shim
+            assert not os.path.lexists(link), "nginx would still serve beta's cached page"
+            reply = http.request("GET", url, headers={"Host": "beta.test"})
+            assert b"site=beta" not in reply.data
+    finally:
+        nginx.stop()
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+        app.extensions["tenantkit"].stop()  # type: ignore[attr-defined]
+
+
+def test_stale_host_links_are_cleaned_up_at_start(tmp_path: Path) -> None:
+    sites = Sites(tmp_path)
+    sites.add("alpha", ["alpha.test"], app="tk_test_apps:hello_html")
+    settings = sites.settings()
+    hosts = settings.cache_dir / "_hosts"
+    hosts.mkdir(parents=True)
+    os.symlink("../gone/pages/current/gone.test", hosts / "gone.test")
+    app = create_app(settings)
+    try:
+        assert not os.path.lexists(hosts / "gone.test")
+    finally:
+        app.extensions["tenantkit"].stop()  # type: ignore[attr-defined]

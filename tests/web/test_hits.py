@@ -63,7 +63,7 @@ def test_conditional_requests(request_headers: dict[str, str], expected: str) ->
     assert status.split()[0] == expected
     if expected == "304":
         assert body == b"" and headers == {"ETag": ETAG, "Last-Modified": MODIFIED,
-                                           "X-Tenantkit-Cache": "HIT"}
+                                           "Age": headers["Age"], "X-Tenantkit-Cache": "HIT"}
 
 
 def test_a_page_without_validators_is_never_not_modified() -> None:

@@ -11,6 +11,7 @@ from tk_web import Sites
 from werkzeug.test import Client
 
 from tenantkit.cache.pagecache import PageCache
+from tenantkit.cache.pagefile import PRIVATE_BODY
 from tenantkit.db.tokens import ConsistencyToken
 from tenantkit.web.dispatch import HostDispatcher
 from tenantkit.web.hotpages import HotPages
@@ -285,7 +286,7 @@ def test_pages_deleted_by_hand_stop_being_served(blog: tuple[Flask, Client],
     for _ in range(3):
         get(client, "/d/")
     assert get(client, "/d/").headers["X-Tenantkit-Cache"] == "HIT"
-    body = site.pages_dir / "current" / "blog.test" / "d" / "index.html"
+    body = site.pages_dir / "current" / "blog.test" / "d" / PRIVATE_BODY  # text/plain
     body.unlink()  # rm, as an operator clearing the cache by hand would
     monkeypatch.setattr(HotPages, "RECHECK", 0.0)  # instead of waiting a second
     assert get(client, "/d/").headers["X-Tenantkit-Cache"] == "MISS"

@@ -42,6 +42,16 @@ def hello(environ: dict[str, Any], start_response: Start) -> Iterable[bytes]:
     return [body]
 
 
+def hello_html(environ: dict[str, Any], start_response: Start) -> Iterable[bytes]:
+    """:func:`hello` as ``text/html; charset=utf-8``: a page nginx may serve from disk."""
+    def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        headers = [(k, "text/html; charset=utf-8" if k == "Content-Type" else v)
+                   for k, v in headers]
+        return start_response(status, headers, exc_info)
+
+    return hello(environ, start)
+
+
 def page(environ: dict[str, Any], start_response: Start) -> Iterable[bytes]:
     """A fixed page, for load tests and benchmarks."""
     start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"),
