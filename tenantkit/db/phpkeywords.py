@@ -12,20 +12,17 @@ A test regenerates the block and compares, so the two classifiers cannot drift a
 
 from __future__ import annotations
 
-import argparse
-import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tenantkit.db.keywords import KEYWORDS
+from tenantkit.generated import sync_block, sync_main
 
 __all__ = ["main", "php_block", "sync_php"]
 
 _BEGIN = "// BEGIN generated from tenantkit/db/sql_keywords.json"
 _END = "// END generated from tenantkit/db/sql_keywords.json"
-_BLOCK = re.compile(rf"^([ \t]*){re.escape(_BEGIN)}.*?^[ \t]*{re.escape(_END)}[^\n]*\n",
-                    re.MULTILINE | re.DOTALL)
 _WIDTH = 100
 
 
@@ -63,44 +60,14 @@ def php_block(indent: str = "    ", keywords: Mapping[str, Sequence[str]] | None
 def sync_php(path: Path, *, check: bool = False) -> bool:
     """Regenerate the block in the PHP file *path*; True when it was already up to date.
     With *check*, only compare (the file is not written)."""
-    text = path.read_text("utf-8")
-    match = _BLOCK.search(text)
-    if match is None:
-        raise ValueError(
-            f"{path}: no generated keyword block (a line {_BEGIN!r} ... a line {_END!r}); "
-            "put the two marker lines inside the classifier class, where its constants go"
-        )
-    updated = text[: match.start()] + php_block(match.group(1)) + text[match.end() :]
-    if updated == text:
-        return True
-    if not check:
-        path.write_text(updated, "utf-8")
-    return False
+    return sync_block(path, _BEGIN, _END, php_block, check=check)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tenantkit.db.phpkeywords",
-        description="Write the SQL classifier's keyword constants into PHP files "
-                    "(from tenantkit/db/sql_keywords.json).",
-    )
-    parser.add_argument("paths", nargs="*", type=Path,
-                        default=[Path("contrib/wp-db-router.php")])
-    parser.add_argument("--check", action="store_true",
-                        help="write nothing; exit 1 when a file's block is out of date")
-    args = parser.parse_args(argv)
-    stale = []
-    for path in args.paths:
-        try:
-            if not sync_php(path, check=args.check):
-                stale.append(path)
-        except (OSError, ValueError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-    for path in stale:
-        verb = "is out of date (run without --check to rewrite it)" if args.check else "updated"
-        print(f"{path}: {verb}", file=sys.stderr)
-    return 1 if stale and args.check else 0
+    return sync_main(argv, prog="python -m tenantkit.db.phpkeywords",
+                     description="Write the SQL classifier's keyword constants into PHP files "
+                                 "(from tenantkit/db/sql_keywords.json).",
+                     sync=sync_php, default_paths=[Path("contrib/wp-db-router.php")])
 
 
 if __name__ == "__main__":

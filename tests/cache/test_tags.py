@@ -158,7 +158,7 @@ def test_check_warns_about_a_targeted_site_whose_pages_carry_no_tags(tmp_path: P
     cache.put(HOST, "/tagged/", b"t", tags=("post:1",))
 
     def check() -> tuple[int, str]:
-        result = CliRunner().invoke(cli, ["--config", str(config), "check"])
+        result = CliRunner().invoke(cli, ["--config", str(config), "check", "--offline"])
         return result.exit_code, result.output
 
     code, output = check()

@@ -35,7 +35,7 @@ def test_check_fails_on_a_hand_edited_block_and_a_rewrite_fixes_it(tmp_path: Pat
 def test_a_file_without_markers_is_an_error(tmp_path: Path) -> None:
     php = tmp_path / "x.php"
     php.write_text("<?php\nfinal class X {}\n")
-    with pytest.raises(ValueError, match="no generated keyword block"):
+    with pytest.raises(ValueError, match="no generated block"):
         sync_php(php)
     assert main([str(php)]) == 2
 
