@@ -71,6 +71,9 @@ class HostLinks:
             names = os.listdir(self.dir)
         except FileNotFoundError:
             return
+        except OSError as exc:
+            logger.warning("cannot prune nginx host links in %s: %s", self.dir, exc)
+            return
         for host in names:
             if host.startswith("."):
                 continue
