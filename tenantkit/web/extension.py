@@ -115,8 +115,7 @@ class Tenantkit:
         self.registry: Registry = self._registry or Registry.load(settings)
         web = settings.web
         self.metrics = Metrics()
-        self.pool = BackendPool(trusted_proxies=web.trusted_proxies,
-                                connect_timeout=settings.database.connect_timeout)
+        self.pool = BackendPool(trusted_proxies=web.trusted_proxies)
         self.caches = SiteCaches()
         self.host_links = HostLinks(settings.cache_dir)
         self.pagecache = PageCacheMiddleware(

@@ -1,0 +1,151 @@
+"""Issue 17 section 1: one site cannot take the others down.
+
+``tenantkit serve`` (gunicorn, 2 workers of 8 threads) in front of raw-socket upstreams: one
+that accepts and never answers (a stuck PHP-FPM pool), one that answers.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import BinaryIO
+
+import pytest
+import urllib3
+from tk_procs import Shim, shim_env
+from tk_upstream import TIMEOUT, RawUpstream, read_request, response
+from tk_web import Sites
+
+from tenantkit.web.server import GUNICORN_DEFAULTS
+
+pytest.importorskip("gunicorn", reason="gunicorn is not installed (pip install -e '.[server]')")
+
+WORKERS = 2
+THREADS = int(GUNICORN_DEFAULTS["threads"])
+STUCK = "stuck.test"
+GOOD = "good.test"
+
+
+def answers(conn: socket.socket, reader: BinaryIO, up: RawUpstream) -> None:
+    for _ in range(1000):
+        request = read_request(reader)
+        if request is None:
+            return
+        up.record(request)
+        conn.sendall(response("200 OK", f"<p>page {request.target}</p>".encode()))
+
+
+class Stuck:
+    """An upstream that reads each request and never answers until released."""
+
+    def __init__(self) -> None:
+        self.released = threading.Event()
+        self.upstream = RawUpstream(self.script)
+
+    def script(self, conn: socket.socket, reader: BinaryIO, up: RawUpstream) -> None:
+        request = read_request(reader)
+        if request is not None:
+            up.record(request)
+        self.released.wait(TIMEOUT)
+
+    def close(self) -> None:
+        self.released.set()
+        self.upstream.close()
+
+
+@pytest.fixture
+def stuck() -> Iterator[Stuck]:
+    one = Stuck()
+    yield one
+    one.close()
+
+
+@pytest.fixture
+def good() -> Iterator[RawUpstream]:
+    up = RawUpstream(answers)
+    yield up
+    up.close()
+
+
+def _serve(tmp_path: Path, stuck: Stuck, good: RawUpstream, stuck_extra: str = "") -> Shim:
+    sites = Sites(tmp_path)
+    sites.add("stuck", [STUCK], url=stuck.upstream.url,
+              extra=stuck_extra or "read_timeout = 30\n")
+    sites.add("good", [GOOD], url=good.url)
+    return Shim(tmp_path, shim_env(sites.dir, sites.cache_dir), "--workers", str(WORKERS))
+
+
+def _get(url: str, host: str, timeout: float = TIMEOUT) -> tuple[float, urllib3.BaseHTTPResponse]:
+    """One request on a connection of its own: (seconds to the whole response, response)."""
+    with urllib3.PoolManager(retries=False, timeout=timeout) as http:
+        started = time.monotonic()
+        reply = http.request("GET", url, headers={"Host": host})
+        return time.monotonic() - started, reply
+
+
+def _poll(condition: object, what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        if callable(condition) and condition():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_hung_upstream_does_not_stall_a_cached_page_of_another_site(
+        tmp_path: Path, stuck: Stuck, good: RawUpstream) -> None:
+    shim = _serve(tmp_path, stuck, good)
+    n = THREADS * WORKERS
+    pool = ThreadPoolExecutor(n)
+    try:
+        assert _get(shim.url + "/", GOOD)[1].headers["X-Tenantkit-Cache"] == "MISS"
+        assert _get(shim.url + "/", GOOD)[1].headers["X-Tenantkit-Cache"] == "HIT"
+        futures: list[Future[tuple[float, urllib3.BaseHTTPResponse]]] = [
+            pool.submit(_get, shim.url + f"/slow/{i}", STUCK, 60.0) for i in range(n)]
+
+        def settled() -> bool:
+            refused = sum(1 for f in futures if f.done())
+            return refused + len(stuck.upstream.heads) == n
+
+        # Every request is either held by the hung upstream or already refused.
+        _poll(settled, "every request to the stuck site to be forwarded or refused")
+        refused = [f.result() for f in futures if f.done()]
+        assert refused, "no request over the limit was refused"
+        for seconds, reply in refused:
+            assert reply.status == 503
+            assert reply.headers["Retry-After"].isdigit()
+            assert seconds < 2.0, seconds
+        assert 4 <= len(stuck.upstream.heads) <= 4 * WORKERS  # max_concurrency per worker
+        for _ in range(2 * WORKERS):
+            seconds, reply = _get(shim.url + "/", GOOD)
+            assert reply.status == 200
+            assert reply.headers["X-Tenantkit-Cache"] == "HIT"
+            assert seconds < 0.1, f"a cached page took {seconds:.3f}s behind a hung site"
+        # Another site's misses still reach its upstream too.
+        seconds, reply = _get(shim.url + "/other/", GOOD)
+        assert reply.headers["X-Tenantkit-Cache"] == "MISS"
+        assert seconds < 1.0, seconds
+    finally:
+        stuck.released.set()
+        pool.shutdown(wait=True)
+        assert shim.stop() == 0
+    output = shim.output()
+    assert "Traceback" not in output, output[-6000:]
+    assert "site stuck: backend busy" in output
+
+
+def test_the_site_read_timeout_answers_504(tmp_path: Path, stuck: Stuck,
+                                           good: RawUpstream) -> None:
+    shim = _serve(tmp_path, stuck, good, stuck_extra="read_timeout = 0.5\n")
+    try:
+        seconds, reply = _get(shim.url + "/", STUCK)
+        assert reply.status == 504
+        assert seconds < 5.0, seconds
+    finally:
+        stuck.released.set()
+        assert shim.stop() == 0
+    assert "Traceback" not in shim.output()
