@@ -69,6 +69,7 @@ from tenantkit.cache.pagefile import (
     SidecarMeta,
     nginx_serves,
 )
+from tenantkit.cache.staleness import IF_ERROR, stale_horizon, stale_reason
 from tenantkit.cache.stamp import ChangeStamp
 from tenantkit.cache.stats import CacheStats, Counters
 from tenantkit.errors import CacheError
@@ -83,20 +84,24 @@ class PageCache:
     """The page cache of one site, rooted at ``cache_dir/<site>/pages``.
 
     ``ttl``: seconds a page is fresh; ``stale_seconds``: how long a purged or expired page may
-    still be served while one caller re-renders it; ``max_bytes``: the oldest pages go when
-    the current generation grows past it; ``fill_timeout``: a fill lock older than this is
-    taken over (its holder is presumed dead); ``clock``: wall-clock seconds (tests pass a fake);
-    ``untagged``: the tag a page put without tags is stored under (a site's cache uses
-    :data:`tenantkit.cache.tags.SITE`, which every purge of the site purges).
+    still be served while one caller re-renders it; ``stale_if_error``: how long such a page
+    may be served when the backend fails (:meth:`get_if_error`); ``max_bytes``: the oldest
+    pages go when the current generation grows past it; ``fill_timeout``: a fill lock older
+    than this is taken over (its holder is presumed dead); ``clock``: wall-clock seconds
+    (tests pass a fake); ``untagged``: the tag a page put without tags is stored under (a
+    site's cache uses :data:`tenantkit.cache.tags.SITE`, which every purge of the site
+    purges).
     """
 
     def __init__(self, root: str | os.PathLike[str], *, ttl: int = 300, stale_seconds: int = 30,
                  max_bytes: int | None = None, fill_timeout: float = 30.0,
-                 clock: Callable[[], float] = time.time, untagged: str | None = None) -> None:
+                 clock: Callable[[], float] = time.time, untagged: str | None = None,
+                 stale_if_error: int = 0) -> None:
         self.root = Path(root)
         self.untagged = untagged
         self.ttl = ttl
         self.stale_seconds = stale_seconds
+        self.stale_if_error = stale_if_error
         self.max_bytes = max_bytes
         self.fill_timeout = fill_timeout
         self.clock = clock
@@ -161,6 +166,15 @@ class PageCache:
         A page stops being fresh when it expires or is purged (a flush purges every page),
         whichever comes first; it may be served stale for ``stale_seconds`` after that.
         """
+        return self._lookup(host, path, query, if_error=False)
+
+    def get_if_error(self, host: str, path: str, query: str = "") -> CachedPage | None:
+        """The page to serve instead of the backend's error: fresh, or stale for either
+        reason of :func:`~tenantkit.cache.staleness.stale_reason` (``stale_seconds``, or
+        ``stale_if_error`` after the page was purged or expired); else None."""
+        return self._lookup(host, path, query, if_error=True)
+
+    def _lookup(self, host: str, path: str, query: str, *, if_error: bool) -> CachedPage | None:
         key = page_key(host, path, query)
         now = self.clock()
         directory = self._current + "/" + key
@@ -169,26 +183,35 @@ class PageCache:
         if found is None:
             found = read(directory, STALE_BODY, STALE_META)
         if found is None:
-            found = self._from_previous(key)
+            found = self._from_previous(key, if_error=if_error)
         counters = self._counters
         if found is None:
-            counters.misses += 1
+            if not if_error:
+                counters.misses += 1
             return None
         body, meta = found
         end = meta.created + meta.ttl
         if meta.purged is not None and meta.purged < end:
             end = meta.purged
         if now < end:
-            counters.hits += 1
+            if not if_error:
+                counters.hits += 1
             stale = False
-        elif now < end + self.stale_seconds:
+        else:
+            reason = stale_reason(end, now, stale_seconds=self.stale_seconds,
+                                  stale_if_error=self.stale_if_error)
+            if reason is None or (reason == IF_ERROR and not if_error):
+                if not if_error:
+                    counters.misses += 1
+                return None
             counters.stale_hits += 1
             stale = True
-        else:
-            counters.misses += 1
-            return None
         return CachedPage(body, meta.status, meta.headers, meta.tags, meta.created, meta.ttl,
                           max(0.0, now - meta.created), stale, meta.ident, meta.body_name)
+
+    def _stale_horizon(self) -> float:
+        return stale_horizon(stale_seconds=self.stale_seconds,
+                             stale_if_error=self.stale_if_error)
 
     def _previous_flushed(self) -> float | None:
         """When the generation ``previous`` points to was flushed; None when there is none.
@@ -203,10 +226,12 @@ class PageCache:
             self._previous_memo = (seen, flushed)
         return flushed
 
-    def _from_previous(self, key: str) -> tuple[bytes, SidecarMeta] | None:
+    def _from_previous(self, key: str, *, if_error: bool = False
+                       ) -> tuple[bytes, SidecarMeta] | None:
         """The key's page in the generation before the last flush: purged at that flush."""
         flushed = self._previous_flushed()
-        if flushed is None or self.clock() >= flushed + self.stale_seconds:
+        window = self._stale_horizon() if if_error else self.stale_seconds
+        if flushed is None or self.clock() >= flushed + window:
             return None  # no previous generation, or too long ago to serve even stale
         directory = f"{self._previous}/{key}"
         found = self._files.read(directory, STALE_BODY, STALE_META)
@@ -341,8 +366,8 @@ class PageCache:
 
     def flush(self) -> str:
         """Purge the whole site: a new empty generation becomes ``current``; the old one is
-        kept as ``previous`` (served stale for ``stale_seconds``) and older ones are deleted in
-        the background. Returns the new generation's name."""
+        kept as ``previous`` (served stale for ``stale_seconds``, or ``stale_if_error``) and
+        older ones are deleted in the background. Returns the new generation's name."""
         old = self.generation()
         new = generations.new_generation(self.root)
         with contextlib.suppress(FileNotFoundError):
@@ -362,7 +387,7 @@ class PageCache:
         if keep is None:
             keep = {self.generation()}
             flushed = generations.read_flushed(self._previous)
-            if flushed is not None and self.clock() < flushed + self.stale_seconds:
+            if flushed is not None and self.clock() < flushed + self._stale_horizon():
                 with contextlib.suppress(OSError):
                     keep.add(os.readlink(self._previous))
         return generations.sweep(self.root, keep)

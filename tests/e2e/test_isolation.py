@@ -149,3 +149,89 @@ def test_the_site_read_timeout_answers_504(tmp_path: Path, stuck: Stuck,
         stuck.released.set()
         assert shim.stop() == 0
     assert "Traceback" not in shim.output()
+
+
+# -- serve stale on error ----------------------------------------------------------------------
+
+ADMIN = {"Host": "admin.test", "Authorization": "Bearer t0ken"}
+
+
+class Flaky:
+    """An upstream answering 200, 500 or nothing at all, as ``mode`` says."""
+
+    def __init__(self) -> None:
+        self.mode = "ok"
+        self.released = threading.Event()
+        self.upstream = RawUpstream(self.script)
+
+    def script(self, conn: socket.socket, reader: BinaryIO, up: RawUpstream) -> None:
+        for _ in range(1000):
+            request = read_request(reader)
+            if request is None:
+                return
+            up.record(request)
+            if self.mode == "hang":
+                self.released.wait(TIMEOUT)
+                return
+            if self.mode == "500":
+                conn.sendall(response("500 Internal Server Error", b"<p>fatal error</p>"))
+                continue
+            body = f"<p>page {request.target} n={len(up.heads)}</p>".encode()
+            conn.sendall(response("200 OK", body))
+
+    def close(self) -> None:
+        self.released.set()
+        self.upstream.close()
+
+
+@pytest.fixture
+def flaky() -> Iterator[Flaky]:
+    one = Flaky()
+    yield one
+    one.close()
+
+
+def _admin_env(sites: Sites, **extra: str) -> dict[str, str]:
+    return shim_env(sites.dir, sites.cache_dir, TENANTKIT_WEB_ADMIN_HOSTS="admin.test",
+                    TENANTKIT_WEB_ADMIN_TOKEN="t0ken", **extra)
+
+
+def _purge(shim: Shim, site: str, *paths: str) -> None:
+    with urllib3.PoolManager(retries=False, timeout=TIMEOUT) as http:
+        reply = http.request("POST", shim.url + "/_tenantkit/purge", headers=ADMIN,
+                             json={"site": site, "host": GOOD, "path": list(paths)})
+    assert reply.status == 200, reply.data
+
+
+def test_an_upstream_failure_serves_the_purged_page_marked_stale(
+        tmp_path: Path, flaky: Flaky) -> None:
+    sites = Sites(tmp_path)
+    # stale_seconds = 0: a purged page is never served while it is rendered again, only
+    # when rendering it fails.
+    sites.add("good", [GOOD], url=flaky.upstream.url,
+              extra="read_timeout = 1\n[cache]\nstale_seconds = 0\nstale_if_error = 300\n")
+    shim = Shim(tmp_path, _admin_env(sites), "--workers", "1")
+    try:
+        first = _get(shim.url + "/a/", GOOD)[1]
+        assert first.headers["X-Tenantkit-Cache"] == "MISS"
+        _purge(shim, "good", "/a/")
+        failures = {"500": "an error", "hang": "a timeout"}
+        for mode in failures:
+            flaky.mode = mode
+            seconds, reply = _get(shim.url + "/a/", GOOD)
+            assert reply.status == 200, (mode, reply.status, reply.data)
+            assert reply.headers["X-Tenantkit-Cache"] == "STALE", mode
+            assert reply.data == first.data, mode
+            assert seconds < 5.0, (mode, seconds)
+        flaky.mode = "500"
+        never_stored = _get(shim.url + "/b/", GOOD)[1]
+        assert never_stored.status == 500  # nothing to serve instead
+        flaky.close()  # refused from now on
+        reply = _get(shim.url + "/a/", GOOD)[1]
+        assert (reply.status, reply.headers["X-Tenantkit-Cache"]) == (200, "STALE")
+        assert reply.data == first.data
+    finally:
+        assert shim.stop() == 0
+    output = shim.output()
+    assert "Traceback" not in output, output[-6000:]
+    assert "served the stored page (stale_if_error)" in output
