@@ -50,7 +50,7 @@ from tenantkit import layout
 from tenantkit.cache.caches import SiteCaches
 from tenantkit.cache.events import Event, PurgeAction
 from tenantkit.cache.pagecache import PageCache
-from tenantkit.cache.purge import action_for, purge
+from tenantkit.cache.purge import PurgeResult, action_for, purge
 from tenantkit.cache.transports import (
     Consumer,
     Message,
@@ -95,6 +95,8 @@ class Invalidator:
     """Consumes events on this node and purges the page caches, replica-safe.
 
     ``on_purge(event, site, action)`` is called after each purge (metrics, tests);
+    ``on_purged(site, result)`` after each purge that reported the pages it made stale
+    (``result.keys``: a site with ``[cache] rewarm``, see :mod:`tenantkit.web.rewarm`);
     ``transport`` overrides the one ``settings`` names; ``caches`` is the process's one
     PageCache per site (default: a registry of its own).
     """
@@ -102,7 +104,8 @@ class Invalidator:
     def __init__(self, settings: Settings, registry: Any, *, transport: Transport | None = None,
                  node: str | None = None, poll_timeout: float = 0.2, scan_interval: float = 2.0,
                  on_purge: Callable[[Event | None, Site, PurgeAction], None] | None = None,
-                 caches: SiteCaches | None = None) -> None:
+                 caches: SiteCaches | None = None,
+                 on_purged: Callable[[Site, PurgeResult], None] | None = None) -> None:
         self.settings = settings
         self.registry = registry
         self.transport = transport if transport is not None else make_transport(settings)
@@ -111,6 +114,7 @@ class Invalidator:
         self.poll_timeout = poll_timeout
         self.scan_interval = scan_interval
         self.on_purge = on_purge
+        self.on_purged = on_purged
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._consumer: Consumer | None = None
@@ -338,10 +342,12 @@ class Invalidator:
     def apply(self, site: Site, action: PurgeAction, event: Event | None) -> None:
         """Carry out ``action`` on the site's page cache (:func:`tenantkit.cache.purge.purge`)."""
         try:
-            purge(self.cache_for(site), site, action)
+            result = purge(self.cache_for(site), site, action)
         except InvalidHost as exc:
             log.warning("invalidator: purge for site %s: %s; dropped", site.name, exc)
             return
+        if self.on_purged is not None and result.keys:
+            self.on_purged(site, result)
         if self.on_purge is not None:
             self.on_purge(event, site, action)
 

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import threading
 import time
@@ -75,9 +76,25 @@ from tenantkit.cache.stats import CacheStats, Counters
 from tenantkit.errors import CacheError
 from tenantkit.files import replace_symlink, write_atomic
 
-__all__ = ["CacheStats", "CachedPage", "FillTicket", "PageCache", "page_key"]
+__all__ = ["CacheStats", "CachedPage", "FillTicket", "PageCache", "PageRef", "page_key"]
 
 CHANGES = ".changes"
+
+#: A stored page's key as its request gave it: (host, path, query).
+PageRef = tuple[str, str, str]
+
+
+def _add_ref(refs: list[PageRef], directory: str) -> None:
+    """Append the (host, path, query) a purged page in *directory* was stored for, read
+    from its stale sidecar (skipped when that cannot be read)."""
+    try:
+        with open(f"{directory}/{STALE_META}", "rb") as f:
+            meta = json.loads(f.read())
+        ref = (str(meta["host"]), str(meta["path"]), str(meta.get("query") or ""))
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if ref not in refs:
+        refs.append(ref)
 
 
 class PageCache:
@@ -323,9 +340,11 @@ class PageCache:
 
     # --- purges ---------------------------------------------------------------------------
 
-    def _purge_names(self, names: Iterable[str], own: Mapping[str, str] | None = None) -> int:
+    def _purge_names(self, names: Iterable[str], own: Mapping[str, str] | None = None,
+                     purged: list[PageRef] | None = None) -> int:
         """Mark each name purged, then move the pages its index lists (and ``own[name]``,
-        a page key not in the index) out of the way."""
+        a page key not in the index) out of the way; each page moved is appended to
+        *purged* when given."""
         generation = self.generation()
         gen_dir = f"{self.root}/{generation}"
         now = self.clock()
@@ -336,22 +355,29 @@ class PageCache:
                 mark_purged(gen_dir, name)
             except FileNotFoundError:
                 return count  # the generation is gone: a flush beat us to it
+            keys = list(tagindex.pages(gen_dir, name))
             if own is not None and name in own:
-                count += move_stale(f"{gen_dir}/{own[name]}", now)
-            for key in tagindex.pages(gen_dir, name):
-                count += move_stale(f"{gen_dir}/{key}", now)
+                keys.insert(0, own[name])
+            for key in keys:
+                if move_stale(f"{gen_dir}/{key}", now):
+                    count += 1
+                    if purged is not None:
+                        _add_ref(purged, f"{gen_dir}/{key}")
         if count:
             self._changed()
         self._counters.add("purged", count)
         return count
 
-    def purge_tags(self, tags: Iterable[str]) -> int:
-        """Purge every page carrying any of ``tags``; returns how many pages went stale."""
-        return self._purge_names([tag_name(t) for t in tags])
+    def purge_tags(self, tags: Iterable[str], *, purged: list[PageRef] | None = None) -> int:
+        """Purge every page carrying any of ``tags``; returns how many pages went stale
+        (and appends each one's (host, path, query) to *purged* when given)."""
+        return self._purge_names([tag_name(t) for t in tags], purged=purged)
 
-    def purge_paths(self, host: str | None, paths: Iterable[str]) -> int:
+    def purge_paths(self, host: str | None, paths: Iterable[str], *,
+                    purged: list[PageRef] | None = None) -> int:
         """Purge these URL paths (with any query string) of ``host``, or of every host when
-        ``host`` is None. Returns how many pages went stale."""
+        ``host`` is None. Returns how many pages went stale (see :meth:`purge_tags` for
+        *purged*)."""
         paths = list(paths)
         for path in paths:
             if not isinstance(path, str) or not path.startswith("/"):
@@ -362,7 +388,7 @@ class PageCache:
             hosts = [check_host(host)]
         # Each path's own page (no query) is not in the index: put() leaves it out.
         own = {url_name(h, p): page_key(h, p) for h in dict.fromkeys(hosts) for p in paths}
-        return self._purge_names(list(own), own)
+        return self._purge_names(list(own), own, purged)
 
     def flush(self) -> str:
         """Purge the whole site: a new empty generation becomes ``current``; the old one is

@@ -54,6 +54,7 @@ from tenantkit.web.dispatch import HostDispatcher, SiteBackendApp
 from tenantkit.web.hostlinks import HostLinks
 from tenantkit.web.metrics import Metrics, replica_lag, watch_router
 from tenantkit.web.pagecache import LANE_KEY, PageCacheMiddleware, plain_request_key
+from tenantkit.web.rewarm import Rewarmer
 from tenantkit.web.timing import UpstreamTimer
 
 if TYPE_CHECKING:
@@ -126,6 +127,7 @@ class Tenantkit:
         self.dispatcher = HostDispatcher(
             self.registry, self.pagecache, trusted_proxies=web.trusted_proxies,
             unknown=web.unknown, on_response=self.metrics.request)
+        self.rewarm = Rewarmer(self.dispatcher)
         admin_hosts = set()
         for raw in web.admin_hosts:
             try:
@@ -204,7 +206,7 @@ class Tenantkit:
         normal = normalize_host(host) if paths else None
         event = Purge(site.name, paths=tuple(paths), tags=tuple(tags), host=normal,
                       all=everything)
-        purge(self.caches.get(site), site, action_for(site, event))
+        self.rewarm.purged(site, purge(self.caches.get(site), site, action_for(site, event)))
         if self.settings.bus.transport == "local":
             return "local"
         publish(event, settings=self.settings)
@@ -234,6 +236,7 @@ class Tenantkit:
                 worker.stop()
             except Exception:
                 logger.exception("stopping %r failed", worker)
+        self.rewarm.stop()
         self.pool.close()
         with self._lock:
             router, self._router = self._router, None
@@ -245,7 +248,8 @@ class Tenantkit:
         return SiteWatcher(self.registry, on_reload=self.sites_changed)
 
     def _invalidator(self) -> Any:
-        return Invalidator(self.settings, self.registry, caches=self.caches)
+        return Invalidator(self.settings, self.registry, caches=self.caches,
+                           on_purged=self.rewarm.purged)
 
 
 class _Split:

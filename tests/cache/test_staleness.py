@@ -92,3 +92,20 @@ def test_a_fresh_page_is_served_on_error_as_it_is(cache: PageCache) -> None:
     cache.put(HOST, "/a/", b"new")
     page = cache.get_if_error(HOST, "/a/")
     assert page is not None and not page.stale
+
+
+def test_a_purge_reports_the_pages_it_made_stale_for_rewarm(tmp_path: Path) -> None:
+    from tenantkit.cache.events import PurgeAction
+    from tenantkit.cache.purge import purge
+    from tenantkit.config import CacheSettings
+    from tenantkit.sites import Backend, Site
+
+    site = Site(name="s", hosts=(HOST,), backend=Backend(type="wsgi", app="m:a"),
+                cache=CacheSettings(policy="targeted", rewarm=True), cache_root=tmp_path)
+    cache = PageCache(tmp_path / "pages")
+    cache.put(HOST, "/a/", b"a", tags=("post:1",))
+    cache.put(HOST, "/a/", b"a2", query="p=2", tags=("post:1",))
+    cache.put(HOST, "/b/", b"b", tags=("post:2",))
+    result = purge(cache, site, PurgeAction(tags=("post:1",)))
+    assert sorted(result.keys) == [(HOST, "/a/", ""), (HOST, "/a/", "p=2")]
+    assert purge(cache, site, PurgeAction(tags=("post:2",)), keys=False).keys == ()

@@ -6,6 +6,7 @@ that accepts and never answers (a stuck PHP-FPM pool), one that answers.
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -76,6 +77,9 @@ def _serve(tmp_path: Path, stuck: Stuck, good: RawUpstream, stuck_extra: str = "
     sites.add("stuck", [STUCK], url=stuck.upstream.url,
               extra=stuck_extra or "read_timeout = 30\n")
     sites.add("good", [GOOD], url=good.url)
+    # Broken site files are that one site each: the server starts and serves the others.
+    os.mkfifo(sites.dir / "fifo.toml")
+    (sites.dir / "deep.toml").write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
     return Shim(tmp_path, shim_env(sites.dir, sites.cache_dir), "--workers", str(WORKERS))
 
 
@@ -235,3 +239,46 @@ def test_an_upstream_failure_serves_the_purged_page_marked_stale(
     output = shim.output()
     assert "Traceback" not in output, output[-6000:]
     assert "served the stored page (stale_if_error)" in output
+
+
+# -- re-warm after purge ---------------------------------------------------------------------
+
+
+def test_after_a_targeted_purge_the_next_visitor_gets_a_hit(
+        tmp_path: Path, good: RawUpstream) -> None:
+    sites = Sites(tmp_path)
+    sites.add("good", [GOOD], url=good.url, extra='[cache]\npolicy = "targeted"\nrewarm = true\n')
+    shim = Shim(tmp_path, _admin_env(sites), "--workers", "1")
+    try:
+        for target in ("/a/", "/a/?p=2"):
+            assert _get(shim.url + target, GOOD)[1].headers["X-Tenantkit-Cache"] == "MISS"
+        _purge(shim, "good", "/a/")
+        # Both pages are fetched again, once each, by the shim itself.
+        _poll(lambda: len(good.heads) == 4, "the purged pages to be fetched again")
+        assert sorted(good.lines()[2:]) == ["GET /a/", "GET /a/?p=2"]
+        assert all(r.headers["host"] == GOOD for r in good.heads)
+        for target in ("/a/", "/a/?p=2"):
+            # While the re-warm holds the page's fill lock a visitor gets the stale page
+            # (never a fetch of its own); once it is stored, a hit.
+            _poll(lambda target=target: _get(shim.url + target, GOOD)[1]
+                  .headers["X-Tenantkit-Cache"] == "HIT", f"a hit on {target}")
+            reply = _get(shim.url + target, GOOD)[1]
+            assert reply.headers["X-Tenantkit-Cache"] == "HIT", target
+            assert f"<p>page {target}</p>".encode() == reply.data
+        assert len(good.heads) == 4  # no visitor rendered a page again
+    finally:
+        assert shim.stop() == 0
+    assert "Traceback" not in shim.output()
+
+
+def test_without_rewarm_a_purge_fetches_nothing(tmp_path: Path, good: RawUpstream) -> None:
+    sites = Sites(tmp_path)
+    sites.add("good", [GOOD], url=good.url, extra='[cache]\npolicy = "targeted"\n')
+    shim = Shim(tmp_path, _admin_env(sites), "--workers", "1")
+    try:
+        _get(shim.url + "/a/", GOOD)
+        _purge(shim, "good", "/a/")
+        reply = _get(shim.url + "/a/", GOOD)[1]
+        assert reply.headers["X-Tenantkit-Cache"] in ("STALE", "MISS")
+    finally:
+        assert shim.stop() == 0
