@@ -21,6 +21,7 @@ import itertools
 import os
 import stat
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["NotARegularFile", "fsync_dir", "read_regular_file", "replace_symlink", "write_atomic"]
@@ -34,12 +35,16 @@ def _temp_name(directory: str) -> str:
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes, *, mode: int | None = None,
-                 durable: bool = False, mtime_ns: int | None = None) -> os.stat_result:
+                 durable: bool = False, mtime_ns: int | None = None,
+                 before_rename: Callable[[int, os.stat_result], None] | None = None
+                 ) -> os.stat_result:
     """Write *data* to *path* atomically; returns the new file's ``fstat``.
 
     ``mode`` sets the file's permissions whatever the umask (default: 0600, less the umask);
     ``durable`` fsyncs the file and its directory, for files that must survive a crash (site
-    files); ``mtime_ns`` sets the file's access and modification times.
+    files); ``mtime_ns`` sets the file's access and modification times; ``before_rename(fd,
+    stat)`` is called on the finished temporary file before it takes *path*'s place (to set
+    extended attributes that must arrive with the data).
     """
     path = os.fspath(path)
     directory = os.path.dirname(path) or "."
@@ -64,6 +69,8 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, *, mode: int | None 
             if durable:
                 os.fsync(fd)
             st = os.fstat(fd)
+            if before_rename is not None:
+                before_rename(fd, st)
         finally:
             os.close(fd)
         os.replace(tmp, path)

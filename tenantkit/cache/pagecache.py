@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import threading
 import time
@@ -87,12 +86,10 @@ PageRef = tuple[str, str, str]
 def _add_ref(refs: list[PageRef], directory: str) -> None:
     """Append the (host, path, query) a purged page in *directory* was stored for, read
     from its stale sidecar (skipped when that cannot be read)."""
-    try:
-        with open(f"{directory}/{STALE_META}", "rb") as f:
-            meta = json.loads(f.read())
-        ref = (str(meta["host"]), str(meta["path"]), str(meta.get("query") or ""))
-    except (OSError, ValueError, KeyError, TypeError):
+    meta = PageFiles.sidecar(directory, STALE_BODY, STALE_META)
+    if meta is None or "host" not in meta or "path" not in meta:
         return
+    ref = (str(meta["host"]), str(meta["path"]), str(meta.get("query") or ""))
     if ref not in refs:
         refs.append(ref)
 

@@ -61,10 +61,11 @@ def purge(cache: PageCache, site: Site, action: PurgeAction, *,
     rewarm``), a targeted purge reports the pages it made stale in ``result.keys``."""
     if action.flush:
         return PurgeResult(site.name, flushed=True, generation=cache.flush())
-    purged: list[PageRef] | None = [] if (site.cache.rewarm if keys is None else keys) \
-        else None
+    purged: list[PageRef] = []
+    # Only a purge that reports its pages asks for them (they cost a read each).
+    report = {"purged": purged} if (site.cache.rewarm if keys is None else keys) else {}
     host = normalize_host(action.host) if action.paths and action.host is not None else None
-    pages = cache.purge_paths(host, action.paths, purged=purged) if action.paths else 0
+    pages = cache.purge_paths(host, action.paths, **report) if action.paths else 0
     if action.tags or action.paths:
-        pages += cache.purge_tags(tuple(dict.fromkeys((*action.tags, SITE))), purged=purged)
-    return PurgeResult(site.name, pages=pages, host=host, keys=tuple(purged or ()))
+        pages += cache.purge_tags(tuple(dict.fromkeys((*action.tags, SITE))), **report)
+    return PurgeResult(site.name, pages=pages, host=host, keys=tuple(purged))

@@ -27,6 +27,7 @@ from typing import Any
 
 import click
 
+from tenantkit.cache.pagefile import BODY, PRIVATE_BODY, PageFiles
 from tenantkit.cache.tags import is_untagged
 from tenantkit.cli.each import reveal
 from tenantkit.cli.group import ScriptInfo, TenantkitFailure, TenantkitUsageError, cli, pass_info
@@ -259,23 +260,22 @@ def _untagged(site: Site, recent: int = 50) -> Iterator[Problem]:
     pages (up to *recent*) carry no tags: the app sends no X-Tenantkit-Tags, so every purge of
     the site clears those pages and a targeted purge saves nothing for them."""
     if site.cache.policy == "targeted":
-        metas: list[tuple[float, str]] = []
+        bodies: list[tuple[float, str, str]] = []
         for root, dirs, files in os.walk(site.pages_dir / "current"):
             dirs[:] = [d for d in dirs if d not in (".tags", ".purged")]
-            if ".meta.json" in files:
-                path = os.path.join(root, ".meta.json")
-                try:
-                    metas.append((os.stat(path).st_mtime, path))
-                except FileNotFoundError:
-                    continue
+            for name in (BODY, PRIVATE_BODY):
+                if name in files:
+                    try:
+                        bodies.append((os.stat(os.path.join(root, name)).st_mtime, root, name))
+                    except FileNotFoundError:
+                        continue
         untagged = 0
-        newest = sorted(metas, reverse=True)[:recent]
-        for _, path in newest:
-            try:
-                with open(path, encoding="utf-8") as handle:
-                    untagged += is_untagged(json.load(handle).get("tags") or ())
-            except (OSError, ValueError, AttributeError):
-                continue
+        newest = sorted(bodies, reverse=True)[:recent]
+        for _, root, name in newest:
+            sidecar = PageFiles.sidecar(root, name)
+            tags = sidecar.get("tags") if sidecar is not None else None
+            if isinstance(tags, list):
+                untagged += is_untagged(tags)
         if untagged:
             yield Problem(
                 "warning", f"site {site.name}",
