@@ -24,6 +24,8 @@ Layout under ``root`` (``cache_dir/<site>/pages``)::
                                                    only for pages nginx_serves() accepts
     g7/<host>/<path>/.page.body                    the body of every other page
     g7/<host>/<path>/.meta.json                    status, headers, tags, created, ttl, identity
+                                                   (attached to the body instead where it can
+                                                   be: see tenantkit.cache.pagefile)
     g7/.q/<host>/<ab>/<sha256>/index.html          every other key (query strings, odd paths)
     g7/.tags/<tag>/<key-hash> -> <page dir>        tag index (symlinks), per generation
     g7/.purged/<tag or url>                        purge markers (mtime = purge time)
