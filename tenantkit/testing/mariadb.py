@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -155,6 +156,25 @@ class MariaDBServer(Process):
 
     def gtid_current_pos(self) -> str:
         return str(self.query("SELECT @@GLOBAL.gtid_current_pos")[0][0])
+
+    def purge_binary_logs(self, timeout: float = 10.0) -> str:
+        """Rotate the binlog and purge every older file (``PURGE BINARY LOGS``), as an
+        operator's ``expire_logs_days`` would; returns the file left.
+
+        The server keeps a file until its binlog checkpoint (the engine's log flush, about a
+        second with ``innodb_flush_log_at_trx_commit=2``) and says nothing, so this repeats
+        the purge until the older files are gone."""
+        self.query("FLUSH BINARY LOGS")
+        last = str(self.query("SHOW BINARY LOGS")[-1][0])
+        deadline = time.monotonic() + timeout
+        while True:
+            self.query(f"PURGE BINARY LOGS TO '{last}'")
+            logs = [str(row[0]) for row in self.query("SHOW BINARY LOGS")]
+            if logs == [last]:
+                return last
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"binlogs {logs[:-1]} still there after {timeout:g}s")
+            time.sleep(0.05)
 
 
 class MariaDBCluster:

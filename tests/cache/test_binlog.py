@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tenantkit.cache.events import PurgeAction
 from tenantkit.cache.pagecache import PageCache
 from tenantkit.cache.sources.binlog import BinlogSource, check_replica
 from tenantkit.config import BusSettings, DatabaseSettings, Settings
@@ -164,12 +165,7 @@ def test_restart_resumes_without_replaying_or_skipping(
         assert not _stale(cache, "/p/21/")
 
 
-@pytest.mark.parametrize("damage", [
-    "corrupt",
-    pytest.param("purged", marks=pytest.mark.xfail(
-        strict=False, reason="unfinished: after PURGE BINARY LOGS the reader resumed without "
-        "the expected error 1236 in this test; the 1236 path is not yet proven")),
-])
+@pytest.mark.parametrize("damage", ["corrupt", "purged"])
 def test_lost_position_flushes_every_site_once_and_goes_on(
         tmp_path: Path, binlog_cluster: MariaDBCluster, caplog: pytest.LogCaptureFixture,
         damage: str) -> None:
@@ -185,9 +181,7 @@ def test_lost_position_flushes_every_site_once_and_goes_on(
                 "INSERT INTO tenantkit_test.wp_comments (comment_post_ID, comment_approved) "
                 "VALUES (99, '1')")
         binlog_cluster.wait_replicas()
-        replica.query("FLUSH BINARY LOGS")
-        last = replica.query("SHOW BINARY LOGS")[-1][0]
-        replica.query(f"PURGE BINARY LOGS TO '{last}'")
+        replica.purge_binary_logs()  # the saved position is in no binlog now: error 1236
     cache.put(HOST, "/", b"home", tags=["home"])
     purges = Purges()
     with caplog.at_level(logging.WARNING), BinlogSource(settings, registry, url=reader,
@@ -204,6 +198,47 @@ def test_lost_position_flushes_every_site_once_and_goes_on(
              and "no saved binlog position" not in r.getMessage()]  # the first run's
     assert len(lines) == 1, lines
     assert ("is unreadable" if damage == "corrupt" else "is no longer on") in lines[0]
+    assert len(purges.seen) == 2 and not purges.seen[1][3].flush  # one flush, then post 31
+    # ... and it starts from the current position, not the lost one: a restart is quiet.
+    assert json.loads(source.state_path.read_text())["gtid"] == \
+        replica.query("SELECT @@GLOBAL.gtid_binlog_pos")[0][0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING), BinlogSource(settings, registry, url=reader,
+                                                        on_purge=Purges()):
+        pass
+    assert not [r for r in caplog.records if "flushing" in r.getMessage()]
+
+
+@pytest.mark.parametrize("lost", ["none saved", "binlogs purged"])
+def test_a_write_during_the_flush_is_not_skipped(
+        tmp_path: Path, binlog_cluster: MariaDBCluster, lost: str) -> None:
+    """The position to start from is taken BEFORE the flush: a write that the replica
+    applies while the sites are being flushed (after a page was re-filled without it) is
+    read, and its page purged, not skipped."""
+    settings, registry, cache, reader = _node(tmp_path, binlog_cluster, 0)
+    if lost == "binlogs purged":
+        with BinlogSource(settings, registry, url=reader, on_purge=Purges()):
+            pass
+        binlog_cluster.primary.query(
+            "INSERT INTO tenantkit_test.wp_comments (comment_post_ID, comment_approved) "
+            "VALUES (98, '1')")
+        binlog_cluster.wait_replicas()
+        binlog_cluster.replicas[0].purge_binary_logs()
+    purges = Purges()
+
+    def during_the_flush(event: object, site: object, action: PurgeAction) -> None:
+        purges(None, site, action)  # type: ignore[arg-type]
+        if action.flush and len(purges.seen) == 1:
+            cache.put(HOST, "/p/61/", b"61 without its comment", tags=["post:61"])
+            binlog_cluster.primary.query(
+                "INSERT INTO tenantkit_test.wp_comments (comment_post_ID, comment_approved) "
+                "VALUES (61, '1')")
+            binlog_cluster.wait_replicas()
+
+    with BinlogSource(settings, registry, url=reader, on_purge=during_the_flush):
+        assert purges.wait_count(1)
+        assert purges.seen[0][3].flush
+        assert wait_until(lambda: _stale(cache, "/p/61/"), timeout=10)
 
 
 def test_two_nodes_each_purge_after_their_own_replica_has_the_row(

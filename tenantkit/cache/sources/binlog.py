@@ -19,8 +19,10 @@ The replica needs ``log_slave_updates=ON``, ``binlog_format=ROW`` and
 
 The position (the last GTID of every replication domain whose purge is done) is written
 atomically to ``cache_dir/_binlog/<host>-<port>.json`` after each purge; a restart resumes
-there. No position, a corrupt file, or a position the replica no longer has (binlogs purged)
-flushes every site on the replica and starts from its current position, with one log line.
+there. No position, a corrupt file, or a position the replica no longer has (binlogs purged,
+error 1236) flushes every site on the replica and starts from its current position, with one
+log line; that position is read *before* the flush, so a write applied during it is not
+skipped.
 
 A reader thread turns each committed transaction into events; a purger thread takes what is
 queued, waits ``coalesce`` seconds for more (at most ``max_delay``), merges per site and purges
@@ -35,6 +37,7 @@ import logging
 import os
 import queue
 import re
+import socket
 import threading
 import time
 import zlib
@@ -73,15 +76,6 @@ class _Txn:
 
     position: str
     events: dict[str, list[Event]] = field(default_factory=dict)
-
-
-def _pymysql_connect(**kwargs: Any) -> Any:
-    """pymysql.connect without the deprecated ``db``/``passwd`` names the reader passes."""
-    if "db" in kwargs:
-        kwargs["database"] = kwargs.pop("db")
-    if "passwd" in kwargs:
-        kwargs["password"] = kwargs.pop("passwd")
-    return pymysql.connect(**kwargs)
 
 
 def _address(url: str) -> tuple[str, int]:
@@ -178,24 +172,30 @@ class BinlogSource:
             row = cur.fetchone()
         return str(row[0] if row else "")
 
-    def load_position(self) -> str | None:
-        """The saved position; None (after one log line and a flush) when there is none
-        usable."""
+    def load_position(self) -> tuple[str | None, str]:
+        """The saved position, or None and why it cannot be used (then :meth:`restart`)."""
         try:
             data = json.loads(self.state_path.read_bytes())
             position = data["gtid"]
             if not isinstance(position, str) or not _GTID_POS.match(position):
                 raise ValueError(f"bad GTID position {position!r}")
-            return position
+            return position, ""
         except FileNotFoundError:
-            self._flush_all(f"no saved binlog position in {self.state_path}: flushing every "
-                            f"site on {self.host}:{self.port} and starting from its current "
-                            "position")
+            return None, f"no saved binlog position in {self.state_path}"
         except (ValueError, KeyError, TypeError, OSError) as exc:
-            self._flush_all(f"binlog position file {self.state_path} is unreadable ({exc}): "
-                            f"flushing every site on {self.host}:{self.port} and starting "
-                            "from its current position")
-        return None
+            return None, f"binlog position file {self.state_path} is unreadable ({exc})"
+
+    def restart(self, why: str) -> str:
+        """Start over from the replica's current position: read it, THEN flush every site
+        on the replica (one log line), then save it. In that order, a write the replica
+        applies during the flush is after the position, so it is read and purged, never
+        skipped. Raises pymysql.MySQLError when the position cannot be read (nothing
+        flushed then)."""
+        position = self.current_position()
+        self._flush_all(f"{why}: flushing every site on {self.host}:{self.port} and starting "
+                        f"from its current position {position}")
+        self.save_position(position)
+        return position
 
     def save_position(self, position: str) -> None:
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
@@ -206,11 +206,8 @@ class BinlogSource:
     # --- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> BinlogSource:
-        position = self.load_position()
-        if position is None:
-            position = self.current_position()
-            self.save_position(position)
-        self._position = position
+        position, why = self.load_position()
+        self._position = position if position is not None else self.restart(why)
         self._stop.clear()
         self._threads = [threading.Thread(target=self._read_loop, name="tenantkit-binlog-read",
                                           daemon=True),
@@ -222,13 +219,20 @@ class BinlogSource:
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
-        stream = self._stream
-        if stream is not None:
-            with contextlib.suppress(Exception):
-                stream.close()
+        deadline = time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(timeout)
+            while thread.is_alive() and time.monotonic() < deadline:
+                self._wake_reader()  # again: the stream may connect after the first call
+                thread.join(0.05)
         self._threads = []
+
+    def _wake_reader(self) -> None:
+        """Wake the reader blocked in recv() on the stream (closing it would not)."""
+        stream = self._stream
+        sock = getattr(getattr(stream, "_stream_connection", None), "_sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def __enter__(self) -> BinlogSource:
         return self.start()
@@ -238,6 +242,18 @@ class BinlogSource:
 
     # --- reading --------------------------------------------------------------------------
 
+    def _connect_stream(self, **kwargs: Any) -> Any:
+        """The reader's connections: pymysql.connect without the deprecated ``db``/``passwd``
+        names it passes, and none once stopping (the reader reconnects by itself after a
+        lost connection, which :meth:`stop` causes to wake it)."""
+        if self._stop.is_set():
+            raise pymysql.err.InterfaceError("binlog source stopped")
+        if "db" in kwargs:
+            kwargs["database"] = kwargs.pop("db")
+        if "passwd" in kwargs:
+            kwargs["password"] = kwargs.pop("passwd")
+        return pymysql.connect(**kwargs)
+
     def _open(self, position: str) -> BinLogStreamReader:
         schemas = sorted({schema for schema, _ in self._maps()})
         return BinLogStreamReader(
@@ -246,7 +262,7 @@ class BinlogSource:
             resume_stream=True, only_schemas=schemas or None, slave_heartbeat=5,
             only_events=[MariadbGtidEvent, QueryEvent, XidEvent, WriteRowsEvent,
                          UpdateRowsEvent, DeleteRowsEvent],
-            enable_logging=False, pymysql_wrapper=_pymysql_connect)
+            enable_logging=False, pymysql_wrapper=self._connect_stream)
 
     def _read_loop(self) -> None:
         backoff = 0.1
@@ -259,11 +275,15 @@ class BinlogSource:
                 if self._stop.is_set():
                     break
                 if exc.args and exc.args[0] == _BINLOG_GONE:
-                    self._flush_all(f"binlog position {self._position} is no longer on "
-                                    f"{self.host}:{self.port} (binlogs purged?): flushing "
-                                    "every site on it and starting from its current position")
-                    self._position = self.current_position_or(self._position)
-                    continue
+                    try:
+                        self._position = self.restart(
+                            f"binlog position {self._position} is no longer on "
+                            f"{self.host}:{self.port} (binlogs purged)")
+                        continue
+                    except pymysql.MySQLError as again:  # retried below, nothing flushed
+                        log.warning("binlog: cannot read the position of %s: %s; retrying",
+                                    mask_url(self.url), again)
+                        down = True
                 if not down:
                     log.warning("binlog: lost %s: %s; retrying", mask_url(self.url), exc)
                     down = True
@@ -282,13 +302,6 @@ class BinlogSource:
                         stream.close()
             self._stop.wait(backoff)
             backoff = min(backoff * 2, 5.0)
-
-    def current_position_or(self, fallback: str) -> str:
-        try:
-            return self.current_position()
-        except pymysql.MySQLError as exc:
-            log.warning("binlog: cannot read the position of %s: %s", mask_url(self.url), exc)
-            return fallback
 
     def _read(self, stream: BinLogStreamReader) -> None:
         maps = self._maps()
