@@ -84,7 +84,11 @@ def test_the_replicas_are_set_up_for_the_binlog_source(binlog_cluster: MariaDBCl
     for replica in binlog_cluster.replicas:
         assert check_replica(f"mysql+pymysql://root@127.0.0.1:{replica.port}/") == []
     problems = check_replica(f"mysql+pymysql://root@127.0.0.1:{binlog_cluster.primary.port}/")
-    assert any("binlog_format" in p for p in problems)
+    assert [p.split(" ")[0] for p in problems] == ["binlog_format", "binlog_row_metadata"]
+    # The replication user has the grant it needs; the application user does not.
+    assert check_replica(binlog_cluster.replicas[0].url(user="repl", password="repl")) == []
+    problems = check_replica(binlog_cluster.replicas[0].url())
+    assert len(problems) == 1 and "no REPLICATION SLAVE grant" in problems[0]
 
 
 def test_a_comment_inserted_by_plain_sql_purges_the_post(

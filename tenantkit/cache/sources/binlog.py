@@ -62,7 +62,7 @@ from tenantkit.errors import BusError
 from tenantkit.files import write_atomic
 from tenantkit.sites import Site
 
-__all__ = ["BinlogSource", "check_replica", "replica_urls"]
+__all__ = ["REPLICA_GRANT", "REPLICA_NEEDS", "BinlogSource", "check_replica", "replica_urls"]
 
 log = logging.getLogger(__name__)
 
@@ -476,23 +476,59 @@ class BinlogSource:
                 self.on_purge(None, site, PurgeAction(flush=True))
 
 
+#: What the binlog source needs of the replica it reads (server variable -> value); the one
+#: table ``tenantkit check`` and :func:`check_replica` go by.
+REPLICA_NEEDS = {
+    "log_bin": "ON",                # the replica writes a binlog at all
+    "log_slave_updates": "ON",      # ... including what it applies from the primary
+    "binlog_format": "ROW",         # rows, not statements
+    "binlog_row_metadata": "FULL",  # column names (else UNKNOWN_COL0...)
+}
+#: The privilege the reading user needs (``GRANT REPLICATION SLAVE ON *.* TO ...``).
+REPLICA_GRANT = "REPLICATION SLAVE"
+_GRANT = re.compile(r"^GRANT (?P<privileges>.+?) ON (?P<on>\S+) TO ", re.IGNORECASE)
+
+
+def _has_grant(grants: list[str]) -> bool:
+    """Whether ``SHOW GRANTS`` lines give :data:`REPLICA_GRANT` on ``*.*``."""
+    for grant in grants:
+        match = _GRANT.match(grant)
+        if match and match["on"] == "*.*" and {p.strip().upper() for p in match[
+                "privileges"].split(",")} & {REPLICA_GRANT, "ALL PRIVILEGES"}:
+            return True
+    return False
+
+
 def check_replica(url: str) -> list[str]:
-    """What the replica at ``url`` lacks for the binlog source (empty when nothing)."""
+    """What the replica at ``url`` lacks for the binlog source, one message each (empty:
+    nothing). Raises :class:`~tenantkit.errors.BusError` when it does not answer.
+
+    ::
+
+        for problem in check_replica("mysql+pymysql://repl:pw@127.0.0.1:3307/"):
+            print(problem)   # binlog_format = MIXED: the binlog source needs ROW (...)
+    """
     host, port = _address(url)
     parsed = make_url(url)
+    user = parsed.username or "root"
     try:
-        conn = pymysql.connect(host=host, port=port, user=parsed.username or "root",
+        conn = pymysql.connect(host=host, port=port, user=user,
                                password=str(parsed.password or ""), connect_timeout=5)
     except pymysql.MySQLError as exc:
         raise BusError(f"binlog: cannot connect to {mask_url(url)}: {exc}") from exc
-    wanted = {"log_bin": "ON", "log_slave_updates": "ON", "binlog_format": "ROW",
-              "binlog_row_metadata": "FULL"}
     with contextlib.closing(conn), conn.cursor() as cur:
-        cur.execute("SELECT @@log_bin, @@log_slave_updates, @@binlog_format, "
-                    "@@binlog_row_metadata")
+        cur.execute("SELECT " + ", ".join(f"@@GLOBAL.{name}" for name in REPLICA_NEEDS))
         row = cur.fetchone() or ()
-    got = dict(zip(wanted, (str(v).upper() if v is not None else "" for v in row),
-                   strict=False))
-    got = {k: ("ON" if v == "1" else v) for k, v in got.items()}
-    return [f"{k}={got.get(k)!s} (set {k}={v} on the replica)" for k, v in wanted.items()
-            if got.get(k) != v]
+        cur.execute("SHOW GRANTS")
+        grants = [str(g[0]) for g in cur.fetchall()]
+    problems = []
+    for (name, wanted), value in zip(REPLICA_NEEDS.items(), row, strict=False):
+        got = {"1": "ON", "0": "OFF"}.get(str(value), str(value).upper())
+        if got != wanted:
+            problems.append(f"{name} = {got}: the binlog source needs {name} = {wanted} "
+                            f"(set {name} = {wanted} in the replica's my.cnf and restart it)")
+    if not _has_grant(grants):
+        problems.append(f"user {user!r} has no {REPLICA_GRANT} grant: the binlog source "
+                        f"cannot read the binlog (GRANT {REPLICA_GRANT} ON *.* TO "
+                        f"'{user}'@'%', or give the reader its own user)")
+    return problems
