@@ -127,6 +127,12 @@ class BinlogSource:
         self.transactions = 0
         self.purges = 0
         self.flushes = 0
+        #: Unix time of the last purge or flush (None: none yet).
+        self.last_purge: float | None = None
+        self.connected = False
+        self.error = ""
+        self._behind_since: float | None = None  # oldest transaction read, not yet purged
+        self._restart_why = ""  # set: restart() still to do (the replica did not answer)
 
     # --- what is ours ---------------------------------------------------------------------
 
@@ -148,6 +154,14 @@ class BinlogSource:
             for table, kind in tmap.tables.items():
                 out[(schema, table)] = (site, tmap, kind)
         return out
+
+    def status(self) -> dict[str, Any]:
+        """For the invalidator's status file: ``connected`` (and ``error``), ``lag`` (seconds
+        since the oldest transaction read but not yet purged; 0 when none), ``last_event``."""
+        behind = self._behind_since
+        return {"connected": self.connected, "error": self.error,
+                "lag": 0.0 if behind is None else max(0.0, time.time() - behind),
+                "last_event": self.last_purge}
 
     def sites(self) -> list[Site]:
         """The sites this source invalidates."""
@@ -206,8 +220,17 @@ class BinlogSource:
     # --- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> BinlogSource:
+        """Find the position (or restart from the current one, see :meth:`restart`) and start
+        reading. A replica that does not answer does not stop the node: it is logged, shown
+        in :meth:`status`, and the reader keeps trying."""
         position, why = self.load_position()
-        self._position = position if position is not None else self.restart(why)
+        self._position, self._restart_why = position or "", "" if position else why
+        if self._restart_why:
+            try:
+                self._position, self._restart_why = self.restart(why), ""
+            except pymysql.MySQLError as exc:
+                self.connected, self.error = False, f"replica {mask_url(self.url)}: {exc}"
+                log.warning("binlog: %s; retrying", self.error)
         self._stop.clear()
         self._threads = [threading.Thread(target=self._read_loop, name="tenantkit-binlog-read",
                                           daemon=True),
@@ -252,7 +275,9 @@ class BinlogSource:
             kwargs["database"] = kwargs.pop("db")
         if "passwd" in kwargs:
             kwargs["password"] = kwargs.pop("passwd")
-        return pymysql.connect(**kwargs)
+        conn = pymysql.connect(**kwargs)
+        self.connected, self.error = True, ""
+        return conn
 
     def _open(self, position: str) -> BinLogStreamReader:
         schemas = sorted({schema for schema, _ in self._maps()})
@@ -269,11 +294,15 @@ class BinlogSource:
         down = False
         while not self._stop.is_set():
             try:
+                if self._restart_why:  # start() could not reach the replica
+                    self._position = self.restart(self._restart_why)
+                    self._restart_why = ""
                 self._stream = self._open(self._position)
                 self._read(self._stream)
             except pymysql.err.OperationalError as exc:
                 if self._stop.is_set():
                     break
+                self.connected, self.error = False, f"replica {mask_url(self.url)}: {exc}"
                 if exc.args and exc.args[0] == _BINLOG_GONE:
                     try:
                         self._position = self.restart(
@@ -290,6 +319,7 @@ class BinlogSource:
             except Exception as exc:  # keep reading: one bad event must not stop the node
                 if self._stop.is_set():
                     break
+                self.connected, self.error = False, f"replica {mask_url(self.url)}: {exc}"
                 log.exception("binlog: reading %s failed: %s; reconnecting", mask_url(self.url),
                               exc)
             else:
@@ -355,6 +385,8 @@ class BinlogSource:
     def _commit(self, txn: _Txn) -> None:
         self.transactions += 1
         self._position = txn.position
+        if self._behind_since is None:
+            self._behind_since = time.time()
         while not self._stop.is_set():
             try:
                 self._queue.put(txn, timeout=0.5)
@@ -389,6 +421,9 @@ class BinlogSource:
                 self._flush_all("")
                 with contextlib.suppress(OSError):
                     self.save_position(batch[-1].position)
+            self.last_purge = time.time()
+            if self._queue.empty():
+                self._behind_since = None
 
     def _apply(self, batch: list[_Txn]) -> None:
         per_site: dict[str, list[Event]] = {}
