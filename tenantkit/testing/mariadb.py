@@ -22,7 +22,8 @@ import pymysql
 
 from tenantkit.testing.process import Process, find_binary
 
-__all__ = ["DATABASE", "PASSWORD", "USER", "MariaDBCluster", "MariaDBServer"]
+__all__ = ["DATABASE", "PASSWORD", "USER", "MariaDBCluster", "MariaDBServer",
+           "binlog_source_args"]
 
 DATABASE = "tenantkit_test"
 USER = "tenantkit"
@@ -177,8 +178,19 @@ class MariaDBServer(Process):
             time.sleep(0.05)
 
 
+def binlog_source_args() -> tuple[str, ...]:
+    """``mariadbd`` options that give a replica what the binlog source needs
+    (:data:`tenantkit.cache.sources.binlog.REPLICA_NEEDS`; ``log_bin`` is always on here)."""
+    from tenantkit.cache.sources.binlog import REPLICA_NEEDS
+
+    return tuple(f"--{name.replace('_', '-')}={value}" for name, value in REPLICA_NEEDS.items()
+                 if name != "log_bin")
+
+
 class MariaDBCluster:
-    """A primary with ``replicas`` read-only replicas (GTID replication, slave_pos).
+    """A primary with ``replicas`` read-only replicas (GTID replication, slave_pos);
+    ``binlog_source=True`` starts the replicas as the binlog source needs them
+    (``log_slave_updates``, ``binlog_format=ROW``, ``binlog_row_metadata=FULL``).
 
     Fault controls for tests: :meth:`stop_primary`, :meth:`start_primary`,
     :meth:`stop_replica`, :meth:`start_replica`, :meth:`hold_replica` (stop the SQL thread:
@@ -186,7 +198,8 @@ class MariaDBCluster:
     (``MASTER_DELAY``).
     """
 
-    def __init__(self, replicas: int = 1, *, root: Path | None = None) -> None:
+    def __init__(self, replicas: int = 1, *, root: Path | None = None,
+                 binlog_source: bool = False) -> None:
         if replicas < 0:
             raise ValueError("replicas must be >= 0")
         self._own_root = root is None
@@ -194,9 +207,15 @@ class MariaDBCluster:
         self.database = DATABASE
         self.primary = MariaDBServer(self.root / "primary", 1)
         self.replicas = [
-            MariaDBServer(self.root / f"replica{i}", i + 2, read_only=True)
+            MariaDBServer(self.root / f"replica{i}", i + 2, read_only=True,
+                          extra_args=binlog_source_args() if binlog_source else ())
             for i in range(replicas)
         ]
+
+    def binlog_url(self, index: int = 0) -> str:
+        """A URL for the binlog source to read replica ``index`` with: a user with
+        REPLICATION SLAVE and SELECT (for WordPress's term tables)."""
+        return f"mysql+pymysql://root@127.0.0.1:{self.replicas[index].port}/"
 
     # --- lifecycle -------------------------------------------------------------------
 

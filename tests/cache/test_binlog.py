@@ -20,19 +20,15 @@ from tenantkit.testing import MariaDBCluster, ServiceMissing
 
 from .helpers import HOST, Purges, wait_until
 
-BINLOG_ARGS = ("--binlog-format=ROW", "--binlog-row-metadata=FULL", "--log-slave-updates=1")
-
 
 @pytest.fixture(scope="module")
 def binlog_cluster() -> Iterator[MariaDBCluster]:
     try:
-        cluster = MariaDBCluster(replicas=2)
+        cluster = MariaDBCluster(replicas=2, binlog_source=True)
     except ServiceMissing as exc:
         if os.environ.get("TENANTKIT_REQUIRE_SERVICES") == "1":
             raise
         pytest.skip(f"{exc}")
-    for replica in cluster.replicas:
-        replica.extra_args = BINLOG_ARGS
     with cluster:
         cluster.primary.query(
             "CREATE TABLE tenantkit_test.wp_posts (ID BIGINT PRIMARY KEY AUTO_INCREMENT, "
@@ -70,7 +66,7 @@ def _node(tmp_path: Path, cluster: MariaDBCluster, index: int, policy: str = "ta
                         bus=BusSettings(node=f"node-{index}"))
     registry = Registry.load(settings)
     assert registry.sites, registry.errors
-    reader = f"mysql+pymysql://root@127.0.0.1:{replica.port}/"
+    reader = cluster.binlog_url(index)
     return settings, registry, PageCache(settings.cache_dir / "blog" / "pages"), reader
 
 
