@@ -6,14 +6,19 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tenantkit import layout
 from tenantkit.cache.events import PurgeAction
 from tenantkit.cache.pagecache import PageCache
 from tenantkit.cache.sources.binlog import BinlogSource, check_replica
+from tenantkit.cache.status import InvalidatorStatus, read_statuses
 from tenantkit.config import BusSettings, DatabaseSettings, Settings
 from tenantkit.registry import Registry
 from tenantkit.testing import MariaDBCluster, ServiceMissing
@@ -279,3 +284,40 @@ def test_a_burst_is_coalesced(tmp_path: Path, binlog_cluster: MariaDBCluster) ->
         assert wait_until(lambda: source.rows >= 30000, timeout=60)
         assert wait_until(lambda: source._queue.empty(), timeout=30)
     assert len(purges.seen) - 1 <= 10  # a handful of purges, not 30 000
+
+
+def test_the_invalidator_command_with_the_binlog_source(
+        tmp_path: Path, binlog_cluster: MariaDBCluster) -> None:
+    """``tenantkit invalidator --source binlog``: a plain SQL write purges the page, and the
+    node's status file says what runs (what /_tenantkit/health reads)."""
+    settings, _registry, cache, reader = _node(tmp_path, binlog_cluster, 1)
+    config = tmp_path / "tenantkit.toml"
+    config.write_text(f'sites_dir = "{settings.sites_dir}"\ncache_dir = "{settings.cache_dir}"\n'
+                      f'[bus]\ntransport = "files"\nnode = "web-1"\n')
+    log = tmp_path / "invalidator.log"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from tenantkit.cli import main; main()", "--config",
+             str(config), "invalidator", "--source", "binlog", "--binlog-url", reader],
+            stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        # The first start has no position: one flush, then the position is saved.
+        state = layout.binlog_state(settings.cache_dir, "127.0.0.1",
+                                    binlog_cluster.replicas[1].port)
+        assert wait_until(state.is_file, timeout=30), log.read_text()
+        cache.put(HOST, "/p/71/", b"71", tags=["post:71"])
+        binlog_cluster.primary.query(
+            "INSERT INTO tenantkit_test.wp_comments (comment_post_ID, comment_approved) "
+            "VALUES (71, '1')")
+        assert wait_until(lambda: _stale(cache, "/p/71/"), timeout=15), log.read_text()
+
+        def reported() -> list[InvalidatorStatus]:
+            return [s for s in read_statuses(settings.cache_dir)
+                    if s.last_event is not None and s.source == "bus+binlog"]
+        assert wait_until(lambda: bool(reported()), timeout=15), log.read_text()
+        status = reported()[0]
+        assert (status.node, status.transport, status.connected) == ("web-1", "files", True)
+        assert status.problem() is None and status.lag is not None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.read_text()
