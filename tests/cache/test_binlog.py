@@ -321,3 +321,32 @@ def test_the_invalidator_command_with_the_binlog_source(
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, log.read_text()
+
+
+def test_sites_in_one_database_are_told_apart_by_their_table_prefix(
+        tmp_path: Path, binlog_cluster: MariaDBCluster) -> None:
+    settings, _registry, cache, reader = _node(tmp_path, binlog_cluster, 0)
+    binlog_cluster.primary.query(
+        "CREATE TABLE IF NOT EXISTS tenantkit_test.two_comments LIKE tenantkit_test.wp_comments")
+    replica = binlog_cluster.replicas[0]
+    (settings.sites_dir / "two.toml").write_text(
+        'hosts = ["two.example.org"]\n[backend]\ntype = "proxy"\nurl = "http://127.0.0.1:9"\n'
+        '[cache]\npolicy = "targeted"\n'
+        f'[database]\nprimary = "{binlog_cluster.primary_url}"\nreplicas = ["{replica.url()}"]\n'
+        'table_prefix = "two_"\n[meta]\ninvalidation = "wordpress"\n')
+    registry = Registry.load(settings)
+    assert set(registry.sites) == {"blog", "two"}
+    two = PageCache(settings.cache_dir / "two" / "pages")
+    purges = Purges()
+    with BinlogSource(settings, registry, url=reader, on_purge=purges):
+        assert purges.wait_count(2)  # the first start flushes both sites
+        cache.put(HOST, "/p/81/", b"blog 81", tags=["post:81"])
+        two.put("two.example.org", "/p/81/", b"two 81", tags=["post:81"])
+        binlog_cluster.primary.query(
+            "INSERT INTO tenantkit_test.two_comments (comment_post_ID, comment_approved) "
+            "VALUES (81, '1')")
+        assert purges.wait_count(3)
+        page = two.get("two.example.org", "/p/81/")
+        assert page is None or page.stale
+        assert not _stale(cache, "/p/81/")  # same post id, other site: untouched
+        assert [p[2].name for p in purges.seen[2:]] == ["two"]
