@@ -350,3 +350,34 @@ def test_sites_in_one_database_are_told_apart_by_their_table_prefix(
         assert page is None or page.stale
         assert not _stale(cache, "/p/81/")  # same post id, other site: untouched
         assert [p[2].name for p in purges.seen[2:]] == ["two"]
+
+
+def test_a_killed_connection_resumes_where_it_was(
+        tmp_path: Path, binlog_cluster: MariaDBCluster) -> None:
+    """The reader reconnects by itself after a lost connection: from the last transaction
+    read, not from where it started (which would replay every purge since)."""
+    settings, registry, _cache, reader = _node(tmp_path, binlog_cluster, 0)
+    replica = binlog_cluster.replicas[0]
+
+    def dumps() -> set[int]:
+        return {int(row[0]) for row in replica.query("SHOW PROCESSLIST")
+                if row[4] == "Binlog Dump"}
+
+    purges = Purges()
+    with BinlogSource(settings, registry, url=reader, on_purge=purges):
+        assert purges.wait_count(1)  # the first start's flush
+        binlog_cluster.primary.query(
+            "INSERT INTO tenantkit_test.wp_comments (comment_post_ID, comment_approved) "
+            "VALUES (91, '1')")
+        assert purges.wait_count(2)
+        assert wait_until(lambda: bool(dumps()), timeout=10)
+        killed = dumps()
+        for thread in killed:
+            replica.query(f"KILL {thread}")
+        assert wait_until(lambda: bool(dumps() - killed), timeout=15)
+        binlog_cluster.primary.query(
+            "INSERT INTO tenantkit_test.wp_comments (comment_post_ID, comment_approved) "
+            "VALUES (92, '1')")
+        assert purges.wait_for(lambda seen: any("post:92" in p[3].tags for p in seen))
+    again = [p[3].tags for p in purges.seen[2:]]
+    assert not any("post:91" in tags for tags in again), again

@@ -376,15 +376,18 @@ class BinlogSource:
                             txn.events.setdefault(entry[0].name, []).append(
                                 SiteChanged(entry[0].name))
                 if (upper == "COMMIT" or standalone) and txn is not None:
-                    self._commit(txn)
+                    self._commit(txn, stream)
                     txn = None
             elif isinstance(event, XidEvent) and txn is not None:
-                self._commit(txn)
+                self._commit(txn, stream)
                 txn = None
 
-    def _commit(self, txn: _Txn) -> None:
+    def _commit(self, txn: _Txn, stream: BinLogStreamReader) -> None:
         self.transactions += 1
         self._position = txn.position
+        # The reader reconnects by itself after a lost connection (2006, 2013), from its
+        # auto_position: keep that at the last transaction read, or it replays from the start.
+        stream.auto_position = txn.position
         if self._behind_since is None:
             self._behind_since = time.time()
         while not self._stop.is_set():
