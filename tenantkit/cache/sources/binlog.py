@@ -70,6 +70,20 @@ _GTID_POS = re.compile(r"^(\d+-\d+-\d+)(,\d+-\d+-\d+)*$")
 _BINLOG_GONE = 1236  # ER_MASTER_FATAL_ERROR_READING_BINLOG: binlogs purged, GTID not found
 
 
+class _OneLineReconnect(logging.Filter):
+    """pymysqlreplication logs a multi-line warning each time it reconnects (also when
+    :meth:`BinlogSource.stop` wakes the reader): one line at INFO instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "Re-request the connection" not in record.getMessage():
+            return True
+        log.info("binlog: the connection to the replica was lost; reconnecting")
+        return False
+
+
+_RECONNECT_FILTER = _OneLineReconnect()
+
+
 @dataclass
 class _Txn:
     """One committed transaction: the position after it and its events per site."""
@@ -118,6 +132,7 @@ class BinlogSource:
         self.coalesce = coalesce
         self.max_delay = max_delay
         self.state_path = layout.binlog_state(settings.cache_dir, self.host, self.port)
+        logging.getLogger("pymysqlreplication").addFilter(_RECONNECT_FILTER)  # idempotent
         self._queue: queue.Queue[_Txn] = queue.Queue(maxsize=10000)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
