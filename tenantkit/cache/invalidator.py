@@ -18,6 +18,11 @@ dead letter (``<stream>:dead`` in Redis, ``.purge/failed/`` for trigger files), 
 :attr:`Invalidator.dead_letters`, logged once, and its site is flushed (every site when the
 payload names none), since a lost event may mean stale pages.
 
+Every :data:`~tenantkit.cache.status.INTERVAL` seconds it writes what it is doing (connected,
+last purge, binlog lag of :attr:`Invalidator.sources`, dead letters) to
+``cache_dir/_status/<node>.json`` (:mod:`tenantkit.cache.status`), which the health check,
+the status page and the metrics of every process on the node read.
+
 Purges go through :func:`tenantkit.cache.purge.purge`, on the PageCache objects of ``caches``
 (pass the shim's :class:`~tenantkit.cache.caches.SiteCaches` when it runs in the shim's
 process).
@@ -51,6 +56,8 @@ from tenantkit.cache.caches import SiteCaches
 from tenantkit.cache.events import Event, PurgeAction
 from tenantkit.cache.pagecache import PageCache
 from tenantkit.cache.purge import PurgeResult, action_for, purge
+from tenantkit.cache.status import INTERVAL as STATUS_INTERVAL
+from tenantkit.cache.status import InvalidatorStatus, write_status
 from tenantkit.cache.transports import (
     Consumer,
     Message,
@@ -132,6 +139,10 @@ class Invalidator:
         self.errors = 0
         #: Entries moved to a dead letter since start.
         self.dead_letters = 0
+        #: Other sources purging on this node (binlog readers), in its status file.
+        self.sources: list[Any] = []
+        self.last_event: float | None = None
+        self._last_report = 0.0
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -226,6 +237,26 @@ class Invalidator:
             self._last_scan = now
             self._watch()
             self.scan()
+        if now - self._last_report >= STATUS_INTERVAL:
+            self._last_report = now
+            write_status(self.settings.cache_dir, self.status())
+
+    def status(self) -> InvalidatorStatus:
+        """What this invalidator reports in its status file (:mod:`tenantkit.cache.status`)."""
+        bus = self.bus_status()
+        sources = [source.status() for source in self.sources]
+        errors = [str(bus.get("error") or "the bus is not connected")] \
+            if bus.get("connected") is False else []
+        errors += [str(s.get("error") or "not connected") for s in sources
+                   if not s.get("connected")]
+        lags = [float(s["lag"]) for s in sources if s.get("lag") is not None]
+        times = [t for t in (self.last_event, *(s.get("last_event") for s in sources))
+                 if t is not None]
+        return InvalidatorStatus(
+            node=self.node, source="bus+binlog" if sources else "bus",
+            transport=self.transport.name, connected=not errors, error="; ".join(errors),
+            last_event=max(times) if times else None, lag=max(lags) if lags else None,
+            dead_letters=self.dead_letters, handled=self.handled)
 
     # --- events ---------------------------------------------------------------------------
 
@@ -346,6 +377,7 @@ class Invalidator:
         except InvalidHost as exc:
             log.warning("invalidator: purge for site %s: %s; dropped", site.name, exc)
             return
+        self.last_event = time.time()
         if self.on_purged is not None and result.keys:
             self.on_purged(site, result)
         if self.on_purge is not None:

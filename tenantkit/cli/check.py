@@ -119,11 +119,7 @@ def _backend(site: Site, settings: Settings, online: bool) -> Iterator[Problem]:
                       f"answer: {str(exc).splitlines()[0][:200]} (is it running?)")
 
 
-_BINLOG_NEEDS = {"log_bin": "1", "binlog_format": "ROW", "binlog_row_image": "FULL",
-                 "log_slave_updates": "1"}
-
-
-def _database(url: str, what: str, timeout: float, replica: bool) -> Iterator[Problem]:
+def _database(url: str, what: str, timeout: float) -> Iterator[Problem]:
     from sqlalchemy import create_engine, text
     from sqlalchemy.pool import NullPool
 
@@ -135,19 +131,29 @@ def _database(url: str, what: str, timeout: float, replica: bool) -> Iterator[Pr
         try:
             with engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
-                if replica and engine.dialect.name == "mysql":
-                    names = ", ".join(f"@@{k}" for k in _BINLOG_NEEDS)
-                    row = conn.execute(text(f"SELECT {names}")).one()
-                    for (key, wanted), got in zip(_BINLOG_NEEDS.items(), row, strict=True):
-                        if str(got).upper() != wanted:
-                            yield Problem("warning", f"{what} {shown}",
-                                          f"{key} = {got}: the binlog source needs {key} = "
-                                          f"{wanted} on the replica it reads")
         finally:
             engine.dispose()
     except Exception as exc:
         first = (str(getattr(exc, "orig", None) or exc).splitlines() or [""])[0][:200]
         yield Problem("error", f"{what} {shown}", f"does not answer: {first}")
+
+
+def _binlog_replicas(settings: Settings, sites: list[Site]) -> Iterator[Problem]:
+    """The replicas ``invalidator --source binlog`` would read (sites with ``[meta]
+    invalidation``) against the binlog source's needs
+    (:data:`~tenantkit.cache.sources.binlog.REPLICA_NEEDS`)."""
+    from tenantkit.cache.sources.binlog import check_replica, replica_urls
+    from tenantkit.errors import BusError
+
+    for url in replica_urls(settings, {site.name: site for site in sites}):
+        if not url.startswith("mysql"):
+            continue
+        try:
+            problems = check_replica(reveal(url))
+        except BusError:  # _databases says it does not answer
+            continue
+        for message in problems:
+            yield Problem("error", f"binlog source: replica {mask_url(url)}", message)
 
 
 def _databases(settings: Settings, sites: list[Site]) -> Iterator[Problem]:
@@ -165,7 +171,7 @@ def _databases(settings: Settings, sites: list[Site]) -> Iterator[Problem]:
                 continue
             seen.add(url)
             yield from _database(url, f"{label}{'replica' if replica else 'primary'}",
-                                 settings.database.connect_timeout, replica)
+                                 settings.database.connect_timeout)
 
 
 def _redis(settings: Settings) -> Iterator[Problem]:
@@ -366,6 +372,7 @@ def check_command(info: ScriptInfo, as_json: bool, offline: bool, nginx_user: st
             problems += _untagged(site)
         if not offline:
             problems += _databases(settings, sites)
+            problems += _binlog_replicas(settings, sites)
             problems += _redis(settings)
         if purge_site is not None:
             if purge_site not in registry.sites:

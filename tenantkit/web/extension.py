@@ -29,6 +29,7 @@ import os
 import secrets
 import threading
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,7 @@ from tenantkit.cache.events import Purge
 from tenantkit.cache.invalidator import Invalidator
 from tenantkit.cache.publish import publish
 from tenantkit.cache.purge import action_for, purge
+from tenantkit.cache.status import read_statuses
 from tenantkit.config import Settings
 from tenantkit.db.router import Router
 from tenantkit.errors import InvalidHost
@@ -115,7 +117,7 @@ class Tenantkit:
         self.settings: Settings = settings
         self.registry: Registry = self._registry or Registry.load(settings)
         web = settings.web
-        self.metrics = Metrics()
+        self.metrics = Metrics(invalidation=partial(read_statuses, settings.cache_dir))
         self.pool = BackendPool(trusted_proxies=web.trusted_proxies)
         self.caches = SiteCaches()
         self.host_links = HostLinks(settings.cache_dir)
