@@ -56,7 +56,7 @@ from typing import Any, Literal
 from tenantkit.errors import ConfigError
 from tenantkit.files import NotARegularFile, read_regular_file
 from tenantkit.secret import MASK, SecretURL, mask_url
-from tenantkit.validate import is_database_url, is_site_name
+from tenantkit.validate import MAX_NUMBER, is_database_url, is_number, is_site_name
 
 __all__ = [
     "DEFAULT_BYPASS_COOKIES",
@@ -308,8 +308,9 @@ def _number(kind: type[int] | type[float], minimum: float) -> Coerce:
             raise _fail(where, key, name, value, f"write {key.rsplit('.', 1)[-1]} = 5")
         if kind is int and not isinstance(value, int):
             raise _fail(where, key, name, value, "use a whole number")
-        if value < minimum:
-            raise _fail(where, key, f"{name} >= {minimum:g}", value, "use a larger value")
+        if not is_number(value, minimum=minimum):
+            raise _fail(where, key, f"{name} from {minimum:g} to {MAX_NUMBER}", value,
+                        "use a finite value in that range")
         return kind(value)
 
     return coerce

@@ -53,7 +53,17 @@ from tenantkit.config import CacheSettings, Settings, did_you_mean, keep_urls_se
 from tenantkit.errors import InvalidHost, SiteError, SiteFileError
 from tenantkit.files import NotARegularFile, read_regular_file
 from tenantkit.hosts import normalize_patterns
-from tenantkit.validate import is_database_url, is_http_url, is_site_name
+from tenantkit.validate import (
+    MAX_CONCURRENCY,
+    MAX_NUMBER,
+    MAX_SECONDS,
+    MAX_TIMEOUT,
+    is_database_url,
+    is_http_url,
+    is_number,
+    is_site_name,
+    is_whole_number,
+)
 
 __all__ = [
     "MAX_SITE_FILE_BYTES",
@@ -222,17 +232,19 @@ def _get_str(w: _Where, key: str, value: Any, fix: str) -> str:
     return value
 
 
-def _get_int(w: _Where, key: str, value: Any, minimum: int) -> int:
+def _get_int(w: _Where, key: str, value: Any, minimum: int, maximum: int = MAX_NUMBER) -> int:
+    name = key.rsplit(".", 1)[-1]
     if isinstance(value, bool) or not isinstance(value, int):
-        raise w.bad(key, "a whole number", value, f"write {key.rsplit('.', 1)[-1]} = 300")
-    if value < minimum:
-        raise w.bad(key, f"a whole number >= {minimum}", value, "use a larger value")
+        raise w.bad(key, "a whole number", value, f"write {name} = 300")
+    if not is_whole_number(value, minimum=minimum, maximum=maximum):
+        raise w.bad(key, f"a whole number from {minimum} to {maximum}", value,
+                    f"write {name} = {max(minimum, min(300, maximum))}")
     return value
 
 
 def _get_seconds(w: _Where, key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise w.bad(key, "a number of seconds > 0", value,
+    if not is_number(value, minimum=0, above=True, maximum=MAX_TIMEOUT):
+        raise w.bad(key, f"a number of seconds > 0 and <= {MAX_TIMEOUT:g}", value,
                     f"write {key.rsplit('.', 1)[-1]} = 5.0")
     return float(value)
 
@@ -270,7 +282,7 @@ def _backend(w: _Where, doc: Mapping[str, Any]) -> Backend:
                                        "read_timeout", "type", "url"))
     kind = table.get("type")
     limit = _get_int(w, "backend.max_concurrency",
-                     table.get("max_concurrency", Backend.max_concurrency), 1)
+                     table.get("max_concurrency", Backend.max_concurrency), 1, MAX_CONCURRENCY)
     if kind == "wsgi":
         for key in ("url", "connect_timeout", "read_timeout"):
             if key in table:
@@ -333,11 +345,12 @@ def _cache(w: _Where, doc: Mapping[str, Any], settings: Settings) -> SiteCache:
         raise w.bad("cache.rewarm", "true or false", rewarm, "write true or false, no quotes")
     return SiteCache(
         enabled=enabled,
-        ttl=_get_int(w, "cache.ttl", table.get("ttl", d.ttl), 0),
+        ttl=_get_int(w, "cache.ttl", table.get("ttl", d.ttl), 0, MAX_SECONDS),
         stale_seconds=_get_int(w, "cache.stale_seconds",
-                               table.get("stale_seconds", d.stale_seconds), 0),
+                               table.get("stale_seconds", d.stale_seconds), 0, MAX_SECONDS),
         stale_if_error=_get_int(w, "cache.stale_if_error",
-                                table.get("stale_if_error", d.stale_if_error), 0),
+                                table.get("stale_if_error", d.stale_if_error), 0,
+                                MAX_SECONDS),
         rewarm=rewarm,
         max_bytes=None if max_bytes is None else _get_int(w, "cache.max_bytes", max_bytes, 1),
         policy=cast(Literal["site", "targeted"], policy),

@@ -134,7 +134,7 @@ def test_sites_json_shows_the_isolation_settings(settings: Settings) -> None:
 
 @pytest.mark.parametrize(("text", "message"), [
     pytest.param('hosts = ["a.test"]\n[backend]\ntype = "proxy"\nurl = "http://x"\n'
-                 "max_concurrency = 0\n", ">= 1", id="no concurrency"),
+                 "max_concurrency = 0\n", "from 1 to", id="no concurrency"),
     pytest.param('hosts = ["a.test"]\n[backend]\ntype = "proxy"\nurl = "http://x"\n'
                  'read_timeout = "60"\n', "seconds > 0", id="timeout as string"),
     pytest.param('hosts = ["a.test"]\n[backend]\ntype = "wsgi"\napp = "a:b"\n'
@@ -147,6 +147,46 @@ def test_bad_isolation_settings_say_what_to_write(settings: Settings, text: str,
     (settings.sites_dir / "bad.toml").write_text(text)
     registry = Registry.load(settings, log_errors=False)
     assert message in registry.errors[settings.sites_dir / "bad.toml"]
+
+
+PROXY = 'hosts = ["bad.test"]\n[backend]\ntype = "proxy"\nurl = "http://127.0.0.1:9"\n'
+
+
+@pytest.mark.parametrize(("text", "key", "fix"), [
+    pytest.param(PROXY + "read_timeout = nan\n", "backend.read_timeout", "read_timeout = 5.0",
+                 id="nan timeout"),
+    pytest.param(PROXY + "connect_timeout = inf\n", "backend.connect_timeout",
+                 "connect_timeout = 5.0", id="inf timeout"),
+    pytest.param(PROXY + "connect_timeout = 1e300\n", "backend.connect_timeout",
+                 "connect_timeout = 5.0", id="huge timeout"),
+    pytest.param(PROXY + "read_timeout = 9223372036854775807\n", "backend.read_timeout",
+                 "read_timeout = 5.0", id="huge int timeout"),
+    pytest.param(PROXY + "max_concurrency = 9223372036854775807\n", "backend.max_concurrency",
+                 "max_concurrency = 300", id="huge concurrency"),
+    pytest.param(PROXY + "max_concurrency = true\n", "backend.max_concurrency",
+                 "max_concurrency = 300", id="bool concurrency"),
+    pytest.param(PROXY + "[cache]\nstale_if_error = 1" + "0" * 400 + "\n",
+                 "cache.stale_if_error", "stale_if_error = 300", id="huge stale_if_error"),
+    pytest.param(PROXY + "[cache]\nstale_if_error = nan\n", "cache.stale_if_error",
+                 "stale_if_error = 300", id="nan stale_if_error"),
+    pytest.param(PROXY + "[cache]\nrewarm = 1\n", "cache.rewarm", "true or false",
+                 id="int rewarm"),
+])
+def test_hostile_isolation_values_are_one_broken_site(settings: Settings, text: str, key: str,
+                                                      fix: str) -> None:
+    """nan/inf/huge values, which TOML accepts, are refused by the site file's rules: before,
+    a huge max_concurrency hung the first request (a pool of that many connections), an
+    inf or 1e300 timeout raised OverflowError on every request, nan answered 400."""
+    bad = settings.sites_dir / "bad.toml"
+    bad.write_text(text)
+    registry = _run_bounded(lambda: Registry.load(settings, log_errors=False))
+    assert isinstance(registry, Registry)
+    assert list(registry.sites) == ["good"]
+    message = registry.errors[bad]
+    assert f'key "{key}"' in message and fix in message
+    bad.write_text(PROXY)
+    registry.reload()
+    assert sorted(registry.sites) == ["bad", "good"]
 
 
 @pytest.mark.parametrize(("make", "message"), [
