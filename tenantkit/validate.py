@@ -15,7 +15,8 @@ import re
 from typing import TypeGuard
 
 __all__ = ["MAX_CONCURRENCY", "MAX_NUMBER", "MAX_SECONDS", "MAX_TIMEOUT", "SITE_NAME_RE",
-           "is_database_url", "is_http_url", "is_number", "is_site_name", "is_whole_number"]
+           "is_database_url", "is_header", "is_http_url", "is_number", "is_site_name",
+           "is_whole_number"]
 
 #: The largest number any setting may hold: past it, time arithmetic (``time.time() + ttl``)
 #: overflows a float and one site file would fail every request.
@@ -32,6 +33,10 @@ MAX_CONCURRENCY = 10_000
 #: A site name: 1 to 63 lowercase letters, digits and '-', starting with a letter or digit.
 #: It becomes a directory name under cache_dir and a file name under sites_dir.
 SITE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+#: An HTTP header name (RFC 9110 token) and value (visible Latin-1, spaces and tabs: no CR,
+#: LF or NUL, nothing a WSGI server cannot encode).
+_HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")
+_HEADER_VALUE_RE = re.compile(r"[\t\x20-\x7e\x80-\xff]{0,16384}")
 _HTTP_URL_RE = re.compile(r"https?://[^\s/?#@]+(?::[0-9]{1,5})?(?:/[^\s]*)?")
 
 
@@ -71,3 +76,11 @@ def is_whole_number(value: object, *, minimum: int, maximum: int = MAX_NUMBER
                     ) -> TypeGuard[int]:
     """True for an int (not a bool) within ``minimum`` .. *maximum*."""
     return isinstance(value, int) and is_number(value, minimum=minimum, maximum=maximum)
+
+
+def is_header(name: object, value: object) -> bool:
+    """True for a header a WSGI server can send as it is: ``is_header("X-A", "1")``;
+    False for ``("X-A", "1\\r\\nSet-Cookie: x")``, a name with a space, a lone surrogate."""
+    return (isinstance(name, str) and isinstance(value, str)
+            and _HEADER_NAME_RE.fullmatch(name) is not None
+            and _HEADER_VALUE_RE.fullmatch(value) is not None)

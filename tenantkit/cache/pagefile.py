@@ -24,13 +24,16 @@ import errno
 import json
 import logging
 import os
+import stat
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 from tenantkit import layout
-from tenantkit.files import write_atomic
+from tenantkit.files import read_regular_file, write_atomic
+from tenantkit.validate import is_header, is_number, is_whole_number
 
 __all__ = ["BODY", "META", "NGINX_TYPE", "PRIVATE_BODY", "STALE_BODY", "STALE_META", "XATTR",
            "CachedPage", "PageFiles", "SidecarMeta", "nginx_serves"]
@@ -56,7 +59,13 @@ READ_RETRIES = 3
 #: Whatever the umask: nginx must be able to read the page.
 FILE_MODE = 0o644
 
-_O_RDONLY = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+#: Non-blocking: a FIFO planted as a body must not hold the thread that opens it.
+_O_RDONLY = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+#: A sidecar file larger than this is unreadable (one is a few KB; 2000 tags take 30 KB).
+MAX_SIDECAR_BYTES = 8 * 1024 * 1024
+#: What a corrupt or hostile sidecar raises while read and parsed (RecursionError: JSON
+#: nested deeper than the parser recurses).
+_UNREADABLE = (OSError, ValueError, RecursionError)
 #: The extended attribute a page's sidecar is attached to its body file under.
 XATTR = "user.tenantkit.meta"
 #: errnos that mean "no attribute here, or none can be set": use the sidecar file.
@@ -73,6 +82,15 @@ def _attached(file: int | str) -> bytes | None:
         if exc.errno in _NO_XATTR:
             return None
         raise
+
+
+def _sidecar_file(path: str) -> bytes:
+    """The bytes of the sidecar file *path*; ValueError when it is larger than
+    :data:`MAX_SIDECAR_BYTES`, NotARegularFile (an OSError) for a FIFO or device."""
+    data = read_regular_file(Path(path), MAX_SIDECAR_BYTES + 1)
+    if len(data) > MAX_SIDECAR_BYTES:
+        raise ValueError(f"larger than {MAX_SIDECAR_BYTES} bytes")
+    return data
 
 
 def _attach(fd: int, data: bytes) -> bool:
@@ -145,13 +163,36 @@ class SidecarMeta:
 
     @classmethod
     def parse(cls, raw: Any) -> SidecarMeta:
-        purged = raw.get("purged")
+        """The sidecar in *raw* (parsed JSON); ValueError naming the first field that is not
+        what :meth:`PageFiles.write` writes (a sidecar is input: anyone who can write the
+        cache directory can write one)."""
+        if not isinstance(raw, dict):
+            raise ValueError(f"not an object but {type(raw).__name__}")
+        ident = raw.get("ident")
+        if not (isinstance(ident, list) and len(ident) == 3
+                and all(is_whole_number(n, minimum=0, maximum=2**64) for n in ident)):
+            raise ValueError("ident: expected three whole numbers")
+        status = raw.get("status")
+        if not is_whole_number(status, minimum=100, maximum=599):
+            raise ValueError("status: expected a number from 100 to 599")
+        headers = raw.get("headers")
+        if not (isinstance(headers, list) and all(
+                isinstance(h, list) and len(h) == 2 and is_header(h[0], h[1]) for h in headers)):
+            raise ValueError("headers: expected [name, value] pairs a server can send")
+        tags = raw.get("tags")
+        if not (isinstance(tags, list) and all(isinstance(t, str) for t in tags)):
+            raise ValueError("tags: expected a list of strings")
+        created, ttl, purged = raw.get("created"), raw.get("ttl"), raw.get("purged")
+        if not is_number(created, minimum=0):
+            raise ValueError("created: expected a finite time")
+        if not is_whole_number(ttl, minimum=0):
+            raise ValueError("ttl: expected a whole number of seconds")
+        if purged is not None and not is_number(purged, minimum=0):
+            raise ValueError("purged: expected a finite time or null")
         return cls(
-            ident=(int(raw["ident"][0]), int(raw["ident"][1]), int(raw["ident"][2])),
-            status=int(raw["status"]),
-            headers=tuple((str(k), str(v)) for k, v in raw["headers"]),
-            tags=tuple(str(t) for t in raw["tags"]), created=float(raw["created"]),
-            ttl=int(raw["ttl"]), purged=None if purged is None else float(purged),
+            ident=(ident[0], ident[1], ident[2]), status=status,
+            headers=tuple((h[0], h[1]) for h in headers), tags=tuple(tags),
+            created=float(created), ttl=ttl, purged=None if purged is None else float(purged),
             body_name=PRIVATE_BODY if raw.get("body") == PRIVATE_BODY else BODY,
         )
 
@@ -176,9 +217,23 @@ class PageFiles:
 
     def __init__(self) -> None:
         self._memo: dict[str, SidecarMeta] = {}
+        #: body path -> the identity whose unreadable sidecar was logged (once per body)
+        self._logged: dict[str, tuple[int, int, int]] = {}
 
     def clear(self) -> None:
         self._memo.clear()
+        self._logged.clear()
+
+    def _unreadable(self, path: str, ident: tuple[int, int, int], exc: BaseException) -> None:
+        """Log an unreadable sidecar once per body: it is a miss on every read until the
+        page is stored again."""
+        if self._logged.get(path) == ident:
+            return
+        if len(self._logged) > self.MEMO_SIZE:
+            self._logged.clear()
+        self._logged[path] = ident
+        log.warning("page cache: unreadable sidecar of %s: %s (a miss until the page is "
+                    "stored again)", path, str(exc)[:200])
 
     def read(self, directory: str, body_name: str = BODY, meta_name: str = META
              ) -> tuple[bytes, SidecarMeta] | None:
@@ -209,6 +264,8 @@ class PageFiles:
         attached: bytes | None = None
         try:
             st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return None
             body = _read_all(fd, st.st_size)
             ident = (st.st_ino, st.st_size, st.st_mtime_ns)
             memo = self._memo.get(path)
@@ -219,13 +276,12 @@ class PageFiles:
             os.close(fd)
         try:
             if attached is None:
-                with open(directory + "/" + meta_name, "rb") as f:
-                    attached = f.read()
+                attached = _sidecar_file(directory + "/" + meta_name)
             meta = SidecarMeta.parse(json.loads(attached))
         except (FileNotFoundError, NotADirectoryError):
             return _CHANGING
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("page cache: unreadable sidecar in %s: %s", directory, exc)
+        except _UNREADABLE as exc:
+            self._unreadable(path, ident, exc)
             return _CHANGING
         if meta.ident == ident and len(body) == st.st_size:
             if len(self._memo) > self.MEMO_SIZE:
@@ -294,8 +350,8 @@ class PageFiles:
                     marked = True
                 except (FileNotFoundError, NotADirectoryError):
                     continue
-                except (OSError, ValueError, TypeError) as exc:
-                    log.warning("page cache: cannot mark %s purged: %s", path, exc)
+                except (*_UNREADABLE, TypeError) as exc:
+                    log.warning("page cache: cannot mark %s purged: %s", path, str(exc)[:200])
             try:
                 os.replace(path, f"{directory}/{STALE_BODY}")
                 break
@@ -309,11 +365,10 @@ class PageFiles:
                     os.unlink(f"{directory}/{STALE_BODY}")
             return True
         try:
-            with open(f"{directory}/{META}", "rb") as f:
-                meta = json.loads(f.read())
+            meta = json.loads(_sidecar_file(f"{directory}/{META}"))
             meta["purged"] = now
             write_atomic(f"{directory}/{STALE_META}", json.dumps(meta).encode(), mode=FILE_MODE)
-        except (OSError, ValueError):
+        except (*_UNREADABLE, TypeError):
             pass  # the stale copy is then unusable, which only means a miss
         return True
 
@@ -325,10 +380,9 @@ class PageFiles:
         try:
             attached = _attached(f"{directory}/{body_name}")
             if attached is None:
-                with open(f"{directory}/{meta_name}", "rb") as f:
-                    attached = f.read()
+                attached = _sidecar_file(f"{directory}/{meta_name}")
             raw = json.loads(attached)
-        except (OSError, ValueError):
+        except _UNREADABLE:
             return None
         return raw if isinstance(raw, dict) else None
 
