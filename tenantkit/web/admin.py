@@ -228,14 +228,13 @@ def _check_invalidation(ext: Tenantkit) -> tuple[bool, dict[str, Any]]:
     """This node's invalidator as its status file tells (:mod:`tenantkit.cache.status`):
     down when the file is stale or it is not connected to the bus or the replica binlog. No
     file: nothing to tell (the ``bus`` check covers an invalidator in this process)."""
-    from tenantkit.cache.status import read_statuses
+    from tenantkit.cache.status import read_status
 
     node = node_label(ext)
-    found = [s for s in read_statuses(ext.settings.cache_dir) if s.node == node]
-    details: dict[str, Any] = {"node": node, "reported": bool(found)}
-    if not found:
+    status = read_status(ext.settings.cache_dir, node)
+    details: dict[str, Any] = {"node": node, "reported": status is not None}
+    if status is None:
         return True, details
-    status = found[0]
     problem = status.problem()
     details.update(source=status.source, transport=status.transport,
                    connected=status.connected, last_event=status.last_event, lag=status.lag,
