@@ -96,7 +96,7 @@ class InvalidatorStatus:
         if not isinstance(raw, dict):
             raise ValueError(f"not a JSON object but {type(raw).__name__}")
         node = raw.get("node")
-        if not (_is_text(node) and _PRINTABLE.fullmatch(node)):
+        if not (isinstance(node, str) and _is_text(node) and _PRINTABLE.fullmatch(node)):
             raise ValueError("node: expected a name of 1 to 255 printable characters")
         values: dict[str, Any] = {"node": node}
         for key in ("source", "transport", "error"):
