@@ -729,6 +729,11 @@ class Tenantkit_DB extends wpdb
 {
     public const COOKIE = 'tenantkit_wp_pin';
 
+    // BEGIN generated from tenantkit/db/failures.py by
+    // `python -m tenantkit.db.phpkeywords`: do not edit
+    private const CONNECTION_LOST = [1927, 2006, 2013, 2014, 2045, 2055, 4031];
+    // END generated from tenantkit/db/failures.py
+
     /** @var array{host: string, port: ?int, socket: ?string, user: string, password: string, name: string, label: string} */
     public array $tk_primary;
     /** @var list<array{host: string, port: ?int, socket: ?string, user: string, password: string, name: string, label: string}> */
@@ -770,6 +775,12 @@ class Tenantkit_DB extends wpdb
     public ?string $tk_read_only = null;
     /** @var list<mysqli> */
     private array $tk_read_only_links = [];
+    /** The role of the statement query() is running ('write' is never re-run by a reconnect). */
+    private ?string $tk_statement_role = null;
+    /** Counts check_connection()'s reconnections: a statement is retried at most once. */
+    private int $tk_reconnects = 0;
+    /** A transaction was started (START TRANSACTION, BEGIN) and not yet ended. */
+    private bool $tk_in_transaction = false;
 
     public function __construct($dbuser, $dbpassword, $dbname, $dbhost)
     {
@@ -1186,14 +1197,63 @@ class Tenantkit_DB extends wpdb
         return true;
     }
 
+    /** Whether $link's last error means the connection was lost (CONNECTION_LOST). */
+    private static function tk_lost(mysqli $link): bool
+    {
+        return in_array($link->errno, self::CONNECTION_LOST, true);
+    }
+
+    /** Drop a dead link from every role it held (it is reconnected when next needed). */
+    private function tk_forget(mysqli $link): void
+    {
+        if ($this->tk_primary_link === $link) {
+            $this->tk_primary_link = null;
+        }
+        if ($this->tk_read_link === $link) {
+            $this->tk_read_link = null;
+            $this->tk_read_label = null;
+        }
+        if ($this->tk_calc_link === $link) {
+            $this->tk_calc_link = null;
+        }
+        $this->tk_in_transaction = false;  // the server rolled it back with the connection
+        // Not closed: wpdb may still hold it as $dbh (escaping works on a dead link, not on
+        // a closed one).
+    }
+
+    /**
+     * The connection was lost under a write (or inside a transaction): the statement may have
+     * run, so it is not re-run; the request sees a clear error and the next statement gets a
+     * new connection.
+     */
+    private function tk_lost_write(mysqli $link, string $query): void
+    {
+        $label = $link === $this->tk_primary_link ? $this->tk_primary['label']
+            : ($this->tk_read_label ?? $this->tk_primary['label']);
+        $what = $this->tk_statement_role === 'write' ? 'a write' : 'a transaction';
+        $message = sprintf('tenantkit: the connection to %s was lost during %s (MySQL error %d: '
+            . '%s); not retried, as it may have run: check, then try again', $label, $what,
+            $link->errno, $link->error ?: 'connection lost');
+        $this->tk_forget($link);
+        $this->last_query = $query;
+        $this->last_error = $message;
+        $this->insert_id = 0;
+        error_log($message);
+    }
+
     /** The link is gone: a replica is replaced (never by anything but a read link). */
     public function check_connection($allow_bail = true)
     {
         $link = $this->dbh;
-        if ($link instanceof mysqli && $link->errno !== 2006 && $link->errno !== 2013
+        if ($link instanceof mysqli && !self::tk_lost($link)
             && @mysqli_query($link, 'DO 1') !== false) {
             return true;
         }
+        if ($this->tk_statement_role !== null
+            && ($this->tk_statement_role === 'write' || $this->tk_in_transaction)) {
+            return false;  // wpdb would re-run a write that may have run: query() reports it
+        }
+        $this->tk_reconnects++;
         if ($link !== null && $link === $this->tk_read_link && $this->tk_read_label !== null) {
             $this->tk_mark_down($this->tk_read_label, 'went away');
             $this->tk_read_link = null;
@@ -1206,6 +1266,9 @@ class Tenantkit_DB extends wpdb
                 return true;
             }
         } else {
+            if ($link instanceof mysqli) {
+                $this->tk_forget($link);
+            }
             $this->tk_primary_link = null;
             $next = $this->tk_primary();
             if ($next !== null) {
@@ -1266,18 +1329,30 @@ class Tenantkit_DB extends wpdb
         $outer = $this->dbh;
         $this->dbh = $link;
         $this->tk_depth++;
+        $this->tk_statement_role = $role;
+        $reconnects = $this->tk_reconnects;
         try {
             $result = parent::query($query);
             $used = $this->dbh;
-            if ($result === false && $used instanceof mysqli && $used === $this->tk_read_link
-                && $this->tk_read_label !== null && in_array($used->errno, [2006, 2013], true)
-                && $role !== 'write' && $this->check_connection(false)) {
-                // The replica died under a read: once more, elsewhere.
-                $result = parent::query($query);
-                $used = $this->dbh;
+            if ($result === false && $used instanceof mysqli && self::tk_lost($used)) {
+                if ($role === 'write' || $this->tk_in_transaction) {
+                    $this->tk_lost_write($used, $query);
+                } elseif ($this->tk_reconnects === $reconnects && $this->check_connection(false)) {
+                    // The connection was lost under a read: once more, on a new link
+                    // (a dead replica's reads go elsewhere). wpdb itself already retried a
+                    // 2006 "gone away" once: then tk_reconnects moved and this is skipped.
+                    $result = parent::query($query);
+                    $used = $this->dbh;
+                }
             }
         } finally {
             $this->tk_depth--;
+            $this->tk_statement_role = null;
+        }
+        if ($result !== false && ($first === 'START' || $first === 'BEGIN')) {
+            $this->tk_in_transaction = true;
+        } elseif ($first === 'COMMIT' || $first === 'ROLLBACK') {
+            $this->tk_in_transaction = false;
         }
         if ($used instanceof mysqli) {
             $this->tk_counts[$used === $this->tk_primary_link ? 'primary' : 'replica']++;
