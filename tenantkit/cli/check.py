@@ -295,34 +295,139 @@ def _nginx_group(user: str) -> str:
 
 # -- the purge self-test ----------------------------------------------------------------------
 
+class _StreamNodes:
+    """Every node's consumer group on the Redis stream, watched for one entry: a node has
+    dropped the probe once its group was given the entry and acknowledged it (its
+    invalidator acknowledges after the purge)."""
+
+    def __init__(self, settings: Settings) -> None:
+        from tenantkit.cache.transports.redis_streams import redis_client
+
+        self.client = redis_client(settings.bus.redis_url)
+        self.stream = settings.bus.stream
+        self.entry: str | None = None
+        self._entry_key = (0, 0)
+
+    def find(self, event_id: str) -> bool:
+        """Find the stream entry carrying the event *event_id* (just published)."""
+        entries: Any = self.client.xrevrange(self.stream, count=200) or []
+        for entry_id, fields in entries:
+            if event_id in _text((fields or {}).get(b"event", b"")):
+                self.entry = _text(entry_id)
+                self._entry_key = _entry_key(self.entry)
+                return True
+        return False
+
+    def _groups(self) -> dict[str, dict[str, Any]]:
+        return {_text(g["name"]): g for g in self.client.xinfo_groups(self.stream)}
+
+    def groups(self) -> list[str]:
+        return sorted(self._groups())
+
+    def dropped(self, group: str) -> bool:
+        assert self.entry is not None
+        info = self._groups().get(group)
+        if info is None or _entry_key(_text(info.get("last-delivered-id"))) < self._entry_key:
+            return False
+        pending = self.client.xpending_range(self.stream, group, min=self.entry,
+                                             max=self.entry, count=1)
+        return not pending
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _text(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def _entry_key(entry_id: str) -> tuple[int, int]:
+    """A stream entry id ("1700000000000-3") as a comparable pair."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms or 0), int(seq or 0)
+
+
+def _node_name(group: str) -> str:
+    return group.removeprefix("tenantkit:")
+
+
 def _purge_self_test(settings: Settings, site: Site, timeout: float) -> dict[str, Any]:
     """Store a probe page in *site*'s cache, publish a purge of it through the configured
-    transport, and time how long until this node's cache dropped it."""
+    transport, and time how long until this node's cache dropped it and, over Redis, until
+    every node (every consumer group of the stream) acknowledged the purge."""
     from tenantkit.cache.caches import site_page_cache
     from tenantkit.cache.events import Purge
     from tenantkit.cache.publish import publish
+    from tenantkit.cache.transports.base import node_name
 
     cache = site_page_cache(site)
     host = next((h for h in site.hosts if not h.startswith(("*", ".", "~"))), "probe.invalid")
     path = f"/_tenantkit-probe/{os.getpid()}-{time.monotonic_ns()}/"
+    transport = settings.bus.transport
+    this_node = node_name(settings)
     if not cache.put(host, path, b"tenantkit check probe\n", ttl=max(int(timeout) + 60, 60)):
-        return {"stored": False, "purged": False, "seconds": None}
-    started = time.monotonic()
-    if settings.bus.transport == "local":
-        from tenantkit.cache.purge import action_for, purge
+        return {"stored": False, "purged": False, "transport": transport, "seconds": None,
+                "nodes": []}
+    event = Purge(site.name, paths=(path,), host=host, origin="check")
+    nodes: dict[str, float | None] = {}
+    streams = _StreamNodes(settings) if transport == "redis" else None
+    try:
+        started = time.monotonic()
+        if transport == "local":
+            from tenantkit.cache.purge import action_for, purge
 
-        event = Purge(site.name, paths=(path,), host=host, origin="check")
-        purge(cache, site, action_for(site, event))
-    else:
-        publish(Purge(site.name, paths=(path,), host=host, origin="check"), settings=settings)
-    while time.monotonic() - started < timeout:
-        page = cache.get(host, path)
-        if page is None or page.stale:  # a purged page is kept to be served as stale
-            return {"stored": True, "purged": True, "transport": settings.bus.transport,
-                    "seconds": round(time.monotonic() - started, 3)}
-        time.sleep(0.05)
-    return {"stored": True, "purged": False, "transport": settings.bus.transport,
-            "seconds": None}
+            purge(cache, site, action_for(site, event))
+        else:
+            publish(event, settings=settings, fallback=False)
+        if streams is not None and streams.find(event.id):
+            nodes = dict.fromkeys(streams.groups())
+        here: float | None = None
+        while True:
+            elapsed = round(time.monotonic() - started, 3)
+            if here is None:
+                page = cache.get(host, path)
+                if page is None or page.stale:  # a purged page is kept to be served stale
+                    here = elapsed
+            for group, seconds in nodes.items():
+                if seconds is None and streams is not None and streams.dropped(group):
+                    nodes[group] = elapsed
+            done = here is not None and all(s is not None for s in nodes.values())
+            if done or time.monotonic() - started >= timeout:
+                break
+            time.sleep(0.05)
+    finally:
+        if streams is not None:
+            streams.close()
+    report_nodes = [{"node": _node_name(g), "purged": s is not None, "seconds": s}
+                    for g, s in nodes.items()]
+    if not report_nodes:  # local or files transport: only this node can be seen
+        report_nodes = [{"node": this_node, "purged": here is not None, "seconds": here}]
+    return {"stored": True, "purged": here is not None and all(n["purged"] for n in report_nodes),
+            "transport": transport, "seconds": here, "node": this_node, "nodes": report_nodes}
+
+
+def _purge_problems(site: str, report: dict[str, Any], timeout: float) -> list[Problem]:
+    where = f"site {site}: purge self-test"
+    if not report["stored"]:
+        return [Problem("error", where, "the probe page could not be stored (is the cache "
+                                        "directory writable?)")]
+    found = []
+    if report["seconds"] is None:
+        found.append(Problem("error", where, f"the probe page was not purged within "
+                                             f"{timeout:g}s on this node ({report['node']}): is "
+                                             "the invalidator running on this node?"))
+    for node in report["nodes"]:
+        if not node["purged"] and node["node"] != report["node"]:
+            found.append(Problem("error", where, f"node {node['node']} did not acknowledge the "
+                                                 f"purge within {timeout:g}s: is its "
+                                                 "invalidator running? (a node that is gone for "
+                                                 "good: remove its consumer group, XGROUP "
+                                                 f"DESTROY <stream> tenantkit:{node['node']})"))
+        elif not node["purged"] and report["seconds"] is not None:
+            found.append(Problem("error", where, f"this node ({node['node']}) dropped the page "
+                                                 "but its invalidator did not acknowledge the "
+                                                 f"purge within {timeout:g}s"))
+    return found
 
 
 # -- the command ------------------------------------------------------------------------------
@@ -372,12 +477,7 @@ def check_command(info: ScriptInfo, as_json: bool, offline: bool, nginx_user: st
                 raise TenantkitUsageError(f"--purge {purge_site!r}: no such site (known: "
                                           f"{', '.join(s.name for s in sites) or 'none'})")
             report = _purge_self_test(settings, registry.sites[purge_site], timeout)
-            if not report["purged"]:
-                problems.append(Problem("error", f"site {purge_site}: purge self-test",
-                                        f"the probe page was not purged within {timeout:g}s "
-                                        "(is the invalidator running on this node?)"
-                                        if report["stored"] else "the probe page could not "
-                                        "be stored (is the cache directory writable?)"))
+            problems += _purge_problems(purge_site, report, timeout)
     errors = [p for p in problems if p.level == "error"]
     if as_json:
         click.echo(json.dumps({"ok": not errors, "sites": len(sites),
@@ -386,9 +486,10 @@ def check_command(info: ScriptInfo, as_json: bool, offline: bool, nginx_user: st
     else:
         for p in problems:
             click.echo(f"{p.level}: {p.where}: {p.message}", err=True)
-        if report.get("purged"):
-            click.echo(f"purge self-test: {purge_site}'s probe page was purged over "
-                       f"{report['transport']} in {report['seconds']:.3f}s")
+        for node in report.get("nodes", []):
+            if node["purged"]:
+                click.echo(f"purge self-test: node {node['node']} dropped {purge_site}'s probe "
+                           f"page over {report['transport']} in {node['seconds']:.3f}s")
     if errors:
         raise TenantkitFailure(f"{len(errors)} problem(s) found")
     if not as_json:

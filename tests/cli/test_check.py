@@ -7,7 +7,9 @@ import os
 import pwd
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -169,7 +171,8 @@ def test_purge_self_test_fails_without_an_invalidator(root: Path) -> None:
         fh.write('[bus]\ntransport = "files"\n')
     code, _, err = check(root, "--purge", "good", "--timeout", "0.5")
     assert code == 1
-    assert "the probe page was not purged within 0.5s (is the invalidator running" in err
+    assert "the probe page was not purged within 0.5s on this node (" in err
+    assert "is the invalidator running on this node?" in err
 
 
 def test_check_as_a_subprocess(root: Path) -> None:
@@ -182,3 +185,49 @@ def test_check_as_a_subprocess(root: Path) -> None:
     assert result.returncode == 1
     assert json.loads(result.stdout)["ok"] is False
     assert "Traceback" not in result.stderr
+
+
+def test_purge_self_test_reports_every_node_of_the_stream(root: Path, redis_server: Any) -> None:
+    import redis
+
+    from tenantkit.cache.invalidator import Invalidator
+    from tenantkit.config import Settings
+    from tenantkit.registry import Registry
+
+    site(root, "good", GOOD)
+    with open(root / "tenantkit.toml", "a") as fh:
+        fh.write(f'[bus]\ntransport = "redis"\nredis_url = "{redis_server.url}"\n'
+                 f'node = "node-a"\n')
+    settings = Settings.load(root / "tenantkit.toml")
+    registry = Registry.load(settings)
+    with Invalidator(settings, registry, node="node-a", poll_timeout=0.05), \
+            Invalidator(settings, registry, node="node-b", poll_timeout=0.05):
+        client = redis.Redis.from_url(redis_server.url)
+        deadline = time.monotonic() + 10  # both groups exist once the consumers joined
+        while len(client.xinfo_groups(settings.bus.stream)) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        code, out, err = check(root, "--purge", "good", "--json", "--offline")
+        assert code == 0, err
+        report = json.loads(out)["purge"]
+        assert [n["node"] for n in report["nodes"]] == ["node-a", "node-b"]
+        assert all(n["purged"] and 0 <= n["seconds"] < 10 for n in report["nodes"]), report
+        assert report["purged"] is True and report["node"] == "node-a"
+
+        code, out, err = check(root, "--purge", "good", "--offline")  # the text report
+        assert code == 0, err
+        assert "node node-a dropped good's probe page over redis in" in out
+        assert "node node-b dropped good's probe page over redis in" in out
+
+        # A node whose invalidator is gone (its group stays): named, with the fix.
+        client.xgroup_create(settings.bus.stream, "tenantkit:node-gone", id="$")
+        code, out, err = check(root, "--purge", "good", "--json", "--offline",
+                               "--timeout", "1")
+        assert code == 1
+        nodes = {n["node"]: n for n in json.loads(out)["purge"]["nodes"]}
+        assert nodes["node-gone"] == {"node": "node-gone", "purged": False, "seconds": None}
+        assert nodes["node-b"]["purged"] is True
+        problems = [p["message"] for p in json.loads(out)["problems"]]
+        assert any("node node-gone did not acknowledge the purge within 1s" in m
+                   and "XGROUP DESTROY" in m for m in problems), problems
+        client.close()
