@@ -22,6 +22,7 @@ A file looks like this (every key optional)::
     [cache]
     ttl = 300
     policy = "site"                          # site | targeted
+    group = "www-data"                       # the group nginx reads the cache trees with
 
     [bus]
     transport = "redis"                      # local | redis | files
@@ -47,6 +48,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -153,6 +155,10 @@ class CacheSettings:
     bypass_cookies: tuple[str, ...] = DEFAULT_BYPASS_COOKIES
     #: Query arguments left out of the page-cache key, still forwarded (``utm_*``: prefix).
     ignore_query_args: tuple[str, ...] = DEFAULT_IGNORED_QUERY_ARGS
+    #: The group nginx reads the cache trees with (global only): ``provision`` gives each
+    #: site's cache directories that group and mode 2750 (setgid: everything below inherits
+    #: the group), and the page cache then writes its files 0640.
+    group: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True, repr=False)
@@ -304,6 +310,15 @@ def _optional_int(where: str, key: str, value: Any, from_env: bool) -> int | Non
     return result
 
 
+def _group(where: str, key: str, value: Any, from_env: bool) -> str | None:
+    text = _str(where, key, value, from_env).strip()
+    if not text:
+        return None
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\$?", text):
+        raise _fail(where, key, "a group name or gid", value, 'write group = "www-data"')
+    return text
+
+
 def _bool(where: str, key: str, value: Any, from_env: bool) -> bool:
     if from_env and isinstance(value, str):
         lowered = value.strip().lower()
@@ -402,6 +417,7 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Coerce]]] = {
             "policy": _choice("site", "targeted"),
             "bypass_cookies": _str_list,
             "ignore_query_args": _str_list,
+            "group": _group,
         },
     ),
     "bus": (

@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import stat
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -49,6 +50,21 @@ _NGINX_HEADERS = frozenset({"content-type", "etag", "last-modified", "vary"})
 READ_RETRIES = 3
 #: Whatever the umask: nginx must be able to read the page.
 FILE_MODE = 0o644
+#: In a group-owned cache tree (its pages directory setgid, as ``provision --group`` or
+#: ``[cache] group`` makes it): readable by that group (nginx's), by no one else.
+GROUP_FILE_MODE = 0o640
+
+
+def file_mode(root: str | os.PathLike[str]) -> int:
+    """The mode of the page files under *root*: :data:`GROUP_FILE_MODE` when *root* is a
+    setgid directory (every file and directory below inherits its group), else
+    :data:`FILE_MODE`."""
+    try:
+        setgid = os.stat(root).st_mode & stat.S_ISGID
+    except OSError:
+        setgid = 0
+    return GROUP_FILE_MODE if setgid else FILE_MODE
+
 
 _O_RDONLY = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 _CHANGING = object()
@@ -200,18 +216,18 @@ class PageFiles:
 
     @staticmethod
     def write(directory: str, body: bytes, meta: dict[str, Any], *,
-              public: bool = True) -> None:
+              public: bool = True, mode: int = FILE_MODE) -> None:
         """Store a page: the body (given a unique identity), then its sidecar, then remove
         the body under the other name. ``meta`` is the sidecar without ``ident``;
-        ``public``: nginx may serve the body (see :func:`nginx_serves`).
-        FileNotFoundError when *directory* is missing."""
+        ``public``: nginx may serve the body (see :func:`nginx_serves`); ``mode``: the files'
+        (:func:`file_mode`). FileNotFoundError when *directory* is missing."""
         name, other = (BODY, PRIVATE_BODY) if public else (PRIVATE_BODY, BODY)
         # Inode numbers are reused at once on ext4: the modification time (to the
         # nanosecond, nginx's Last-Modified) makes the identity unique.
-        st = write_atomic(f"{directory}/{name}", body, mode=FILE_MODE, mtime_ns=time.time_ns())
+        st = write_atomic(f"{directory}/{name}", body, mode=mode, mtime_ns=time.time_ns())
         meta["ident"] = [st.st_ino, st.st_size, st.st_mtime_ns]
         meta["body"] = name
-        write_atomic(f"{directory}/{META}", json.dumps(meta).encode(), mode=FILE_MODE)
+        write_atomic(f"{directory}/{META}", json.dumps(meta).encode(), mode=mode)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(f"{directory}/{other}")
 

@@ -226,8 +226,10 @@ def _cache_tree(site: Site, settings: Settings, user: str) -> Iterator[Problem]:
     if who is None:
         return
     where = f"site {site.name}: cache tree"
-    fix = (f"run tenantkit provision {site.name} --group {_nginx_group(user)}, or "
-           f"chmod -R g+rX (with that group) / o+rX the cache tree")
+    group = _nginx_group(user)
+    fix = (f"run tenantkit provision {site.name} --group {group} (or set [cache] group = "
+           f'"{group}" and run tenantkit provision {site.name}), or chmod -R g+rX (with that '
+           "group) / o+rX the cache tree")
     chain = [Path(settings.cache_dir), site.cache_root, site.pages_dir]
     current = site.pages_dir / "current"
     with contextlib.suppress(RuntimeError, OSError):
@@ -238,9 +240,10 @@ def _cache_tree(site: Site, settings: Settings, user: str) -> Iterator[Problem]:
         except FileNotFoundError:  # made when the first page is stored
             return
         if not _allows(st, who, stat.S_IXOTH):
+            shared = directory == Path(settings.cache_dir)  # every site's: no group of one
             yield Problem("error", where, f"{_mode_text(directory, st)}: nginx ({user}) "
                           f"cannot enter it and falls through to the shim on every "
-                          f"page ({fix})")
+                          f"page ({f'chmod o+x {directory}' if shared else fix})")
             return
     if len(chain) < 4:
         return

@@ -136,6 +136,10 @@ def test_cache_tree_nginx_cannot_read(root: Path) -> None:
     assert code == 1
     assert "site good: cache tree" in err and "is 0750" in err
     assert "nginx (www-data) cannot enter it" in err
+    assert f"(chmod o+x {root / 'cache'})" in err  # every site's directory: no site's group
+    (root / "cache").chmod(0o755)
+    code, _, err = check(root)
+    assert code == 1 and f"{root / 'cache' / 'good'} is 0750" in err
     assert "tenantkit provision good --group www-data" in err
     for directory in (root / "cache", root / "cache" / "good", pages):
         directory.chmod(0o755)
