@@ -1721,7 +1721,11 @@ final class Tenantkit_Events
 
 }
 
-if (defined('ABSPATH') && class_exists('Tenantkit_DB', false) && !isset($GLOBALS['wpdb'])) {
+// wp-admin/setup-config.php loads WordPress before any wp-config.php exists (no DB_HOST, no
+// TENANTKIT_*), and checks the credentials typed into its form with a wpdb of its own: the
+// drop-in stays out of the way there (it has nothing to route yet).
+if (defined('ABSPATH') && class_exists('Tenantkit_DB', false) && !isset($GLOBALS['wpdb'])
+    && !(defined('WP_SETUP_CONFIG') && !defined('DB_HOST') && !defined('TENANTKIT_DB_PRIMARY'))) {
     Tenantkit_Events::register();
     $GLOBALS['wpdb'] = new Tenantkit_DB(
         defined('DB_USER') ? DB_USER : '',
