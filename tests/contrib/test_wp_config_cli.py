@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from urllib.parse import quote
 
@@ -125,3 +126,6 @@ def test_print_wp_config_paths_are_absolute(tmp_path: Path,
     expected = str(tmp_path / "cache" / "blog" / ".purge")
     assert f"define('TENANTKIT_PURGE_DIR', '{expected}');" in result.stdout
     assert f"define('TENANTKIT_BUS', '{expected}');" in result.stdout
+    # The files to link are named by absolute path too (this checkout's contrib/).
+    sources = re.findall(r"ln -s (\S+)", result.stdout)
+    assert sources and all(Path(s).is_absolute() and Path(s).is_file() for s in sources), sources
