@@ -322,7 +322,12 @@ class _StreamNodes:
         return False
 
     def _groups(self) -> dict[str, dict[str, Any]]:
-        return {_text(g["name"]): g for g in self.client.xinfo_groups(self.stream)}
+        import redis
+
+        try:
+            return {_text(g["name"]): g for g in self.client.xinfo_groups(self.stream)}
+        except redis.ResponseError:  # no stream: no node has ever joined
+            return {}
 
     def groups(self) -> list[str]:
         return sorted(self._groups())
