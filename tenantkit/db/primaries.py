@@ -9,7 +9,8 @@ candidate with ``@@read_only = 0``. The :class:`~tenantkit.db.router.Router` own
     finder.start()               # probes now, then every `interval` seconds in a thread
     index = finder.writable()    # the request path: the last verdict (SplitBrain or
                                  # PrimaryUnavailable when there is not exactly one)
-    finder.suspect()             # a write failed (read-only, connection lost): probe at once
+    finder.suspect()             # a write failed (connection lost): the thread probes at once
+    finder.recheck(failed_at)    # a write was refused as read-only: probe now, on this thread
     finder.state()               # PrimaryState: primary, writable, changed_at, error
     finder.close()
 
@@ -135,9 +136,15 @@ class PrimaryFinder:
         )
 
     def suspect(self) -> None:
-        """A write failed on the primary (read-only, connection lost): probe again at once."""
+        """A write failed on the primary (connection lost): the thread probes at once."""
         if not self.single:
             self._wake.set()
+
+    def recheck(self, failed_at: float) -> PrimaryState:
+        """The primary refused a write as read-only at *failed_at* (``time.time()``): probe
+        now, on this thread (once for every request that failed at about the same time), so
+        that the next write goes to the new primary."""
+        return self.check(newer_than=failed_at)
 
     # --- probes --------------------------------------------------------------------------
 
@@ -167,11 +174,17 @@ class PrimaryFinder:
             return f"unreachable: {type(exc).__name__}: {exc}".splitlines()[0][:200]
         return "read-only" if int(read_only or 0) else None
 
-    def check(self) -> PrimaryState:
-        """Probe every candidate now and record the verdict (logged when it changes)."""
+    def check(self, *, newer_than: float | None = None) -> PrimaryState:
+        """Probe every candidate now and record the verdict (logged when it changes). With
+        *newer_than* (a ``time.time()``), a verdict from a probe that started after it is
+        kept instead: many requests that failed at once probe once."""
         if self.single:
             return self._state
         with self._lock:
+            old = self._state
+            if newer_than is not None and old.known and old.checked_at >= newer_than:
+                return old
+            started = time.time()
             errors: dict[str, str] = {}
             writable: list[int] = []
             for position, name in enumerate(self.names):
@@ -180,13 +193,11 @@ class PrimaryFinder:
                     writable.append(position)
                 else:
                     errors[name] = error
-            now = time.time()
-            old = self._state
             index = writable[0] if len(writable) == 1 else None
             names = tuple(self.names[i] for i in writable)
             changed = not old.known or names != old.writable
             new = PrimaryState(self.names[index] if index is not None else None, index, names,
-                               now, now if changed else old.changed_at, errors)
+                               started, time.time() if changed else old.changed_at, errors)
             self._state = new
         if changed:
             self._log_change(new)

@@ -439,10 +439,10 @@ class Router:
         )
 
     def _read_only_primary(self, exc: BaseException, server: Any) -> PrimaryUnavailable:
-        """The primary refused a write as read-only: a failover is under way. Probe the
-        candidates at once; this write fails (it did not run) and the next goes to the new
-        primary once it is found."""
-        self.finder.suspect()
+        """The primary refused a write as read-only: a switchover or failover is under way.
+        Probe the candidates now; this write fails (it did not run) and the next goes to the
+        new primary if there is one."""
+        self.finder.recheck(time.time())
         name = server.name if isinstance(server, _Server) else self._primary.name
         return PrimaryUnavailable(
             f"primary {name} refused the write, it is read-only now ({describe(exc)}): a "

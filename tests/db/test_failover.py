@@ -244,3 +244,28 @@ def test_one_candidate_is_never_probed(cluster: MariaDBCluster) -> None:
     finder.start()
     assert finder._thread is None
     finder.close()
+
+
+def test_a_switchover_the_router_has_not_seen_yet_refuses_the_write_and_moves_on(
+        cluster: MariaDBCluster, router: Router) -> None:
+    # A planned switchover: the primary is made read-only, a replica promoted. The router's
+    # verdict still names the old one until its next probe (every 0.5 s here, 2 s by default).
+    write(router, "before")
+    cluster.primary.query("SET GLOBAL read_only = 1")
+    cluster.drain(cluster.replicas[0])
+    cluster.promote(cluster.replicas[0])
+    outcomes = []
+    for attempt in range(3):
+        try:
+            write(router, f"during{attempt}")
+            outcomes.append("ok")
+        except PrimaryUnavailable as exc:
+            assert "read-only now" in str(exc)
+            assert any(error_code(c) in READ_ONLY_ERRORS for c in chain(exc))
+            outcomes.append("refused")
+    assert "refused" not in outcomes[1:], "the first refusal is enough: the next write moves"
+    wait_for(lambda: _writes(router), "writes on the promoted replica")
+    new = cluster.replicas[0]
+    assert f":{new.port}/" in str(router.primary_state().primary)
+    assert not cluster.primary.query("SELECT 1 FROM tenantkit_test.t WHERE tag LIKE 'during%'"
+                                     " AND id > 1")
