@@ -111,6 +111,7 @@ def provision_command(
         database = replace(
             database,
             primary=db_primary if db_primary is not None else database.primary,
+            primaries=() if db_primary is not None else database.primaries,
             replicas=replicas or database.replicas,
             table_prefix=table_prefix if table_prefix is not None else database.table_prefix,
         )
