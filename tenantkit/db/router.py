@@ -78,6 +78,7 @@ everything goes to the one server.
 (:mod:`tenantkit.db.cursor`: its cursor). :mod:`tenantkit.db.tokens`: the tokens.
 :mod:`tenantkit.db.failures`: which driver errors mean a dead server.
 :mod:`tenantkit.db.servers`: which servers a site uses.
+:mod:`tenantkit.db.primaries`: which primary candidate takes writes now.
 """
 
 from __future__ import annotations
