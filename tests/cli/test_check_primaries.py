@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -40,3 +41,18 @@ def test_no_writable_candidate_is_an_error(tmp_path: Path,
     assert code == 1
     assert "error: primaries: no candidate is writable" in out
     assert "pw@" not in out
+
+
+def test_sites_json_lists_the_candidates(tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    dead = [f"mysql+pymysql://app:pw@127.0.0.1:{free_port()}/app" for _ in range(2)]
+    _check(tmp_path, dead, monkeypatch)  # writes the settings
+    (tmp_path / "sites" / "blog.toml").write_text(
+        'hosts = ["blog.example.org"]\n[backend]\ntype = "proxy"\nurl = "http://127.0.0.1:9"\n'
+        '[database]\non_primary_down = "read_only"\n')
+    result = CliRunner().invoke(cli, ["--config", str(tmp_path / "tenantkit.toml"), "sites",
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    database = json.loads(result.stdout)["sites"][0]["database"]
+    assert database["primaries"] == [d.replace(":pw@", ":********@") for d in dead]
+    assert database["on_primary_down"] == "read_only"
