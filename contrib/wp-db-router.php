@@ -43,7 +43,7 @@
  *   if the wait times out the request reads from the primary. GET requests that write
  *   (cron, transients) keep read-your-writes inside the request but pin no one.
  * - a replica that refuses connections, has its SQL thread stopped, or lags more than
- *   TENANTKIT_LAG_THRESHOLD seconds (SHOW SLAVE STATUS once per request; the replica user
+ *   TENANTKIT_LAG_THRESHOLD seconds (SHOW REPLICA STATUS, else SHOW SLAVE STATUS, once per request; the replica user
  *   needs SLAVE MONITOR / REPLICATION CLIENT; 0 turns the check off) is skipped (reads go to the next replica, else the
  *   primary) and tried again after TENANTKIT_DEAD_HOST_COOLDOWN seconds (state is kept in
  *   small files in TENANTKIT_STATE_DIR, default the system temp dir).
@@ -745,6 +745,8 @@ class Tenantkit_DB extends wpdb
     public array $tk_replicas = [];
     /** @var list<array{host: string, port: ?int, socket: ?string, user: string, password: string, name: string, label: string}> */
     public array $tk_candidates = [];
+    /** @var list<string> the replica-status statements, newest first */
+    public static array $tk_status_statements = ['SHOW REPLICA STATUS', 'SHOW SLAVE STATUS'];
     public float $tk_primary_check_interval = 5.0;
     /** Why there is no primary link (split brain, no writable candidate), for last_error. */
     public ?string $tk_primary_problem = null;
@@ -1253,7 +1255,7 @@ class Tenantkit_DB extends wpdb
         if ($this->tk_lag_threshold <= 0) {
             return null;
         }
-        $result = @mysqli_query($link, 'SHOW SLAVE STATUS');
+        $result = $this->tk_replica_status($link);
         if (!$result instanceof mysqli_result) {
             // No REPLICATION CLIENT / SLAVE MONITOR privilege: lag cannot be measured.
             $this->tk_note_once('lag-unknown', 'cannot measure replica lag (' . mysqli_error($link)
@@ -1263,8 +1265,12 @@ class Tenantkit_DB extends wpdb
         }
         $status = mysqli_fetch_assoc($result);
         mysqli_free_result($result);
+        if (is_array($status)) {  // MySQL >= 8.0.22 names, read as the classic ones
+            $status += ['Slave_SQL_Running' => $status['Replica_SQL_Running'] ?? null,
+                'Seconds_Behind_Master' => $status['Seconds_Behind_Source'] ?? null];
+        }
         if (!is_array($status)) {
-            return 'is not replicating (SHOW SLAVE STATUS is empty)';
+            return 'is not replicating (the replica status is empty)';
         }
         if (($status['Slave_SQL_Running'] ?? 'No') !== 'Yes') {
             return 'has replication stopped';
@@ -1276,6 +1282,22 @@ class Tenantkit_DB extends wpdb
             return "lags {$lag}s (threshold {$this->tk_lag_threshold}s)";
         }
         return null;
+    }
+
+    /**
+     * SHOW REPLICA STATUS (MariaDB >= 10.5.1, MySQL >= 8.0.22; MySQL 8.4 has only this one),
+     * else SHOW SLAVE STATUS on a server that does not know it (a syntax error, 1064).
+     */
+    private function tk_replica_status(mysqli $link): mysqli_result|false
+    {
+        foreach (self::$tk_status_statements as $i => $statement) {
+            $result = @mysqli_query($link, $statement);
+            if ($result instanceof mysqli_result || $link->errno !== 1064
+                || $i === count(self::$tk_status_statements) - 1) {
+                return $result;
+            }
+        }
+        return false;
     }
 
     private function tk_state_file(string $label): string
