@@ -199,7 +199,10 @@ class Router:
             raise ConfigError("primary: expected a URL or a list of candidate URLs, got []")
         self._candidates = [_Server(c, options, connect_timeout, read_timeout, write_timeout)
                             for c in candidates]
-        self.finder = PrimaryFinder([c.engine for c in self._candidates],
+        # Probes on connections of their own, bounded by connect_timeout (a hung candidate
+        # must not hold the finder for a whole read_timeout); an Engine given is used as is.
+        self.finder = PrimaryFinder([c.engine.url if c.owned else c.engine
+                                     for c in self._candidates],
                                     connect_timeout=connect_timeout,
                                     interval=primary_check_interval)
         self._down_server: _Server | None = None
@@ -424,15 +427,17 @@ class Router:
                       server: _Server | None = None) -> PrimaryUnavailable:
         server = server or self._primary
         self.finder.suspect()
-        first = self._down_server is not server or time.monotonic() >= self._primary_retry_at
-        self._down_server = server
-        self._primary_retry_at = time.monotonic() + self.dead_host_cooldown
-        if first or self.finder.single:
+        now = time.monotonic()
+        # One primary: skip it for the cooldown. Candidates: the finder decides where writes
+        # go; pause this one only until the finder's next probe (logged once per outage).
+        single = self.finder.single
+        pause = self.dead_host_cooldown if single else min(self.dead_host_cooldown,
+                                                           self.finder.outage_interval)
+        if single or self._down_server is not server or now >= self._primary_retry_at:
             logger.warning("primary %s unavailable (retrying after %gs): %s", server.name,
-                           self.dead_host_cooldown, describe(exc))
-        if not self.finder.single:
-            self._primary_retry_at = time.monotonic() + min(self.dead_host_cooldown,
-                                                            self.finder.outage_interval)
+                           pause, describe(exc))
+        self._down_server = server
+        self._primary_retry_at = now + pause
         return PrimaryUnavailable(
             f"primary {server.name} cannot be reached: {describe(exc)} (writes stop "
             f"until it is back; tried again after {self.dead_host_cooldown:g}s; reads still "

@@ -168,7 +168,10 @@ def test_a_token_from_before_the_failover_is_honoured_by_a_replica_of_the_new_pr
     assert token is not None and token.gtid is not None
     new = cluster.failover()
     other = next(r for r in cluster.replicas if r is not new)
-    # The re-pointed replica has the row; a read with the old token is served by it.
+    # The re-pointed replica has the row; a read with the old token is served by it (once the
+    # health check sees it replicating again: it was briefly stopped for the re-pointing).
+    wait_for(lambda: router.health.usable(0) and router.health.state(0).status == "ok"
+             and router.health.state(0).error is None, "the re-pointed replica to be usable")
     before = router.stats().get("read", {}).get("replica", 0)
     assert count(router, "before", token) == 1
     assert router.stats()["read"]["replica"] == before + 1
