@@ -198,9 +198,9 @@ class PrimaryFinder:
             changed = not old.known or names != old.writable
             new = PrimaryState(self.names[index] if index is not None else None, index, names,
                                started, time.time() if changed else old.changed_at, errors)
+            if changed:  # logged before it is seen: whoever sees the change has its line
+                self._log_change(new)
             self._state = new
-        if changed:
-            self._log_change(new)
         return new
 
     def _log_change(self, new: PrimaryState) -> None:
