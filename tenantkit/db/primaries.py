@@ -128,7 +128,9 @@ class PrimaryFinder:
         if state.index is not None:
             return state.index
         if state.split_brain:
-            raise SplitBrain(self._split_brain_message(state))
+            error = SplitBrain(self._split_brain_message(state))
+            error.servers = state.writable
+            raise error
         reasons = "; ".join(f"{n}: {e}" for n, e in state.errors.items()) or "none checked"
         raise PrimaryUnavailable(
             f"no primary candidate is writable ({reasons}); writes stop until one is "

@@ -192,8 +192,10 @@ def test_split_brain_refuses_writes_until_exactly_one_is_writable(
     cluster.start_primary()  # the old primary comes back writable: two primaries
     wait_for(lambda: router.primary_state().split_brain, "the split brain to be seen")
     with pytest.raises(SplitBrain, match=f":{cluster.primary.port}/.* and .*:{new.port}/|"
-                                         f":{new.port}/.* and .*:{cluster.primary.port}/"):
+                                         f":{new.port}/.* and .*:{cluster.primary.port}/"
+                       ) as refused:
         write(router, "refused")
+    assert len(refused.value.servers) == 2
     assert count(router, "one", None) == 1, "reads go on during a split brain"
     for _ in range(5):
         with pytest.raises(SplitBrain):
