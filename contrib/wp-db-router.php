@@ -43,7 +43,8 @@
  *   if the wait times out the request reads from the primary. GET requests that write
  *   (cron, transients) keep read-your-writes inside the request but pin no one.
  * - a replica that refuses connections, has its SQL thread stopped, or lags more than
- *   TENANTKIT_LAG_THRESHOLD seconds (SHOW REPLICA STATUS, else SHOW SLAVE STATUS, once per request; the replica user
+ *   TENANTKIT_LAG_THRESHOLD seconds (SHOW REPLICA STATUS, else SHOW SLAVE STATUS on older
+ *   servers, once per request; the replica user
  *   needs SLAVE MONITOR / REPLICATION CLIENT; 0 turns the check off) is skipped (reads go to the next replica, else the
  *   primary) and tried again after TENANTKIT_DEAD_HOST_COOLDOWN seconds (state is kept in
  *   small files in TENANTKIT_STATE_DIR, default the system temp dir).
