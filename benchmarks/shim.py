@@ -13,7 +13,17 @@ Contenders, alternating round by round in one run:
 - (e) nginx serving the cached page straight from ``cache_dir`` (the `tenantkit nginx-config`
   server block) against nginx serving the same file as plain static.
 
-Targets: b/a >= 0.85, c/a >= 0.85, e (cache/static) >= 0.95. Run ``python -m benchmarks.shim``.
+Issue 17 section 2, in the same run: a 10 KB page from a gunicorn upstream (2 workers),
+reached (f) directly, (g) through ``tenantkit serve`` as a proxy site, every request a new
+URL (a stored MISS), and (h) through real nginx ``proxy_cache`` in front of the same
+upstream, storing the same new pages; MISS latency for one client (p50 and p99 time to last
+byte, wrk ``--latency``) against the upstream's own; and ``PageCache.put`` against
+cachelib's ``FileSystemCache.set`` (:mod:`benchmarks.invalidate`).
+
+Targets (printed with the table): HIT / bare >= 1.0; MISS p50 and p99 <= 1.10x the upstream
+direct; stored-MISS throughput >= 0.8x nginx proxy_cache; nginx from cache_dir >= 0.95x
+nginx static; put >= 1.0x cachelib set; and the older (c) MISS / bare >= 0.85. Run
+``python -m benchmarks.shim``.
 """
 
 from __future__ import annotations
@@ -31,17 +41,27 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import Report, main
+from benchmarks.harness import Report, Row, main
+from benchmarks.invalidate import _throughput
 from tenantkit.testing import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = (b"<!doctype html><html><head><title>bench</title></head><body>"
         + b"<p>tenantkit benchmark page</p>" * 40 + b"</body></html>\n")
 HOST = "bench.test"
+PROXY_HOST = "proxy.test"
+#: The page the upstream of section 2 answers: 10 KB, as in the issue.
+PAGE_10K = (b"<!doctype html><html><head><title>bench</title></head><body>"
+            + b"<p>tenantkit upstream page, ten kilobytes</p>" * 230 + b"</body></html>\n")
 NOCACHE_HOST = "nocache.test"
 NOSTORE_HOST = "nostore.test"
 #: The gunicorn settings every contender gets (the same as `tenantkit serve`'s).
 WORKERS = 2
+#: Contenders whose every request asks for a new URL (a miss that stores a page).
+MISSES = frozenset({"tenantkit MISS", "tenantkit stored MISS (proxy)",
+                    "nginx proxy_cache stored MISS", "upstream direct"})
+#: Contenders of the one-client MISS latency comparison.
+LATENCY = ["upstream direct", "tenantkit stored MISS (proxy)", "nginx proxy_cache stored MISS"]
 
 
 def bare_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -49,6 +69,14 @@ def bare_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Ite
     start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"),
                               ("Content-Length", str(len(PAGE)))])
     return [PAGE]
+
+
+def upstream_app(environ: dict[str, Any], start_response: Callable[..., Any]
+                 ) -> Iterable[bytes]:
+    """(f) the upstream of section 2: a 10 KB page for any URL."""
+    start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"),
+                              ("Content-Length", str(len(PAGE_10K)))])
+    return [PAGE_10K]
 
 
 def nostore_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -147,6 +175,21 @@ def _wrk(url: str, host: str, seconds: int, script: Path | None = None) -> tuple
     return float(rate.group(1)), int(count.group(1))
 
 
+def _wrk_latency(url: str, host: str, seconds: int, script: Path) -> tuple[float, float]:
+    """(p50, p99) milliseconds to the last byte for one client (wrk -t1 -c1 --latency)."""
+    out = subprocess.run(
+        ["wrk", "-t1", "-c1", f"-d{seconds}s", "--latency", "-H", f"Host: {host}",
+         "-s", str(script), url],
+        capture_output=True, text=True, check=True, timeout=seconds + 30).stdout
+    found = {}
+    for pct in ("50", "99"):
+        match = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE)
+        if match is None or "Non-2xx" in out:
+            raise RuntimeError(f"wrk --latency against {url} ({host}) failed:\n{out}")
+        found[pct] = float(match.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[match.group(2)]
+    return found["50"], found["99"]
+
+
 def _cpu_seconds(pid: int) -> float:
     """User and system CPU of process *pid* and its children (gunicorn's workers), from /proc."""
     total = 0
@@ -183,7 +226,7 @@ def run(quick: bool = False) -> Report:
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed (apt-get install wrk)")
     seconds = 1 if quick else 2
-    rounds = 2 if quick else 7
+    rounds = 2 if quick else 4
     report = Report("shim", f"requests/s under wrk (-t2 -c16, {seconds:g}s per sample), "
                             f"gunicorn gthread {WORKERS} workers")
     work = Path(tempfile.mkdtemp(prefix="tenantkit-bench-shim-"))
@@ -197,6 +240,12 @@ def run(quick: bool = False) -> Report:
         (sites_dir / "nocache.toml").write_text(
             f'hosts = ["{NOCACHE_HOST}"]\n[backend]\ntype = "wsgi"\n'
             'app = "benchmarks.shim:bare_app"\n[cache]\nenabled = false\n')
+        ports = {name: free_port() for name in ("bare", "tenantkit", "flask", "upstream")}
+        (sites_dir / "proxy.toml").write_text(
+            f'hosts = ["{PROXY_HOST}"]\n[backend]\ntype = "proxy"\n'
+            f'url = "http://127.0.0.1:{ports["upstream"]}"\n'
+            # the saturating clients all miss: the limit must not be what is measured
+            "max_concurrency = 64\n[cache]\nttl = 3600\n")
         (sites_dir / "nostore.toml").write_text(
             f'hosts = ["{NOSTORE_HOST}"]\n[backend]\ntype = "wsgi"\n'
             'app = "benchmarks.shim:nostore_app"\n')
@@ -205,7 +254,6 @@ def run(quick: bool = False) -> Report:
                    TENANTKIT_DATABASE_PRIMARY=f"sqlite:///{work}/tk.db",
                    TENANTKIT_LOG_LEVEL="WARNING", PYTHONPATH=str(ROOT))
         bindir = Path(sys.executable).parent
-        ports = {name: free_port() for name in ("bare", "tenantkit", "flask")}
         gunicorn = [str(bindir / "gunicorn"), *_gunicorn_args()]
         procs.append(_Proc([*gunicorn, "-b", f"127.0.0.1:{ports['bare']}",
                             "benchmarks.shim:bare_app"], ports["bare"], env))
@@ -214,6 +262,9 @@ def run(quick: bool = False) -> Report:
         procs.append(_Proc([str(bindir / "tenantkit"), "serve", "--bind",
                             f"127.0.0.1:{ports['tenantkit']}", "--workers", str(WORKERS)],
                            ports["tenantkit"], env, cwd=work))
+        upstream = _Proc([*gunicorn, "-b", f"127.0.0.1:{ports['upstream']}",
+                          "benchmarks.shim:upstream_app"], ports["upstream"], env)
+        procs.append(upstream)
         tk = f"http://127.0.0.1:{ports['tenantkit']}/page/"
         for _ in range(3):  # fill the cache (and check the HIT really is one)
             check = subprocess.run(["curl", "-si", "-H", f"Host: {HOST}", tk],
@@ -242,33 +293,53 @@ def run(quick: bool = False) -> Report:
         block += (f"\nserver {{\n listen 127.0.0.1:{static_port};\n root {static_root};\n"
                   " location / { default_type text/html; charset utf-8; "
                   "add_header X-Tenantkit-Cache HIT; }\n}\n")
+        # (h): nginx's own proxy_cache in front of the same upstream, keep-alive to it.
         prefix = work / "nginx"
         prefix.mkdir()
+        proxy_cache_port = free_port()
+        block += (f"\nproxy_cache_path {prefix}/proxy_cache levels=1:2 keys_zone=tk:10m "
+                  "max_size=1g inactive=1h use_temp_path=off;\n"
+                  f"upstream tk_upstream {{ server 127.0.0.1:{ports['upstream']}; "
+                  "keepalive 32; }\n"
+                  f"server {{\n listen 127.0.0.1:{proxy_cache_port};\n location / {{\n"
+                  "  proxy_pass http://tk_upstream; proxy_http_version 1.1;\n"
+                  '  proxy_set_header Connection ""; proxy_set_header Host $host;\n'
+                  "  proxy_cache tk; proxy_cache_valid 200 1h;\n }\n}\n")
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         procs.append(_Proc([nginx, "-p", str(prefix), "-c", str(_nginx_conf(prefix, block)),
                             "-g", "daemon off;"], nginx_port))
         wait_port(static_port, timeout=30.0, proc=procs[-1].proc)
         contenders["nginx cache_dir"] = (f"http://127.0.0.1:{nginx_port}/page/", HOST)
         contenders["nginx static"] = (f"http://127.0.0.1:{static_port}/page/", HOST)
+        proxy_url = f"http://127.0.0.1:{ports['tenantkit']}/"
+        contenders["upstream direct"] = (f"http://127.0.0.1:{ports['upstream']}/",
+                                         PROXY_HOST)
+        contenders["tenantkit stored MISS (proxy)"] = (proxy_url, PROXY_HOST)
+        contenders["nginx proxy_cache stored MISS"] = (
+            f"http://127.0.0.1:{proxy_cache_port}/", PROXY_HOST)
 
         samples: dict[str, list[float]] = {name: [] for name in contenders}
         # Server CPU per request: steadier than req/s on a shared machine.
         cpu: dict[str, list[float]] = {name: [] for name in contenders}
-        server = {"bare": procs[0], "flask host_matching": procs[1]}
+        server = {"bare": procs[0], "flask host_matching": procs[1],
+                  "upstream direct": upstream}
         runs = 0
 
-        def sample(name: str, url: str, host: str, seconds: int) -> float:
+        def unique_paths() -> Path:
+            """A wrk script asking for a new URL every request, new ones every run."""
             nonlocal runs
-            script = None
-            if name == "tenantkit MISS":  # a new URL every request, new ones every run
-                runs += 1
-                script = work / f"miss-{runs}.lua"
-                script.write_text(f'PREFIX = "r{runs}"\n' + _UNIQUE_PATHS)
+            runs += 1
+            script = work / f"miss-{runs}.lua"
+            script.write_text(f'PREFIX = "r{runs}"\n' + _UNIQUE_PATHS)
+            return script
+
+        def sample(name: str, url: str, host: str, seconds: int) -> float:
+            script = unique_paths() if name in MISSES else None
             pid = server.get(name, procs[2]).proc.pid
             before = _cpu_seconds(pid)
             rate, count = _wrk(url, host, seconds, script)
             cpu[name].append((_cpu_seconds(pid) - before) / count)
-            if script is not None:
+            if script is not None and name != "upstream direct":
                 # The pages just written are still being written back: let that finish
                 # before the next contender's sample, or it pays for them.
                 os.sync()
@@ -285,6 +356,13 @@ def run(quick: bool = False) -> Report:
             for name in order[round_ % len(order):] + order[:round_ % len(order)]:
                 url, host = contenders[name]
                 samples[name].append(sample(name, url, host, seconds))
+        # One client, a new page every request: time to the last byte.
+        latency: dict[str, list[tuple[float, float]]] = {name: [] for name in LATENCY}
+        for round_ in range(max(2, rounds // 2)):
+            for name in LATENCY[round_ % 3:] + LATENCY[:round_ % 3]:
+                url, host = contenders[name]
+                latency[name].append(_wrk_latency(url, host, seconds, unique_paths()))
+                os.sync()
         floor = _store_floor(cache_dir / "floor-probe")
     finally:
         for proc in reversed(procs):
@@ -307,13 +385,40 @@ def run(quick: bool = False) -> Report:
     for name in ("nginx static", "nginx cache_dir"):
         ratios[name] = ratio(name, "nginx static")
         report.add_value("nginx", name, med[name], "req/s", ratios[name])
+    for name in ("nginx proxy_cache stored MISS", "tenantkit stored MISS (proxy)",
+                 "upstream direct"):
+        ratios[name] = ratio(name, "nginx proxy_cache stored MISS")
+        report.add_value("10 KB from a gunicorn upstream, every request a new page", name,
+                         med[name], "req/s", ratios[name])
+    p50 = {n: statistics.median(v[0] for v in values) for n, values in latency.items()}
+    p99 = {n: statistics.median(v[1] for v in values) for n, values in latency.items()}
+    for name in LATENCY:
+        report.rows.append(Row("MISS latency, 1 client (time to last byte)", name, p50[name],
+                               p99[name], "ms", p50[name] / p50["upstream direct"],
+                               len(latency[name])))
     report.add_group("server CPU per request (gunicorn processes)",
-                     {name: cpu[name] for name in ratios if not name.startswith("nginx")},
+                     {name: cpu[name] for name in ratios
+                      if not name.startswith("nginx") and name in cpu},
                      unit="us", baseline="bare")
-    report.target("(b) tenantkit HIT / bare >= 0.85", ratios["tenantkit HIT"] >= 0.85)
-    report.target("(c) tenantkit MISS / bare >= 0.85", ratios["tenantkit MISS"] >= 0.85)
-    report.target("(e) nginx from cache_dir / nginx static >= 0.95",
-                  ratios["nginx cache_dir"] >= 0.95)
+    os.sync()  # the pages the MISS runs wrote must not be written back during the puts
+    _throughput(True, report)  # PageCache.put / get against cachelib (short: the bound)
+    put_ratio = report.median("page put (27 KB)", "cachelib") / report.median(
+        "page put (27 KB)", "tenantkit")
+    tk_miss, direct = "tenantkit stored MISS (proxy)", "upstream direct"
+    report.target(f"HIT / bare >= 1.0 (got {ratios['tenantkit HIT']:.2f})",
+                  ratios["tenantkit HIT"] >= 1.0)
+    report.target(f"MISS p50 <= 1.10x the upstream direct (got {p50[tk_miss] / p50[direct]:.2f}x)",
+                  p50[tk_miss] <= 1.10 * p50[direct])
+    report.target(f"MISS p99 <= 1.10x the upstream direct (got {p99[tk_miss] / p99[direct]:.2f}x)",
+                  p99[tk_miss] <= 1.10 * p99[direct])
+    report.target(f"stored-MISS throughput >= 0.8x nginx proxy_cache (got {ratios[tk_miss]:.2f}x)",
+                  ratios[tk_miss] >= 0.8)
+    report.target(f"nginx from cache_dir >= 0.95x nginx static "
+                  f"(got {ratios['nginx cache_dir']:.2f}x)", ratios["nginx cache_dir"] >= 0.95)
+    report.target(f"PageCache.put >= 1.0x cachelib FileSystemCache.set (got {put_ratio:.2f}x)",
+                  put_ratio >= 1.0)
+    report.target(f"(c) tenantkit MISS / bare >= 0.85 (got {ratios['tenantkit MISS']:.2f})",
+                  ratios["tenantkit MISS"] >= 0.85)
     report.notes.append("ratio column: the median over rounds of req/s relative to the "
                         "group's baseline in the same round (higher is better); samples per "
                         f"contender: {rounds}; median column: median req/s; the CPU group's "

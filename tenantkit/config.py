@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tenantkit.errors import ConfigError
+from tenantkit.files import NotARegularFile, read_regular_file
 from tenantkit.secret import MASK, SecretURL, mask_url
 from tenantkit.validate import is_database_url, is_site_name
 
@@ -77,6 +78,8 @@ __all__ = [
 ]
 
 CONFIG_ENV = "TENANTKIT_CONFIG"
+#: A settings file larger than this is refused (it is a few dozen lines).
+MAX_SETTINGS_FILE_BYTES = 1024 * 1024
 DEFAULT_CONFIG_FILE = "tenantkit.toml"
 
 #: Name of the shim's signed read-your-writes cookie (see :mod:`tenantkit.web.rwcookie`).
@@ -173,6 +176,12 @@ class CacheSettings:
     bypass_cookies: tuple[str, ...] = DEFAULT_BYPASS_COOKIES
     #: Query arguments left out of the page-cache key, still forwarded (``utm_*``: prefix).
     ignore_query_args: tuple[str, ...] = DEFAULT_IGNORED_QUERY_ARGS
+    #: Seconds after it was purged or expired that a page is still served (``STALE``) when
+    #: the backend fails (5xx, timeout, refused): see :mod:`tenantkit.cache.staleness`.
+    stale_if_error: int = 300
+    #: After a targeted purge, fetch the purged URLs again in the background
+    #: (:mod:`tenantkit.web.rewarm`).
+    rewarm: bool = False
 
 
 @dataclass(frozen=True, kw_only=True, repr=False)
@@ -257,22 +266,31 @@ class Settings:
 
 def _read_toml(file: Path) -> dict[str, Any]:
     try:
-        raw = file.read_bytes()
+        raw = read_regular_file(file, MAX_SETTINGS_FILE_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(
             f"settings file {file}: not found (create it, or unset {CONFIG_ENV} / --config "
             "to run on the embedded defaults)"
         ) from None
+    except NotARegularFile as exc:
+        raise ConfigError(f"settings file {file}: is {exc}, not a regular file (point "
+                          f"{CONFIG_ENV} / --config at a TOML file)") from None
     except OSError as exc:
         raise ConfigError(
             f"settings file {file}: cannot be read: {exc.strerror} (check its permissions)"
         ) from exc
+    if len(raw) > MAX_SETTINGS_FILE_BYTES:
+        raise ConfigError(f"settings file {file}: larger than {MAX_SETTINGS_FILE_BYTES} "
+                          "bytes (is this the right file?)")
     try:
         return tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise ConfigError(f"settings file {file}: not UTF-8 text (save it as UTF-8 TOML)") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"settings file {file}: invalid TOML: {exc} (fix the syntax)") from exc
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise ConfigError(f"settings file {file}: invalid TOML: nested too deeply (a settings "
+                          "file needs no more than a few levels; fix the file)") from None
 
 
 # --- coercion -----------------------------------------------------------------------------
@@ -420,6 +438,8 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Coerce]]] = {
             "enabled": _bool,
             "ttl": _number(int, 0),
             "stale_seconds": _number(int, 0),
+            "stale_if_error": _number(int, 0),
+            "rewarm": _bool,
             "max_bytes": _optional_int,
             "policy": _choice("site", "targeted"),
             "bypass_cookies": _str_list,

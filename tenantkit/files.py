@@ -19,10 +19,12 @@ import contextlib
 import errno
 import itertools
 import os
+import stat
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["fsync_dir", "replace_symlink", "write_atomic"]
+__all__ = ["NotARegularFile", "fsync_dir", "read_regular_file", "replace_symlink", "write_atomic"]
 
 _O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 _TMP_IDS = itertools.count()
@@ -33,12 +35,16 @@ def _temp_name(directory: str) -> str:
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes, *, mode: int | None = None,
-                 durable: bool = False, mtime_ns: int | None = None) -> os.stat_result:
+                 durable: bool = False, mtime_ns: int | None = None,
+                 before_rename: Callable[[int, os.stat_result], None] | None = None
+                 ) -> os.stat_result:
     """Write *data* to *path* atomically; returns the new file's ``fstat``.
 
     ``mode`` sets the file's permissions whatever the umask (default: 0600, less the umask);
     ``durable`` fsyncs the file and its directory, for files that must survive a crash (site
-    files); ``mtime_ns`` sets the file's access and modification times.
+    files); ``mtime_ns`` sets the file's access and modification times; ``before_rename(fd,
+    stat)`` is called on the finished temporary file before it takes *path*'s place (to set
+    extended attributes that must arrive with the data).
     """
     path = os.fspath(path)
     directory = os.path.dirname(path) or "."
@@ -63,6 +69,8 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, *, mode: int | None 
             if durable:
                 os.fsync(fd)
             st = os.fstat(fd)
+            if before_rename is not None:
+                before_rename(fd, st)
         finally:
             os.close(fd)
         os.replace(tmp, path)
@@ -100,5 +108,42 @@ def fsync_dir(directory: Path) -> None:
     except OSError as exc:  # some file systems refuse fsync on directories
         if exc.errno not in (errno.EINVAL, errno.EBADF):
             raise
+    finally:
+        os.close(fd)
+
+
+class NotARegularFile(OSError):
+    """A path that names something other than a regular file (its kind in the message)."""
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def read_regular_file(path: Path, limit: int) -> bytes:
+    """Up to *limit* bytes of *path*, refusing without blocking anything but a regular file:
+    opening a FIFO for reading waits for a writer forever, and a device may never end.
+    Raises :class:`NotARegularFile`, or the OSError of the open."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(21, "Is a directory", str(path))
+        if not stat.S_ISREG(mode):
+            raise NotARegularFile(_kind(mode))
+        chunks: list[bytes] = []
+        got = 0
+        while got < limit:
+            chunk = os.read(fd, limit - got)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+        return b"".join(chunks)
     finally:
         os.close(fd)

@@ -13,6 +13,8 @@
                                            handled (dead letters), each with a .reason file
     cache_dir/_binlog/<host>-<port>.json   binlog_state(cache_dir, ...): the binlog source's
                                            position (GTID) on that replica, for this node
+    cache_dir/_status/<node>.json          invalidator_status(cache_dir, node): what this
+                                           node's invalidator last reported (health, metrics)
     cache_dir/_hosts/<host> -> ../<site>/pages/current/<host>   host_link(...): one per cached
                                            host, so nginx needs no per-site configuration
     cache_dir/.<site>.deleted-<tag>/       site_trash(...): a removed site's tree, moved aside
@@ -30,8 +32,8 @@ from pathlib import Path
 
 __all__ = [
     "BODY", "CURRENT", "HOSTS_DIR", "SITE_SUBDIRS", "app_dir", "binlog_state", "failed_dir",
-    "host_link", "host_link_target", "hosts_dir", "pages_dir", "purge_dir", "site_root",
-    "site_trash", "tmp_dir",
+    "host_link", "host_link_target", "hosts_dir", "invalidator_status", "pages_dir",
+    "purge_dir", "site_root", "site_trash", "tmp_dir",
 ]
 
 PAGES = "pages"
@@ -84,6 +86,13 @@ def failed_dir(root: Path) -> Path:
 def binlog_state(cache_dir: str | os.PathLike[str], host: str, port: int) -> Path:
     """``cache_dir/_binlog/<host>-<port>.json``: where the binlog source keeps its position."""
     return Path(cache_dir) / "_binlog" / f"{host}-{port}.json"
+
+
+def invalidator_status(cache_dir: str | os.PathLike[str], node: str = "") -> Path:
+    """``cache_dir/_status/<node>.json`` (the directory itself without ``node``): the status
+    file the node's invalidator keeps (:mod:`tenantkit.cache.status`)."""
+    directory = Path(cache_dir) / "_status"
+    return directory / f"{node}.json" if node else directory
 
 
 def hosts_dir(cache_dir: str | os.PathLike[str]) -> Path:

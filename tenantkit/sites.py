@@ -14,6 +14,9 @@ A site file (``sites/<name>.toml``; every table optional but ``hosts`` and ``[ba
     [backend]
     type = "proxy"                      # or "wsgi" with app = "module:attr"
     url = "http://127.0.0.1:8080"
+    max_concurrency = 4                 # requests at once per worker process; more: 503
+    connect_timeout = 5.0               # seconds (proxy only)
+    read_timeout = 60.0                 # seconds without a byte from the upstream (proxy)
 
     [database]                          # default: the global [database] settings
     primary = "mysql+tenantkit://app:secret@db1.internal/blog?compress=true"
@@ -25,6 +28,9 @@ A site file (``sites/<name>.toml``; every table optional but ``hosts`` and ``[ba
     ttl = 300
     policy = "site"                     # or "targeted"
     bypass_cookies = ["wordpress_logged_in_"]
+    stale_if_error = 300                # serve a page purged or expired this long ago
+                                        # when the backend fails
+    rewarm = false                      # re-fetch purged URLs in the background
 
     [meta]                              # free-form, kept as is
     owner = "team-blog"
@@ -45,6 +51,7 @@ from typing import Any, Literal, cast
 from tenantkit import layout
 from tenantkit.config import CacheSettings, Settings, did_you_mean, keep_urls_secret, mask_url
 from tenantkit.errors import InvalidHost, SiteError, SiteFileError
+from tenantkit.files import NotARegularFile, read_regular_file
 from tenantkit.hosts import normalize_patterns
 from tenantkit.validate import is_database_url, is_http_url, is_site_name
 
@@ -97,6 +104,12 @@ class Backend:
     type: Literal["wsgi", "proxy"]
     app: str | None = None
     url: str | None = field(default=None, metadata={"url": True})
+    #: Requests this backend serves at once in one worker process; one more answers 503
+    #: with ``Retry-After`` at once (:class:`tenantkit.web.backends.BackendPool`).
+    max_concurrency: int = 4
+    #: Seconds to connect to a proxy upstream, and without a byte from it.
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         keep_urls_secret(self)
@@ -225,6 +238,13 @@ def _get_int(w: _Where, key: str, value: Any, minimum: int) -> int:
     return value
 
 
+def _get_seconds(w: _Where, key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise w.bad(key, "a number of seconds > 0", value,
+                    f"write {key.rsplit('.', 1)[-1]} = 5.0")
+    return float(value)
+
+
 def _get_str_list(w: _Where, key: str, value: Any, example: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         name = key.rsplit(".", 1)[-1]
@@ -254,15 +274,19 @@ def _backend(w: _Where, doc: Mapping[str, Any]) -> Backend:
             'table "backend": missing (write [backend] with type = "proxy" and '
             'url = "http://127.0.0.1:8080", or type = "wsgi" and app = "module:attr")'
         )
-    table = _table(w, doc, "backend", ("app", "type", "url"))
+    table = _table(w, doc, "backend", ("app", "connect_timeout", "max_concurrency",
+                                       "read_timeout", "type", "url"))
     kind = table.get("type")
+    limit = _get_int(w, "backend.max_concurrency",
+                     table.get("max_concurrency", Backend.max_concurrency), 1)
     if kind == "wsgi":
-        if "url" in table:
-            raise w.error('key "backend.url": only for type = "proxy" (remove it, or use app)')
+        for key in ("url", "connect_timeout", "read_timeout"):
+            if key in table:
+                raise w.error(f'key "backend.{key}": only for type = "proxy" (remove it)')
         app = _get_str(w, "backend.app", table.get("app"), 'write app = "module:attr"')
         if not _APP_RE.fullmatch(app):
             raise w.bad("backend.app", '"module:attr"', app, 'write app = "myapp.wsgi:application"')
-        return Backend(type="wsgi", app=app)
+        return Backend(type="wsgi", app=app, max_concurrency=limit)
     if kind == "proxy":
         if "app" in table:
             raise w.error('key "backend.app": only for type = "wsgi" (remove it, or use url)')
@@ -270,7 +294,12 @@ def _backend(w: _Where, doc: Mapping[str, Any]) -> Backend:
         if not is_http_url(url):
             raise w.bad("backend.url", "an http:// or https:// URL", url,
                         'write url = "http://127.0.0.1:8080"')
-        return Backend(type="proxy", url=url)
+        return Backend(
+            type="proxy", url=url, max_concurrency=limit,
+            connect_timeout=_get_seconds(w, "backend.connect_timeout",
+                                         table.get("connect_timeout", Backend.connect_timeout)),
+            read_timeout=_get_seconds(w, "backend.read_timeout",
+                                      table.get("read_timeout", Backend.read_timeout)))
     raise w.bad("backend.type", '"wsgi" or "proxy"', kind, 'write type = "proxy" or type = "wsgi"')
 
 
@@ -310,7 +339,8 @@ def _database(w: _Where, doc: Mapping[str, Any]) -> SiteDatabase:
 
 def _cache(w: _Where, doc: Mapping[str, Any], settings: Settings) -> SiteCache:
     table = _table(w, doc, "cache", ("bypass_cookies", "enabled", "ignore_query_args",
-                                     "max_bytes", "policy", "stale_seconds", "ttl"))
+                                     "max_bytes", "policy", "rewarm", "stale_if_error",
+                                     "stale_seconds", "ttl"))
     d = settings.cache
     enabled = table.get("enabled", d.enabled)
     if not isinstance(enabled, bool):
@@ -319,11 +349,17 @@ def _cache(w: _Where, doc: Mapping[str, Any], settings: Settings) -> SiteCache:
     if policy not in ("site", "targeted"):
         raise w.bad("cache.policy", '"site" or "targeted"', policy, 'write policy = "site"')
     max_bytes = table.get("max_bytes", d.max_bytes)
+    rewarm = table.get("rewarm", d.rewarm)
+    if not isinstance(rewarm, bool):
+        raise w.bad("cache.rewarm", "true or false", rewarm, "write true or false, no quotes")
     return SiteCache(
         enabled=enabled,
         ttl=_get_int(w, "cache.ttl", table.get("ttl", d.ttl), 0),
         stale_seconds=_get_int(w, "cache.stale_seconds",
                                table.get("stale_seconds", d.stale_seconds), 0),
+        stale_if_error=_get_int(w, "cache.stale_if_error",
+                                table.get("stale_if_error", d.stale_if_error), 0),
+        rewarm=rewarm,
         max_bytes=None if max_bytes is None else _get_int(w, "cache.max_bytes", max_bytes, 1),
         policy=cast(Literal["site", "targeted"], policy),
         bypass_cookies=_get_str_list(w, "cache.bypass_cookies",
@@ -410,12 +446,14 @@ def _read_document(path: Path) -> dict[str, Any]:
     except InvalidSiteName as exc:
         raise w.error(f"{exc}; rename the file to <site>.toml") from None
     try:
-        with path.open("rb") as fh:
-            raw = fh.read(MAX_SITE_FILE_BYTES + 1)
+        raw = read_regular_file(path, MAX_SITE_FILE_BYTES + 1)
     except FileNotFoundError:
         raise w.error("not found (it was removed, or never existed)") from None
     except IsADirectoryError:
         raise w.error("is a directory, not a file (remove it)") from None
+    except NotARegularFile as exc:
+        raise w.error(f"is {exc}, not a regular file (remove it; a site file is a "
+                      "few lines of TOML)") from None
     except OSError as exc:
         raise w.error(f"cannot be read: {exc.strerror} (check its permissions)") from None
     if len(raw) > MAX_SITE_FILE_BYTES:
@@ -433,6 +471,9 @@ def _read_document(path: Path) -> dict[str, Any]:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise w.error(f"invalid TOML: {exc} (fix the syntax)") from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise w.error("invalid TOML: nested too deeply (a site file needs no more than a "
+                      "few levels; fix the file)") from None
     return doc
 
 
@@ -447,6 +488,10 @@ def site_document(site: Site, settings: Settings) -> dict[str, Any]:
         backend["app"] = site.backend.app
     if site.backend.url is not None:
         backend["url"] = site.backend.url
+    for key in ("max_concurrency", "connect_timeout", "read_timeout"):
+        value = getattr(site.backend, key)
+        if value != getattr(Backend, key):
+            backend[key] = value
     doc["backend"] = backend
     db: dict[str, Any] = {}
     if site.database.primaries:
@@ -463,8 +508,8 @@ def site_document(site: Site, settings: Settings) -> dict[str, Any]:
         doc["database"] = db
     cache: dict[str, Any] = {}
     defaults = settings.cache
-    for key in ("enabled", "ttl", "stale_seconds", "max_bytes", "policy", "bypass_cookies",
-                "ignore_query_args"):
+    for key in ("enabled", "ttl", "stale_seconds", "stale_if_error", "rewarm", "max_bytes",
+                "policy", "bypass_cookies", "ignore_query_args"):
         value = getattr(site.cache, key)
         if value != getattr(defaults, key) and value is not None:
             cache[key] = list(value) if isinstance(value, tuple) else value

@@ -349,7 +349,9 @@ def test_cli_provision_idempotent_and_sites(config_file: Path) -> None:
     code, out, _ = run(config_file, "sites", "--json")
     data = json.loads(out)
     assert [s["name"] for s in data["sites"]] == ["blog", "shop"]
-    assert data["sites"][1]["backend"] == {"type": "wsgi", "app": "shop.app:make", "url": None}
+    assert data["sites"][1]["backend"] == {"type": "wsgi", "app": "shop.app:make", "url": None,
+                                           "max_concurrency": 4, "connect_timeout": 5.0,
+                                           "read_timeout": 60.0}
     assert data["errors"] == {}
     code, out, err = run(config_file, "check", "--offline")  # the upstream is not running
     # shop's app is a name only: check tries to import it, as the shim would.

@@ -30,6 +30,7 @@ def site_page_cache(site: Site) -> PageCache:
     (:func:`tenantkit.cache.purge.purge`); under ``"site"`` every event flushes anyway."""
     targeted = site.cache.policy == "targeted"
     return PageCache(site.pages_dir, ttl=site.cache.ttl, stale_seconds=site.cache.stale_seconds,
+                     stale_if_error=site.cache.stale_if_error,
                      max_bytes=site.cache.max_bytes, untagged=SITE if targeted else None)
 
 

@@ -18,6 +18,11 @@ dead letter (``<stream>:dead`` in Redis, ``.purge/failed/`` for trigger files), 
 :attr:`Invalidator.dead_letters`, logged once, and its site is flushed (every site when the
 payload names none), since a lost event may mean stale pages.
 
+Every :data:`~tenantkit.cache.status.INTERVAL` seconds it writes what it is doing (connected,
+last purge, binlog lag of :attr:`Invalidator.sources`, dead letters) to
+``cache_dir/_status/<node>.json`` (:mod:`tenantkit.cache.status`), which the health check,
+the status page and the metrics of every process on the node read.
+
 Purges go through :func:`tenantkit.cache.purge.purge`, on the PageCache objects of ``caches``
 (pass the shim's :class:`~tenantkit.cache.caches.SiteCaches` when it runs in the shim's
 process).
@@ -50,7 +55,9 @@ from tenantkit import layout
 from tenantkit.cache.caches import SiteCaches
 from tenantkit.cache.events import Event, PurgeAction
 from tenantkit.cache.pagecache import PageCache
-from tenantkit.cache.purge import action_for, purge
+from tenantkit.cache.purge import PurgeResult, action_for, purge
+from tenantkit.cache.status import INTERVAL as STATUS_INTERVAL
+from tenantkit.cache.status import InvalidatorStatus, write_status
 from tenantkit.cache.transports import (
     Consumer,
     Message,
@@ -95,6 +102,8 @@ class Invalidator:
     """Consumes events on this node and purges the page caches, replica-safe.
 
     ``on_purge(event, site, action)`` is called after each purge (metrics, tests);
+    ``on_purged(site, result)`` after each purge that reported the pages it made stale
+    (``result.keys``: a site with ``[cache] rewarm``, see :mod:`tenantkit.web.rewarm`);
     ``transport`` overrides the one ``settings`` names; ``caches`` is the process's one
     PageCache per site (default: a registry of its own).
     """
@@ -102,7 +111,8 @@ class Invalidator:
     def __init__(self, settings: Settings, registry: Any, *, transport: Transport | None = None,
                  node: str | None = None, poll_timeout: float = 0.2, scan_interval: float = 2.0,
                  on_purge: Callable[[Event | None, Site, PurgeAction], None] | None = None,
-                 caches: SiteCaches | None = None) -> None:
+                 caches: SiteCaches | None = None,
+                 on_purged: Callable[[Site, PurgeResult], None] | None = None) -> None:
         self.settings = settings
         self.registry = registry
         self.transport = transport if transport is not None else make_transport(settings)
@@ -111,6 +121,7 @@ class Invalidator:
         self.poll_timeout = poll_timeout
         self.scan_interval = scan_interval
         self.on_purge = on_purge
+        self.on_purged = on_purged
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._consumer: Consumer | None = None
@@ -128,6 +139,10 @@ class Invalidator:
         self.errors = 0
         #: Entries moved to a dead letter since start.
         self.dead_letters = 0
+        #: Other sources purging on this node (binlog readers), in its status file.
+        self.sources: list[Any] = []
+        self.last_event: float | None = None
+        self._last_report = 0.0
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -222,6 +237,26 @@ class Invalidator:
             self._last_scan = now
             self._watch()
             self.scan()
+        if now - self._last_report >= STATUS_INTERVAL:
+            self._last_report = now
+            write_status(self.settings.cache_dir, self.status())
+
+    def status(self) -> InvalidatorStatus:
+        """What this invalidator reports in its status file (:mod:`tenantkit.cache.status`)."""
+        bus = self.bus_status()
+        sources = [source.status() for source in self.sources]
+        errors = [str(bus.get("error") or "the bus is not connected")] \
+            if bus.get("connected") is False else []
+        errors += [str(s.get("error") or "not connected") for s in sources
+                   if not s.get("connected")]
+        lags = [float(s["lag"]) for s in sources if s.get("lag") is not None]
+        times = [t for t in (self.last_event, *(s.get("last_event") for s in sources))
+                 if t is not None]
+        return InvalidatorStatus(
+            node=self.node, source="bus+binlog" if sources else "bus",
+            transport=self.transport.name, connected=not errors, error="; ".join(errors),
+            last_event=max(times) if times else None, lag=max(lags) if lags else None,
+            dead_letters=self.dead_letters, handled=self.handled)
 
     # --- events ---------------------------------------------------------------------------
 
@@ -338,10 +373,13 @@ class Invalidator:
     def apply(self, site: Site, action: PurgeAction, event: Event | None) -> None:
         """Carry out ``action`` on the site's page cache (:func:`tenantkit.cache.purge.purge`)."""
         try:
-            purge(self.cache_for(site), site, action)
+            result = purge(self.cache_for(site), site, action)
         except InvalidHost as exc:
             log.warning("invalidator: purge for site %s: %s; dropped", site.name, exc)
             return
+        self.last_event = time.time()
+        if self.on_purged is not None and result.keys:
+            self.on_purged(site, result)
         if self.on_purge is not None:
             self.on_purge(event, site, action)
 

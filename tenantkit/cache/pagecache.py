@@ -24,6 +24,8 @@ Layout under ``root`` (``cache_dir/<site>/pages``)::
                                                    only for pages nginx_serves() accepts
     g7/<host>/<path>/.page.body                    the body of every other page
     g7/<host>/<path>/.meta.json                    status, headers, tags, created, ttl, identity
+                                                   (attached to the body instead where it can
+                                                   be: see tenantkit.cache.pagefile)
     g7/.q/<host>/<ab>/<sha256>/index.html          every other key (query strings, odd paths)
     g7/.tags/<tag>/<key-hash> -> <page dir>        tag index (symlinks), per generation
     g7/.purged/<tag or url>                        purge markers (mtime = purge time)
@@ -69,34 +71,53 @@ from tenantkit.cache.pagefile import (
     SidecarMeta,
     nginx_serves,
 )
+from tenantkit.cache.staleness import IF_ERROR, stale_horizon, stale_reason
 from tenantkit.cache.stamp import ChangeStamp
 from tenantkit.cache.stats import CacheStats, Counters
 from tenantkit.errors import CacheError
 from tenantkit.files import replace_symlink, write_atomic
 
-__all__ = ["CacheStats", "CachedPage", "FillTicket", "PageCache", "page_key"]
+__all__ = ["CacheStats", "CachedPage", "FillTicket", "PageCache", "PageRef", "page_key"]
 
 CHANGES = ".changes"
+
+#: A stored page's key as its request gave it: (host, path, query).
+PageRef = tuple[str, str, str]
+
+
+def _add_ref(refs: list[PageRef], directory: str) -> None:
+    """Append the (host, path, query) a purged page in *directory* was stored for, read
+    from its stale sidecar (skipped when that cannot be read)."""
+    meta = PageFiles.sidecar(directory, STALE_BODY, STALE_META)
+    if meta is None or "host" not in meta or "path" not in meta:
+        return
+    ref = (str(meta["host"]), str(meta["path"]), str(meta.get("query") or ""))
+    if ref not in refs:
+        refs.append(ref)
 
 
 class PageCache:
     """The page cache of one site, rooted at ``cache_dir/<site>/pages``.
 
     ``ttl``: seconds a page is fresh; ``stale_seconds``: how long a purged or expired page may
-    still be served while one caller re-renders it; ``max_bytes``: the oldest pages go when
-    the current generation grows past it; ``fill_timeout``: a fill lock older than this is
-    taken over (its holder is presumed dead); ``clock``: wall-clock seconds (tests pass a fake);
-    ``untagged``: the tag a page put without tags is stored under (a site's cache uses
-    :data:`tenantkit.cache.tags.SITE`, which every purge of the site purges).
+    still be served while one caller re-renders it; ``stale_if_error``: how long such a page
+    may be served when the backend fails (:meth:`get_if_error`); ``max_bytes``: the oldest
+    pages go when the current generation grows past it; ``fill_timeout``: a fill lock older
+    than this is taken over (its holder is presumed dead); ``clock``: wall-clock seconds
+    (tests pass a fake); ``untagged``: the tag a page put without tags is stored under (a
+    site's cache uses :data:`tenantkit.cache.tags.SITE`, which every purge of the site
+    purges).
     """
 
     def __init__(self, root: str | os.PathLike[str], *, ttl: int = 300, stale_seconds: int = 30,
                  max_bytes: int | None = None, fill_timeout: float = 30.0,
-                 clock: Callable[[], float] = time.time, untagged: str | None = None) -> None:
+                 clock: Callable[[], float] = time.time, untagged: str | None = None,
+                 stale_if_error: int = 0) -> None:
         self.root = Path(root)
         self.untagged = untagged
         self.ttl = ttl
         self.stale_seconds = stale_seconds
+        self.stale_if_error = stale_if_error
         self.max_bytes = max_bytes
         self.fill_timeout = fill_timeout
         self.clock = clock
@@ -161,6 +182,15 @@ class PageCache:
         A page stops being fresh when it expires or is purged (a flush purges every page),
         whichever comes first; it may be served stale for ``stale_seconds`` after that.
         """
+        return self._lookup(host, path, query, if_error=False)
+
+    def get_if_error(self, host: str, path: str, query: str = "") -> CachedPage | None:
+        """The page to serve instead of the backend's error: fresh, or stale for either
+        reason of :func:`~tenantkit.cache.staleness.stale_reason` (``stale_seconds``, or
+        ``stale_if_error`` after the page was purged or expired); else None."""
+        return self._lookup(host, path, query, if_error=True)
+
+    def _lookup(self, host: str, path: str, query: str, *, if_error: bool) -> CachedPage | None:
         key = page_key(host, path, query)
         now = self.clock()
         directory = self._current + "/" + key
@@ -169,26 +199,35 @@ class PageCache:
         if found is None:
             found = read(directory, STALE_BODY, STALE_META)
         if found is None:
-            found = self._from_previous(key)
+            found = self._from_previous(key, if_error=if_error)
         counters = self._counters
         if found is None:
-            counters.misses += 1
+            if not if_error:
+                counters.misses += 1
             return None
         body, meta = found
         end = meta.created + meta.ttl
         if meta.purged is not None and meta.purged < end:
             end = meta.purged
         if now < end:
-            counters.hits += 1
+            if not if_error:
+                counters.hits += 1
             stale = False
-        elif now < end + self.stale_seconds:
+        else:
+            reason = stale_reason(end, now, stale_seconds=self.stale_seconds,
+                                  stale_if_error=self.stale_if_error)
+            if reason is None or (reason == IF_ERROR and not if_error):
+                if not if_error:
+                    counters.misses += 1
+                return None
             counters.stale_hits += 1
             stale = True
-        else:
-            counters.misses += 1
-            return None
         return CachedPage(body, meta.status, meta.headers, meta.tags, meta.created, meta.ttl,
                           max(0.0, now - meta.created), stale, meta.ident, meta.body_name)
+
+    def _stale_horizon(self) -> float:
+        return stale_horizon(stale_seconds=self.stale_seconds,
+                             stale_if_error=self.stale_if_error)
 
     def _previous_flushed(self) -> float | None:
         """When the generation ``previous`` points to was flushed; None when there is none.
@@ -203,10 +242,12 @@ class PageCache:
             self._previous_memo = (seen, flushed)
         return flushed
 
-    def _from_previous(self, key: str) -> tuple[bytes, SidecarMeta] | None:
+    def _from_previous(self, key: str, *, if_error: bool = False
+                       ) -> tuple[bytes, SidecarMeta] | None:
         """The key's page in the generation before the last flush: purged at that flush."""
         flushed = self._previous_flushed()
-        if flushed is None or self.clock() >= flushed + self.stale_seconds:
+        window = self._stale_horizon() if if_error else self.stale_seconds
+        if flushed is None or self.clock() >= flushed + window:
             return None  # no previous generation, or too long ago to serve even stale
         directory = f"{self._previous}/{key}"
         found = self._files.read(directory, STALE_BODY, STALE_META)
@@ -298,9 +339,11 @@ class PageCache:
 
     # --- purges ---------------------------------------------------------------------------
 
-    def _purge_names(self, names: Iterable[str], own: Mapping[str, str] | None = None) -> int:
+    def _purge_names(self, names: Iterable[str], own: Mapping[str, str] | None = None,
+                     purged: list[PageRef] | None = None) -> int:
         """Mark each name purged, then move the pages its index lists (and ``own[name]``,
-        a page key not in the index) out of the way."""
+        a page key not in the index) out of the way; each page moved is appended to
+        *purged* when given."""
         generation = self.generation()
         gen_dir = f"{self.root}/{generation}"
         now = self.clock()
@@ -311,22 +354,29 @@ class PageCache:
                 mark_purged(gen_dir, name)
             except FileNotFoundError:
                 return count  # the generation is gone: a flush beat us to it
+            keys = list(tagindex.pages(gen_dir, name))
             if own is not None and name in own:
-                count += move_stale(f"{gen_dir}/{own[name]}", now)
-            for key in tagindex.pages(gen_dir, name):
-                count += move_stale(f"{gen_dir}/{key}", now)
+                keys.insert(0, own[name])
+            for key in keys:
+                if move_stale(f"{gen_dir}/{key}", now):
+                    count += 1
+                    if purged is not None:
+                        _add_ref(purged, f"{gen_dir}/{key}")
         if count:
             self._changed()
         self._counters.add("purged", count)
         return count
 
-    def purge_tags(self, tags: Iterable[str]) -> int:
-        """Purge every page carrying any of ``tags``; returns how many pages went stale."""
-        return self._purge_names([tag_name(t) for t in tags])
+    def purge_tags(self, tags: Iterable[str], *, purged: list[PageRef] | None = None) -> int:
+        """Purge every page carrying any of ``tags``; returns how many pages went stale
+        (and appends each one's (host, path, query) to *purged* when given)."""
+        return self._purge_names([tag_name(t) for t in tags], purged=purged)
 
-    def purge_paths(self, host: str | None, paths: Iterable[str]) -> int:
+    def purge_paths(self, host: str | None, paths: Iterable[str], *,
+                    purged: list[PageRef] | None = None) -> int:
         """Purge these URL paths (with any query string) of ``host``, or of every host when
-        ``host`` is None. Returns how many pages went stale."""
+        ``host`` is None. Returns how many pages went stale (see :meth:`purge_tags` for
+        *purged*)."""
         paths = list(paths)
         for path in paths:
             if not isinstance(path, str) or not path.startswith("/"):
@@ -337,12 +387,12 @@ class PageCache:
             hosts = [check_host(host)]
         # Each path's own page (no query) is not in the index: put() leaves it out.
         own = {url_name(h, p): page_key(h, p) for h in dict.fromkeys(hosts) for p in paths}
-        return self._purge_names(list(own), own)
+        return self._purge_names(list(own), own, purged)
 
     def flush(self) -> str:
         """Purge the whole site: a new empty generation becomes ``current``; the old one is
-        kept as ``previous`` (served stale for ``stale_seconds``) and older ones are deleted in
-        the background. Returns the new generation's name."""
+        kept as ``previous`` (served stale for ``stale_seconds``, or ``stale_if_error``) and
+        older ones are deleted in the background. Returns the new generation's name."""
         old = self.generation()
         new = generations.new_generation(self.root)
         with contextlib.suppress(FileNotFoundError):
@@ -362,7 +412,7 @@ class PageCache:
         if keep is None:
             keep = {self.generation()}
             flushed = generations.read_flushed(self._previous)
-            if flushed is not None and self.clock() < flushed + self.stale_seconds:
+            if flushed is not None and self.clock() < flushed + self._stale_horizon():
                 with contextlib.suppress(OSError):
                     keep.add(os.readlink(self._previous))
         return generations.sweep(self.root, keep)

@@ -4,17 +4,23 @@
 
     g7/<key>/index.html       the body, when nginx may serve it (BODY; see nginx_serves)
     g7/<key>/.page.body       the body of every other page: served by the shim only
-    g7/<key>/.meta.json       status, headers, tags, created, ttl, identity of the body (META)
-    g7/<key>/.stale.html      a purged page, kept to be served stale (STALE_BODY, STALE_META)
+    g7/<key>/.stale.html      a purged page, kept to be served stale (STALE_BODY)
+    g7/<key>/.meta.json       the sidecar, when it cannot be attached (META, STALE_META)
 
-The sidecar records the identity (inode, size, mtime) of the body it describes, so a reader
-that catches a writer between its two renames sees a mismatch and retries; it never returns a
-body with another page's headers. Both files are written by :func:`tenantkit.files.write_atomic`.
+The sidecar -- status, headers, tags, created, ttl, the identity of the body -- is attached to
+the body file as the extended attribute :data:`XATTR`, set on the temporary file before its
+rename: one file per put, and body and sidecar arrive together (issue 17: a put costs one
+file, like cachelib's ``set``). Where the file system refuses user extended attributes, or
+the sidecar is larger than it takes, the sidecar is a file next to the body, as before; it
+records the identity (inode, size, mtime) of the body it describes, so a reader that catches
+a writer between its two renames sees a mismatch and retries; it never returns a body with
+another page's headers. Files are written by :func:`tenantkit.files.write_atomic`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -26,7 +32,7 @@ from typing import Any, cast
 from tenantkit import layout
 from tenantkit.files import write_atomic
 
-__all__ = ["BODY", "META", "NGINX_TYPE", "PRIVATE_BODY", "STALE_BODY", "STALE_META",
+__all__ = ["BODY", "META", "NGINX_TYPE", "PRIVATE_BODY", "STALE_BODY", "STALE_META", "XATTR",
            "CachedPage", "PageFiles", "SidecarMeta", "nginx_serves"]
 
 log = logging.getLogger(__name__)
@@ -51,6 +57,33 @@ READ_RETRIES = 3
 FILE_MODE = 0o644
 
 _O_RDONLY = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+#: The extended attribute a page's sidecar is attached to its body file under.
+XATTR = "user.tenantkit.meta"
+#: errnos that mean "no attribute here, or none can be set": use the sidecar file.
+_NO_XATTR = frozenset({errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP, errno.E2BIG,
+                       errno.ENOSPC, errno.ERANGE, errno.EPERM, errno.EACCES})
+
+
+def _attached(file: int | str) -> bytes | None:
+    """The sidecar attached to a body (an open descriptor or a path); None when it has
+    none. FileNotFoundError when the path is gone."""
+    try:
+        return os.getxattr(file, XATTR)
+    except OSError as exc:
+        if exc.errno in _NO_XATTR:
+            return None
+        raise
+
+
+def _attach(fd: int, data: bytes) -> bool:
+    """Attach *data* as the sidecar of the open body *fd*; False when it cannot be."""
+    try:
+        os.setxattr(fd, XATTR, data)
+    except OSError as exc:
+        if exc.errno in _NO_XATTR:
+            return False
+        raise
+    return True
 _CHANGING = object()
 
 
@@ -173,19 +206,22 @@ class PageFiles:
             fd = os.open(path, _O_RDONLY)
         except (FileNotFoundError, NotADirectoryError):
             return None
+        attached: bytes | None = None
         try:
             st = os.fstat(fd)
             body = _read_all(fd, st.st_size)
+            ident = (st.st_ino, st.st_size, st.st_mtime_ns)
+            memo = self._memo.get(path)
+            if memo is not None and memo.ident == ident:
+                return body, memo
+            attached = _attached(fd)
         finally:
             os.close(fd)
-        ident = (st.st_ino, st.st_size, st.st_mtime_ns)
-        memo = self._memo.get(path)
-        if memo is not None and memo.ident == ident:
-            return body, memo
         try:
-            with open(directory + "/" + meta_name, "rb") as f:
-                raw = json.loads(f.read())
-            meta = SidecarMeta.parse(raw)
+            if attached is None:
+                with open(directory + "/" + meta_name, "rb") as f:
+                    attached = f.read()
+            meta = SidecarMeta.parse(json.loads(attached))
         except (FileNotFoundError, NotADirectoryError):
             return _CHANGING
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -201,17 +237,32 @@ class PageFiles:
     @staticmethod
     def write(directory: str, body: bytes, meta: dict[str, Any], *,
               public: bool = True) -> None:
-        """Store a page: the body (given a unique identity), then its sidecar, then remove
-        the body under the other name. ``meta`` is the sidecar without ``ident``;
-        ``public``: nginx may serve the body (see :func:`nginx_serves`).
-        FileNotFoundError when *directory* is missing."""
+        """Store a page: one file, the body (given a unique identity) with its sidecar
+        attached as an extended attribute (:data:`XATTR`), then remove the body under the
+        other name. Where the attribute cannot be set (a file system without user extended
+        attributes, a sidecar larger than it takes), the sidecar is written next to the body
+        as :data:`META` instead. ``meta`` is the sidecar without ``ident``; ``public``: nginx
+        may serve the body (see :func:`nginx_serves`). FileNotFoundError when *directory*
+        is missing."""
         name, other = (BODY, PRIVATE_BODY) if public else (PRIVATE_BODY, BODY)
+        meta["body"] = name
+        detached: list[bytes] = []
+
+        def attach(fd: int, st: os.stat_result) -> None:
+            meta["ident"] = [st.st_ino, st.st_size, st.st_mtime_ns]
+            data = json.dumps(meta).encode()
+            if not _attach(fd, data):
+                detached.append(data)
+
         # Inode numbers are reused at once on ext4: the modification time (to the
         # nanosecond, nginx's Last-Modified) makes the identity unique.
-        st = write_atomic(f"{directory}/{name}", body, mode=FILE_MODE, mtime_ns=time.time_ns())
-        meta["ident"] = [st.st_ino, st.st_size, st.st_mtime_ns]
-        meta["body"] = name
-        write_atomic(f"{directory}/{META}", json.dumps(meta).encode(), mode=FILE_MODE)
+        write_atomic(f"{directory}/{name}", body, mode=FILE_MODE, mtime_ns=time.time_ns(),
+                     before_rename=attach)
+        if detached:
+            write_atomic(f"{directory}/{META}", detached[0], mode=FILE_MODE)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{directory}/{META}")  # left by a put that could not attach
         with contextlib.suppress(FileNotFoundError):
             os.unlink(f"{directory}/{other}")
 
@@ -223,15 +274,40 @@ class PageFiles:
 
     @staticmethod
     def move_stale(directory: str, now: float) -> bool:
-        """Move a page out of nginx's way, keeping it as the stale copy purged at *now*."""
+        """Move a page out of nginx's way, keeping it as the stale copy purged at *now*.
+
+        A page with its sidecar attached is marked purged first (in place: one attribute
+        write), then renamed; one with a sidecar file is renamed, then its sidecar copied
+        with the purge time as :data:`STALE_META`."""
         for name in _BODIES:
+            path = f"{directory}/{name}"
             try:
-                os.replace(f"{directory}/{name}", f"{directory}/{STALE_BODY}")
+                attached = _attached(path)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            marked = False
+            if attached is not None:
+                try:
+                    meta = json.loads(attached)
+                    meta["purged"] = now
+                    os.setxattr(path, XATTR, json.dumps(meta).encode())
+                    marked = True
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                except (OSError, ValueError, TypeError) as exc:
+                    log.warning("page cache: cannot mark %s purged: %s", path, exc)
+            try:
+                os.replace(path, f"{directory}/{STALE_BODY}")
                 break
             except (FileNotFoundError, NotADirectoryError):
                 continue
         else:
             return False
+        if attached is not None:
+            if not marked:  # it would pass for fresh: no stale copy rather than a wrong one
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{directory}/{STALE_BODY}")
+            return True
         try:
             with open(f"{directory}/{META}", "rb") as f:
                 meta = json.loads(f.read())
@@ -240,6 +316,21 @@ class PageFiles:
         except (OSError, ValueError):
             pass  # the stale copy is then unusable, which only means a miss
         return True
+
+    @staticmethod
+    def sidecar(directory: str, body_name: str = BODY, meta_name: str = META
+                ) -> dict[str, Any] | None:
+        """The raw sidecar of the page in *directory* (attached to *body_name*, else the
+        file *meta_name*); None when there is none or it is unreadable."""
+        try:
+            attached = _attached(f"{directory}/{body_name}")
+            if attached is None:
+                with open(f"{directory}/{meta_name}", "rb") as f:
+                    attached = f.read()
+            raw = json.loads(attached)
+        except (OSError, ValueError):
+            return None
+        return raw if isinstance(raw, dict) else None
 
     @staticmethod
     def remove(directory: str, names: Iterable[str] = PAGE_FILES) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tenantkit.cache.events import Event, PurgeAction, purge_action
-from tenantkit.cache.pagecache import PageCache
+from tenantkit.cache.pagecache import PageCache, PageRef
 from tenantkit.cache.tags import SITE
 from tenantkit.hosts import normalize_host
 from tenantkit.sites import Site
@@ -39,6 +39,8 @@ class PurgeResult:
     generation: str | None = None
     pages: int = 0
     host: str | None = None
+    #: (host, path, query) of each page that went stale, when asked for (``keys=True``).
+    keys: tuple[PageRef, ...] = ()
 
 
 def action_for(site: Site, event: Event) -> PurgeAction:
@@ -50,15 +52,20 @@ def action_for(site: Site, event: Event) -> PurgeAction:
                         app=app if isinstance(app, str) else None)
 
 
-def purge(cache: PageCache, site: Site, action: PurgeAction) -> PurgeResult:
+def purge(cache: PageCache, site: Site, action: PurgeAction, *,
+          keys: bool | None = None) -> PurgeResult:
     """Carry out ``action`` on ``site``'s page cache ``cache``: a flush of the whole site, or
     the action's paths (of ``action.host``, or of every host) and then its tags, always
     with the site-wide tag (:data:`~tenantkit.cache.tags.SITE`): pages stored without tags
-    go stale on every purge of their site."""
+    go stale on every purge of their site. With ``keys`` (default: the site's ``[cache]
+    rewarm``), a targeted purge reports the pages it made stale in ``result.keys``."""
     if action.flush:
         return PurgeResult(site.name, flushed=True, generation=cache.flush())
+    purged: list[PageRef] = []
+    # Only a purge that reports its pages asks for them (they cost a read each).
+    report = {"purged": purged} if (site.cache.rewarm if keys is None else keys) else {}
     host = normalize_host(action.host) if action.paths and action.host is not None else None
-    pages = cache.purge_paths(host, action.paths) if action.paths else 0
+    pages = cache.purge_paths(host, action.paths, **report) if action.paths else 0
     if action.tags or action.paths:
-        pages += cache.purge_tags(tuple(dict.fromkeys((*action.tags, SITE))))
-    return PurgeResult(site.name, pages=pages, host=host)
+        pages += cache.purge_tags(tuple(dict.fromkeys((*action.tags, SITE))), **report)
+    return PurgeResult(site.name, pages=pages, host=host, keys=tuple(purged))

@@ -27,6 +27,7 @@ from typing import Any
 
 import click
 
+from tenantkit.cache.pagefile import BODY, PRIVATE_BODY, PageFiles
 from tenantkit.cache.tags import is_untagged
 from tenantkit.cli.each import reveal
 from tenantkit.cli.group import ScriptInfo, TenantkitFailure, TenantkitUsageError, cli, pass_info
@@ -118,11 +119,7 @@ def _backend(site: Site, settings: Settings, online: bool) -> Iterator[Problem]:
                       f"answer: {str(exc).splitlines()[0][:200]} (is it running?)")
 
 
-_BINLOG_NEEDS = {"log_bin": "1", "binlog_format": "ROW", "binlog_row_image": "FULL",
-                 "log_slave_updates": "1"}
-
-
-def _database(url: str, what: str, timeout: float, replica: bool) -> Iterator[Problem]:
+def _database(url: str, what: str, timeout: float) -> Iterator[Problem]:
     from sqlalchemy import create_engine, text
     from sqlalchemy.pool import NullPool
 
@@ -134,14 +131,6 @@ def _database(url: str, what: str, timeout: float, replica: bool) -> Iterator[Pr
         try:
             with engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
-                if replica and engine.dialect.name == "mysql":
-                    names = ", ".join(f"@@{k}" for k in _BINLOG_NEEDS)
-                    row = conn.execute(text(f"SELECT {names}")).one()
-                    for (key, wanted), got in zip(_BINLOG_NEEDS.items(), row, strict=True):
-                        if str(got).upper() != wanted:
-                            yield Problem("warning", f"{what} {shown}",
-                                          f"{key} = {got}: the binlog source needs {key} = "
-                                          f"{wanted} on the replica it reads")
         finally:
             engine.dispose()
     except Exception as exc:
@@ -168,6 +157,24 @@ def _candidates(primaries: tuple[str, ...], label: str, timeout: float) -> Itera
                       "promoted (SET GLOBAL read_only = 0 on the new primary)")
 
 
+def _binlog_replicas(settings: Settings, sites: list[Site]) -> Iterator[Problem]:
+    """The replicas ``invalidator --source binlog`` would read (sites with ``[meta]
+    invalidation``) against the binlog source's needs
+    (:data:`~tenantkit.cache.sources.binlog.REPLICA_NEEDS`)."""
+    from tenantkit.cache.sources.binlog import check_replica, replica_urls
+    from tenantkit.errors import BusError
+
+    for url in replica_urls(settings, {site.name: site for site in sites}):
+        if not url.startswith("mysql"):
+            continue
+        try:
+            problems = check_replica(reveal(url))
+        except BusError:  # _databases says it does not answer
+            continue
+        for message in problems:
+            yield Problem("error", f"binlog source: replica {mask_url(url)}", message)
+
+
 def _databases(settings: Settings, sites: list[Site]) -> Iterator[Problem]:
     from tenantkit.db.servers import site_servers
 
@@ -185,7 +192,7 @@ def _databases(settings: Settings, sites: list[Site]) -> Iterator[Problem]:
                 continue
             seen.add(url)
             yield from _database(url, f"{label}{'replica' if replica else 'primary'}",
-                                 settings.database.connect_timeout, replica)
+                                 settings.database.connect_timeout)
 
 
 def _redis(settings: Settings) -> Iterator[Problem]:
@@ -280,23 +287,22 @@ def _untagged(site: Site, recent: int = 50) -> Iterator[Problem]:
     pages (up to *recent*) carry no tags: the app sends no X-Tenantkit-Tags, so every purge of
     the site clears those pages and a targeted purge saves nothing for them."""
     if site.cache.policy == "targeted":
-        metas: list[tuple[float, str]] = []
+        bodies: list[tuple[float, str, str]] = []
         for root, dirs, files in os.walk(site.pages_dir / "current"):
             dirs[:] = [d for d in dirs if d not in (".tags", ".purged")]
-            if ".meta.json" in files:
-                path = os.path.join(root, ".meta.json")
-                try:
-                    metas.append((os.stat(path).st_mtime, path))
-                except FileNotFoundError:
-                    continue
+            for name in (BODY, PRIVATE_BODY):
+                if name in files:
+                    try:
+                        bodies.append((os.stat(os.path.join(root, name)).st_mtime, root, name))
+                    except FileNotFoundError:
+                        continue
         untagged = 0
-        newest = sorted(metas, reverse=True)[:recent]
-        for _, path in newest:
-            try:
-                with open(path, encoding="utf-8") as handle:
-                    untagged += is_untagged(json.load(handle).get("tags") or ())
-            except (OSError, ValueError, AttributeError):
-                continue
+        newest = sorted(bodies, reverse=True)[:recent]
+        for _, root, name in newest:
+            sidecar = PageFiles.sidecar(root, name)
+            tags = sidecar.get("tags") if sidecar is not None else None
+            if isinstance(tags, list):
+                untagged += is_untagged(tags)
         if untagged:
             yield Problem(
                 "warning", f"site {site.name}",
@@ -387,6 +393,7 @@ def check_command(info: ScriptInfo, as_json: bool, offline: bool, nginx_user: st
             problems += _untagged(site)
         if not offline:
             problems += _databases(settings, sites)
+            problems += _binlog_replicas(settings, sites)
             problems += _redis(settings)
         if purge_site is not None:
             if purge_site not in registry.sites:

@@ -58,6 +58,7 @@ def invalidator_command(info: ScriptInfo, node: str | None, transport: str | Non
                                       'invalidation (write invalidation = "wordpress")')
         binlogs = [BinlogSource(settings, registry, url=url, caches=invalidator.caches,
                                 node=invalidator.node) for url in urls]
+        invalidator.sources = binlogs  # reported in its status file
     try:
         with SiteWatcher(registry):
             for binlog in binlogs:

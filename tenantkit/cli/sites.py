@@ -190,7 +190,10 @@ def _site_row(site: Any, settings: Settings) -> dict[str, Any]:
         "name": site.name,
         "hosts": list(site.hosts),
         "backend": {"type": backend.type, "app": backend.app,
-                    "url": mask_url(backend.url) if backend.url else None},
+                    "url": mask_url(backend.url) if backend.url else None,
+                    "max_concurrency": backend.max_concurrency,
+                    "connect_timeout": backend.connect_timeout,
+                    "read_timeout": backend.read_timeout},
         "cache_root": str(site.cache_root),
         "path": str(site.path) if site.path else None,
         "database": {"primary": mask_url(str(servers.primary)),
@@ -199,7 +202,9 @@ def _site_row(site: Any, settings: Settings) -> dict[str, Any]:
                      "replicas": [mask_url(str(r)) for r in servers.replicas],
                      "own": servers.own, "table_prefix": site.database.table_prefix},
         "cache": {"enabled": site.cache.enabled, "ttl": site.cache.ttl,
-                  "stale_seconds": site.cache.stale_seconds, "policy": site.cache.policy},
+                  "stale_seconds": site.cache.stale_seconds,
+                  "stale_if_error": site.cache.stale_if_error, "rewarm": site.cache.rewarm,
+                  "policy": site.cache.policy},
         "meta": dict(site.meta),
     }
 

@@ -28,6 +28,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -37,7 +38,8 @@ import pymysql
 
 from tenantkit.testing.process import Process, find_binary
 
-__all__ = ["DATABASE", "PASSWORD", "USER", "MariaDBCluster", "MariaDBServer"]
+__all__ = ["DATABASE", "PASSWORD", "USER", "MariaDBCluster", "MariaDBServer",
+           "binlog_source_args"]
 
 DATABASE = "tenantkit_test"
 USER = "tenantkit"
@@ -183,9 +185,39 @@ class MariaDBServer(Process):
     def gtid_current_pos(self) -> str:
         return str(self.query("SELECT @@GLOBAL.gtid_current_pos")[0][0])
 
+    def purge_binary_logs(self, timeout: float = 10.0) -> str:
+        """Rotate the binlog and purge every older file (``PURGE BINARY LOGS``), as an
+        operator's ``expire_logs_days`` would; returns the file left.
+
+        The server keeps a file until its binlog checkpoint (the engine's log flush, about a
+        second with ``innodb_flush_log_at_trx_commit=2``) and says nothing, so this repeats
+        the purge until the older files are gone."""
+        self.query("FLUSH BINARY LOGS")
+        last = str(self.query("SHOW BINARY LOGS")[-1][0])
+        deadline = time.monotonic() + timeout
+        while True:
+            self.query(f"PURGE BINARY LOGS TO '{last}'")
+            logs = [str(row[0]) for row in self.query("SHOW BINARY LOGS")]
+            if logs == [last]:
+                return last
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"binlogs {logs[:-1]} still there after {timeout:g}s")
+            time.sleep(0.05)
+
+
+def binlog_source_args() -> tuple[str, ...]:
+    """``mariadbd`` options that give a replica what the binlog source needs
+    (:data:`tenantkit.cache.sources.binlog.REPLICA_NEEDS`; ``log_bin`` is always on here)."""
+    from tenantkit.cache.sources.binlog import REPLICA_NEEDS
+
+    return tuple(f"--{name.replace('_', '-')}={value}" for name, value in REPLICA_NEEDS.items()
+                 if name != "log_bin")
+
 
 class MariaDBCluster:
-    """A primary with ``replicas`` read-only replicas (GTID replication, slave_pos).
+    """A primary with ``replicas`` read-only replicas (GTID replication, slave_pos);
+    ``binlog_source=True`` starts the replicas as the binlog source needs them
+    (``log_slave_updates``, ``binlog_format=ROW``, ``binlog_row_metadata=FULL``).
 
     Fault controls for tests: :meth:`stop_primary`, :meth:`start_primary`,
     :meth:`stop_replica`, :meth:`start_replica`, :meth:`hold_replica` (stop the SQL thread:
@@ -195,7 +227,7 @@ class MariaDBCluster:
     """
 
     def __init__(self, replicas: int = 1, *, root: Path | None = None,
-                 semi_sync: bool = False) -> None:
+                 binlog_source: bool = False, semi_sync: bool = False) -> None:
         if replicas < 0:
             raise ValueError("replicas must be >= 0")
         self._own_root = root is None
@@ -205,9 +237,16 @@ class MariaDBCluster:
         extra = _SEMI_SYNC_ARGS if semi_sync else ()
         self.primary = MariaDBServer(self.root / "primary", 1, extra_args=extra)
         self.replicas = [
-            MariaDBServer(self.root / f"replica{i}", i + 2, read_only=True, extra_args=extra)
+            MariaDBServer(self.root / f"replica{i}", i + 2, read_only=True,
+                          extra_args=(*extra,
+                                      *(binlog_source_args() if binlog_source else ())))
             for i in range(replicas)
         ]
+
+    def binlog_url(self, index: int = 0) -> str:
+        """A URL for the binlog source to read replica ``index`` with: a user with
+        REPLICATION SLAVE and SELECT (for WordPress's term tables)."""
+        return f"mysql+pymysql://root@127.0.0.1:{self.replicas[index].port}/"
 
     # --- lifecycle -------------------------------------------------------------------
 

@@ -18,8 +18,9 @@ a browser sends by itself once it knows it), unless they are JSON (a cross-site 
 send ``application/json``). Scripts use ``Authorization: Bearer``.
 
 - ``GET /_tenantkit/health``: 200 or 503 with JSON details and the reason: no sites, the
-  primary unreachable, the invalidator down, Redis unreachable, the cache directory not
-  writable -- what a load balancer must know;
+  primary unreachable, the invalidator down (in this process, or as its status file tells:
+  stale, or not connected to Redis or the replica binlog), Redis unreachable, the cache
+  directory not writable -- what a load balancer must know;
 - ``GET /_tenantkit/sites``: sites, hosts and backends as JSON, plus site-file errors;
 - ``POST /_tenantkit/reload``: re-read the sites directory now;
 - ``POST /_tenantkit/purge``: ``site`` and one of ``path`` (with ``host``), ``tag`` or
@@ -243,8 +244,31 @@ def _check_cache(ext: Tenantkit) -> tuple[bool, dict[str, Any]]:
     return True, details
 
 
+def _check_invalidation(ext: Tenantkit) -> tuple[bool, dict[str, Any]]:
+    """This node's invalidator as its status file tells (:mod:`tenantkit.cache.status`):
+    down when the file is stale or it is not connected to the bus or the replica binlog. No
+    file: nothing to tell (the ``bus`` check covers an invalidator in this process)."""
+    from tenantkit.cache.status import read_statuses
+
+    node = node_label(ext)
+    found = [s for s in read_statuses(ext.settings.cache_dir) if s.node == node]
+    details: dict[str, Any] = {"node": node, "reported": bool(found)}
+    if not found:
+        return True, details
+    status = found[0]
+    problem = status.problem()
+    details.update(source=status.source, transport=status.transport,
+                   connected=status.connected, last_event=status.last_event, lag=status.lag,
+                   dead_letters=status.dead_letters, handled=status.handled,
+                   report_age=round(status.age(), 1), pid=status.pid)
+    if problem:
+        details["reason"] = problem
+    return problem is None, details
+
+
 CHECKS: dict[str, Check] = {"sites": _check_sites, "database": _check_database,
-                            "bus": _check_bus, "cache": _check_cache}
+                            "bus": _check_bus, "invalidation": _check_invalidation,
+                            "cache": _check_cache}
 
 
 def health_report(ext: Tenantkit) -> tuple[bool, dict[str, Any]]:
@@ -432,6 +456,17 @@ _STATUS = """<!doctype html>
  <td>{{ bus.invalidator }}</td><td class="n">{{ bus.events_handled|default('-') }}</td>
  <td class="n">{{ bus.errors|default('-') }}</td></tr>
 </table></div>
+{% if inval.reported %}
+<div class="scroll"><table id="invalidation">
+<tr><th>source</th><th>state</th><th>last purge</th><th>binlog lag</th><th>dead letters</th>
+ <th>reported</th></tr>
+<tr><td>{{ inval.source }}</td>
+ <td>{% if inval.ok %}running{% else %}<span class="err">{{ inval.reason }}</span>{% endif %}</td>
+ <td>{{ inval.last_event_ago }}</td>
+ <td class="n">{{ '-' if inval.lag is none else '%.3f s'|format(inval.lag) }}</td>
+ <td class="n">{{ inval.dead_letters }}</td><td class="n">{{ inval.report_age }} s ago</td></tr>
+</table></div>
+{% endif %}
 <h2>Database</h2>
 <div class="scroll"><table id="database">
 <tr><th>server</th><th>state</th></tr>
@@ -474,6 +509,12 @@ def _seconds(value: float | None) -> str:
     return f"\u2264 {value * 1000:g} ms" if value < 1 else f"\u2264 {value:g} s"
 
 
+def _invalidation_row(check: dict[str, Any]) -> dict[str, Any]:
+    last = check.get("last_event")
+    ago = "none yet" if last is None else f"{max(0.0, time.time() - last):.1f} s ago"
+    return {**check, "last_event_ago": ago}
+
+
 @blueprint.get("/")
 def status() -> str:
     import os
@@ -498,6 +539,7 @@ def status() -> str:
     return render_template_string(
         _STATUS, healthy=healthy, report=report, sites=rows, node=report["node"],
         db=report["checks"]["database"], bus=report["checks"]["bus"],
+        inval=_invalidation_row(report["checks"]["invalidation"]),
         cache=report["checks"]["cache"],
         refresh=int(refresh) if refresh.isdigit() else 10,
         workers="every worker" if ext.metrics.multiprocess else f"process {os.getpid()}",

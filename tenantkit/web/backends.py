@@ -47,6 +47,7 @@ import logging
 import pkgutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -68,8 +69,8 @@ if TYPE_CHECKING:
 else:
     StartResponse = WSGIApplication = WSGIEnvironment = Any
 
-__all__ = ["BackendError", "BackendPool", "ProxyApp", "UpstreamClosed", "UpstreamError",
-           "UpstreamTimeout", "load_wsgi_app"]
+__all__ = ["RETRY_AFTER", "BackendError", "BackendPool", "ProxyApp", "UpstreamClosed",
+           "UpstreamError", "UpstreamTimeout", "load_wsgi_app", "over_limit"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,10 @@ _NEVER_FORWARDED = frozenset({"proxy", "script-name"})
 _CHUNK = 64 * 1024
 #: Request bodies larger than this are spooled to a temporary file.
 _SPOOL = 1024 * 1024
+#: Seconds a visitor refused for a busy backend is told to wait (``Retry-After``).
+RETRY_AFTER = 5
+#: A busy site's refusals are logged at most this often (one line with their count).
+REFUSED_LOG_SECONDS = 10.0
 #: Default largest request body (nginx's ``client_max_body_size`` in ``tenantkit nginx-config``).
 MAX_BODY = 64 * 1024 * 1024
 
@@ -365,6 +370,15 @@ def _spool(stream: Any, spool: Any, expected: int | None, limit: int) -> int:
     raise AssertionError("unreachable: every turn reads a byte or returns")
 
 
+def over_limit(start_response: StartResponse) -> list[bytes]:
+    """The answer to a request its site's backend has no slot for: ``503``, ``Retry-After``."""
+    body = b"site busy: too many requests waiting for its backend\n"
+    start_response("503 Service Unavailable", [
+        ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
+        ("Retry-After", str(RETRY_AFTER)), ("Cache-Control", "no-store")])
+    return [body]
+
+
 def _discard(response: Any) -> None:
     """Close *response* and its connection; the pool gets its slot back, not the socket."""
     response.close()
@@ -424,13 +438,17 @@ class _Prefetched:
 
 
 class _Entry:
-    __slots__ = ("app", "inflight", "retired", "site")
+    __slots__ = ("app", "inflight", "refused", "refused_logged", "retired", "site", "slots")
 
     def __init__(self, site: Site, app: WSGIApplication) -> None:
         self.site = site
         self.app = app
         self.inflight = 0
         self.retired = False
+        #: One per request the backend may serve at once (``backend.max_concurrency``).
+        self.slots = threading.BoundedSemaphore(site.backend.max_concurrency)
+        self.refused = 0
+        self.refused_logged = 0.0
 
 
 def _release(app: object) -> None:
@@ -443,22 +461,29 @@ def _release(app: object) -> None:
 
 
 class BackendPool:
-    """One built backend per site definition; rebuilt when the :class:`Site` changes."""
+    """One built backend per site definition; rebuilt when the :class:`Site` changes.
 
-    def __init__(self, *, trusted_proxies: int = 0, connect_timeout: float = 5.0,
-                 read_timeout: float = 60.0,
+    Each site's backend serves at most ``site.backend.max_concurrency`` requests at once in
+    this process; one more is answered ``503`` with ``Retry-After`` at once, without waiting
+    (:func:`over_limit`), so a site whose upstream hangs holds at most that many of the
+    worker's threads and every other site -- and every cache hit, which never reaches a
+    backend -- keeps the rest. A slot is held until the response body is closed. A proxy
+    upstream gets the site's ``connect_timeout`` and ``read_timeout``.
+    """
+
+    def __init__(self, *, trusted_proxies: int = 0,
                  loader: Callable[[Site], WSGIApplication] = load_wsgi_app) -> None:
         self.trusted_proxies = trusted_proxies
-        self.connect_timeout = connect_timeout
-        self.read_timeout = read_timeout
         self.loader = loader
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
 
     def _build(self, site: Site) -> WSGIApplication:
-        if site.backend.type == "proxy":
-            return ProxyApp(site.backend.url or "", connect_timeout=self.connect_timeout,
-                            read_timeout=self.read_timeout,
+        backend = site.backend
+        if backend.type == "proxy":
+            return ProxyApp(backend.url or "", connect_timeout=backend.connect_timeout,
+                            read_timeout=backend.read_timeout,
+                            maxsize=max(backend.max_concurrency, 1),
                             trusted_proxies=self.trusted_proxies)
         return self.loader(site)
 
@@ -490,6 +515,8 @@ class BackendPool:
                  start_response: StartResponse) -> Iterable[bytes]:
         """Run *site*'s backend for one request, keeping it alive until the body is closed."""
         entry = self._entry(site)
+        if not entry.slots.acquire(blocking=False):
+            return self._refuse(entry, start_response)
         with self._lock:
             entry.inflight += 1
         try:
@@ -502,7 +529,23 @@ class BackendPool:
             return body
         return _Tracked(body, lambda: self._done(entry))
 
+    def _refuse(self, entry: _Entry, start_response: StartResponse) -> list[bytes]:
+        """The backend is busy with ``max_concurrency`` requests: 503 now, logged at most
+        once every :data:`REFUSED_LOG_SECONDS` per site (with how many were refused)."""
+        with self._lock:
+            entry.refused += 1
+            now = time.monotonic()
+            due = now - entry.refused_logged >= REFUSED_LOG_SECONDS
+            if due:
+                count, entry.refused, entry.refused_logged = entry.refused, 0, now
+        if due:
+            logger.warning("site %s: backend busy with %d requests (backend.max_concurrency): "
+                           "%d answered 503", entry.site.name, entry.site.backend.max_concurrency,
+                           count)
+        return over_limit(start_response)
+
     def _done(self, entry: _Entry) -> None:
+        entry.slots.release()
         with self._lock:
             entry.inflight -= 1
             release = entry.retired and entry.inflight == 0

@@ -29,6 +29,7 @@ import os
 import secrets
 import threading
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,7 @@ from tenantkit.cache.events import Purge
 from tenantkit.cache.invalidator import Invalidator
 from tenantkit.cache.publish import publish
 from tenantkit.cache.purge import action_for, purge
+from tenantkit.cache.status import read_statuses
 from tenantkit.config import Settings
 from tenantkit.db.router import Router
 from tenantkit.errors import InvalidHost
@@ -54,6 +56,7 @@ from tenantkit.web.dispatch import HostDispatcher, SiteBackendApp
 from tenantkit.web.hostlinks import HostLinks
 from tenantkit.web.metrics import Metrics, replica_lag, watch_router
 from tenantkit.web.pagecache import LANE_KEY, PageCacheMiddleware, plain_request_key
+from tenantkit.web.rewarm import Rewarmer
 from tenantkit.web.timing import UpstreamTimer
 
 if TYPE_CHECKING:
@@ -114,9 +117,8 @@ class Tenantkit:
         self.settings: Settings = settings
         self.registry: Registry = self._registry or Registry.load(settings)
         web = settings.web
-        self.metrics = Metrics()
-        self.pool = BackendPool(trusted_proxies=web.trusted_proxies,
-                                connect_timeout=settings.database.connect_timeout)
+        self.metrics = Metrics(invalidation=partial(read_statuses, settings.cache_dir))
+        self.pool = BackendPool(trusted_proxies=web.trusted_proxies)
         self.caches = SiteCaches()
         self.host_links = HostLinks(settings.cache_dir)
         self.pagecache = PageCacheMiddleware(
@@ -127,6 +129,7 @@ class Tenantkit:
         self.dispatcher = HostDispatcher(
             self.registry, self.pagecache, trusted_proxies=web.trusted_proxies,
             unknown=web.unknown, on_response=self.metrics.request)
+        self.rewarm = Rewarmer(self.dispatcher)
         admin_hosts = set()
         for raw in web.admin_hosts:
             try:
@@ -205,7 +208,7 @@ class Tenantkit:
         normal = normalize_host(host) if paths else None
         event = Purge(site.name, paths=tuple(paths), tags=tuple(tags), host=normal,
                       all=everything)
-        purge(self.caches.get(site), site, action_for(site, event))
+        self.rewarm.purged(site, purge(self.caches.get(site), site, action_for(site, event)))
         if self.settings.bus.transport == "local":
             return "local"
         publish(event, settings=self.settings)
@@ -235,6 +238,7 @@ class Tenantkit:
                 worker.stop()
             except Exception:
                 logger.exception("stopping %r failed", worker)
+        self.rewarm.stop()
         self.pool.close()
         with self._lock:
             router, self._router = self._router, None
@@ -246,7 +250,8 @@ class Tenantkit:
         return SiteWatcher(self.registry, on_reload=self.sites_changed)
 
     def _invalidator(self) -> Any:
-        return Invalidator(self.settings, self.registry, caches=self.caches)
+        return Invalidator(self.settings, self.registry, caches=self.caches,
+                           on_purged=self.rewarm.purged)
 
 
 class _Split:

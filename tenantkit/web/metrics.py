@@ -7,9 +7,10 @@
     metrics.cache("blog", "HIT")
     text = metrics.render()          # Prometheus text format
 
-Routing decisions and replica lag come from callbacks, read at scrape time. Under gunicorn
-with several workers, set ``PROMETHEUS_MULTIPROC_DIR`` before start (``tenantkit serve`` does)
-and each scrape adds up every worker's counters.
+Routing decisions, replica lag and the invalidators' status files
+(``tenantkit_invalidation_*``, :mod:`tenantkit.cache.status`) are read at scrape time. Under
+gunicorn with several workers, set ``PROMETHEUS_MULTIPROC_DIR`` before start (``tenantkit
+serve`` does) and each scrape adds up every worker's counters.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from tenantkit.cache.status import InvalidatorStatus
 
 __all__ = ["CONTENT_TYPE", "Metrics", "replica_lag", "routing_stats", "watch_router"]
 
@@ -73,14 +76,17 @@ def _quantile(cumulative: Mapping[float, float], q: float) -> float | None:
 
 RoutingStats = Callable[[], Mapping[tuple[str, str], int]]
 LagStats = Callable[[], Mapping[str, float | None]]
+InvalidationStats = Callable[[], Iterable[InvalidatorStatus]]
 
 
 class _Callbacks:
     """Reads routing decisions and replica lag when scraped."""
 
-    def __init__(self, routing: RoutingStats | None, lag: LagStats | None) -> None:
+    def __init__(self, routing: RoutingStats | None, lag: LagStats | None,
+                 invalidation: InvalidationStats | None = None) -> None:
         self.routing = routing
         self.lag = lag
+        self.invalidation = invalidation
 
     def collect(self) -> Iterator[Any]:
         decisions = CounterMetricFamily(
@@ -97,6 +103,34 @@ class _Callbacks:
             for replica, seconds in sorted(self.lag().items()):
                 lag.add_metric([replica], float("nan") if seconds is None else seconds)
         yield lag
+        yield from self._invalidation()
+
+    def _invalidation(self) -> Iterator[Any]:
+        """``tenantkit_invalidation_*``: each node's invalidator, from its status file."""
+        labels = ["node", "source"]
+        up = GaugeMetricFamily("tenantkit_invalidation_up", "1 when the node's invalidator "
+                               "reports in time and is connected", labels=labels)
+        lag = GaugeMetricFamily("tenantkit_invalidation_lag_seconds", "How far the binlog "
+                                "reader is behind (NaN: no binlog source)", labels=labels)
+        age = GaugeMetricFamily("tenantkit_invalidation_report_age_seconds",
+                                "Seconds since the invalidator last reported", labels=labels)
+        last = GaugeMetricFamily("tenantkit_invalidation_last_event_timestamp_seconds",
+                                 "Unix time of the node's last purge (NaN: none yet)",
+                                 labels=labels)
+        handled = CounterMetricFamily("tenantkit_invalidation_events_handled",
+                                      "Bus events handled", labels=labels)
+        dead = CounterMetricFamily("tenantkit_invalidation_dead_letters",
+                                   "Entries moved to a dead letter", labels=labels)
+        for status in self.invalidation() if self.invalidation is not None else ():
+            key = [status.node, status.source]
+            up.add_metric(key, 0.0 if status.problem() else 1.0)
+            lag.add_metric(key, float("nan") if status.lag is None else status.lag)
+            age.add_metric(key, status.age())
+            last.add_metric(key, float("nan") if status.last_event is None
+                            else status.last_event)
+            handled.add_metric(key, status.handled)
+            dead.add_metric(key, status.dead_letters)
+        yield from (up, lag, age, last, handled, dead)
 
 
 def _value(child: Any) -> Any:
@@ -111,7 +145,8 @@ class Metrics:
     """The shim's counters and gauges."""
 
     def __init__(self, *, routing: RoutingStats | None = routing_stats,
-                 lag: LagStats | None = replica_lag) -> None:
+                 lag: LagStats | None = replica_lag,
+                 invalidation: InvalidationStats | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.requests = Counter("tenantkit_requests", "Requests answered, by site and status",
@@ -126,7 +161,7 @@ class Metrics:
         self.upstream_seconds = Histogram(
             "tenantkit_upstream_seconds", "Time the site's backend took to start its answer",
             ["site"], registry=self.registry, buckets=UPSTREAM_BUCKETS)
-        self.callbacks = _Callbacks(routing, lag)
+        self.callbacks = _Callbacks(routing, lag, invalidation)
         self.registry.register(self.callbacks)
         # (site, status|result) -> the labelled child's value holder, found once: the label
         # lookup and Counter.inc's argument checks cost more than the count itself.

@@ -57,7 +57,7 @@ from tenantkit.cache.pagecache import FillTicket, PageCache
 from tenantkit.errors import CacheError
 from tenantkit.sites import Site
 from tenantkit.web.cookies import has_bypass_cookie
-from tenantkit.web.hits import CACHE_HEADER, send_page
+from tenantkit.web.hits import CACHE_HEADER, StoredResponse, send_page
 from tenantkit.web.hostlinks import HostLinks
 from tenantkit.web.hotpages import LANE_KEY, HotPages, plain_request_key
 from tenantkit.web.rwcookie import TOKEN_HEADER, TOKEN_IN, TOKEN_OUT, TokenCookie
@@ -280,10 +280,24 @@ class PageCacheMiddleware:
 
     def _fill(self, site: Site, cache: PageCache, ticket: FillTicket, query: str,
               environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        self._count(site, "MISS")
         host, path = ticket.host, ticket.path
         capture = _Capture()
-        body = self.app(environ, capture)
+        try:
+            body = self.app(environ, capture)
+        except Exception as exc:
+            served = self._stale_if_error(site, cache, ticket, query, environ, start_response,
+                                          f"the backend raised {type(exc).__name__}")
+            if served is None:
+                self._count(site, "MISS")
+                raise
+            return served
+        if _failed(capture.status):
+            served = self._stale_if_error(site, cache, ticket, query, environ, start_response,
+                                          f"the backend answered {capture.status[:3]}")
+            if served is not None:
+                _close(body)
+                return served
+        self._count(site, "MISS")
         try:
             chunks: list[bytes] = []
             size = 0
@@ -322,6 +336,23 @@ class PageCacheMiddleware:
             raise
         # What is left of the body, then the app's own close().
         return ClosingIterator(itertools.chain(chunks, iterator), getattr(body, "close", None))
+
+    def _stale_if_error(self, site: Site, cache: PageCache, ticket: FillTicket, query: str,
+                        environ: WSGIEnvironment, start_response: StartResponse,
+                        failure: str) -> Iterable[bytes] | None:
+        """Serve-stale-on-error: the stored page instead of the backend's failure, when one
+        was purged or expired within the site's ``stale_if_error`` (or ``stale_seconds``),
+        marked ``STALE``; None when there is none (the failure goes to the visitor)."""
+        try:
+            stored = cache.get_if_error(ticket.host, ticket.path, query)
+        except (CacheError, OSError, ValueError):
+            stored = None
+        if stored is None:
+            return None
+        logger.info("site %s: %s for %s: served the stored page (stale_if_error)", site.name,
+                    failure, ticket.path)
+        self._count(site, "STALE")
+        return send_page(StoredResponse(stored), environ, start_response, "STALE", time.time())
 
     def _storable(self, site: Site, environ: WSGIEnvironment, capture: _Capture) -> int:
         """How long the response may be stored; 0 when it must not be."""
@@ -365,6 +396,11 @@ class PageCacheMiddleware:
         if "last-modified" not in names:
             keep.append(("Last-Modified", formatdate(time.time(), usegmt=True)))
         return plain, keep
+
+
+def _failed(status: str) -> bool:
+    """A status that means the backend failed (5xx: error, busy, timed out, unreachable)."""
+    return status[:1] == "5"
 
 
 def _close(body: Iterable[bytes]) -> None:

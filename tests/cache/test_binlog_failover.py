@@ -16,17 +16,14 @@ from tenantkit.testing import MariaDBCluster, ServiceMissing
 from tenantkit.testing.plugin import service_missing
 
 from .helpers import HOST, Purges, wait_until
-from .test_binlog import BINLOG_ARGS
 
 
 @pytest.fixture
 def cluster() -> Iterator[MariaDBCluster]:
     try:
-        cluster = MariaDBCluster(replicas=2, semi_sync=True)
+        cluster = MariaDBCluster(replicas=2, semi_sync=True, binlog_source=True)
     except ServiceMissing as exc:
         service_missing(exc)
-    for replica in cluster.replicas:
-        replica.extra_args = (*replica.extra_args, *BINLOG_ARGS)
     with cluster:
         cluster.primary.query(
             "CREATE TABLE tenantkit_test.wp_comments (comment_ID BIGINT PRIMARY KEY "
@@ -59,7 +56,7 @@ def test_the_binlog_source_purges_across_a_failover(tmp_path: Path,
         return page is None or page.stale
 
     purges = Purges()
-    reader = f"mysql+pymysql://root@127.0.0.1:{node.port}/"
+    reader = cluster.binlog_url(1)
     with BinlogSource(settings, registry, url=reader, on_purge=purges):
         assert purges.wait_count(1)  # first start: one flush
         cache.put(HOST, "/p/7/", b"post 7", tags=["post:7"])

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import threading
@@ -7,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from tenantkit.cache import pagefile
 from tenantkit.cache.keys import page_key
 from tenantkit.cache.pagecache import PageCache
 from tenantkit.cache.pagefile import NGINX_TYPE as HTML
-from tenantkit.cache.pagefile import PRIVATE_BODY
+from tenantkit.cache.pagefile import PRIVATE_BODY, XATTR
 from tenantkit.errors import CacheError
 
 
@@ -49,7 +51,9 @@ def test_layout_is_servable_by_nginx(cache: PageCache) -> None:
     served = cache.root / "current" / H / "2024" / "hello" / "index.html"
     assert served.read_bytes() == b"body"
     assert os.readlink(cache.root / "current") == "g1"
-    assert (served.parent / ".meta.json").is_file()
+    # One file: the sidecar is attached to the body (issue 17), none next to it.
+    assert json.loads(os.getxattr(served, XATTR))["body"] == "index.html"
+    assert not (served.parent / ".meta.json").exists()
 
 
 @pytest.mark.parametrize("headers", [
@@ -216,10 +220,12 @@ def test_stats_count(cache: PageCache) -> None:
     cache.get(H, "/none/")
     stats = cache.stats()
     assert (stats.pages, stats.hits, stats.misses, stats.puts) == (1, 1, 1, 1)
-    assert stats.bytes > 3
+    assert stats.bytes >= 3  # the body; an attached sidecar is no file
 
 
-def test_a_torn_sidecar_is_a_miss_not_a_mixed_page(cache: PageCache) -> None:
+def test_a_torn_sidecar_is_a_miss_not_a_mixed_page(cache: PageCache,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pagefile, "_attach", lambda fd, data: False)  # sidecar files
     cache.put(H, "/t/", b"first", headers=[("X-V", "1")])
     directory = cache.root / "current" / H / "t"
     meta = (directory / ".meta.json").read_bytes()
@@ -232,7 +238,7 @@ def test_a_torn_sidecar_is_a_miss_not_a_mixed_page(cache: PageCache) -> None:
 def test_get_never_checks_exists_first(cache: PageCache) -> None:
     cache.put(H, "/r/", b"r", headers=[("Content-Type", HTML)])
     (cache.root / "current" / H / "r" / "index.html").unlink()
-    (cache.root / "current" / H / "r" / ".meta.json").unlink()
+    (cache.root / "current" / H / "r" / ".meta.json").unlink(missing_ok=True)
     assert cache.get(H, "/r/") is None
 
 
@@ -359,3 +365,30 @@ def test_change_stamp_moves_with_every_change_in_any_process(tmp_path: Path) -> 
     assert child.exitcode == 0 and moved()
     ours.max_bytes = 1
     assert ours.evict() == 1 and moved()
+
+
+def test_a_sidecar_too_large_to_attach_is_a_file_and_still_round_trips(
+        cache: PageCache) -> None:
+    tags = [f"term:{i:06d}" for i in range(2000)]  # far more than an ext4 attribute takes
+    cache.put(H, "/big/", b"big", headers=[("Content-Type", HTML)], tags=tags)
+    directory = cache.root / "current" / H / "big"
+    assert (directory / ".meta.json").is_file()
+    page = cache.get(H, "/big/")
+    assert page is not None and page.body == b"big" and len(page.tags) == 2000
+    cache.put(H, "/big/", b"small", headers=[("Content-Type", HTML)], tags=["post:1"])
+    assert not (directory / ".meta.json").exists()  # attached again: the file goes
+    again = cache.get(H, "/big/")
+    assert again is not None and again.tags == ("post:1",)
+
+
+@pytest.mark.parametrize("attached", [True, False], ids=["attached", "sidecar file"])
+def test_a_purged_page_is_stale_in_either_form(cache: PageCache, attached: bool,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    if not attached:
+        monkeypatch.setattr(pagefile, "_attach", lambda fd, data: False)
+    cache.put(H, "/p/", b"old", headers=[("Content-Type", HTML)], tags=["post:9"])
+    assert cache.purge_tags(["post:9"]) == 1
+    directory = cache.root / "current" / H / "p"
+    assert not (directory / "index.html").exists()
+    page = cache.get(H, "/p/")
+    assert page is not None and page.stale and page.body == b"old"

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from tenantkit.cli import cli
-from tenantkit.testing import free_port
+from tenantkit.testing import MariaDBCluster, free_port
 
 WEB_TESTS = Path(__file__).resolve().parents[1] / "web"
 
@@ -182,3 +182,26 @@ def test_check_as_a_subprocess(root: Path) -> None:
     assert result.returncode == 1
     assert json.loads(result.stdout)["ok"] is False
     assert "Traceback" not in result.stderr
+
+
+def test_a_replica_the_binlog_source_cannot_read(root: Path, mariadb_pair: MariaDBCluster
+                                                 ) -> None:
+    # The plain test replica logs MIXED rows without column names, and the application
+    # user has no REPLICATION SLAVE: each is one error naming the fix.
+    site(root, "blog", GOOD + f'[database]\nprimary = "{mariadb_pair.primary_url}"\n'
+         f'replicas = ["{mariadb_pair.replica_url}"]\n[meta]\ninvalidation = "wordpress"\n')
+    code, _, err = check(root)
+    assert code == 1, err
+    lines = [line for line in err.splitlines() if "binlog source: replica" in line]
+    assert len(lines) == 3, err
+    assert "binlog_format = MIXED: the binlog source needs binlog_format = ROW" in lines[0]
+    assert "binlog_row_metadata = NO_LOG" in lines[1] and "my.cnf" in lines[1]
+    assert "user 'tenantkit' has no REPLICATION SLAVE grant" in lines[2]
+    assert "GRANT REPLICATION SLAVE ON *.* TO 'tenantkit'@'%'" in lines[2]
+    assert "tenantkit:tenantkit@" not in err  # the password stays masked
+    # A site that does not ask for binlog invalidation is not held to it.
+    site(root, "blog", GOOD + f'[database]\nprimary = "{mariadb_pair.primary_url}"\n'
+         f'replicas = ["{mariadb_pair.replica_url}"]\n')
+    code, _, err = check(root)
+    assert code == 0, err
+    assert "binlog" not in err

@@ -322,3 +322,55 @@ def test_a_proxied_app_can_hand_over_its_token(sites: Sites, upstream: Callable[
     assert get.headers["X-Tenantkit-Cache"] == "MISS"
     again = client.get("/x/", headers={"Host": "php.test"})
     assert again.headers["X-Tenantkit-Cache"] == "MISS"  # a page that wrote is never stored
+
+
+def test_a_busy_backend_answers_503_at_once_and_frees_its_slot_on_close() -> None:
+    import threading
+
+    entered = threading.Event()
+    release = threading.Event()
+
+    def hung(environ: Any, start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        entered.set()
+        release.wait(10)
+        yield b"late"
+
+    pool = BackendPool(loader=lambda site: hung)
+    site = Site(name="s", hosts=("s.test",),
+                backend=Backend(type="wsgi", app="m:a", max_concurrency=1))
+    statuses: list[str] = []
+
+    def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        statuses.append(status)
+        if status.startswith("503"):
+            assert dict(headers)["Retry-After"].isdigit()
+
+    first = pool(site, {}, start)
+    worker = threading.Thread(target=lambda: list(first))
+    worker.start()
+    assert entered.wait(10)
+    started = time.monotonic()
+    refused = pool(site, {}, start)
+    assert time.monotonic() - started < 1.0
+    assert statuses[-1].startswith("503")
+    assert b"busy" in b"".join(refused)
+    release.set()
+    worker.join(10)
+    first.close()  # type: ignore[attr-defined]
+    entered.clear()
+    release.clear()
+    again = pool(site, {}, start)
+    release.set()
+    assert list(again) == [b"late"]
+    assert statuses[-1] == "200 OK"
+    again.close()  # type: ignore[attr-defined]
+
+
+def test_a_proxy_backend_gets_its_site_timeouts() -> None:
+    backend = Backend(type="proxy", url="http://127.0.0.1:9", connect_timeout=1.5,
+                      read_timeout=7.0)
+    app = BackendPool().get(Site(name="s", hosts=("s.test",), backend=backend))
+    assert isinstance(app, ProxyApp)
+    assert app.timeout.connect_timeout == 1.5
+    assert app.timeout.read_timeout == 7.0

@@ -4,12 +4,18 @@ the status page shows every worker's numbers and this node's name."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
+import pytest
 from tk_web import Sites, admin_headers
 from werkzeug.test import Client
 
+from tenantkit.cache import status as status_module
+from tenantkit.cache.invalidator import Invalidator
+from tenantkit.cache.sources.binlog import BinlogSource
 from tenantkit.config import BusSettings
+from tenantkit.registry import Registry
 from tenantkit.testing import free_port
 from tenantkit.web.app import create_app
 from tenantkit.web.extension import Tenantkit
@@ -105,4 +111,75 @@ def test_status_page_counts_requests_errors_and_upstream_time(sites: Sites) -> N
         assert '<meta http-equiv="refresh" content="10">' in page
         assert 'data-site="alpha"' in page and "66.7%" in page
     finally:
+        app.extensions["tenantkit"].stop()
+
+
+def _poll(check: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_health_follows_the_status_file_of_the_node_invalidator(
+        sites: Sites, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As under `tenantkit serve` beside `tenantkit invalidator`: the invalidator runs in
+    # another process; the shim knows it only from its status file.
+    sites.add("alpha", ["alpha.test"])
+    settings = replace(sites.settings(), bus=BusSettings(node="web-7", transport="files"))
+    invalidator = Invalidator(settings, Registry.load(settings)).start()
+    app = create_app(settings)
+    client = Client(app)
+    try:
+        assert _poll(lambda: _health(client)[1]["checks"]["invalidation"]["reported"])
+        status, report = _health(client)
+        assert status == 200, report
+        check = report["checks"]["invalidation"]  # type: ignore[index]
+        assert check["source"] == "bus" and check["connected"] and check["dead_letters"] == 0
+        metrics = client.get("/_tenantkit/metrics", headers=admin_headers()).get_data(True)
+        assert 'tenantkit_invalidation_up{node="web-7",source="bus"} 1.0' in metrics
+        assert 'tenantkit_invalidation_dead_letters_total{node="web-7",source="bus"} 0.0' \
+            in metrics
+        page = client.get("/_tenantkit/", headers=admin_headers()).get_data(as_text=True)
+        assert 'id="invalidation"' in page and "running" in page
+        invalidator.stop()  # as after a crash: the file is no longer rewritten
+        monkeypatch.setattr(status_module, "STALE_AFTER", 0.3)
+        assert _poll(lambda: _health(client)[0] == 503)
+        _, report = _health(client)
+        assert any(r.startswith("invalidation: the invalidator of node web-7 (pid ")
+                   and "last reported" in r
+                   for r in report["reasons"])  # type: ignore[attr-defined]
+        metrics = client.get("/_tenantkit/metrics", headers=admin_headers()).get_data(True)
+        assert 'tenantkit_invalidation_up{node="web-7",source="bus"} 0.0' in metrics
+    finally:
+        invalidator.stop()
+        app.extensions["tenantkit"].stop()
+
+
+def test_503_when_the_binlog_source_cannot_reach_its_replica(sites: Sites) -> None:
+    sites.add("alpha", ["alpha.test"])
+    settings = replace(sites.settings(), bus=BusSettings(node="web-8", transport="files"))
+    registry = Registry.load(settings)
+    invalidator = Invalidator(settings, registry)
+    source = BinlogSource(settings, registry,
+                          url=f"mysql+pymysql://repl:pw@127.0.0.1:{free_port()}/")
+    invalidator.sources = [source]
+    source.start()  # the replica is down: logged, retried, and reported
+    invalidator.start()
+    app = create_app(settings)
+    client = Client(app)
+    try:
+        assert _poll(lambda: _health(client)[0] == 503)
+        _, report = _health(client)
+        check = report["checks"]["invalidation"]  # type: ignore[index]
+        assert check["source"] == "bus+binlog" and check["connected"] is False
+        reason = check["reason"]
+        assert reason.startswith("the invalidator of node web-8 is not connected: replica "
+                                 "mysql+pymysql://repl:********@127.0.0.1:")
+        assert "Can't connect" in reason
+    finally:
+        source.stop()
+        invalidator.stop()
         app.extensions["tenantkit"].stop()

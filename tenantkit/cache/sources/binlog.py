@@ -19,8 +19,10 @@ The replica needs ``log_slave_updates=ON``, ``binlog_format=ROW`` and
 
 The position (the last GTID of every replication domain whose purge is done) is written
 atomically to ``cache_dir/_binlog/<host>-<port>.json`` after each purge; a restart resumes
-there. No position, a corrupt file, or a position the replica no longer has (binlogs purged)
-flushes every site on the replica and starts from its current position, with one log line.
+there. No position, a corrupt file, or a position the replica no longer has (binlogs purged,
+error 1236) flushes every site on the replica and starts from its current position, with one
+log line; that position is read *before* the flush, so a write applied during it is not
+skipped.
 
 A reader thread turns each committed transaction into events; a purger thread takes what is
 queued, waits ``coalesce`` seconds for more (at most ``max_delay``), merges per site and purges
@@ -35,6 +37,7 @@ import logging
 import os
 import queue
 import re
+import socket
 import threading
 import time
 import zlib
@@ -59,12 +62,26 @@ from tenantkit.errors import BusError
 from tenantkit.files import write_atomic
 from tenantkit.sites import Site
 
-__all__ = ["BinlogSource", "check_replica", "replica_urls"]
+__all__ = ["REPLICA_GRANT", "REPLICA_NEEDS", "BinlogSource", "check_replica", "replica_urls"]
 
 log = logging.getLogger(__name__)
 
 _GTID_POS = re.compile(r"^(\d+-\d+-\d+)(,\d+-\d+-\d+)*$")
 _BINLOG_GONE = 1236  # ER_MASTER_FATAL_ERROR_READING_BINLOG: binlogs purged, GTID not found
+
+
+class _OneLineReconnect(logging.Filter):
+    """pymysqlreplication logs a multi-line warning each time it reconnects (also when
+    :meth:`BinlogSource.stop` wakes the reader): one line at INFO instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "Re-request the connection" not in record.getMessage():
+            return True
+        log.info("binlog: the connection to the replica was lost; reconnecting")
+        return False
+
+
+_RECONNECT_FILTER = _OneLineReconnect()
 
 
 @dataclass
@@ -73,15 +90,6 @@ class _Txn:
 
     position: str
     events: dict[str, list[Event]] = field(default_factory=dict)
-
-
-def _pymysql_connect(**kwargs: Any) -> Any:
-    """pymysql.connect without the deprecated ``db``/``passwd`` names the reader passes."""
-    if "db" in kwargs:
-        kwargs["database"] = kwargs.pop("db")
-    if "passwd" in kwargs:
-        kwargs["password"] = kwargs.pop("passwd")
-    return pymysql.connect(**kwargs)
 
 
 def _address(url: str) -> tuple[str, int]:
@@ -124,6 +132,7 @@ class BinlogSource:
         self.coalesce = coalesce
         self.max_delay = max_delay
         self.state_path = layout.binlog_state(settings.cache_dir, self.host, self.port)
+        logging.getLogger("pymysqlreplication").addFilter(_RECONNECT_FILTER)  # idempotent
         self._queue: queue.Queue[_Txn] = queue.Queue(maxsize=10000)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -133,6 +142,12 @@ class BinlogSource:
         self.transactions = 0
         self.purges = 0
         self.flushes = 0
+        #: Unix time of the last purge or flush (None: none yet).
+        self.last_purge: float | None = None
+        self.connected = False
+        self.error = ""
+        self._behind_since: float | None = None  # oldest transaction read, not yet purged
+        self._restart_why = ""  # set: restart() still to do (the replica did not answer)
 
     # --- what is ours ---------------------------------------------------------------------
 
@@ -154,6 +169,14 @@ class BinlogSource:
             for table, kind in tmap.tables.items():
                 out[(schema, table)] = (site, tmap, kind)
         return out
+
+    def status(self) -> dict[str, Any]:
+        """For the invalidator's status file: ``connected`` (and ``error``), ``lag`` (seconds
+        since the oldest transaction read but not yet purged; 0 when none), ``last_event``."""
+        behind = self._behind_since
+        return {"connected": self.connected, "error": self.error,
+                "lag": 0.0 if behind is None else max(0.0, time.time() - behind),
+                "last_event": self.last_purge}
 
     def sites(self) -> list[Site]:
         """The sites this source invalidates."""
@@ -178,24 +201,30 @@ class BinlogSource:
             row = cur.fetchone()
         return str(row[0] if row else "")
 
-    def load_position(self) -> str | None:
-        """The saved position; None (after one log line and a flush) when there is none
-        usable."""
+    def load_position(self) -> tuple[str | None, str]:
+        """The saved position, or None and why it cannot be used (then :meth:`restart`)."""
         try:
             data = json.loads(self.state_path.read_bytes())
             position = data["gtid"]
             if not isinstance(position, str) or not _GTID_POS.match(position):
                 raise ValueError(f"bad GTID position {position!r}")
-            return position
+            return position, ""
         except FileNotFoundError:
-            self._flush_all(f"no saved binlog position in {self.state_path}: flushing every "
-                            f"site on {self.host}:{self.port} and starting from its current "
-                            "position")
+            return None, f"no saved binlog position in {self.state_path}"
         except (ValueError, KeyError, TypeError, OSError) as exc:
-            self._flush_all(f"binlog position file {self.state_path} is unreadable ({exc}): "
-                            f"flushing every site on {self.host}:{self.port} and starting "
-                            "from its current position")
-        return None
+            return None, f"binlog position file {self.state_path} is unreadable ({exc})"
+
+    def restart(self, why: str) -> str:
+        """Start over from the replica's current position: read it, THEN flush every site
+        on the replica (one log line), then save it. In that order, a write the replica
+        applies during the flush is after the position, so it is read and purged, never
+        skipped. Raises pymysql.MySQLError when the position cannot be read (nothing
+        flushed then)."""
+        position = self.current_position()
+        self._flush_all(f"{why}: flushing every site on {self.host}:{self.port} and starting "
+                        f"from its current position {position}")
+        self.save_position(position)
+        return position
 
     def save_position(self, position: str) -> None:
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
@@ -206,11 +235,17 @@ class BinlogSource:
     # --- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> BinlogSource:
-        position = self.load_position()
-        if position is None:
-            position = self.current_position()
-            self.save_position(position)
-        self._position = position
+        """Find the position (or restart from the current one, see :meth:`restart`) and start
+        reading. A replica that does not answer does not stop the node: it is logged, shown
+        in :meth:`status`, and the reader keeps trying."""
+        position, why = self.load_position()
+        self._position, self._restart_why = position or "", "" if position else why
+        if self._restart_why:
+            try:
+                self._position, self._restart_why = self.restart(why), ""
+            except pymysql.MySQLError as exc:
+                self.connected, self.error = False, f"replica {mask_url(self.url)}: {exc}"
+                log.warning("binlog: %s; retrying", self.error)
         self._stop.clear()
         self._threads = [threading.Thread(target=self._read_loop, name="tenantkit-binlog-read",
                                           daemon=True),
@@ -222,13 +257,20 @@ class BinlogSource:
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
-        stream = self._stream
-        if stream is not None:
-            with contextlib.suppress(Exception):
-                stream.close()
+        deadline = time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(timeout)
+            while thread.is_alive() and time.monotonic() < deadline:
+                self._wake_reader()  # again: the stream may connect after the first call
+                thread.join(0.05)
         self._threads = []
+
+    def _wake_reader(self) -> None:
+        """Wake the reader blocked in recv() on the stream (closing it would not)."""
+        stream = self._stream
+        sock = getattr(getattr(stream, "_stream_connection", None), "_sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def __enter__(self) -> BinlogSource:
         return self.start()
@@ -238,6 +280,20 @@ class BinlogSource:
 
     # --- reading --------------------------------------------------------------------------
 
+    def _connect_stream(self, **kwargs: Any) -> Any:
+        """The reader's connections: pymysql.connect without the deprecated ``db``/``passwd``
+        names it passes, and none once stopping (the reader reconnects by itself after a
+        lost connection, which :meth:`stop` causes to wake it)."""
+        if self._stop.is_set():
+            raise pymysql.err.InterfaceError("binlog source stopped")
+        if "db" in kwargs:
+            kwargs["database"] = kwargs.pop("db")
+        if "passwd" in kwargs:
+            kwargs["password"] = kwargs.pop("passwd")
+        conn = pymysql.connect(**kwargs)
+        self.connected, self.error = True, ""
+        return conn
+
     def _open(self, position: str) -> BinLogStreamReader:
         schemas = sorted({schema for schema, _ in self._maps()})
         return BinLogStreamReader(
@@ -246,30 +302,39 @@ class BinlogSource:
             resume_stream=True, only_schemas=schemas or None, slave_heartbeat=5,
             only_events=[MariadbGtidEvent, QueryEvent, XidEvent, WriteRowsEvent,
                          UpdateRowsEvent, DeleteRowsEvent],
-            enable_logging=False, pymysql_wrapper=_pymysql_connect)
+            enable_logging=False, pymysql_wrapper=self._connect_stream)
 
     def _read_loop(self) -> None:
         backoff = 0.1
         down = False
         while not self._stop.is_set():
             try:
+                if self._restart_why:  # start() could not reach the replica
+                    self._position = self.restart(self._restart_why)
+                    self._restart_why = ""
                 self._stream = self._open(self._position)
                 self._read(self._stream)
             except pymysql.err.OperationalError as exc:
                 if self._stop.is_set():
                     break
+                self.connected, self.error = False, f"replica {mask_url(self.url)}: {exc}"
                 if exc.args and exc.args[0] == _BINLOG_GONE:
-                    self._flush_all(f"binlog position {self._position} is no longer on "
-                                    f"{self.host}:{self.port} (binlogs purged?): flushing "
-                                    "every site on it and starting from its current position")
-                    self._position = self.current_position_or(self._position)
-                    continue
+                    try:
+                        self._position = self.restart(
+                            f"binlog position {self._position} is no longer on "
+                            f"{self.host}:{self.port} (binlogs purged)")
+                        continue
+                    except pymysql.MySQLError as again:  # retried below, nothing flushed
+                        log.warning("binlog: cannot read the position of %s: %s; retrying",
+                                    mask_url(self.url), again)
+                        down = True
                 if not down:
                     log.warning("binlog: lost %s: %s; retrying", mask_url(self.url), exc)
                     down = True
             except Exception as exc:  # keep reading: one bad event must not stop the node
                 if self._stop.is_set():
                     break
+                self.connected, self.error = False, f"replica {mask_url(self.url)}: {exc}"
                 log.exception("binlog: reading %s failed: %s; reconnecting", mask_url(self.url),
                               exc)
             else:
@@ -282,13 +347,6 @@ class BinlogSource:
                         stream.close()
             self._stop.wait(backoff)
             backoff = min(backoff * 2, 5.0)
-
-    def current_position_or(self, fallback: str) -> str:
-        try:
-            return self.current_position()
-        except pymysql.MySQLError as exc:
-            log.warning("binlog: cannot read the position of %s: %s", mask_url(self.url), exc)
-            return fallback
 
     def _read(self, stream: BinLogStreamReader) -> None:
         maps = self._maps()
@@ -333,15 +391,20 @@ class BinlogSource:
                             txn.events.setdefault(entry[0].name, []).append(
                                 SiteChanged(entry[0].name))
                 if (upper == "COMMIT" or standalone) and txn is not None:
-                    self._commit(txn)
+                    self._commit(txn, stream)
                     txn = None
             elif isinstance(event, XidEvent) and txn is not None:
-                self._commit(txn)
+                self._commit(txn, stream)
                 txn = None
 
-    def _commit(self, txn: _Txn) -> None:
+    def _commit(self, txn: _Txn, stream: BinLogStreamReader) -> None:
         self.transactions += 1
         self._position = txn.position
+        # The reader reconnects by itself after a lost connection (2006, 2013), from its
+        # auto_position: keep that at the last transaction read, or it replays from the start.
+        stream.auto_position = txn.position
+        if self._behind_since is None:
+            self._behind_since = time.time()
         while not self._stop.is_set():
             try:
                 self._queue.put(txn, timeout=0.5)
@@ -376,6 +439,9 @@ class BinlogSource:
                 self._flush_all("")
                 with contextlib.suppress(OSError):
                     self.save_position(batch[-1].position)
+            self.last_purge = time.time()
+            if self._queue.empty():
+                self._behind_since = None
 
     def _apply(self, batch: list[_Txn]) -> None:
         per_site: dict[str, list[Event]] = {}
@@ -463,23 +529,59 @@ class BinlogSource:
                 self.on_purge(None, site, PurgeAction(flush=True))
 
 
+#: What the binlog source needs of the replica it reads (server variable -> value); the one
+#: table ``tenantkit check`` and :func:`check_replica` go by.
+REPLICA_NEEDS = {
+    "log_bin": "ON",                # the replica writes a binlog at all
+    "log_slave_updates": "ON",      # ... including what it applies from the primary
+    "binlog_format": "ROW",         # rows, not statements
+    "binlog_row_metadata": "FULL",  # column names (else UNKNOWN_COL0...)
+}
+#: The privilege the reading user needs (``GRANT REPLICATION SLAVE ON *.* TO ...``).
+REPLICA_GRANT = "REPLICATION SLAVE"
+_GRANT = re.compile(r"^GRANT (?P<privileges>.+?) ON (?P<on>\S+) TO ", re.IGNORECASE)
+
+
+def _has_grant(grants: list[str]) -> bool:
+    """Whether ``SHOW GRANTS`` lines give :data:`REPLICA_GRANT` on ``*.*``."""
+    for grant in grants:
+        match = _GRANT.match(grant)
+        if match and match["on"] == "*.*" and {p.strip().upper() for p in match[
+                "privileges"].split(",")} & {REPLICA_GRANT, "ALL PRIVILEGES"}:
+            return True
+    return False
+
+
 def check_replica(url: str) -> list[str]:
-    """What the replica at ``url`` lacks for the binlog source (empty when nothing)."""
+    """What the replica at ``url`` lacks for the binlog source, one message each (empty:
+    nothing). Raises :class:`~tenantkit.errors.BusError` when it does not answer.
+
+    ::
+
+        for problem in check_replica("mysql+pymysql://repl:pw@127.0.0.1:3307/"):
+            print(problem)   # binlog_format = MIXED: the binlog source needs ROW (...)
+    """
     host, port = _address(url)
     parsed = make_url(url)
+    user = parsed.username or "root"
     try:
-        conn = pymysql.connect(host=host, port=port, user=parsed.username or "root",
+        conn = pymysql.connect(host=host, port=port, user=user,
                                password=str(parsed.password or ""), connect_timeout=5)
     except pymysql.MySQLError as exc:
         raise BusError(f"binlog: cannot connect to {mask_url(url)}: {exc}") from exc
-    wanted = {"log_bin": "ON", "log_slave_updates": "ON", "binlog_format": "ROW",
-              "binlog_row_metadata": "FULL"}
     with contextlib.closing(conn), conn.cursor() as cur:
-        cur.execute("SELECT @@log_bin, @@log_slave_updates, @@binlog_format, "
-                    "@@binlog_row_metadata")
+        cur.execute("SELECT " + ", ".join(f"@@GLOBAL.{name}" for name in REPLICA_NEEDS))
         row = cur.fetchone() or ()
-    got = dict(zip(wanted, (str(v).upper() if v is not None else "" for v in row),
-                   strict=False))
-    got = {k: ("ON" if v == "1" else v) for k, v in got.items()}
-    return [f"{k}={got.get(k)!s} (set {k}={v} on the replica)" for k, v in wanted.items()
-            if got.get(k) != v]
+        cur.execute("SHOW GRANTS")
+        grants = [str(g[0]) for g in cur.fetchall()]
+    problems = []
+    for (name, wanted), value in zip(REPLICA_NEEDS.items(), row, strict=False):
+        got = {"1": "ON", "0": "OFF"}.get(str(value), str(value).upper())
+        if got != wanted:
+            problems.append(f"{name} = {got}: the binlog source needs {name} = {wanted} "
+                            f"(set {name} = {wanted} in the replica's my.cnf and restart it)")
+    if not _has_grant(grants):
+        problems.append(f"user {user!r} has no {REPLICA_GRANT} grant: the binlog source "
+                        f"cannot read the binlog (GRANT {REPLICA_GRANT} ON *.* TO "
+                        f"'{user}'@'%', or give the reader its own user)")
+    return problems

@@ -23,6 +23,7 @@ forums -> ``topic:N``, ``forum:N`` and ``index``; its config -> the whole site.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,8 @@ from tenantkit.sites import Site
 __all__ = ["APPLICATIONS", "TableMap", "table_map"]
 
 Row = Mapping[str, Any]
+
+log = logging.getLogger(__name__)
 
 WORDPRESS = {"posts": "wp_post", "comments": "wp_comment", "postmeta": "wp_postmeta",
              "terms": "wp_term", "term_taxonomy": "wp_term", "term_relationships":
@@ -47,7 +50,10 @@ NOISY_OPTIONS = frozenset({"cron", "doing_cron", "recently_edited", "rewrite_rul
                            "can_compress_scripts", "db_upgraded", "fresh_site",
                            "finished_updating_comment_type", "recovery_mode_email_last_sent",
                            "https_detection_errors", "wp_force_deactivated_plugins",
-                           "auto_core_update_notified", "dismissed_update_core"})
+                           "auto_core_update_notified", "dismissed_update_core",
+                           # a cache of "are there published posts", rewritten by every
+                           # wp_insert_post(): the post's own purge covers the calendar
+                           "wp_calendar_block_has_published_posts"})
 NOISY_PREFIXES = ("_transient_", "_site_transient_", "jetpack_sync_", "action_scheduler_")
 IGNORED_META = frozenset({"_edit_lock", "_edit_last", "_encloseme", "_pingme"})
 
@@ -123,6 +129,7 @@ class TableMap:
         names = {_text(r.get("option_name", "")) for r in rows}
         if all(n in NOISY_OPTIONS or n.startswith(NOISY_PREFIXES) for n in names):
             return []
+        log.debug("site %s: option(s) %s changed: the whole site", self.site, sorted(names))
         return [SiteChanged(self.site)]
 
     # --- PunBB ------------------------------------------------------------------------------

@@ -6,7 +6,9 @@ An entry that cannot be handled is copied to ``<stream>:dead`` (with the reason 
 and acknowledged, so it never blocks a node. The consumer asks the Invalidator to flush every
 site whenever it may have missed events: after Redis was unreachable (at start or later), and
 when entries this node never read were trimmed away -- checked on every read, in the same
-``MULTI`` as the ``XREADGROUP`` (the group's ``lag`` against the stream's length, Redis 7)::
+``MULTI`` as the ``XREADGROUP`` (the group's ``lag`` against the stream's length, Redis 7).
+The gaps a node sees while it reads full batches of a burst are one flush, made once it has
+caught up (or after ``GAP_MERGE_SECONDS``), not one per read::
 
     transport = RedisStreamTransport("redis://127.0.0.1:6379/0", "tenantkit:events")
     consumer = transport.consumer("node-a")
@@ -33,6 +35,8 @@ __all__ = ["HEALTH_CHECK_INTERVAL", "SOCKET_TIMEOUT", "RedisStreamTransport", "r
 
 #: Entries read per ``XREADGROUP``.
 BATCH = 100
+#: At most this long between gaps seen during a burst and their (one) flush, in seconds.
+GAP_MERGE_SECONDS = 1.0
 #: Reconnection backoff after Redis was unreachable: from the first to the last, doubling.
 MIN_BACKOFF = 0.1
 MAX_BACKOFF = 5.0
@@ -107,6 +111,8 @@ class _StreamConsumer:
         self._closed = threading.Event()
         self._old_redis_logged = False
         self._gap_seen: tuple[Any, Any] = (None, None)
+        #: A gap seen while behind: (reason, monotonic time first seen); flushed once.
+        self._gap_pending: tuple[str, float] | None = None
 
     def _connect(self) -> list[Message]:
         """(Re)join the group; returns a flush demand when events may have been missed."""
@@ -175,6 +181,21 @@ class _StreamConsumer:
         self._gap_seen = state
         return reason
 
+    def _merged_gap(self, gap: str | None, *, caught_up: bool) -> str | None:
+        """The gap to flush for now, if any. While the node reads full batches (a burst that
+        keeps trimming the stream), the gaps it sees are merged into one flush: made once it
+        has caught up, or after :data:`GAP_MERGE_SECONDS` at most -- not one per read. The
+        flush still comes before the entries of the read that makes it."""
+        if gap and self._gap_pending is None:
+            self._gap_pending = (gap, time.monotonic())
+        if self._gap_pending is None:
+            return None
+        reason, since = self._gap_pending
+        if caught_up or time.monotonic() - since >= GAP_MERGE_SECONDS:
+            self._gap_pending = None
+            return reason
+        return None
+
     def _trimmed(self, info: dict[str, Any], group: dict[str, Any]) -> str | None:
         length = int(info.get("length") or 0)
         lag = group.get("lag")
@@ -229,9 +250,11 @@ class _StreamConsumer:
         try:
             if not self.connected:
                 out += self._connect()
+            new = self.pending_cursor is None  # reading new entries, not our pending ones
             entries, gap = self._read()
             if not entries and not gap and not out and self.pending_cursor is None:
                 self._wait(timeout)
+                new = True
                 entries, gap = self._read()
         except redis.ResponseError as exc:
             if "NOGROUP" in str(exc) or "no such key" in str(exc):
@@ -243,8 +266,11 @@ class _StreamConsumer:
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             self._lost(exc)
             return out
-        if gap:
-            out.append(Message(flush_all=gap))
+        flush = self._merged_gap(gap, caught_up=new and len(entries) < BATCH)
+        if flush:
+            out.append(Message(flush_all=flush))
+            if entries:  # this read moved the group on: the same gap is not new at the next
+                self._gap_seen = (entries[-1][0], self._gap_seen[1])
         for entry_id, fields in entries:
             ref = f"entry {_text(entry_id)} of {self.stream}"
             if fields is None:  # a pending entry trimmed before we acked it: content unknown

@@ -317,3 +317,48 @@ def test_started_while_redis_hangs_flushes_when_it_answers(
         assert cache.get(HOST, "/").stale  # type: ignore[union-attr]
     finally:
         inv.stop()
+
+
+def test_a_burst_that_keeps_trimming_is_one_flush_not_one_per_read(
+        redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a node reads full batches and the stream is trimmed under it again and again,
+    the gaps are merged: one flush once it has caught up (a 30 000-event burst made over a
+    hundred flushes per node, and as many log lines)."""
+    from tenantkit.cache.transports import redis_streams
+
+    monkeypatch.setattr(redis_streams, "GAP_MERGE_SECONDS", 60.0)
+    transport = RedisStreamTransport(redis_server.url)
+    consumer = transport.consumer("node-a")
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        first = consumer.poll(0.1)  # joins: a new group's flush
+        assert [m.flush_all is not None for m in first] == [True]
+        flushes, handled = [], 0
+        for _ in range(5):  # each round trims what the node has not read yet
+            pipe = client.pipeline(transaction=False)
+            for _ in range(300):
+                pipe.xadd(STREAM, {"event": to_json(SiteChanged("blog"))}, maxlen=150,
+                          approximate=False)
+            pipe.execute()
+            for message in consumer.poll(0.1):
+                if message.flush_all:
+                    flushes.append(message.flush_all)
+                else:
+                    handled += 1
+                message.ack()
+        while True:  # catch up
+            messages = consumer.poll(0.1)
+            if not messages:
+                break
+            for message in messages:
+                if message.flush_all:
+                    flushes.append(message.flush_all)
+                else:
+                    handled += 1
+                message.ack()
+        assert handled == 5 * 100 + 150 - 100  # full batches, then what was left
+        assert len(flushes) == 1 and "trimmed" in flushes[0]
+    finally:
+        consumer.close()
+        transport.close()
+        client.close()
