@@ -18,6 +18,9 @@ A file looks like this (every key optional)::
     primary = "mysql+tenantkit://app:secret@db1.internal/app?compress=true"
     replicas = ["mysql+pymysql://app:secret@127.0.0.1/app"]
     read_your_writes = "gtid"               # gtid | pin | off
+    # primaries = ["mysql+tenantkit://...@db1/app", "mysql+tenantkit://...@db2/app"]
+    #                                       # failover candidates instead of one primary
+    # on_primary_down = "error"             # error | read_only (serve stale pages)
 
     [cache]
     ttl = 300
@@ -125,10 +128,20 @@ def _masked_repr(obj: object) -> str:
 
 @dataclass(frozen=True, kw_only=True, repr=False)
 class DatabaseSettings:
-    """Where the data lives. ``primary`` takes writes; ``replicas`` serve reads."""
+    """Where the data lives. ``primary`` takes writes; ``replicas`` serve reads.
+
+    ``primaries`` lists primary candidates instead of one ``primary`` (a failover setup):
+    writes go to the one candidate with ``@@read_only = 0`` (see
+    :mod:`tenantkit.db.primaries`); when it is set, ``primary`` is its first entry.
+    ``on_primary_down`` says what a site does while no candidate takes writes: ``"error"``
+    (writes fail with PrimaryUnavailable) or ``"read_only"`` (the same, and the page cache
+    serves stale pages for the length of the outage).
+    """
 
     primary: str = field(default="sqlite:///./tenantkit.db", metadata={"url": True})
     replicas: tuple[str, ...] = field(default=(), metadata={"url": True})
+    primaries: tuple[str, ...] = field(default=(), metadata={"url": True})
+    on_primary_down: Literal["error", "read_only"] = "error"
     read_your_writes: Literal["gtid", "pin", "off"] = "gtid"
     pin_seconds: float = 5.0
     gtid_wait_timeout: float = 1.0
@@ -141,7 +154,14 @@ class DatabaseSettings:
 
     __repr__ = _masked_repr
     def __post_init__(self) -> None:
+        if self.primaries:
+            object.__setattr__(self, "primary", self.primaries[0])
         keep_urls_secret(self)
+
+    @property
+    def candidates(self) -> tuple[str, ...]:
+        """The primary candidates: ``primaries``, else the one ``primary``."""
+        return self.primaries or (self.primary,)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -414,6 +434,8 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Coerce]]] = {
         {
             "primary": _db_url,
             "replicas": _db_url_list,
+            "primaries": _db_url_list,
+            "on_primary_down": _choice("error", "read_only"),
             "read_your_writes": _choice("gtid", "pin", "off"),
             "pin_seconds": _number(float, 0),
             "gtid_wait_timeout": _number(float, 0),
@@ -525,6 +547,13 @@ def _build(
         except ConfigError as exc:
             problem(exc)
     _apply_env(env, top, sections, problem)
+    database = sections["database"]
+    if "primary" in database and "primaries" in database:
+        problem(ConfigError(
+            f'{where}: keys "database.primary" and "database.primaries" are both set: '
+            "list every candidate in primaries and remove primary"
+        ))
+        database.pop("primary")
     return Settings(
         **top,
         **{name: _SECTIONS[name][0](**values) for name, values in sections.items()},

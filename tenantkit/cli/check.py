@@ -138,6 +138,25 @@ def _database(url: str, what: str, timeout: float) -> Iterator[Problem]:
         yield Problem("error", f"{what} {shown}", f"does not answer: {first}")
 
 
+def _candidates(primaries: tuple[str, ...], label: str, timeout: float) -> Iterator[Problem]:
+    """Primary candidates: exactly one must be writable (a split brain, or none, is an error)."""
+    from tenantkit.db.primaries import PrimaryFinder
+
+    finder = PrimaryFinder([reveal(p) for p in primaries], connect_timeout=timeout)
+    try:
+        state = finder.check()
+    finally:
+        finder.close()
+    where = f"{label}primaries"
+    if state.split_brain:
+        yield Problem("error", where, f"split brain: {' and '.join(state.writable)} are all "
+                      "writable; writes are refused until exactly one is (SET GLOBAL "
+                      "read_only = 1 on the others)")
+    elif state.primary is None:
+        yield Problem("error", where, "no candidate is writable: writes fail until one is "
+                      "promoted (SET GLOBAL read_only = 0 on the new primary)")
+
+
 def _binlog_replicas(settings: Settings, sites: list[Site]) -> Iterator[Problem]:
     """The replicas ``invalidator --source binlog`` would read (sites with ``[meta]
     invalidation``) against the binlog source's needs
@@ -165,7 +184,9 @@ def _databases(settings: Settings, sites: list[Site]) -> Iterator[Problem]:
         if site is not None and not servers.own:
             continue
         label = f"site {site.name}: " if site is not None else ""
-        for url, replica in [(reveal(servers.primary), False),
+        if len(servers.primaries) > 1:
+            yield from _candidates(servers.primaries, label, settings.database.connect_timeout)
+        for url, replica in [*((reveal(p), False) for p in servers.primaries),
                              *((reveal(r), True) for r in servers.replicas)]:
             if url in seen:
                 continue

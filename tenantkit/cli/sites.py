@@ -121,6 +121,7 @@ def provision_command(
         database = replace(
             database,
             primary=db_primary if db_primary is not None else database.primary,
+            primaries=() if db_primary is not None else database.primaries,
             replicas=replicas or database.replicas,
             table_prefix=table_prefix if table_prefix is not None else database.table_prefix,
         )
@@ -232,6 +233,8 @@ def _site_row(site: Any, settings: Settings) -> dict[str, Any]:
         "cache_root": str(site.cache_root),
         "path": str(site.path) if site.path else None,
         "database": {"primary": mask_url(str(servers.primary)),
+                     "primaries": [mask_url(str(p)) for p in servers.primaries],
+                     "on_primary_down": servers.on_primary_down,
                      "replicas": [mask_url(str(r)) for r in servers.replicas],
                      "own": servers.own, "table_prefix": site.database.table_prefix},
         "cache": {"enabled": site.cache.enabled, "ttl": site.cache.ttl,

@@ -89,7 +89,9 @@ def render_wp_config(site: Site, settings: Settings, *, debian: bool = False) ->
     db = settings.database
     constants: list[tuple[str, str]] = [
         ("TENANTKIT_SITE", php_string(site.name)),
-        ("TENANTKIT_DB_PRIMARY", php_string(primary_url)),
+        ("TENANTKIT_DB_PRIMARY", php_string(primary_url)) if len(servers.primaries) == 1 else
+        ("TENANTKIT_DB_PRIMARIES",
+         "[" + ", ".join(php_string(wp_server_url(p)) for p in servers.primaries) + "]"),
         ("TENANTKIT_DB_REPLICAS", "[" + ", ".join(php_string(u) for u in replica_urls) + "]"),
         ("TENANTKIT_COMPRESS", "true"),
         ("TENANTKIT_BUS", php_string(php_bus_url(settings) or os.path.abspath(site.purge_dir))),
