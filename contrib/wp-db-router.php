@@ -22,6 +22,8 @@
  *     define('TENANTKIT_READ_TIMEOUT', 30);                   // a hung server; 0: mysqlnd's
  *     define('TENANTKIT_LAG_THRESHOLD', 5);
  *     define('TENANTKIT_DEAD_HOST_COOLDOWN', 10);
+ *     define('TENANTKIT_DB_PRIMARIES', ['mysql://wp:secret@db1/blog', 'mysql://wp:secret@db2/blog']);
+ *     define('TENANTKIT_PRIMARY_CHECK_INTERVAL', 5);           // seconds a verdict is trusted
  *
  * Servers are `mysql://user:password@host:port/database` URLs (user, password and database
  * default to DB_USER, DB_PASSWORD, DB_NAME) or DB_HOST-style `host[:port|:/socket]`. Without
@@ -41,13 +43,22 @@
  *   if the wait times out the request reads from the primary. GET requests that write
  *   (cron, transients) keep read-your-writes inside the request but pin no one.
  * - a replica that refuses connections, has its SQL thread stopped, or lags more than
- *   TENANTKIT_LAG_THRESHOLD seconds (SHOW SLAVE STATUS once per request; the replica user
+ *   TENANTKIT_LAG_THRESHOLD seconds (SHOW REPLICA STATUS, else SHOW SLAVE STATUS on older
+ *   servers, once per request; the replica user
  *   needs SLAVE MONITOR / REPLICATION CLIENT; 0 turns the check off) is skipped (reads go to the next replica, else the
  *   primary) and tried again after TENANTKIT_DEAD_HOST_COOLDOWN seconds (state is kept in
  *   small files in TENANTKIT_STATE_DIR, default the system temp dir).
  * - the primary unreachable (connect timeout TENANTKIT_CONNECT_TIMEOUT) when a write needs
  *   it: WordPress's own dead_db() page, or, once the page has started (template_redirect),
  *   the query fails. Reads keep working from the replicas.
+ * - failover: TENANTKIT_DB_PRIMARIES lists primary candidates instead of one
+ *   TENANTKIT_DB_PRIMARY. Writes go to the one with @@read_only = 0. The verdict is kept in a
+ *   small state file (TENANTKIT_STATE_DIR) for TENANTKIT_PRIMARY_CHECK_INTERVAL seconds, so a
+ *   request does not probe every candidate; it is dropped at once when a write on the
+ *   primary fails as read-only (1290, 1836) or with a lost connection, or the primary
+ *   refuses connections. More than one writable: a split brain, writes refused (the query
+ *   fails, naming both) until exactly one is; reads go on. Each change is logged once.
+ *   tenantkit never promotes anything: the operator (or a failover tool) does.
  *
  * Events (tenantkit's JSON, README "Invalidation events"), queued by the hooks and published
  * at the end of the request with the primary's @@last_gtid: comment_post (approved only),
@@ -729,10 +740,22 @@ class Tenantkit_DB extends wpdb
 {
     public const COOKIE = 'tenantkit_wp_pin';
 
+    // BEGIN generated from tenantkit/db/failures.py by
+    // `python -m tenantkit.db.phpkeywords`: do not edit
+    private const CONNECTION_LOST = [1927, 2006, 2013, 2014, 2045, 2055, 4031];
+    // END generated from tenantkit/db/failures.py
+
     /** @var array{host: string, port: ?int, socket: ?string, user: string, password: string, name: string, label: string} */
     public array $tk_primary;
     /** @var list<array{host: string, port: ?int, socket: ?string, user: string, password: string, name: string, label: string}> */
     public array $tk_replicas = [];
+    /** @var list<array{host: string, port: ?int, socket: ?string, user: string, password: string, name: string, label: string}> */
+    public array $tk_candidates = [];
+    /** @var list<string> the replica-status statements, newest first */
+    public static array $tk_status_statements = ['SHOW REPLICA STATUS', 'SHOW SLAVE STATUS'];
+    public float $tk_primary_check_interval = 5.0;
+    /** Why there is no primary link (split brain, no writable candidate), for last_error. */
+    public ?string $tk_primary_problem = null;
     public bool $tk_compress = true;
     public string $tk_mode = 'gtid';
     public float $tk_pin_seconds = 5.0;
@@ -770,6 +793,12 @@ class Tenantkit_DB extends wpdb
     public ?string $tk_read_only = null;
     /** @var list<mysqli> */
     private array $tk_read_only_links = [];
+    /** The role of the statement query() is running ('write' is never re-run by a reconnect). */
+    private ?string $tk_statement_role = null;
+    /** Counts check_connection()'s reconnections: a statement is retried at most once. */
+    private int $tk_reconnects = 0;
+    /** A transaction was started (START TRANSACTION, BEGIN) and not yet ended. */
+    private bool $tk_in_transaction = false;
 
     public function __construct($dbuser, $dbpassword, $dbname, $dbhost)
     {
@@ -785,6 +814,7 @@ class Tenantkit_DB extends wpdb
         $defaults = ['user' => $user, 'password' => $password, 'name' => $name];
         $primary = defined('TENANTKIT_DB_PRIMARY') ? TENANTKIT_DB_PRIMARY : $host;
         $this->tk_primary = self::tk_parse_server($primary, $defaults, 'TENANTKIT_DB_PRIMARY');
+        $this->tk_configure_candidates($defaults);
         $replicas = defined('TENANTKIT_DB_REPLICAS') ? TENANTKIT_DB_REPLICAS : [];
         if (is_string($replicas)) {
             $replicas = array_values(array_filter(array_map('trim', explode(',', $replicas))));
@@ -811,6 +841,37 @@ class Tenantkit_DB extends wpdb
         $this->tk_cooldown = self::tk_seconds('TENANTKIT_DEAD_HOST_COOLDOWN', 10.0);
         $this->tk_state_dir = rtrim(defined('TENANTKIT_STATE_DIR') ? (string) TENANTKIT_STATE_DIR
             : sys_get_temp_dir(), '/');
+    }
+
+    /**
+     * TENANTKIT_DB_PRIMARIES: the primary candidates (one: exactly TENANTKIT_DB_PRIMARY).
+     *
+     * @param array{user: string, password: string, name: string} $defaults
+     */
+    private function tk_configure_candidates(array $defaults): void
+    {
+        $this->tk_candidates = [$this->tk_primary];
+        $this->tk_primary_check_interval = self::tk_seconds('TENANTKIT_PRIMARY_CHECK_INTERVAL', 5.0);
+        if (!defined('TENANTKIT_DB_PRIMARIES')) {
+            return;
+        }
+        $list = TENANTKIT_DB_PRIMARIES;
+        if (is_string($list)) {
+            $list = array_values(array_filter(array_map('trim', explode(',', $list))));
+        }
+        if (!is_array($list) || $list === []) {
+            self::tk_config_error('TENANTKIT_DB_PRIMARIES must be a list of server URLs, like '
+                . "['mysql://user:password@db1:3306/db', 'mysql://user:password@db2:3306/db']");
+        }
+        if (defined('TENANTKIT_DB_PRIMARY')) {
+            self::tk_config_error('TENANTKIT_DB_PRIMARY and TENANTKIT_DB_PRIMARIES are both defined:'
+                . ' list every candidate in TENANTKIT_DB_PRIMARIES and remove TENANTKIT_DB_PRIMARY');
+        }
+        $this->tk_candidates = [];
+        foreach (array_values($list) as $i => $candidate) {
+            $this->tk_candidates[] = self::tk_parse_server($candidate, $defaults, "TENANTKIT_DB_PRIMARIES[$i]");
+        }
+        $this->tk_primary = $this->tk_candidates[0];
     }
 
     private static function tk_seconds(string $constant, float $default): float
@@ -1042,9 +1103,130 @@ class Tenantkit_DB extends wpdb
     public function tk_primary(): ?mysqli
     {
         if ($this->tk_primary_link === null) {
-            $this->tk_primary_link = $this->tk_open($this->tk_primary, true);
+            $this->tk_primary_link = count($this->tk_candidates) > 1
+                ? $this->tk_open_candidate() : $this->tk_open($this->tk_primary, true);
         }
         return $this->tk_primary_link;
+    }
+
+    // --- failover: the one writable primary candidate ----------------------------------------
+
+    private function tk_primary_state_file(): string
+    {
+        $labels = implode(',', array_column($this->tk_candidates, 'label'));
+        return $this->tk_state_dir . '/tenantkit-wpdb-primary-' . md5($labels) . '.json';
+    }
+
+    /** The last verdict, if fresh: ['primary' => label|null, 'writable' => [labels]]. */
+    private function tk_primary_verdict(): ?array
+    {
+        $raw = @file_get_contents($this->tk_primary_state_file());
+        $state = is_string($raw) ? json_decode($raw, true) : null;
+        if (!is_array($state) || !isset($state['checked'], $state['writable'])) {
+            return null;
+        }
+        // Without a primary (an outage, a split brain), look again sooner: writes wait on it.
+        $trusted = is_string($state['primary'] ?? null) ? $this->tk_primary_check_interval
+            : min($this->tk_primary_check_interval, 0.5);
+        return (float) $state['checked'] >= microtime(true) - $trusted ? $state : null;
+    }
+
+    /** Forget the verdict: the next request (or this one) probes every candidate again. */
+    public function tk_forget_primary(): void
+    {
+        @unlink($this->tk_primary_state_file());
+    }
+
+    /** Open the writable candidate: the fresh verdict's, else probe them all (and keep it). */
+    private function tk_open_candidate(): ?mysqli
+    {
+        $this->tk_primary_problem = null;
+        $state = $this->tk_primary_verdict();
+        if ($state !== null && is_string($state['primary'] ?? null)) {
+            foreach ($this->tk_candidates as $candidate) {
+                if ($candidate['label'] === $state['primary']) {
+                    $link = $this->tk_open($candidate, true);
+                    if ($link !== null) {
+                        $this->tk_primary = $candidate;
+                        return $link;
+                    }
+                }
+            }
+            $state = null;  // it refuses connections now: a failover under way? Probe.
+        }
+        if ($state === null) {
+            return $this->tk_probe_candidates();
+        }
+        $this->tk_primary_problem = $this->tk_no_primary_message($state['writable']);
+        return null;
+    }
+
+    /** Connect to every candidate, keep the one writable link; record the verdict. */
+    private function tk_probe_candidates(): ?mysqli
+    {
+        $writable = [];
+        $links = [];
+        foreach ($this->tk_candidates as $candidate) {
+            $link = $this->tk_open($candidate, true);
+            if ($link === null) {
+                continue;
+            }
+            $result = @mysqli_query($link, 'SELECT @@GLOBAL.read_only');
+            $row = $result instanceof mysqli_result ? mysqli_fetch_row($result) : null;
+            if (is_array($row) && (string) $row[0] === '0') {
+                $writable[] = $candidate['label'];
+                $links[$candidate['label']] = [$link, $candidate];
+            } else {
+                @mysqli_close($link);
+            }
+        }
+        $previous = @file_get_contents($this->tk_primary_state_file());
+        $old = is_string($previous) ? json_decode($previous, true) : null;
+        $primary = count($writable) === 1 ? $writable[0] : null;
+        if (!is_array($old) || ($old['writable'] ?? null) !== $writable) {
+            error_log('tenantkit: ' . ($primary !== null ? "primary is now $primary"
+                : $this->tk_no_primary_message($writable)));
+        }
+        $file = $this->tk_primary_state_file();
+        $tmp = $file . '.' . bin2hex(random_bytes(4));
+        $json = json_encode(['primary' => $primary, 'writable' => $writable, 'checked' => microtime(true)]);
+        if (@file_put_contents($tmp, (string) $json) !== false) {
+            @rename($tmp, $file);
+        }
+        @unlink($tmp);
+        if ($primary === null) {
+            foreach ($links as [$link]) {
+                @mysqli_close($link);
+            }
+            $this->tk_primary_problem = $this->tk_no_primary_message($writable);
+            return null;
+        }
+        $this->tk_primary = $links[$primary][1];
+        return $links[$primary][0];
+    }
+
+    /** @param list<string> $writable */
+    private function tk_no_primary_message(array $writable): string
+    {
+        if (count($writable) > 1) {
+            return 'split brain: ' . implode(' and ', $writable) . ' are all writable (@@read_only = 0);'
+                . ' writes are refused until exactly one is (SET GLOBAL read_only = 1 on the others)';
+        }
+        return 'no primary candidate is writable (' . implode(', ', array_column($this->tk_candidates, 'label'))
+            . '); writes stop until one is promoted';
+    }
+
+    /** A write on the primary failed: read-only now, or the link is gone? Probe next time. */
+    private function tk_primary_failed(?mysqli $used): void
+    {
+        if (count($this->tk_candidates) > 1 && $used !== null && $used === $this->tk_primary_link
+            && in_array($used->errno, [1290, 1836, 2006, 2013], true)) {
+            error_log("tenantkit: primary {$this->tk_primary['label']} failed a write ({$used->errno}: "
+                . "{$used->error}): checking the primary candidates again");
+            $this->tk_forget_primary();
+            $this->tk_primary_link = null;
+            $this->tk_calc_link = $this->tk_calc_link === $used ? null : $this->tk_calc_link;
+        }
     }
 
     /** The link reads use: the first healthy replica, else the primary. */
@@ -1085,7 +1267,7 @@ class Tenantkit_DB extends wpdb
         if ($this->tk_lag_threshold <= 0) {
             return null;
         }
-        $result = @mysqli_query($link, 'SHOW SLAVE STATUS');
+        $result = $this->tk_replica_status($link);
         if (!$result instanceof mysqli_result) {
             // No REPLICATION CLIENT / SLAVE MONITOR privilege: lag cannot be measured.
             $this->tk_note_once('lag-unknown', 'cannot measure replica lag (' . mysqli_error($link)
@@ -1095,8 +1277,12 @@ class Tenantkit_DB extends wpdb
         }
         $status = mysqli_fetch_assoc($result);
         mysqli_free_result($result);
+        if (is_array($status)) {  // MySQL >= 8.0.22 names, read as the classic ones
+            $status += ['Slave_SQL_Running' => $status['Replica_SQL_Running'] ?? null,
+                'Seconds_Behind_Master' => $status['Seconds_Behind_Source'] ?? null];
+        }
         if (!is_array($status)) {
-            return 'is not replicating (SHOW SLAVE STATUS is empty)';
+            return 'is not replicating (the replica status is empty)';
         }
         if (($status['Slave_SQL_Running'] ?? 'No') !== 'Yes') {
             return 'has replication stopped';
@@ -1108,6 +1294,22 @@ class Tenantkit_DB extends wpdb
             return "lags {$lag}s (threshold {$this->tk_lag_threshold}s)";
         }
         return null;
+    }
+
+    /**
+     * SHOW REPLICA STATUS (MariaDB >= 10.5.1, MySQL >= 8.0.22; MySQL 8.4 has only this one),
+     * else SHOW SLAVE STATUS on a server that does not know it (a syntax error, 1064).
+     */
+    private function tk_replica_status(mysqli $link): mysqli_result|false
+    {
+        foreach (self::$tk_status_statements as $i => $statement) {
+            $result = @mysqli_query($link, $statement);
+            if ($result instanceof mysqli_result || $link->errno !== 1064
+                || $i === count(self::$tk_status_statements) - 1) {
+                return $result;
+            }
+        }
+        return false;
     }
 
     private function tk_state_file(string $label): string
@@ -1186,14 +1388,63 @@ class Tenantkit_DB extends wpdb
         return true;
     }
 
+    /** Whether $link's last error means the connection was lost (CONNECTION_LOST). */
+    private static function tk_lost(mysqli $link): bool
+    {
+        return in_array($link->errno, self::CONNECTION_LOST, true);
+    }
+
+    /** Drop a dead link from every role it held (it is reconnected when next needed). */
+    private function tk_forget(mysqli $link): void
+    {
+        if ($this->tk_primary_link === $link) {
+            $this->tk_primary_link = null;
+        }
+        if ($this->tk_read_link === $link) {
+            $this->tk_read_link = null;
+            $this->tk_read_label = null;
+        }
+        if ($this->tk_calc_link === $link) {
+            $this->tk_calc_link = null;
+        }
+        $this->tk_in_transaction = false;  // the server rolled it back with the connection
+        // Not closed: wpdb may still hold it as $dbh (escaping works on a dead link, not on
+        // a closed one).
+    }
+
+    /**
+     * The connection was lost under a write (or inside a transaction): the statement may have
+     * run, so it is not re-run; the request sees a clear error and the next statement gets a
+     * new connection.
+     */
+    private function tk_lost_write(mysqli $link, string $query): void
+    {
+        $label = $link === $this->tk_primary_link ? $this->tk_primary['label']
+            : ($this->tk_read_label ?? $this->tk_primary['label']);
+        $what = $this->tk_statement_role === 'write' ? 'a write' : 'a transaction';
+        $message = sprintf('tenantkit: the connection to %s was lost during %s (MySQL error %d: '
+            . '%s); not retried, as it may have run: check, then try again', $label, $what,
+            $link->errno, $link->error ?: 'connection lost');
+        $this->tk_forget($link);
+        $this->last_query = $query;
+        $this->last_error = $message;
+        $this->insert_id = 0;
+        error_log($message);
+    }
+
     /** The link is gone: a replica is replaced (never by anything but a read link). */
     public function check_connection($allow_bail = true)
     {
         $link = $this->dbh;
-        if ($link instanceof mysqli && $link->errno !== 2006 && $link->errno !== 2013
+        if ($link instanceof mysqli && !self::tk_lost($link)
             && @mysqli_query($link, 'DO 1') !== false) {
             return true;
         }
+        if ($this->tk_statement_role !== null
+            && ($this->tk_statement_role === 'write' || $this->tk_in_transaction)) {
+            return false;  // wpdb would re-run a write that may have run: query() reports it
+        }
+        $this->tk_reconnects++;
         if ($link !== null && $link === $this->tk_read_link && $this->tk_read_label !== null) {
             $this->tk_mark_down($this->tk_read_label, 'went away');
             $this->tk_read_link = null;
@@ -1206,6 +1457,9 @@ class Tenantkit_DB extends wpdb
                 return true;
             }
         } else {
+            if ($link instanceof mysqli) {
+                $this->tk_forget($link);
+            }
             $this->tk_primary_link = null;
             $next = $this->tk_primary();
             if ($next !== null) {
@@ -1225,9 +1479,11 @@ class Tenantkit_DB extends wpdb
         if (function_exists('wp_load_translations_early')) {
             wp_load_translations_early();
         }
-        $this->bail('<h1>Error establishing a database connection</h1><p>tenantkit: the primary '
-            . 'database at <code>' . htmlspecialchars($this->tk_primary['label'], ENT_QUOTES)
-            . '</code> cannot be reached.</p>', 'db_connect_fail');
+        $why = $this->tk_primary_problem !== null ? htmlspecialchars($this->tk_primary_problem, ENT_QUOTES)
+            : 'the primary database at <code>' . htmlspecialchars($this->tk_primary['label'], ENT_QUOTES)
+            . '</code> cannot be reached';
+        $this->bail('<h1>Error establishing a database connection</h1><p>tenantkit: ' . $why
+            . '.</p>', 'db_connect_fail');
         if (function_exists('dead_db')) {
             dead_db();
         }
@@ -1252,8 +1508,8 @@ class Tenantkit_DB extends wpdb
         if ($link === null) {
             // Only the primary can be missing here: a write (or a read with no replica left).
             $this->last_query = $query;
-            $this->last_error = 'tenantkit: the primary database ' . $this->tk_primary['label']
-                . ' is unreachable';
+            $this->last_error = 'tenantkit: ' . ($this->tk_primary_problem ?? 'the primary database '
+                . $this->tk_primary['label'] . ' is unreachable');
             $this->insert_id = 0;
             if (!(function_exists('did_action') && did_action('template_redirect'))) {
                 $this->tk_bail_down();
@@ -1266,21 +1522,36 @@ class Tenantkit_DB extends wpdb
         $outer = $this->dbh;
         $this->dbh = $link;
         $this->tk_depth++;
+        $this->tk_statement_role = $role;
+        $reconnects = $this->tk_reconnects;
         try {
             $result = parent::query($query);
             $used = $this->dbh;
-            if ($result === false && $used instanceof mysqli && $used === $this->tk_read_link
-                && $this->tk_read_label !== null && in_array($used->errno, [2006, 2013], true)
-                && $role !== 'write' && $this->check_connection(false)) {
-                // The replica died under a read: once more, elsewhere.
-                $result = parent::query($query);
-                $used = $this->dbh;
+            if ($result === false && $used instanceof mysqli && self::tk_lost($used)) {
+                if ($role === 'write' || $this->tk_in_transaction) {
+                    $this->tk_lost_write($used, $query);
+                } elseif ($this->tk_reconnects === $reconnects && $this->check_connection(false)) {
+                    // The connection was lost under a read: once more, on a new link
+                    // (a dead replica's reads go elsewhere). wpdb itself already retried a
+                    // 2006 "gone away" once: then tk_reconnects moved and this is skipped.
+                    $result = parent::query($query);
+                    $used = $this->dbh;
+                }
             }
         } finally {
             $this->tk_depth--;
+            $this->tk_statement_role = null;
+        }
+        if ($result !== false && ($first === 'START' || $first === 'BEGIN')) {
+            $this->tk_in_transaction = true;
+        } elseif ($first === 'COMMIT' || $first === 'ROLLBACK') {
+            $this->tk_in_transaction = false;
         }
         if ($used instanceof mysqli) {
             $this->tk_counts[$used === $this->tk_primary_link ? 'primary' : 'replica']++;
+        }
+        if ($result === false && $used instanceof mysqli) {
+            $this->tk_primary_failed($used);
         }
         if ($this->tk_depth > 0) {
             $this->dbh = $outer;
@@ -1646,7 +1917,11 @@ final class Tenantkit_Events
 
 }
 
-if (defined('ABSPATH') && class_exists('Tenantkit_DB', false) && !isset($GLOBALS['wpdb'])) {
+// wp-admin/setup-config.php loads WordPress before any wp-config.php exists (no DB_HOST, no
+// TENANTKIT_*), and checks the credentials typed into its form with a wpdb of its own: the
+// drop-in stays out of the way there (it has nothing to route yet).
+if (defined('ABSPATH') && class_exists('Tenantkit_DB', false) && !isset($GLOBALS['wpdb'])
+    && !(defined('WP_SETUP_CONFIG') && !defined('DB_HOST') && !defined('TENANTKIT_DB_PRIMARY'))) {
     Tenantkit_Events::register();
     $GLOBALS['wpdb'] = new Tenantkit_DB(
         defined('DB_USER') ? DB_USER : '',

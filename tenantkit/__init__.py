@@ -40,6 +40,7 @@ from tenantkit.errors import (
     ReplicaUnavailable,
     SiteError,
     SiteFileError,
+    SplitBrain,
     TenantkitError,
     WpConfigError,
 )
@@ -109,6 +110,7 @@ __all__ = [
     "SiteError",
     "SiteFileError",
     "SiteWatcher",
+    "SplitBrain",
     "TenantkitError",
     "TokenScope",
     "WireStats",

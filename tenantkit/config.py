@@ -18,10 +18,14 @@ A file looks like this (every key optional)::
     primary = "mysql+tenantkit://app:secret@db1.internal/app?compress=true"
     replicas = ["mysql+pymysql://app:secret@127.0.0.1/app"]
     read_your_writes = "gtid"               # gtid | pin | off
+    # primaries = ["mysql+tenantkit://...@db1/app", "mysql+tenantkit://...@db2/app"]
+    #                                       # failover candidates instead of one primary
+    # on_primary_down = "error"             # error | read_only (serve stale pages)
 
     [cache]
     ttl = 300
     policy = "site"                          # site | targeted
+    group = "www-data"                       # the group nginx reads the cache trees with
 
     [bus]
     transport = "redis"                      # local | redis | files
@@ -47,6 +51,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -123,10 +128,20 @@ def _masked_repr(obj: object) -> str:
 
 @dataclass(frozen=True, kw_only=True, repr=False)
 class DatabaseSettings:
-    """Where the data lives. ``primary`` takes writes; ``replicas`` serve reads."""
+    """Where the data lives. ``primary`` takes writes; ``replicas`` serve reads.
+
+    ``primaries`` lists primary candidates instead of one ``primary`` (a failover setup):
+    writes go to the one candidate with ``@@read_only = 0`` (see
+    :mod:`tenantkit.db.primaries`); when it is set, ``primary`` is its first entry.
+    ``on_primary_down`` says what a site does while no candidate takes writes: ``"error"``
+    (writes fail with PrimaryUnavailable) or ``"read_only"`` (the same, and the page cache
+    serves stale pages for the length of the outage).
+    """
 
     primary: str = field(default="sqlite:///./tenantkit.db", metadata={"url": True})
     replicas: tuple[str, ...] = field(default=(), metadata={"url": True})
+    primaries: tuple[str, ...] = field(default=(), metadata={"url": True})
+    on_primary_down: Literal["error", "read_only"] = "error"
     read_your_writes: Literal["gtid", "pin", "off"] = "gtid"
     pin_seconds: float = 5.0
     gtid_wait_timeout: float = 1.0
@@ -139,7 +154,14 @@ class DatabaseSettings:
 
     __repr__ = _masked_repr
     def __post_init__(self) -> None:
+        if self.primaries:
+            object.__setattr__(self, "primary", self.primaries[0])
         keep_urls_secret(self)
+
+    @property
+    def candidates(self) -> tuple[str, ...]:
+        """The primary candidates: ``primaries``, else the one ``primary``."""
+        return self.primaries or (self.primary,)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -156,6 +178,10 @@ class CacheSettings:
     bypass_cookies: tuple[str, ...] = DEFAULT_BYPASS_COOKIES
     #: Query arguments left out of the page-cache key, still forwarded (``utm_*``: prefix).
     ignore_query_args: tuple[str, ...] = DEFAULT_IGNORED_QUERY_ARGS
+    #: The group nginx reads the cache trees with (global only): ``provision`` gives each
+    #: site's cache directories that group and mode 2750 (setgid: everything below inherits
+    #: the group), and the page cache then writes its files 0640.
+    group: str | None = None
     #: Seconds after it was purged or expired that a page is still served (``STALE``) when
     #: the backend fails (5xx, timeout, refused): see :mod:`tenantkit.cache.staleness`.
     stale_if_error: int = 300
@@ -323,6 +349,15 @@ def _optional_int(where: str, key: str, value: Any, from_env: bool) -> int | Non
     return result
 
 
+def _group(where: str, key: str, value: Any, from_env: bool) -> str | None:
+    text = _str(where, key, value, from_env).strip()
+    if not text:
+        return None
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\$?", text):
+        raise _fail(where, key, "a group name or gid", value, 'write group = "www-data"')
+    return text
+
+
 def _bool(where: str, key: str, value: Any, from_env: bool) -> bool:
     if from_env and isinstance(value, str):
         lowered = value.strip().lower()
@@ -400,6 +435,8 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Coerce]]] = {
         {
             "primary": _db_url,
             "replicas": _db_url_list,
+            "primaries": _db_url_list,
+            "on_primary_down": _choice("error", "read_only"),
             "read_your_writes": _choice("gtid", "pin", "off"),
             "pin_seconds": _number(float, 0),
             "gtid_wait_timeout": _number(float, 0),
@@ -423,6 +460,7 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Coerce]]] = {
             "policy": _choice("site", "targeted"),
             "bypass_cookies": _str_list,
             "ignore_query_args": _str_list,
+            "group": _group,
         },
     ),
     "bus": (
@@ -510,6 +548,13 @@ def _build(
         except ConfigError as exc:
             problem(exc)
     _apply_env(env, top, sections, problem)
+    database = sections["database"]
+    if "primary" in database and "primaries" in database:
+        problem(ConfigError(
+            f'{where}: keys "database.primary" and "database.primaries" are both set: '
+            "list every candidate in primaries and remove primary"
+        ))
+        database.pop("primary")
     return Settings(
         **top,
         **{name: _SECTIONS[name][0](**values) for name, values in sections.items()},

@@ -12,6 +12,7 @@
      ├── ProvisionError         provisioning or deprovisioning a site failed
      ├── DatabaseError
      │    ├── PrimaryUnavailable  the primary cannot be reached; writes cannot proceed
+     │    │    └── SplitBrain    more than one primary candidate is writable; writes refused
      │    ├── ReplicaUnavailable  no replica can serve a read
      │    └── InvalidToken      a consistency token (cookie) is not one tenantkit wrote
      ├── ProtocolError          a peer broke a wire protocol (compressed MySQL frames, ...)
@@ -45,6 +46,7 @@ __all__ = [
     "ReplicaUnavailable",
     "SiteError",
     "SiteFileError",
+    "SplitBrain",
     "TenantkitError",
     "WpConfigError",
 ]
@@ -93,6 +95,13 @@ class DatabaseError(TenantkitError):
 
 class PrimaryUnavailable(DatabaseError):
     """The primary cannot be reached, so writes cannot proceed (never sent to a replica)."""
+
+
+class SplitBrain(PrimaryUnavailable):
+    """More than one primary candidate is writable (``@@read_only = 0``): tenantkit refuses
+    every write until exactly one is, and never guesses. ``servers`` names them (masked)."""
+
+    servers: tuple[str, ...] = ()
 
 
 class ReplicaUnavailable(DatabaseError):

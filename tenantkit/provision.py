@@ -9,7 +9,9 @@
 
 :func:`provision` validates everything first (name, hosts, backend, conflicts with other
 sites' patterns), then creates ``cache_dir/<site>/`` with ``pages/``, ``app/``, ``tmp/`` and
-``.purge/`` (mode 0750, owner and group applied when asked), and writes the site file last,
+``.purge/`` (mode 0750, owner applied when asked; with a group -- *group*, else
+``[cache] group`` -- that group and mode 2750: setgid, so every directory and page file the
+page cache makes below inherits the group nginx reads with), and writes the site file last,
 atomically (a temporary file in ``sites_dir``, then ``os.replace``), so a running watcher never
 sees a site without its cache. A second identical run changes nothing and says so; options left
 out keep the site's current values. A lock file (``sites_dir/.<site>.lock``) serialises
@@ -31,7 +33,7 @@ import stat
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +59,7 @@ from tenantkit.sites import (
 
 __all__ = [
     "CACHE_DIR_MODE",
+    "GROUP_CACHE_DIR_MODE",
     "DeprovisionResult",
     "ProvisionResult",
     "ProvisionUsageError",
@@ -65,6 +68,8 @@ __all__ = [
 ]
 
 CACHE_DIR_MODE = 0o750
+#: With a group: readable by it, setgid (what is made below inherits the group).
+GROUP_CACHE_DIR_MODE = 0o2750
 SITE_FILE_MODE = 0o640  # site files may hold database passwords
 
 
@@ -197,14 +202,33 @@ def _conflicts(settings: Settings, site: Site) -> list[str]:
     return found
 
 
+def _value(value: Any) -> str:
+    """A setting's value as an operator writes it: strings bare, lists comma-separated."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
+    return "none" if value is None else str(value)
+
+
 def _describe(site: Site) -> dict[str, str]:
+    """The site's settings as the summary prints them (values, URLs masked)."""
     b = site.backend
+    db = site.database
+    parts = [f"primary={mask_url(db.primary)}"] if db.primary else []
+    if db.replicas:
+        parts.append("replicas=" + _value([mask_url(r) for r in db.replicas]))
+    if db.table_prefix:
+        parts.append(f"table_prefix={db.table_prefix}")
+    database = ", ".join(parts) or "the global [database]"
+    cache = site.cache
     return {
         "hosts": ", ".join(site.hosts),
         "backend": f"wsgi:{b.app}" if b.type == "wsgi" else mask_url(b.url or ""),
-        "database": repr(site.database),
-        "cache": repr(site.cache),
-        "meta": repr(dict(site.meta)),
+        "database": database,
+        "cache": ", ".join(f"{f.name}={_value(getattr(cache, f.name))}"
+                           for f in fields(cache) if f.name != "group"),
+        "meta": ", ".join(f"{k}={_value(v)}" for k, v in sorted(site.meta.items())) or "none",
     }
 
 
@@ -239,7 +263,7 @@ def provision(
         raise ProvisionUsageError("give at least one host (--host blog.example.org)")
     if isinstance(backend, str):
         backend = parse_backend_spec(backend)
-    uid, gid = _ids(owner, group)
+    uid, gid = _ids(owner, group if group is not None else settings.cache.group)
     path = settings.sites_dir / f"{name}.toml"
 
     if dry_run:
@@ -321,6 +345,7 @@ def _plan_and_apply(
 def _ensure_dirs(settings: Settings, site: Site, uid: int, gid: int, changes: list[str],
                  created: list[Path], dry_run: bool) -> None:
     root = site.cache_root
+    mode = GROUP_CACHE_DIR_MODE if gid != -1 else CACHE_DIR_MODE
     if not dry_run:
         try:
             settings.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -333,15 +358,15 @@ def _ensure_dirs(settings: Settings, site: Site, uid: int, gid: int, changes: li
         try:
             st = os.lstat(d)
         except FileNotFoundError:
-            changes.append(f"created {d}/ (mode {CACHE_DIR_MODE:o})")
+            changes.append(f"created {d}/ (mode {mode:o})")
             if dry_run:
                 continue
             try:
                 os.mkdir(d, CACHE_DIR_MODE)
                 created.append(d)
-                os.chmod(d, CACHE_DIR_MODE)  # the umask may have taken bits away
                 if uid != -1 or gid != -1:
-                    os.chown(d, uid, gid)
+                    os.chown(d, uid, gid)  # before the chmod: chown clears setgid
+                os.chmod(d, mode)  # the umask may have taken bits away
             except OSError as exc:
                 raise ProvisionError(f"cannot create {d}: {exc.strerror} (check the "
                                      "permissions of its parent)") from exc
@@ -350,15 +375,18 @@ def _ensure_dirs(settings: Settings, site: Site, uid: int, gid: int, changes: li
             raise ProvisionError(f"cannot inspect {d}: {exc.strerror}") from exc
         if not stat.S_ISDIR(st.st_mode):
             raise ProvisionError(f"{d} exists and is not a directory (move it away)")
-        if stat.S_IMODE(st.st_mode) != CACHE_DIR_MODE:
-            changes.append(f"mode of {d}/: {stat.S_IMODE(st.st_mode):o} -> {CACHE_DIR_MODE:o}")
-            if not dry_run:
-                _apply(os.chmod, d, CACHE_DIR_MODE)
         if (uid != -1 and st.st_uid != uid) or (gid != -1 and st.st_gid != gid):
             changes.append(f"owner of {d}/: {st.st_uid}:{st.st_gid} -> "
                            f"{uid if uid != -1 else st.st_uid}:{gid if gid != -1 else st.st_gid}")
             if not dry_run:
                 _apply(os.chown, d, uid, gid)
+                st = os.lstat(d)  # chown clears setgid: compare the mode afterwards
+        # Without a group asked for, a setgid tree (provisioned with one before) stays so.
+        want = mode | (stat.S_IMODE(st.st_mode) & stat.S_ISGID if gid == -1 else 0)
+        if stat.S_IMODE(st.st_mode) != want:
+            changes.append(f"mode of {d}/: {stat.S_IMODE(st.st_mode):o} -> {want:o}")
+            if not dry_run:
+                _apply(os.chmod, d, want)
 
 
 def _apply(fn: Any, path: Path, *args: int) -> None:

@@ -127,13 +127,21 @@ class Backend:
 
 @dataclass(frozen=True, kw_only=True)
 class SiteDatabase:
-    """A site's database; ``primary=None`` means the global ``[database]`` settings."""
+    """A site's database; ``primary=None`` means the global ``[database]`` settings.
+
+    ``primaries`` lists failover candidates instead of one ``primary`` (then ``primary`` is
+    the first of them); ``on_primary_down=None`` follows the global setting.
+    """
 
     primary: str | None = field(default=None, metadata={"url": True})
     replicas: tuple[str, ...] = field(default=(), metadata={"url": True})
     table_prefix: str = ""
+    primaries: tuple[str, ...] = field(default=(), metadata={"url": True})
+    on_primary_down: Literal["error", "read_only"] | None = None
 
     def __post_init__(self) -> None:
+        if self.primaries:
+            object.__setattr__(self, "primary", self.primaries[0])
         keep_urls_secret(self)
 
 
@@ -315,8 +323,20 @@ def _db_url(w: _Where, key: str, value: Any) -> str:
 
 
 def _database(w: _Where, doc: Mapping[str, Any]) -> SiteDatabase:
-    table = _table(w, doc, "database", ("primary", "replicas", "table_prefix"))
+    table = _table(w, doc, "database", ("on_primary_down", "primaries", "primary", "replicas",
+                                        "table_prefix"))
     primary = _db_url(w, "database.primary", table["primary"]) if "primary" in table else None
+    primaries = _get_str_list(w, "database.primaries", table.get("primaries", []),
+                              "mysql://...")
+    for candidate in primaries:
+        _db_url(w, "database.primaries", candidate)
+    if primary is not None and primaries:
+        raise w.bad("database.primary", "either primary or primaries", "both",
+                    "list every candidate in primaries and remove primary")
+    on_down = table.get("on_primary_down")
+    if on_down not in (None, "error", "read_only"):
+        raise w.bad("database.on_primary_down", '"error" or "read_only"', on_down,
+                    'write on_primary_down = "read_only"')
     replicas = _get_str_list(w, "database.replicas", table.get("replicas", []), "mysql://...")
     for replica in replicas:
         _db_url(w, "database.replicas", replica)
@@ -325,7 +345,8 @@ def _database(w: _Where, doc: Mapping[str, Any]) -> SiteDatabase:
     if not _PREFIX_RE.fullmatch(prefix):
         raise w.bad("database.table_prefix", "letters, digits and '_'", prefix,
                     'write table_prefix = "wp_"')
-    return SiteDatabase(primary=primary, replicas=replicas, table_prefix=prefix)
+    return SiteDatabase(primary=primary, replicas=replicas, table_prefix=prefix,
+                        primaries=tuple(primaries), on_primary_down=on_down)
 
 
 def _cache(w: _Where, doc: Mapping[str, Any], settings: Settings) -> SiteCache:
@@ -486,8 +507,12 @@ def site_document(site: Site, settings: Settings) -> dict[str, Any]:
             backend[key] = value
     doc["backend"] = backend
     db: dict[str, Any] = {}
-    if site.database.primary is not None:
+    if site.database.primaries:
+        db["primaries"] = list(site.database.primaries)
+    elif site.database.primary is not None:
         db["primary"] = site.database.primary
+    if site.database.on_primary_down is not None:
+        db["on_primary_down"] = site.database.on_primary_down
     if site.database.replicas:
         db["replicas"] = list(site.database.replicas)
     if site.database.table_prefix:

@@ -357,7 +357,7 @@ def test_cli_provision_idempotent_and_sites(config_file: Path) -> None:
     # shop's app is a name only: check tries to import it, as the shim would.
     assert code == 1 and "site shop: backend does not load" in err, err
     assert "upstream" not in err
-    code, out, _ = run(config_file, "deprovision", "shop")
+    code, out, _ = run(config_file, "deprovision", "shop", "--yes")
     assert code == 0 and "removed" in out
     code, out, _ = run(config_file, "sites", "--json")
     assert [s["name"] for s in json.loads(out)["sites"]] == ["blog"]

@@ -69,6 +69,7 @@ from tenantkit.cache.pagefile import (
     CachedPage,
     PageFiles,
     SidecarMeta,
+    file_mode,
     nginx_serves,
 )
 from tenantkit.cache.staleness import IF_ERROR, stale_horizon, stale_reason
@@ -131,6 +132,7 @@ class PageCache:
         self._stamp: ChangeStamp | None = None
         self._previous_memo: tuple[bytes, float | None] | None = None
         self._ensure_root()
+        self._file_mode = file_mode(self.root)  # 0640 in a group-owned (setgid) tree
 
     # --- layout ---------------------------------------------------------------------------
 
@@ -309,11 +311,11 @@ class PageCache:
         created = False
         try:
             try:
-                self._files.write(directory, data, meta, public=public)
+                self._files.write(directory, data, meta, public=public, mode=self._file_mode)
             except FileNotFoundError:
                 os.makedirs(directory, exist_ok=True)
                 created = True
-                self._files.write(directory, data, meta, public=public)
+                self._files.write(directory, data, meta, public=public, mode=self._file_mode)
             # purge_paths finds a path's own page without the index; its query variants
             # and every tagged page are found through it.
             for name in marker_names if query else marker_names[1:]:

@@ -58,6 +58,21 @@ _NGINX_HEADERS = frozenset({"content-type", "etag", "last-modified", "vary"})
 READ_RETRIES = 3
 #: Whatever the umask: nginx must be able to read the page.
 FILE_MODE = 0o644
+#: In a group-owned cache tree (its pages directory setgid, as ``provision --group`` or
+#: ``[cache] group`` makes it): readable by that group (nginx's), by no one else.
+GROUP_FILE_MODE = 0o640
+
+
+def file_mode(root: str | os.PathLike[str]) -> int:
+    """The mode of the page files under *root*: :data:`GROUP_FILE_MODE` when *root* is a
+    setgid directory (every file and directory below inherits its group), else
+    :data:`FILE_MODE`."""
+    try:
+        setgid = os.stat(root).st_mode & stat.S_ISGID
+    except OSError:
+        setgid = 0
+    return GROUP_FILE_MODE if setgid else FILE_MODE
+
 
 #: Non-blocking: a FIFO planted as a body must not hold the thread that opens it.
 _O_RDONLY = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
@@ -292,14 +307,14 @@ class PageFiles:
 
     @staticmethod
     def write(directory: str, body: bytes, meta: dict[str, Any], *,
-              public: bool = True) -> None:
+              public: bool = True, mode: int = FILE_MODE) -> None:
         """Store a page: one file, the body (given a unique identity) with its sidecar
         attached as an extended attribute (:data:`XATTR`), then remove the body under the
         other name. Where the attribute cannot be set (a file system without user extended
         attributes, a sidecar larger than it takes), the sidecar is written next to the body
         as :data:`META` instead. ``meta`` is the sidecar without ``ident``; ``public``: nginx
-        may serve the body (see :func:`nginx_serves`). FileNotFoundError when *directory*
-        is missing."""
+        may serve the body (see :func:`nginx_serves`); ``mode``: the files' (:func:`file_mode`).
+        FileNotFoundError when *directory* is missing."""
         name, other = (BODY, PRIVATE_BODY) if public else (PRIVATE_BODY, BODY)
         meta["body"] = name
         detached: list[bytes] = []
@@ -312,10 +327,10 @@ class PageFiles:
 
         # Inode numbers are reused at once on ext4: the modification time (to the
         # nanosecond, nginx's Last-Modified) makes the identity unique.
-        write_atomic(f"{directory}/{name}", body, mode=FILE_MODE, mtime_ns=time.time_ns(),
+        write_atomic(f"{directory}/{name}", body, mode=mode, mtime_ns=time.time_ns(),
                      before_rename=attach)
         if detached:
-            write_atomic(f"{directory}/{META}", detached[0], mode=FILE_MODE)
+            write_atomic(f"{directory}/{META}", detached[0], mode=mode)
         else:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(f"{directory}/{META}")  # left by a put that could not attach

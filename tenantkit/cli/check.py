@@ -138,6 +138,25 @@ def _database(url: str, what: str, timeout: float) -> Iterator[Problem]:
         yield Problem("error", f"{what} {shown}", f"does not answer: {first}")
 
 
+def _candidates(primaries: tuple[str, ...], label: str, timeout: float) -> Iterator[Problem]:
+    """Primary candidates: exactly one must be writable (a split brain, or none, is an error)."""
+    from tenantkit.db.primaries import PrimaryFinder
+
+    finder = PrimaryFinder([reveal(p) for p in primaries], connect_timeout=timeout)
+    try:
+        state = finder.check()
+    finally:
+        finder.close()
+    where = f"{label}primaries"
+    if state.split_brain:
+        yield Problem("error", where, f"split brain: {' and '.join(state.writable)} are all "
+                      "writable; writes are refused until exactly one is (SET GLOBAL "
+                      "read_only = 1 on the others)")
+    elif state.primary is None:
+        yield Problem("error", where, "no candidate is writable: writes fail until one is "
+                      "promoted (SET GLOBAL read_only = 0 on the new primary)")
+
+
 def _binlog_replicas(settings: Settings, sites: list[Site]) -> Iterator[Problem]:
     """The replicas ``invalidator --source binlog`` would read (sites with ``[meta]
     invalidation``) against the binlog source's needs
@@ -165,7 +184,9 @@ def _databases(settings: Settings, sites: list[Site]) -> Iterator[Problem]:
         if site is not None and not servers.own:
             continue
         label = f"site {site.name}: " if site is not None else ""
-        for url, replica in [(reveal(servers.primary), False),
+        if len(servers.primaries) > 1:
+            yield from _candidates(servers.primaries, label, settings.database.connect_timeout)
+        for url, replica in [*((reveal(p), False) for p in servers.primaries),
                              *((reveal(r), True) for r in servers.replicas)]:
             if url in seen:
                 continue
@@ -233,8 +254,10 @@ def _cache_tree(site: Site, settings: Settings, user: str) -> Iterator[Problem]:
     if who is None:
         return
     where = f"site {site.name}: cache tree"
-    fix = (f"run tenantkit provision {site.name} --group {_nginx_group(user)}, or "
-           f"chmod -R g+rX (with that group) / o+rX the cache tree")
+    group = _nginx_group(user)
+    fix = (f"run tenantkit provision {site.name} --group {group} (or set [cache] group = "
+           f'"{group}" and run tenantkit provision {site.name}), or chmod -R g+rX (with that '
+           "group) / o+rX the cache tree")
     chain = [Path(settings.cache_dir), site.cache_root, site.pages_dir]
     current = site.pages_dir / "current"
     with contextlib.suppress(RuntimeError, OSError):
@@ -245,9 +268,10 @@ def _cache_tree(site: Site, settings: Settings, user: str) -> Iterator[Problem]:
         except FileNotFoundError:  # made when the first page is stored
             return
         if not _allows(st, who, stat.S_IXOTH):
+            shared = directory == Path(settings.cache_dir)  # every site's: no group of one
             yield Problem("error", where, f"{_mode_text(directory, st)}: nginx ({user}) "
                           f"cannot enter it and falls through to the shim on every "
-                          f"page ({fix})")
+                          f"page ({f'chmod o+x {directory}' if shared else fix})")
             return
     if len(chain) < 4:
         return
@@ -301,34 +325,144 @@ def _nginx_group(user: str) -> str:
 
 # -- the purge self-test ----------------------------------------------------------------------
 
+class _StreamNodes:
+    """Every node's consumer group on the Redis stream, watched for one entry: a node has
+    dropped the probe once its group was given the entry and acknowledged it (its
+    invalidator acknowledges after the purge)."""
+
+    def __init__(self, settings: Settings) -> None:
+        from tenantkit.cache.transports.redis_streams import redis_client
+
+        self.client = redis_client(settings.bus.redis_url)
+        self.stream = settings.bus.stream
+        self.entry: str | None = None
+        self._entry_key = (0, 0)
+
+    def find(self, event_id: str) -> bool:
+        """Find the stream entry carrying the event *event_id* (just published)."""
+        entries: Any = self.client.xrevrange(self.stream, count=200) or []
+        for entry_id, fields in entries:
+            if event_id in _text((fields or {}).get(b"event", b"")):
+                self.entry = _text(entry_id)
+                self._entry_key = _entry_key(self.entry)
+                return True
+        return False
+
+    def _groups(self) -> dict[str, dict[str, Any]]:
+        import redis
+
+        try:
+            return {_text(g["name"]): g for g in self.client.xinfo_groups(self.stream)}
+        except redis.ResponseError:  # no stream: no node has ever joined
+            return {}
+
+    def groups(self) -> list[str]:
+        return sorted(self._groups())
+
+    def dropped(self, group: str) -> bool:
+        assert self.entry is not None
+        info = self._groups().get(group)
+        if info is None or _entry_key(_text(info.get("last-delivered-id"))) < self._entry_key:
+            return False
+        pending = self.client.xpending_range(self.stream, group, min=self.entry,
+                                             max=self.entry, count=1)
+        return not pending
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _text(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def _entry_key(entry_id: str) -> tuple[int, int]:
+    """A stream entry id ("1700000000000-3") as a comparable pair."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms or 0), int(seq or 0)
+
+
+def _node_name(group: str) -> str:
+    return group.removeprefix("tenantkit:")
+
+
 def _purge_self_test(settings: Settings, site: Site, timeout: float) -> dict[str, Any]:
     """Store a probe page in *site*'s cache, publish a purge of it through the configured
-    transport, and time how long until this node's cache dropped it."""
+    transport, and time how long until this node's cache dropped it and, over Redis, until
+    every node (every consumer group of the stream) acknowledged the purge."""
     from tenantkit.cache.caches import site_page_cache
     from tenantkit.cache.events import Purge
     from tenantkit.cache.publish import publish
+    from tenantkit.cache.transports.base import node_name
 
     cache = site_page_cache(site)
     host = next((h for h in site.hosts if not h.startswith(("*", ".", "~"))), "probe.invalid")
     path = f"/_tenantkit-probe/{os.getpid()}-{time.monotonic_ns()}/"
+    transport = settings.bus.transport
+    this_node = node_name(settings)
     if not cache.put(host, path, b"tenantkit check probe\n", ttl=max(int(timeout) + 60, 60)):
-        return {"stored": False, "purged": False, "seconds": None}
-    started = time.monotonic()
-    if settings.bus.transport == "local":
-        from tenantkit.cache.purge import action_for, purge
+        return {"stored": False, "purged": False, "transport": transport, "seconds": None,
+                "nodes": []}
+    event = Purge(site.name, paths=(path,), host=host, origin="check")
+    nodes: dict[str, float | None] = {}
+    streams = _StreamNodes(settings) if transport == "redis" else None
+    try:
+        started = time.monotonic()
+        if transport == "local":
+            from tenantkit.cache.purge import action_for, purge
 
-        event = Purge(site.name, paths=(path,), host=host, origin="check")
-        purge(cache, site, action_for(site, event))
-    else:
-        publish(Purge(site.name, paths=(path,), host=host, origin="check"), settings=settings)
-    while time.monotonic() - started < timeout:
-        page = cache.get(host, path)
-        if page is None or page.stale:  # a purged page is kept to be served as stale
-            return {"stored": True, "purged": True, "transport": settings.bus.transport,
-                    "seconds": round(time.monotonic() - started, 3)}
-        time.sleep(0.05)
-    return {"stored": True, "purged": False, "transport": settings.bus.transport,
-            "seconds": None}
+            purge(cache, site, action_for(site, event))
+        else:
+            publish(event, settings=settings, fallback=False)
+        if streams is not None and streams.find(event.id):
+            nodes = dict.fromkeys(streams.groups())
+        here: float | None = None
+        while True:
+            elapsed = round(time.monotonic() - started, 3)
+            if here is None:
+                page = cache.get(host, path)
+                if page is None or page.stale:  # a purged page is kept to be served stale
+                    here = elapsed
+            for group, seconds in nodes.items():
+                if seconds is None and streams is not None and streams.dropped(group):
+                    nodes[group] = elapsed
+            done = here is not None and all(s is not None for s in nodes.values())
+            if done or time.monotonic() - started >= timeout:
+                break
+            time.sleep(0.05)
+    finally:
+        if streams is not None:
+            streams.close()
+    report_nodes = [{"node": _node_name(g), "purged": s is not None, "seconds": s}
+                    for g, s in nodes.items()]
+    if not report_nodes:  # local or files transport: only this node can be seen
+        report_nodes = [{"node": this_node, "purged": here is not None, "seconds": here}]
+    return {"stored": True, "purged": here is not None and all(n["purged"] for n in report_nodes),
+            "transport": transport, "seconds": here, "node": this_node, "nodes": report_nodes}
+
+
+def _purge_problems(site: str, report: dict[str, Any], timeout: float) -> list[Problem]:
+    where = f"site {site}: purge self-test"
+    if not report["stored"]:
+        return [Problem("error", where, "the probe page could not be stored (is the cache "
+                                        "directory writable?)")]
+    found = []
+    if report["seconds"] is None:
+        found.append(Problem("error", where, f"the probe page was not purged within "
+                                             f"{timeout:g}s on this node ({report['node']}): is "
+                                             "the invalidator running on this node?"))
+    for node in report["nodes"]:
+        if not node["purged"] and node["node"] != report["node"]:
+            found.append(Problem("error", where, f"node {node['node']} did not acknowledge the "
+                                                 f"purge within {timeout:g}s: is its "
+                                                 "invalidator running? (a node that is gone for "
+                                                 "good: remove its consumer group, XGROUP "
+                                                 f"DESTROY <stream> tenantkit:{node['node']})"))
+        elif not node["purged"] and report["seconds"] is not None:
+            found.append(Problem("error", where, f"this node ({node['node']}) dropped the page "
+                                                 "but its invalidator did not acknowledge the "
+                                                 f"purge within {timeout:g}s"))
+    return found
 
 
 # -- the command ------------------------------------------------------------------------------
@@ -379,12 +513,7 @@ def check_command(info: ScriptInfo, as_json: bool, offline: bool, nginx_user: st
                 raise TenantkitUsageError(f"--purge {purge_site!r}: no such site (known: "
                                           f"{', '.join(s.name for s in sites) or 'none'})")
             report = _purge_self_test(settings, registry.sites[purge_site], timeout)
-            if not report["purged"]:
-                problems.append(Problem("error", f"site {purge_site}: purge self-test",
-                                        f"the probe page was not purged within {timeout:g}s "
-                                        "(is the invalidator running on this node?)"
-                                        if report["stored"] else "the probe page could not "
-                                        "be stored (is the cache directory writable?)"))
+            problems += _purge_problems(purge_site, report, timeout)
     errors = [p for p in problems if p.level == "error"]
     if as_json:
         click.echo(json.dumps({"ok": not errors, "sites": len(sites),
@@ -393,9 +522,10 @@ def check_command(info: ScriptInfo, as_json: bool, offline: bool, nginx_user: st
     else:
         for p in problems:
             click.echo(f"{p.level}: {p.where}: {p.message}", err=True)
-        if report.get("purged"):
-            click.echo(f"purge self-test: {purge_site}'s probe page was purged over "
-                       f"{report['transport']} in {report['seconds']:.3f}s")
+        for node in report.get("nodes", []):
+            if node["purged"]:
+                click.echo(f"purge self-test: node {node['node']} dropped {purge_site}'s probe "
+                           f"page over {report['transport']} in {node['seconds']:.3f}s")
     if errors:
         raise TenantkitFailure(f"{len(errors)} problem(s) found")
     if not as_json:

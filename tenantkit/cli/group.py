@@ -11,12 +11,18 @@ Command modules add their commands to :data:`cli`::
 
 from __future__ import annotations
 
+import functools
+import json
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
 import click
 
 from tenantkit.config import Settings
 from tenantkit.errors import ConfigError
 
-__all__ = ["ScriptInfo", "TenantkitFailure", "TenantkitUsageError", "cli", "pass_info"]
+__all__ = ["ScriptInfo", "TenantkitFailure", "TenantkitUsageError", "cli", "json_failures",
+           "pass_info"]
 
 
 class TenantkitUsageError(click.UsageError):
@@ -57,6 +63,35 @@ class ScriptInfo:
 
 
 pass_info = click.make_pass_decorator(ScriptInfo, ensure=True)
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def json_failures(command: Callable[_P, _R]) -> Callable[_P, _R]:
+    """For a command with ``--json`` (parameter ``as_json``): a failure is also one JSON
+    object on stdout, ``{"ok": false, "error": "...", "exit_code": 1}``, so a script reading
+    stdout always gets JSON; the message still goes to stderr and the exit code is the same
+    (1: the work failed, 2: bad usage)::
+
+        @cli.command("purge")
+        @click.option("--json", "as_json", is_flag=True)
+        @pass_info
+        @json_failures
+        def purge_command(info: ScriptInfo, as_json: bool) -> None: ...
+    """
+
+    @functools.wraps(command)
+    def run(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return command(*args, **kwargs)
+        except click.ClickException as exc:
+            if kwargs.get("as_json"):
+                click.echo(json.dumps({"ok": False, "error": exc.format_message(),
+                                       "exit_code": exc.exit_code}, indent=2))
+            raise
+
+    return run
 
 
 @click.group(

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import click
 
-from tenantkit.cli.group import ScriptInfo, TenantkitFailure, TenantkitUsageError, cli, pass_info
+from tenantkit.cli.group import (
+    ScriptInfo,
+    TenantkitFailure,
+    TenantkitUsageError,
+    cli,
+    json_failures,
+    pass_info,
+)
 from tenantkit.config import Settings
 from tenantkit.errors import TenantkitError
 
@@ -25,10 +33,15 @@ def _load_registry(settings: Settings) -> Any:
 @click.option("--tag", "tags", multiple=True, metavar="TAG",
               help="Purge every page with this tag: post:42, home, feed, ... (repeatable).")
 @click.option("--all", "purge_all", is_flag=True, help="Flush the whole site.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_info
+@json_failures
 def purge_command(info: ScriptInfo, site: str, paths: tuple[str, ...], host: str | None,
-                  tags: tuple[str, ...], purge_all: bool) -> None:
-    """Purge SITE's page cache on every node (publishes a purge event)."""
+                  tags: tuple[str, ...], purge_all: bool, as_json: bool = False) -> None:
+    """Purge SITE's page cache on every node (publishes a purge event).
+
+    Exit codes: 0 purged (or published), 1 the purge failed (nothing was published), 2 bad
+    usage."""
     from tenantkit.cache.caches import site_page_cache
     from tenantkit.cache.events import Purge
     from tenantkit.cache.publish import publish
@@ -62,9 +75,17 @@ def purge_command(info: ScriptInfo, site: str, paths: tuple[str, ...], host: str
         if settings.bus.transport == "local":  # no bus to other nodes: purge here and now
             chosen = registry.sites[site]
             purge(site_page_cache(chosen), chosen, action_for(chosen, event))
-            click.echo(f"purged {site}")
+            text = f"purged {site}"
         else:
             publish(event, settings=settings, fallback=False)
-            click.echo(f"published a purge of {site} over {settings.bus.transport}")
+            text = f"published a purge of {site} over {settings.bus.transport}"
     except TenantkitError as exc:
         raise TenantkitFailure(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps({
+            "ok": True, "site": site, "transport": settings.bus.transport,
+            "published": settings.bus.transport != "local", "event": event.id,
+            "paths": list(paths), "host": host, "tags": list(tags), "all": purge_all,
+        }, indent=2))
+    else:
+        click.echo(text)

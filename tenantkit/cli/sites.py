@@ -8,7 +8,14 @@ from typing import Any
 
 import click
 
-from tenantkit.cli.group import ScriptInfo, TenantkitFailure, TenantkitUsageError, cli, pass_info
+from tenantkit.cli.group import (
+    ScriptInfo,
+    TenantkitFailure,
+    TenantkitUsageError,
+    cli,
+    json_failures,
+    pass_info,
+)
 from tenantkit.config import Settings, mask_url
 from tenantkit.errors import ForumMapError
 from tenantkit.sites import Site
@@ -51,7 +58,9 @@ def _provision_errors(exc: Exception) -> click.ClickException:
               help="A replica URL for reads (repeat for several).")
 @click.option("--table-prefix", metavar="PREFIX", help="Table name prefix, e.g. wp_.")
 @click.option("--owner", metavar="USER", help="Owner of the cache directories.")
-@click.option("--group", metavar="GROUP", help="Group of the cache directories.")
+@click.option("--group", metavar="GROUP",
+              help="The group nginx reads the cache with (default: [cache] group): the "
+                   "cache directories get it, mode 2750 (setgid), pages 0640.")
 @click.option("--dry-run", is_flag=True,
               help="Validate and show what would change; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -69,6 +78,7 @@ def _provision_errors(exc: Exception) -> click.ClickException:
               help="The site's public base URL, e.g. https://forum.example.org ([meta] "
                    "base_url: what PunBB builds its links and checks its forms with).")
 @pass_info
+@json_failures
 def provision_command(
     info: ScriptInfo, name: str, hosts: tuple[str, ...], backend_spec: str | None,
     upstream: str | None, db_primary: str | None, replicas: tuple[str, ...],
@@ -111,6 +121,7 @@ def provision_command(
         database = replace(
             database,
             primary=db_primary if db_primary is not None else database.primary,
+            primaries=() if db_primary is not None else database.primaries,
             replicas=replicas or database.replicas,
             table_prefix=table_prefix if table_prefix is not None else database.table_prefix,
         )
@@ -154,7 +165,7 @@ def provision_command(
         return
     if as_json:
         click.echo(json.dumps({
-            "site": name, "path": str(result.path), "created": result.created,
+            "ok": True, "site": name, "path": str(result.path), "created": result.created,
             "changed": result.changed, "dry_run": result.dry_run,
             "changes": list(result.changes), "hosts": list(result.site.hosts),
         }, indent=2), err=punbb_config)
@@ -167,17 +178,43 @@ def provision_command(
 @cli.command("deprovision")
 @click.argument("name")
 @click.option("--keep-cache", is_flag=True, help="Keep the cache tree; remove only the site file.")
+@click.option("--yes", "-y", "yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (needs --yes).")
 @pass_info
-def deprovision_command(info: ScriptInfo, name: str, keep_cache: bool) -> None:
-    """Remove site NAME: its site file first, then its cache tree."""
+@json_failures
+def deprovision_command(info: ScriptInfo, name: str, keep_cache: bool, yes: bool = False,
+                        as_json: bool = False) -> None:
+    """Remove site NAME: its site file first, then its cache tree. Asks first, unless --yes.
+
+    Exit codes: 0 removed (or nothing to remove), 1 the removal failed or was declined, 2 bad
+    usage."""
     from tenantkit.errors import ProvisionError
     from tenantkit.provision import deprovision
+    from tenantkit.sites import validate_name
 
     try:
-        result = deprovision(info.settings, name, keep_cache=keep_cache)
+        validate_name(name)
+    except ValueError as exc:
+        raise TenantkitUsageError(str(exc)) from exc
+    settings = info.settings
+    if not yes:
+        if as_json:
+            raise TenantkitUsageError("--json asks no questions: add --yes to remove "
+                                      f"site {name}")
+        what = "its site file" + ("" if keep_cache else " and its cache tree "
+                                  f"{settings.cache_dir / name}/")
+        if not click.confirm(f"Remove site {name} ({what})?", default=False, err=True):
+            raise TenantkitFailure(f"site {name} was not removed (answer y, or pass --yes)")
+    try:
+        result = deprovision(settings, name, keep_cache=keep_cache)
     except (ValueError, ProvisionError) as exc:
         raise _provision_errors(exc) from exc
-    click.echo(result.summary())
+    if as_json:
+        click.echo(json.dumps({"ok": True, "site": name, "removed_file": result.removed_file,
+                               "removed_cache": result.removed_cache,
+                               "changes": list(result.changes)}, indent=2))
+    else:
+        click.echo(result.summary())
 
 
 def _site_row(site: Any, settings: Settings) -> dict[str, Any]:
@@ -196,6 +233,8 @@ def _site_row(site: Any, settings: Settings) -> dict[str, Any]:
         "cache_root": str(site.cache_root),
         "path": str(site.path) if site.path else None,
         "database": {"primary": mask_url(str(servers.primary)),
+                     "primaries": [mask_url(str(p)) for p in servers.primaries],
+                     "on_primary_down": servers.on_primary_down,
                      "replicas": [mask_url(str(r)) for r in servers.replicas],
                      "own": servers.own, "table_prefix": site.database.table_prefix},
         "cache": {"enabled": site.cache.enabled, "ttl": site.cache.ttl,

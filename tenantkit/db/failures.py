@@ -13,11 +13,16 @@
     timed_out(exc)             # the server stopped answering (read_timeout/write_timeout)
     socket_closed(dbapi_conn)  # the server closed this idle connection (EOF on its socket)
 
-The verdict is SQLAlchemy's ``dialect.is_disconnect`` (for MySQL/MariaDB: errors 1927,
-2006, 2013, 2014, 2045, 2055, 4031 and a closed connection), plus what a router also counts
+The verdict is :data:`CONNECTION_LOST` (MySQL's and MariaDB's "connection lost" errors,
+which SQLAlchemy's ``dialect.is_disconnect`` also knows) and ``dialect.is_disconnect`` (a
+closed connection and the like), plus what a router also counts
 as a dead host and the dialect does not, because SQLAlchemy handles connect errors apart:
 the server cannot be reached (2002, 2003), is shutting down (1053), a socket error, and any
 ``InterfaceError``.
+
+:data:`CONNECTION_LOST` is the one list of those codes: ``contrib/wp-db-router.php`` carries
+a generated copy (``python -m tenantkit.db.phpkeywords`` writes it), so the PHP drop-in
+reconnects on exactly the errors the Python router does.
 """
 
 from __future__ import annotations
@@ -28,12 +33,19 @@ from typing import Any, cast
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Dialect
 
-__all__ = ["NOT_SENT", "describe", "error_code", "is_connection_error", "socket_closed",
-           "timed_out"]
+__all__ = ["CONNECTION_LOST", "NOT_SENT", "describe", "error_code", "is_connection_error",
+           "socket_closed", "timed_out"]
 
 # Connect-time errors, which Dialect.is_disconnect leaves to the pool's connect handling.
 _CANNOT_CONNECT = frozenset({2002, 2003, 1053})
+# The driver error classes a lost connection's number comes in (as in is_disconnect).
+_LOST_CLASSES = frozenset({"OperationalError", "ProgrammingError"})
 NOT_SENT = frozenset({2002, 2003, 2006})  # the statement cannot have run
+#: The connection was lost (the statement, if sent, may or may not have run): 2006 server
+#: gone away, 2013 lost during query, 2014 commands out of sync, 2045 and 2055 lost while
+#: reading/writing, 1927 connection killed, 4031 disconnected by the server for inactivity.
+#: A read is retried once on a new connection; a write fails (unless it was NOT_SENT).
+CONNECTION_LOST = frozenset({1927, 2006, 2013, 2014, 2045, 2055, 4031})
 
 
 def error_code(exc: BaseException) -> int | None:
@@ -56,6 +68,8 @@ def is_connection_error(exc: BaseException, dialect: Dialect) -> bool:
     if name == "InterfaceError":
         return True
     if name == "OperationalError" and error_code(exc) in _CANNOT_CONNECT:
+        return True
+    if name in _LOST_CLASSES and error_code(exc) in CONNECTION_LOST:
         return True
     dbapi = dialect.dbapi
     if dbapi is None or not isinstance(exc, dbapi.Error):

@@ -11,7 +11,10 @@ its own too::
     health.close()                 # stops the thread, disposes the probe engines
 
 A probe opens a short-lived connection (``connect_timeout``, ``read_timeout``) and reads
-``SHOW SLAVE STATUS``: a replica whose IO or SQL thread is not running, or whose
+``SHOW REPLICA STATUS`` (MariaDB >= 10.5.1, MySQL >= 8.0.22; MySQL 8.4 has only this one),
+falling back to ``SHOW SLAVE STATUS`` on a server that does not know it (remembered per
+replica); MySQL's ``Replica_*``/``*_Source`` columns are read as their ``Slave_*``/
+``*_Master`` names. A replica whose IO or SQL thread is not running, or whose
 ``Seconds_Behind_Master`` is NULL, is *stopped* (but one whose IO thread is only
 *Connecting*, because the primary is down, stays usable: it is the freshest copy there is);
 one behind by more than ``lag_threshold`` seconds is *lagging*; one that cannot be reached
@@ -35,7 +38,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -48,7 +51,7 @@ from tenantkit.config import mask_url
 from tenantkit.db.failures import error_code
 from tenantkit.db.servers import connect_args
 
-__all__ = ["ReplicaHealth", "ReplicaState", "Status"]
+__all__ = ["STATUS_STATEMENTS", "ReplicaHealth", "ReplicaState", "Status", "replica_row"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +59,22 @@ Status = Literal["ok", "lagging", "stopped", "down", "unknown"]
 _TABLE_NAME = re.compile(r"[A-Za-z0-9_$]{1,64}(\.[A-Za-z0-9_$]{1,64})?")
 _CONFIRMED_MAX = 256
 _NO_PRIVILEGE = frozenset({1227, 1142, 1044})
+_SYNTAX_ERROR = 1064
+#: The replica-status statements, newest first (a server that rejects one gets the next).
+STATUS_STATEMENTS = ("SHOW REPLICA STATUS", "SHOW SLAVE STATUS")
+# MySQL >= 8.0.22 names in SHOW REPLICA STATUS -> the names the verdict reads.
+_MYSQL_COLUMNS = {"Replica_IO_Running": "Slave_IO_Running",
+                  "Replica_SQL_Running": "Slave_SQL_Running",
+                  "Seconds_Behind_Source": "Seconds_Behind_Master"}
+
+
+def replica_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A replica-status row with MySQL's new column names read as the classic ones."""
+    out = dict(row)
+    for new, old in _MYSQL_COLUMNS.items():
+        if new in out and old not in out:
+            out[old] = out[new]
+    return out
 
 
 @dataclass(frozen=True)
@@ -105,6 +124,7 @@ class ReplicaHealth:
         self._urls = [r.url if isinstance(r, Engine) else make_url(r) for r in replicas]
         self.names = [masked(u) for u in self._urls]
         self._engines: list[Engine | None] = [None] * len(self._urls)
+        self._status_sql = [0] * len(self._urls)  # index into STATUS_STATEMENTS
         now = clock()
         self._states = [ReplicaState(n, "unknown", None, now, 0.0) for n in self.names]
         self._confirmed: list[OrderedDict[str, None]] = [OrderedDict() for _ in self._urls]
@@ -189,20 +209,20 @@ class ReplicaHealth:
                     ).one()
                     return self._heartbeat_verdict(value[0], value[1])
                 try:
-                    row = conn.execute(text("SHOW SLAVE STATUS")).mappings().first()
+                    row = self._replica_status(conn, index)
                 except DBAPIError as exc:
                     if error_code(exc) not in _NO_PRIVILEGE:
                         raise
                     # Reachable but not allowed to look: usable, lag unknown.
                     return "ok", None, (
-                        "cannot read SHOW SLAVE STATUS (grant the user SLAVE MONITOR on "
+                        "cannot read the replica status (grant the user SLAVE MONITOR on "
                         "MariaDB or REPLICATION CLIENT on MySQL, or set heartbeat_table); "
                         "lag is not measured"
                     )
         except Exception as exc:
             return "down", None, f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
         if row is None:
-            return "stopped", None, "not replicating (SHOW SLAVE STATUS is empty)"
+            return "stopped", None, "not replicating (the replica status is empty)"
         io, sql = row.get("Slave_IO_Running"), row.get("Slave_SQL_Running")
         if sql == "Yes" and io == "Connecting":
             # The primary is unreachable: the replica has applied all it could get, and is
@@ -217,6 +237,22 @@ class ReplicaHealth:
         if lag is None:
             return "stopped", None, "Seconds_Behind_Master is NULL"
         return self._lag_verdict(float(lag))
+
+    def _replica_status(self, conn: Any, index: int) -> dict[str, Any] | None:
+        """The replica-status row: SHOW REPLICA STATUS, else SHOW SLAVE STATUS."""
+        while True:
+            statement = STATUS_STATEMENTS[self._status_sql[index]]
+            try:
+                row = conn.execute(text(statement)).mappings().first()
+            except DBAPIError as exc:
+                last = self._status_sql[index] + 1 >= len(STATUS_STATEMENTS)
+                if error_code(exc) != _SYNTAX_ERROR or last:
+                    raise
+                self._status_sql[index] += 1  # an older server: use the older statement
+                logger.info("replica %s does not know %s: using %s", self.names[index],
+                            statement, STATUS_STATEMENTS[self._status_sql[index]])
+                continue
+            return replica_row(row) if row is not None else None
 
     def _heartbeat_verdict(self, ts: Any, now: Any) -> tuple[Status, float | None, str | None]:
         if ts is None:

@@ -20,6 +20,15 @@
 the ``[database]`` settings or a site file (a site without its own ``primary`` uses the
 settings' servers).
 
+**Failover.** ``Router([url1, url2, ...], replicas)`` (``primaries = [...]`` in the
+settings) takes primary candidates: writes go to the one with ``@@read_only = 0``, found off
+the request path by a :class:`~tenantkit.db.primaries.PrimaryFinder` (on first use, every
+``primary_check_interval`` seconds, and at once after a write fails because its server went
+read-only or away). More than one writable: :class:`~tenantkit.errors.SplitBrain`, writes
+refused, reads go on. ``router.primary_state()`` is the verdict; ``router.primary_outage()``
+is true while writes cannot proceed and the site's ``on_primary_down`` is ``"read_only"``
+(the page cache then serves stale pages). One candidate: exactly the single-primary router.
+
 **How it routes.** The Engine behind ``session()`` and ``connect()`` hands SQLAlchemy one
 DB-API connection that holds up to two real ones ("legs", checked out of one Engine per
 server): the primary and one replica. Each ``cursor.execute`` is routed on its final SQL
@@ -69,6 +78,7 @@ everything goes to the one server.
 (:mod:`tenantkit.db.cursor`: its cursor). :mod:`tenantkit.db.tokens`: the tokens.
 :mod:`tenantkit.db.failures`: which driver errors mean a dead server.
 :mod:`tenantkit.db.servers`: which servers a site uses.
+:mod:`tenantkit.db.primaries`: which primary candidate takes writes now.
 """
 
 from __future__ import annotations
@@ -89,6 +99,7 @@ from tenantkit.config import Settings
 from tenantkit.db.classify import statement_role
 from tenantkit.db.failures import describe
 from tenantkit.db.health import ReplicaHealth, masked
+from tenantkit.db.primaries import PrimaryFinder, PrimaryState
 from tenantkit.db.servers import connect_args, site_servers
 from tenantkit.db.session import RoutingConnection
 from tenantkit.db.tokens import ConsistencyToken, TokenScope
@@ -139,7 +150,7 @@ class Router:
 
     def __init__(
         self,
-        primary: str | URL | Engine,
+        primary: str | URL | Engine | Sequence[str | URL | Engine],
         replicas: Sequence[str | URL | Engine] = (),
         *,
         read_your_writes: Mode = "gtid",
@@ -154,6 +165,8 @@ class Router:
         engine_options: Mapping[str, Any] | None = None,
         health_interval: float = 1.0,
         heartbeat_table: str | None = None,
+        on_primary_down: Literal["error", "read_only"] = "error",
+        primary_check_interval: float = 2.0,
     ) -> None:
         if read_your_writes not in ("gtid", "pin", "off"):
             raise ConfigError(
@@ -177,7 +190,22 @@ class Router:
         self.read_timeout = read_timeout
         self.replica_read_timeout = replica_read_timeout
         self.write_timeout = write_timeout
-        self._primary = _Server(primary, options, connect_timeout, read_timeout, write_timeout)
+        if on_primary_down not in ("error", "read_only"):
+            raise ConfigError(f'on_primary_down: expected "error" or "read_only", got '
+                              f"{on_primary_down!r}")
+        self.on_primary_down = on_primary_down
+        candidates = ([primary] if isinstance(primary, str | URL | Engine) else list(primary))
+        if not candidates:
+            raise ConfigError("primary: expected a URL or a list of candidate URLs, got []")
+        self._candidates = [_Server(c, options, connect_timeout, read_timeout, write_timeout)
+                            for c in candidates]
+        # Probes on connections of their own, bounded by connect_timeout (a hung candidate
+        # must not hold the finder for a whole read_timeout); an Engine given is used as is.
+        self.finder = PrimaryFinder([c.engine.url if c.owned else c.engine
+                                     for c in self._candidates],
+                                    connect_timeout=connect_timeout,
+                                    interval=primary_check_interval)
+        self._down_server: _Server | None = None
         self._replicas = [_Server(r, options, connect_timeout, replica_read_timeout,
                                   write_timeout) for r in replicas]
         self.health = ReplicaHealth(
@@ -193,7 +221,7 @@ class Router:
         self._stats: dict[tuple[str, str], int] = {}
         self._stats_lock = threading.Lock()
         self._closed = False
-        if self._replicas:
+        if self._replicas or not self.finder.single:
             pool_options = {k: v for k, v in options.items()
                             if k in ("pool_size", "max_overflow", "pool_timeout",
                                      "pool_recycle", "echo", "echo_pool", "logging_name")}
@@ -202,6 +230,7 @@ class Router:
                 **pool_options,
             )
             self.health.start()
+            self.finder.start()
         else:
             self._routing = self._primary.engine
             event.listen(self._routing, "before_cursor_execute", self._one_server_execute)
@@ -215,8 +244,9 @@ class Router:
     def from_settings(cls, settings: Settings | DatabaseSettings, **kwargs: Any) -> Router:
         """A Router for the ``[database]`` settings (a ``Settings`` or its ``database``)."""
         db = settings.database if isinstance(settings, Settings) else settings
+        kwargs.setdefault("on_primary_down", db.on_primary_down)
         return cls(
-            db.primary, db.replicas, read_your_writes=db.read_your_writes,
+            list(db.candidates), db.replicas, read_your_writes=db.read_your_writes,
             pin_seconds=db.pin_seconds, gtid_wait_timeout=db.gtid_wait_timeout,
             lag_threshold=db.lag_threshold, connect_timeout=db.connect_timeout,
             read_timeout=db.read_timeout, replica_read_timeout=db.replica_read_timeout,
@@ -230,8 +260,9 @@ class Router:
         modes come from *settings* (default: the embedded defaults)."""
         servers = site_servers(site, settings)
         db = servers.options
+        kwargs.setdefault("on_primary_down", servers.on_primary_down)
         return cls(
-            servers.primary, servers.replicas,
+            list(servers.primaries), servers.replicas,
             read_your_writes=db.read_your_writes, pin_seconds=db.pin_seconds,
             gtid_wait_timeout=db.gtid_wait_timeout, lag_threshold=db.lag_threshold,
             connect_timeout=db.connect_timeout, read_timeout=db.read_timeout,
@@ -276,7 +307,7 @@ class Router:
             return self._primary.engine
         if role != "write":
             raise ValueError(f'role: expected "read" or "write", got {role!r}')
-        return self._primary.engine
+        return self._writable_primary().engine
 
     @property
     def routing_engine(self) -> Engine:
@@ -316,9 +347,10 @@ class Router:
             return
         self._closed = True
         self.health.close()
+        self.finder.close()
         if self._routing is not self._primary.engine:
             self._routing.dispose()
-        for server in (self._primary, *self._replicas):
+        for server in (*self._candidates, *self._replicas):
             if server.owned:
                 server.engine.dispose()
 
@@ -330,8 +362,41 @@ class Router:
 
     def __repr__(self) -> str:
         replicas = ", ".join(r.name for r in self._replicas)
-        return (f"Router(primary={self._primary.name!r}, replicas=[{replicas}], "
+        if self.finder.single:
+            primary = f"primary={self._primary.name!r}"
+        else:
+            primary = f"primaries=[{', '.join(c.name for c in self._candidates)}]"
+        return (f"Router({primary}, replicas=[{replicas}], "
                 f"read_your_writes={self.read_your_writes!r})")
+
+    # --- the primary now (failover) -------------------------------------------------------
+
+    @property
+    def _primary(self) -> _Server:
+        """The primary of the last verdict (the first candidate before any)."""
+        index = self.finder.state().index
+        return self._candidates[index if index is not None else 0]
+
+    def _writable_primary(self) -> _Server:
+        """The one writable candidate now; SplitBrain or PrimaryUnavailable otherwise."""
+        return self._candidates[self.finder.writable()]
+
+    def primary_state(self) -> PrimaryState:
+        """Which candidate is the primary, since when, and a split brain
+        (:class:`~tenantkit.db.primaries.PrimaryState`)."""
+        return self.finder.state()
+
+    def primary_outage(self) -> bool:
+        """True while writes cannot proceed (no writable candidate, a split brain, or the
+        primary marked down after a failure) and ``on_primary_down`` is ``"read_only"``: the
+        page cache serves stale pages instead of errors then."""
+        if self.on_primary_down != "read_only":
+            return False
+        state = self.finder.state()
+        if state.known and state.index is None:
+            return True
+        return (self._down_server is self._primary
+                and time.monotonic() < self._primary_retry_at)
 
     # --- internals shared with the routing connection ---------------------------------------
 
@@ -358,14 +423,36 @@ class Router:
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("commit on primary: token %s", token.dumps())
 
-    def _primary_down(self, exc: BaseException) -> PrimaryUnavailable:
-        self._primary_retry_at = time.monotonic() + self.dead_host_cooldown
-        logger.warning("primary %s unavailable (retrying after %gs): %s", self._primary.name,
-                       self.dead_host_cooldown, exc)
+    def _primary_down(self, exc: BaseException,
+                      server: _Server | None = None) -> PrimaryUnavailable:
+        server = server or self._primary
+        self.finder.suspect()
+        now = time.monotonic()
+        # One primary: skip it for the cooldown. Candidates: the finder decides where writes
+        # go; pause this one only until the finder's next probe (logged once per outage).
+        single = self.finder.single
+        pause = self.dead_host_cooldown if single else min(self.dead_host_cooldown,
+                                                           self.finder.outage_interval)
+        if single or self._down_server is not server or now >= self._primary_retry_at:
+            logger.warning("primary %s unavailable (retrying after %gs): %s", server.name,
+                           pause, describe(exc))
+        self._down_server = server
+        self._primary_retry_at = now + pause
         return PrimaryUnavailable(
-            f"primary {self._primary.name} cannot be reached: {describe(exc)} (writes stop "
+            f"primary {server.name} cannot be reached: {describe(exc)} (writes stop "
             f"until it is back; tried again after {self.dead_host_cooldown:g}s; reads still "
             "go to the replicas)"
+        )
+
+    def _read_only_primary(self, exc: BaseException, server: Any) -> PrimaryUnavailable:
+        """The primary refused a write as read-only: a switchover or failover is under way.
+        Probe the candidates now; this write fails (it did not run) and the next goes to the
+        new primary if there is one."""
+        self.finder.recheck(time.time())
+        name = server.name if isinstance(server, _Server) else self._primary.name
+        return PrimaryUnavailable(
+            f"primary {name} refused the write, it is read-only now ({describe(exc)}): a "
+            "failover? The candidates are being checked; retry the write in a moment"
         )
 
     def _before_flush(self, session: Session, flush_context: Any, instances: Any) -> None:

@@ -3,15 +3,19 @@
 ::
 
     servers = site_servers(site, settings)
-    servers.primary            # where the site's writes go
+    servers.primary            # where the site's writes go (its first candidate)
+    servers.primaries          # every primary candidate (one: today's single primary)
+    servers.on_primary_down    # "error" | "read_only" (serve stale pages while down)
     servers.replicas           # where its reads go (may be empty: reads from the primary)
     servers.options            # timeouts and modes: always the global [database] table
     servers.connect_args(url)  # {"connect_timeout": 2, "read_timeout": 30, "write_timeout": 30}
                                # for a MySQL URL (a replica's: replica_read_timeout), {} otherwise
     connect_args(url, 2.5, read_timeout=10)   # the same rule for any timeouts (a Router's own)
 
-The rule: the primary is the site's own ``[database] primary``, else the global one. The
-replicas are the site's own ``replicas`` when it names a primary or lists replicas (a site with
+The rule: the primary is the site's own ``[database] primary`` (or ``primaries``), else the
+global one; with several candidates the writable one is found at run time
+(:mod:`tenantkit.db.primaries`). ``on_primary_down`` is the site's own, else the global one.
+The replicas are the site's own ``replicas`` when it names a primary or lists replicas (a site with
 its own primary and no replicas has none: the global replicas replicate another primary), else
 the global ones. The Router, the
 Invalidator's replica wait, the WordPress and the PunBB exports all ask :func:`site_servers`.
@@ -62,6 +66,12 @@ class Servers:
     replicas: tuple[str, ...]
     options: DatabaseSettings
     own: bool
+    primaries: tuple[str, ...] = ()
+    on_primary_down: str = "error"
+
+    def __post_init__(self) -> None:
+        if not self.primaries:
+            object.__setattr__(self, "primaries", (self.primary,))
 
     @property
     def source(self) -> str:
@@ -82,8 +92,8 @@ class Servers:
 
     def __repr__(self) -> str:
         replicas = ", ".join(mask_url(r) for r in self.replicas)
-        return (f"Servers(primary={mask_url(self.primary)!r}, replicas=[{replicas}], "
-                f"own={self.own})")
+        primaries = ", ".join(mask_url(p) for p in self.primaries)
+        return (f"Servers(primaries=[{primaries}], replicas=[{replicas}], own={self.own})")
 
 
 def site_servers(site: Site | None, settings: Settings | None = None) -> Servers:
@@ -92,8 +102,12 @@ def site_servers(site: Site | None, settings: Settings | None = None) -> Servers
     options = (settings or Settings()).database
     if site is None:
         return Servers(primary=options.primary, replicas=tuple(options.replicas),
-                       options=options, own=False)
-    own = site.database.primary is not None
-    replicas = site.database.replicas if own or site.database.replicas else options.replicas
-    return Servers(primary=site.database.primary or options.primary, replicas=tuple(replicas),
-                   options=options, own=own)
+                       options=options, own=False, primaries=options.candidates,
+                       on_primary_down=options.on_primary_down)
+    db = site.database
+    own = db.primary is not None
+    replicas = db.replicas if own or db.replicas else options.replicas
+    primaries = (db.primaries or (db.primary,)) if db.primary is not None else options.candidates
+    return Servers(primary=db.primary or options.primary, replicas=tuple(replicas),
+                   options=options, own=own, primaries=tuple(primaries),
+                   on_primary_down=db.on_primary_down or options.on_primary_down)

@@ -47,6 +47,7 @@ from tenantkit.db.failures import (
     timed_out,
 )
 from tenantkit.db.gtid import last_gtid_dbapi, wait_for_gtid_dbapi
+from tenantkit.db.primaries import READ_ONLY_ERRORS
 from tenantkit.errors import PrimaryUnavailable
 
 if TYPE_CHECKING:
@@ -62,9 +63,11 @@ _TX_CONTROL = re.compile(r"\s*(COMMIT|ROLLBACK)(?:\s+WORK)?\s*;?\s*\Z", re.IGNOR
 class Leg:
     """A checked-out connection of one server."""
 
-    __slots__ = ("dbapi", "dialect", "fairy", "index", "used")
+    __slots__ = ("dbapi", "dialect", "fairy", "index", "server", "used")
 
-    def __init__(self, fairy: Any, index: int, dialect: Dialect) -> None:
+    def __init__(self, fairy: Any, index: int, dialect: Dialect,
+                 server: object = None) -> None:
+        self.server = server  # the _Server it belongs to (which candidate, for a primary)
         self.fairy = fairy
         self.dbapi = fairy.dbapi_connection
         self.dialect = dialect  # its server's, to tell a dead connection from a bad statement
@@ -229,7 +232,7 @@ class RoutingConnection:
 
     def _open(self, server: _Server, index: int) -> Leg:
         fairy = server.engine.raw_connection()
-        leg = Leg(fairy, index, server.engine.dialect)
+        leg = Leg(fairy, index, server.engine.dialect, server)
         try:
             if self._autocommit is not None:
                 leg.dbapi.autocommit(self._autocommit)
@@ -250,22 +253,24 @@ class RoutingConnection:
 
     def _primary_leg(self) -> Leg:
         router = self._router
+        server = router._writable_primary()  # SplitBrain / PrimaryUnavailable: no write
         leg = self._primary
-        if leg is not None and not leg.used and socket_closed(leg.dbapi):
-            self._drop("primary", invalidate=True)
+        if leg is not None and not leg.used and (leg.server is not server
+                                                 or socket_closed(leg.dbapi)):
+            self._drop("primary", invalidate=True)  # closed, or a failover moved the primary
             leg = None
         if leg is None:
-            if time.monotonic() < router._primary_retry_at:
+            if router._down_server is server and time.monotonic() < router._primary_retry_at:
                 raise PrimaryUnavailable(
-                    f"primary {router._primary.name} is marked down after a failure "
+                    f"primary {server.name} is marked down after a failure "
                     f"(tried again {router._primary_retry_at - time.monotonic():.1f}s from "
                     "now; reads still go to the replicas)"
                 )
             try:
-                leg = self._open(router._primary, -1)
+                leg = self._open(server, -1)
             except Exception as exc:
-                if is_connection_error(exc, router._primary.engine.dialect):
-                    raise router._primary_down(exc) from exc
+                if is_connection_error(exc, server.engine.dialect):
+                    raise router._primary_down(exc, server) from exc
                 raise
             self._primary = leg
         return leg
@@ -436,6 +441,9 @@ class RoutingConnection:
             with contextlib.suppress(Exception):
                 cursor.close()
             if not is_connection_error(exc, leg.dialect):
+                if leg.index < 0 and self._lost_primary(exc):
+                    self._drop("primary", invalidate=True)
+                    raise router._read_only_primary(exc, leg.server) from exc
                 leg.used = True
                 raise
             if leg.index >= 0:  # a replica failed
@@ -471,6 +479,11 @@ class RoutingConnection:
         router._count(role, reason, "primary" if leg.index < 0 else
                       router._replicas[leg.index].name, statement)
         return result
+
+    def _lost_primary(self, exc: BaseException) -> bool:
+        """With primary candidates: did the primary refuse a statement because it is
+        read-only now (a failover demoted it)?"""
+        return not self._router.finder.single and error_code(exc) in READ_ONLY_ERRORS
 
     def _setting(self, rc: RoutingCursor, statement: str, parameters: Any,
                  found: Effect) -> Any:

@@ -18,6 +18,7 @@ web server only.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from urllib.parse import quote, urlencode
 
 from sqlalchemy.engine import make_url
@@ -71,6 +72,13 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
+def contrib_dir() -> str:
+    """The absolute path of tenantkit's ``contrib/`` (the PHP files the printed config names):
+    next to the package in a checkout, else where the operator put it."""
+    here = Path(__file__).resolve().parents[2] / "contrib"
+    return str(here) if (here / "wp-db-router.php").is_file() else "/path/to/tenantkit/contrib"
+
+
 def render_wp_config(site: Site, settings: Settings, *, debian: bool = False) -> str:
     """The PHP ``define()`` block for the drop-in; with *debian*, a whole
     ``/etc/wordpress/config-<host>.php`` file (DB_* constants and ``$table_prefix`` too)."""
@@ -81,7 +89,9 @@ def render_wp_config(site: Site, settings: Settings, *, debian: bool = False) ->
     db = settings.database
     constants: list[tuple[str, str]] = [
         ("TENANTKIT_SITE", php_string(site.name)),
-        ("TENANTKIT_DB_PRIMARY", php_string(primary_url)),
+        ("TENANTKIT_DB_PRIMARY", php_string(primary_url)) if len(servers.primaries) == 1 else
+        ("TENANTKIT_DB_PRIMARIES",
+         "[" + ", ".join(php_string(wp_server_url(p)) for p in servers.primaries) + "]"),
         ("TENANTKIT_DB_REPLICAS", "[" + ", ".join(php_string(u) for u in replica_urls) + "]"),
         ("TENANTKIT_COMPRESS", "true"),
         ("TENANTKIT_BUS", php_string(php_bus_url(settings) or os.path.abspath(site.purge_dir))),
@@ -94,6 +104,7 @@ def render_wp_config(site: Site, settings: Settings, *, debian: bool = False) ->
         ("TENANTKIT_DEAD_HOST_COOLDOWN", _number(db.dead_host_cooldown)),
     ]
     lines: list[str] = []
+    contrib = contrib_dir()
     if debian:
         exact = [h for h in site.hosts if not h.startswith(("*", ".", "~")) and "*" not in h]
         first = exact[0] if exact else site.name
@@ -104,9 +115,9 @@ def render_wp_config(site: Site, settings: Settings, *, debian: bool = False) ->
             "// Debian's /usr/share/wordpress/wp-config.php reads config-<host>.php for the",
             "// request's host"
             + (f"; link it for the other hosts: {', '.join(exact[1:])}." if exact[1:] else "."),
-            "// Install the drop-in: ln -s .../contrib/wp-db-router.php "
+            f"// Install the drop-in: ln -s {contrib}/wp-db-router.php "
             "/var/lib/wordpress/wp-content/db.php",
-            "// and the cache tags: ln -s .../contrib/tenantkit-tags.php "
+            f"// and the cache tags: ln -s {contrib}/tenantkit-tags.php "
             "/var/lib/wordpress/wp-content/mu-plugins/",
             "// (with contrib/tenantkit-events.php next to their targets).",
             f"define('DB_NAME', {php_string(parsed.database or '')});",
@@ -118,7 +129,7 @@ def render_wp_config(site: Site, settings: Settings, *, debian: bool = False) ->
     else:
         lines += [f"// tenantkit: site {site.name}, for contrib/wp-db-router.php "
                   "(wp-content/db.php). Paste above \"That's all, stop editing!\".",
-                  "// Cache tags (policy = \"targeted\"): ln -s .../contrib/tenantkit-tags.php "
+                  f"// Cache tags (policy = \"targeted\"): ln -s {contrib}/tenantkit-tags.php "
                   "wp-content/mu-plugins/",
                   "// (contrib/tenantkit-events.php next to the targets of both links)."]
     lines += [f"define('{name}', {value});" for name, value in constants]

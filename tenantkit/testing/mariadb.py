@@ -3,6 +3,22 @@ datadir) and :class:`MariaDBCluster` (a primary and read-only replicas, GTID rep
 
     with MariaDBCluster(replicas=1) as cluster:
         print(cluster.primary_url, cluster.replica_url)
+
+Failover drills (a cluster of its own: the topology changes)::
+
+    with MariaDBCluster(replicas=2, semi_sync=True) as cluster:
+        new = cluster.failover()          # kill the primary, promote, re-point the others
+        # or step by step:
+        cluster.stop_primary(kill=True)
+        cluster.promote(cluster.replicas[0])              # STOP SLAVE; RESET SLAVE ALL;
+                                                          # SET GLOBAL read_only = 0
+        cluster.repoint(cluster.replicas[1], cluster.replicas[0])   # MASTER_USE_GTID
+
+With ``semi_sync=True`` a commit is acknowledged to the client only once a replica has
+received it (MariaDB's built-in semi-synchronous replication, AFTER_SYNC): asynchronous
+replication can lose acknowledged writes when the primary is killed, semi-sync cannot as
+long as the most advanced replica is the one promoted (what :meth:`MariaDBCluster.failover`
+does, as failover tools do).
 """
 
 from __future__ import annotations
@@ -39,6 +55,17 @@ _APP_GRANTS = (
     "TRIGGER, REFERENCES, PROCESS, FILE, RELOAD, BINLOG MONITOR, SLAVE MONITOR"
 )
 
+
+
+# Semi-synchronous replication (built into MariaDB >= 10.3): a commit returns once a replica
+# has the transaction (AFTER_SYNC); no wait while no replica is connected (a promoted
+# primary before its replicas are re-pointed); a long timeout, so that it does not quietly
+# fall back to asynchronous under a loaded test machine.
+_SEMI_SYNC_ARGS = (
+    "--rpl-semi-sync-master-enabled=ON", "--rpl-semi-sync-slave-enabled=ON",
+    "--rpl-semi-sync-master-wait-point=AFTER_SYNC",
+    "--rpl-semi-sync-master-wait-no-slave=OFF", "--rpl-semi-sync-master-timeout=30000",
+)
 
 
 class MariaDBServer(Process):
@@ -195,20 +222,24 @@ class MariaDBCluster:
     Fault controls for tests: :meth:`stop_primary`, :meth:`start_primary`,
     :meth:`stop_replica`, :meth:`start_replica`, :meth:`hold_replica` (stop the SQL thread:
     new rows stay off it until :meth:`release_replica`) and :meth:`delay_replica`
-    (``MASTER_DELAY``).
+    (``MASTER_DELAY``). Failover: :meth:`promote`, :meth:`repoint`, :meth:`failover`
+    (they change the topology: use a cluster of your own, not the shared fixture's).
     """
 
     def __init__(self, replicas: int = 1, *, root: Path | None = None,
-                 binlog_source: bool = False) -> None:
+                 binlog_source: bool = False, semi_sync: bool = False) -> None:
         if replicas < 0:
             raise ValueError("replicas must be >= 0")
         self._own_root = root is None
         self.root = Path(tempfile.mkdtemp(prefix="tenantkit-mariadb-")) if root is None else root
         self.database = DATABASE
-        self.primary = MariaDBServer(self.root / "primary", 1)
+        self.semi_sync = semi_sync
+        extra = _SEMI_SYNC_ARGS if semi_sync else ()
+        self.primary = MariaDBServer(self.root / "primary", 1, extra_args=extra)
         self.replicas = [
             MariaDBServer(self.root / f"replica{i}", i + 2, read_only=True,
-                          extra_args=binlog_source_args() if binlog_source else ())
+                          extra_args=(*extra,
+                                      *(binlog_source_args() if binlog_source else ())))
             for i in range(replicas)
         ]
 
@@ -346,3 +377,65 @@ class MariaDBCluster:
 
     def start_replica(self, index: int = 0) -> None:
         self.replicas[index].start()
+
+    # --- failover -------------------------------------------------------------------------
+
+    def drain(self, replica: MariaDBServer, timeout: float = 10.0) -> str:
+        """Wait until *replica* has applied everything it received (its relay log), e.g.
+        after the primary died; return its ``gtid_slave_pos``."""
+        with contextlib.closing(replica.admin(cursorclass=pymysql.cursors.DictCursor)) as conn, \
+                conn.cursor() as cur:
+            cur.execute("SHOW SLAVE STATUS")
+            row = cur.fetchone() or {}
+        received = str(row.get("Gtid_IO_Pos") or "")
+        if received:
+            rows = replica.query("SELECT MASTER_GTID_WAIT(%s, %s)", (received, timeout))
+            if rows[0][0] != 0:
+                raise TimeoutError(f"replica {replica.server_id} did not apply its relay log "
+                                   f"({received}) within {timeout:g}s")
+        return str(replica.query("SELECT @@GLOBAL.gtid_slave_pos")[0][0])
+
+    def promote(self, replica: MariaDBServer) -> None:
+        """Make *replica* a primary: ``STOP SLAVE; RESET SLAVE ALL; SET GLOBAL read_only =
+        0`` (it stays writable when restarted)."""
+        replica.query("STOP SLAVE")
+        replica.query("RESET SLAVE ALL")
+        replica.query("SET GLOBAL read_only = 0")
+        replica.read_only = False
+
+    def repoint(self, replica: MariaDBServer, primary: MariaDBServer) -> None:
+        """Make *replica* replicate from *primary*, from where it is (``MASTER_USE_GTID``)."""
+        replica.query("STOP SLAVE")
+        replica.query(
+            "CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT=%s, "
+            f"MASTER_USER='{REPL_USER}', MASTER_PASSWORD='{REPL_PASSWORD}', "
+            "MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1, MASTER_DELAY=0",
+            (primary.port,),
+        )
+        replica.query("START SLAVE")
+
+    def failover(self, *, kill: bool = True) -> MariaDBServer:
+        """Kill (or stop) the primary, promote the most advanced replica (the first of equals)
+        and re-point the others to it; return the new primary. ``self.primary`` stays the
+        old one (down)."""
+        self.stop_primary(kill=kill)
+        running = [r for r in self.replicas if r.running]
+        if not running:
+            raise RuntimeError("no running replica to promote")
+        applied = {r.server_id: _seq(self.drain(r)) for r in running}
+        new = max(running, key=lambda r: (applied[r.server_id], -self.replicas.index(r)))
+        self.promote(new)
+        for replica in running:
+            if replica is not new:
+                self.repoint(replica, new)
+        return new
+
+
+def _seq(gtid_pos: str) -> int:
+    """The highest sequence number of domain 0 in a GTID position ("0-1-57" -> 57)."""
+    best = 0
+    for part in gtid_pos.split(","):
+        fields = part.strip().split("-")
+        if len(fields) == 3 and fields[0] == "0":
+            best = max(best, int(fields[2]))
+    return best

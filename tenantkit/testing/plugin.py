@@ -1,5 +1,6 @@
 """The pytest plugin (entry point ``pytest11``): fixtures ``mariadb_pair``,
-``mariadb_cluster`` and ``redis_server`` over the classes of :mod:`tenantkit.testing`.
+``mariadb_cluster``, ``mariadb_failover_cluster`` and ``redis_server`` over the classes of
+:mod:`tenantkit.testing`.
 
 Servers are shared by the whole test session, reset between tests and stopped at the end.
 A missing binary skips the tests that need it with a reason naming the package to install,
@@ -18,7 +19,8 @@ from tenantkit.testing.mariadb import MariaDBCluster
 from tenantkit.testing.process import ServiceMissing
 from tenantkit.testing.redis import RedisServer
 
-__all__ = ["mariadb_cluster", "mariadb_pair", "redis_server", "service_missing"]
+__all__ = ["mariadb_cluster", "mariadb_failover_cluster", "mariadb_pair", "redis_server",
+           "service_missing"]
 
 
 def service_missing(exc: ServiceMissing) -> NoReturn:
@@ -69,6 +71,20 @@ def mariadb_cluster(_tenantkit_cluster_pool: _ClusterPool) -> Callable[..., Mari
         return seen[replicas]
 
     return factory
+
+
+@pytest.fixture
+def mariadb_failover_cluster() -> Iterator[MariaDBCluster]:
+    """A primary and two replicas with semi-synchronous replication, of this test's own
+    (a failover changes the topology, so it is never shared), stopped after the test."""
+    try:
+        cluster = MariaDBCluster(replicas=2, semi_sync=True).start()
+    except ServiceMissing as exc:
+        service_missing(exc)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
 
 
 @pytest.fixture

@@ -155,12 +155,32 @@ def _check_database(ext: Tenantkit) -> tuple[bool, dict[str, Any]]:
         details["primary_error"] = str(exc).splitlines()[0][:200]
         details["reason"] = f"the primary is unreachable: {details['primary_error']}"
     details["primary_seconds"] = round(time.monotonic() - started, 3)
+    ok = _check_candidates(router, details) and ok
     lag = ext.replica_lag()
     details["replica_lag"] = lag
     threshold = ext.settings.database.lag_threshold
     if lag and all(v is None or v > threshold for v in lag.values()):
         details["replicas_usable"] = False
     return ok, details
+
+
+def _check_candidates(router: Any, details: dict[str, Any]) -> bool:
+    """With primary candidates (failover): which is the primary now, since when, and a
+    split brain as an error. Adds nothing for a single primary."""
+    if router.finder.single:
+        return True
+    state = router.primary_state()
+    details["candidates"] = list(router.finder.names)
+    details["primary_now"] = state.primary
+    details["primary_changed_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                  time.gmtime(state.changed_at))
+    details["split_brain"] = state.split_brain
+    if state.split_brain:
+        details["reason"] = (f"split brain: {' and '.join(state.writable)} are all writable; "
+                             "writes are refused until exactly one is (set the others "
+                             "read-only)")
+        return False
+    return state.primary is not None
 
 
 def _check_bus(ext: Tenantkit) -> tuple[bool, dict[str, Any]]:
@@ -266,7 +286,7 @@ def health_report(ext: Tenantkit) -> tuple[bool, dict[str, Any]]:
                for name, r in results.items() if not r["ok"]]
     # Drivers quote what they parsed: a password with an "@" shows up as part of a host.
     urls = [ext.settings.database.primary, *ext.settings.database.replicas,
-            ext.settings.bus.redis_url]
+            *ext.settings.database.primaries, ext.settings.bus.redis_url]
     report: dict[str, Any] = {"status": "ok" if healthy else "unhealthy",
                               "node": node_label(ext), "checks": _scrubbed(results, urls)}
     if reasons:
@@ -453,6 +473,15 @@ _STATUS = """<!doctype html>
  <td>{% if db.primary_reachable is not defined %}not checked{% elif db.primary_reachable %}
  reachable{% else %}<span class="err">unreachable: {{ db.primary_error }}</span>{% endif %}
  </td></tr>
+{% if db.candidates is defined %}
+<tr id="primary-now"><td>primary now</td>
+ <td>{% if db.split_brain %}<span class="err">split brain: writes refused
+ ({{ db.reason }})</span>{% elif db.primary_now %}<code>{{ db.primary_now }}</code>
+ since {{ db.primary_changed_at }}{% else %}<span class="err">no writable candidate since
+ {{ db.primary_changed_at }}</span>{% endif %}</td></tr>
+{% for c in db.candidates %}<tr><td>candidate</td><td><code>{{ c }}</code></td></tr>
+{% endfor %}
+{% endif %}
 {% for name, lag in db.get('replica_lag', {}).items() %}
 <tr><td>replica <code>{{ name }}</code></td>
  <td>{{ 'down or unknown' if lag is none else '%.1f s behind'|format(lag) }}</td></tr>

@@ -11,6 +11,15 @@ request's reads see that browser's earlier writes; when the request itself wrote
 of its commits goes to ``environ["tenantkit.write_token"]`` before the response starts, and
 the middleware turns it into the cookie. A garbled token is ignored. The router is also
 registered for the shim's metrics (routing decisions, replica lag).
+
+**Primary outage.** ``environ["tenantkit.primary_outage"]`` (:data:`PRIMARY_OUTAGE`) is set to
+:meth:`Router.primary_outage() <tenantkit.db.router.Router.primary_outage>` when the request
+starts and again when its response starts: true while no primary candidate takes writes and
+the site's ``on_primary_down`` is ``"read_only"``. The page-cache middleware, which runs
+around this one and shares the environ, reads it when the app answers with an error, and
+serves the stale page instead for the length of the outage::
+
+    if status >= 500 and environ.get(PRIMARY_OUTAGE): serve the stale copy
 """
 
 from __future__ import annotations
@@ -29,7 +38,10 @@ if TYPE_CHECKING:
 else:
     StartResponse = WSGIApplication = WSGIEnvironment = Any
 
-__all__ = ["RouterTokens"]
+__all__ = ["PRIMARY_OUTAGE", "RouterTokens"]
+
+#: The environ key that says "the site's primary is down and it serves stale pages meanwhile".
+PRIMARY_OUTAGE = "tenantkit.primary_outage"
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +63,11 @@ class RouterTokens:
                 given = ConsistencyToken.loads(raw)
             except (TenantkitError, ValueError) as exc:
                 logger.debug("ignoring consistency token: %s", exc)
+        environ[PRIMARY_OUTAGE] = self.router.primary_outage()
         with self.router.with_token(given) as scope:
 
             def respond(status: str, headers: Any, exc_info: Any = None) -> Any:
+                environ[PRIMARY_OUTAGE] = self.router.primary_outage()
                 if scope.produced is not None:
                     environ[TOKEN_OUT] = scope.produced.dumps()
                 return start_response(status, headers, exc_info)

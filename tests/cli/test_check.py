@@ -7,7 +7,9 @@ import os
 import pwd
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -134,6 +136,10 @@ def test_cache_tree_nginx_cannot_read(root: Path) -> None:
     assert code == 1
     assert "site good: cache tree" in err and "is 0750" in err
     assert "nginx (www-data) cannot enter it" in err
+    assert f"(chmod o+x {root / 'cache'})" in err  # every site's directory: no site's group
+    (root / "cache").chmod(0o755)
+    code, _, err = check(root)
+    assert code == 1 and f"{root / 'cache' / 'good'} is 0750" in err
     assert "tenantkit provision good --group www-data" in err
     for directory in (root / "cache", root / "cache" / "good", pages):
         directory.chmod(0o755)
@@ -169,7 +175,8 @@ def test_purge_self_test_fails_without_an_invalidator(root: Path) -> None:
         fh.write('[bus]\ntransport = "files"\n')
     code, _, err = check(root, "--purge", "good", "--timeout", "0.5")
     assert code == 1
-    assert "the probe page was not purged within 0.5s (is the invalidator running" in err
+    assert "the probe page was not purged within 0.5s on this node (" in err
+    assert "is the invalidator running on this node?" in err
 
 
 def test_check_as_a_subprocess(root: Path) -> None:
@@ -182,6 +189,59 @@ def test_check_as_a_subprocess(root: Path) -> None:
     assert result.returncode == 1
     assert json.loads(result.stdout)["ok"] is False
     assert "Traceback" not in result.stderr
+
+
+def test_purge_self_test_reports_every_node_of_the_stream(root: Path, redis_server: Any) -> None:
+    import redis
+
+    from tenantkit.cache.invalidator import Invalidator
+    from tenantkit.config import Settings
+    from tenantkit.registry import Registry
+
+    site(root, "good", GOOD)
+    with open(root / "tenantkit.toml", "a") as fh:
+        fh.write(f'[bus]\ntransport = "redis"\nredis_url = "{redis_server.url}"\n'
+                 f'node = "node-a"\n')
+    settings = Settings.load(root / "tenantkit.toml")
+    registry = Registry.load(settings)
+    with Invalidator(settings, registry, node="node-a", poll_timeout=0.05), \
+            Invalidator(settings, registry, node="node-b", poll_timeout=0.05):
+        client = redis.Redis.from_url(redis_server.url)
+        deadline = time.monotonic() + 10  # both groups exist once the consumers joined
+
+        def groups() -> int:
+            try:
+                return len(client.xinfo_groups(settings.bus.stream))
+            except redis.ResponseError:  # the stream is made with the first group
+                return 0
+
+        while groups() < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        code, out, err = check(root, "--purge", "good", "--json", "--offline")
+        assert code == 0, err
+        report = json.loads(out)["purge"]
+        assert [n["node"] for n in report["nodes"]] == ["node-a", "node-b"]
+        assert all(n["purged"] and 0 <= n["seconds"] < 10 for n in report["nodes"]), report
+        assert report["purged"] is True and report["node"] == "node-a"
+
+        code, out, err = check(root, "--purge", "good", "--offline")  # the text report
+        assert code == 0, err
+        assert "node node-a dropped good's probe page over redis in" in out
+        assert "node node-b dropped good's probe page over redis in" in out
+
+        # A node whose invalidator is gone (its group stays): named, with the fix.
+        client.xgroup_create(settings.bus.stream, "tenantkit:node-gone", id="$")
+        code, out, err = check(root, "--purge", "good", "--json", "--offline",
+                               "--timeout", "1")
+        assert code == 1
+        nodes = {n["node"]: n for n in json.loads(out)["purge"]["nodes"]}
+        assert nodes["node-gone"] == {"node": "node-gone", "purged": False, "seconds": None}
+        assert nodes["node-b"]["purged"] is True
+        problems = [p["message"] for p in json.loads(out)["problems"]]
+        assert any("node node-gone did not acknowledge the purge within 1s" in m
+                   and "XGROUP DESTROY" in m for m in problems), problems
+        client.close()
 
 
 def test_a_replica_the_binlog_source_cannot_read(root: Path, mariadb_pair: MariaDBCluster

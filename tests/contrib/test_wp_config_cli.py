@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from urllib.parse import quote
 
@@ -125,3 +126,23 @@ def test_print_wp_config_paths_are_absolute(tmp_path: Path,
     expected = str(tmp_path / "cache" / "blog" / ".purge")
     assert f"define('TENANTKIT_PURGE_DIR', '{expected}');" in result.stdout
     assert f"define('TENANTKIT_BUS', '{expected}');" in result.stdout
+    # The files to link are named by absolute path too (this checkout's contrib/).
+    sources = re.findall(r"ln -s (\S+)", result.stdout)
+    assert sources and all(Path(s).is_absolute() and Path(s).is_file() for s in sources), sources
+
+
+def test_a_site_with_primary_candidates_prints_them(php: str, config_file: Path,
+                                                    tmp_path: Path) -> None:
+    code, _, err = provision(config_file)
+    assert code == 0, err
+    site_file = tmp_path / "sites" / "blog.toml"
+    site_file.write_text(site_file.read_text() + (
+        f'\n[database]\nprimaries = ["{PRIMARY}", "mysql+pymysql://wp:x@db2.example.net/blog"]\n'))
+    result = CliRunner().invoke(cli, ["--config", str(config_file), "provision", "blog",
+                                      "--print-wp-config"])
+    assert result.exit_code == 0, result.stderr
+    assert "TENANTKIT_DB_PRIMARY'" not in result.stdout
+    values = read_back(php, tmp_path, result.stdout, ["TENANTKIT_DB_PRIMARIES"])
+    first, second = values[0]  # type: ignore[misc]
+    assert str(first).endswith("@db1.example.net:3307/blog")
+    assert second == "mysql://wp:x@db2.example.net/blog"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pymysql
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tenantkit.db import classify
@@ -168,10 +168,13 @@ _ALPHABET = st.sampled_from([
 
 @settings(max_examples=600, deadline=None)
 @given(st.lists(_ALPHABET, max_size=14).map("".join))
+@example("'/*M!40101'SELECTSELECT")  # a version comment inside a string: no qualifier matters
 def test_fast_path_agrees_with_the_scanner(sql: str) -> None:
     fast = classify._fast(sql)
     if fast is not None:
-        assert fast == classify._scan(classify._upper(sql))
+        role, reason = classify._scan(classify._upper(sql))
+        # The scanner may add which reading it took ("(when ...)"); the verdict must agree.
+        assert fast == (role, reason.split(" (when ")[0])
 
 
 @settings(max_examples=600, deadline=None)

@@ -10,7 +10,13 @@ from sqlalchemy import create_engine
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Dialect
 
-from tenantkit.db.failures import NOT_SENT, describe, error_code, is_connection_error
+from tenantkit.db.failures import (
+    CONNECTION_LOST,
+    NOT_SENT,
+    describe,
+    error_code,
+    is_connection_error,
+)
 
 MYSQL = create_engine("mysql+pymysql://app:pw@127.0.0.1/app").dialect
 TENANTKIT = create_engine("mysql+tenantkit://app:pw@127.0.0.1/app").dialect
@@ -61,3 +67,11 @@ def test_sqlite_errors(exc: BaseException, dead: bool) -> None:
 
 def test_not_sent_are_the_errors_before_a_statement_leaves() -> None:
     assert frozenset({2002, 2003, 2006}) == NOT_SENT
+
+
+@pytest.mark.parametrize("code", sorted(CONNECTION_LOST))
+def test_every_connection_lost_code_is_a_connection_error_as_sqlalchemy_says(code: int) -> None:
+    # One list (CONNECTION_LOST, generated into the PHP drop-in too), and SQLAlchemy agrees.
+    assert MYSQL.is_disconnect(Op(code, "lost"), None, None)
+    assert is_connection_error(Op(code, "lost"), MYSQL)
+    assert is_connection_error(Op(code, "lost"), SQLITE)  # decided by the list itself

@@ -57,3 +57,18 @@ def test_classify_uses_the_shared_lists() -> None:
     assert frozenset(KEYWORDS["unsafe_sysvars"]) == classify._UNSAFE_SYSVARS
     assert frozenset(KEYWORDS["read_starters"]) == classify._READ_STARTERS
     assert all(word == word.upper() for words in KEYWORDS.values() for word in words)
+
+
+def test_the_drop_in_carries_the_connection_lost_codes_and_check_catches_a_drift(
+        tmp_path: Path) -> None:
+    from tenantkit.db.failures import CONNECTION_LOST
+
+    line = next(x for x in DROP_IN.read_text().splitlines() if "const CONNECTION_LOST" in x)
+    assert line.strip() == ("private const CONNECTION_LOST = ["
+                            + ", ".join(map(str, sorted(CONNECTION_LOST))) + "];")
+    copy = tmp_path / "db.php"
+    shutil.copy(DROP_IN, copy)
+    copy.write_text(copy.read_text().replace("2013, ", "", 1))
+    assert main(["--check", str(copy)]) == 1
+    assert main([str(copy)]) == 0
+    assert copy.read_text() == DROP_IN.read_text()

@@ -113,3 +113,71 @@ def test_every_connection_has_read_and_write_timeouts() -> None:
 def test_servers_repr_masks_passwords() -> None:
     text = repr(site_servers(_site(S_PRIMARY, (S_REPLICA,))))
     assert "pw" not in text and "********" in text
+
+
+# --- primary candidates (failover) -------------------------------------------------------
+
+S_PRIMARY2 = "mysql+pymysql://app:pw@127.0.0.5:1/site"
+G_PRIMARY2 = "mysql+pymysql://app:pw@127.0.0.6:1/global"
+
+
+@pytest.mark.parametrize(("site_db", "global_db", "want", "want_mode"), [
+    pytest.param(SiteDatabase(primaries=(S_PRIMARY, S_PRIMARY2)), DatabaseSettings(),
+                 (S_PRIMARY, S_PRIMARY2), "error", id="site candidates"),
+    pytest.param(SiteDatabase(), DatabaseSettings(primaries=(G_PRIMARY, G_PRIMARY2),
+                                                  on_primary_down="read_only"),
+                 (G_PRIMARY, G_PRIMARY2), "read_only", id="global candidates"),
+    pytest.param(SiteDatabase(primary=S_PRIMARY, on_primary_down="read_only"),
+                 DatabaseSettings(primaries=(G_PRIMARY, G_PRIMARY2)),
+                 (S_PRIMARY,), "read_only", id="own single primary: one candidate"),
+    pytest.param(SiteDatabase(), DatabaseSettings(primary=G_PRIMARY), (G_PRIMARY,), "error",
+                 id="one primary: one candidate"),
+])
+def test_primary_candidates_follow_the_one_rule(
+        site_db: SiteDatabase, global_db: DatabaseSettings, want: tuple[str, ...],
+        want_mode: str) -> None:
+    site = Site(name="blog", hosts=("blog.example.org",),
+                backend=Backend(type="proxy", url="http://127.0.0.1:9"), database=site_db)
+    servers = site_servers(site, Settings(database=global_db))
+    assert servers.primaries == want
+    assert servers.primary == want[0]
+    assert servers.on_primary_down == want_mode
+    router = Router.from_site(site, Settings(database=global_db))
+    try:
+        assert router.on_primary_down == want_mode
+        assert router.finder.names == [_masked(u) for u in want]
+    finally:
+        router.close()
+
+
+def _masked(url: str) -> str:
+    return url.replace(":pw@", ":********@")
+
+
+def test_site_file_primaries_and_settings_primaries(tmp_path: Path) -> None:
+    from tenantkit.errors import ConfigError, SiteFileError
+    from tenantkit.sites import load_site
+
+    config = tmp_path / "tenantkit.toml"
+    config.write_text(f'[database]\nprimaries = ["{G_PRIMARY}", "{G_PRIMARY2}"]\n'
+                      'on_primary_down = "read_only"\n')
+    settings = Settings.load(config, env={})
+    assert settings.database.candidates == (G_PRIMARY, G_PRIMARY2)
+    assert settings.database.primary == G_PRIMARY
+    config.write_text(f'[database]\nprimary = "{G_PRIMARY}"\nprimaries = ["{G_PRIMARY2}"]\n')
+    with pytest.raises(ConfigError, match="remove primary"):
+        Settings.load(config, env={})
+    sites = tmp_path / "sites"
+    sites.mkdir()
+    (sites / "blog.toml").write_text(
+        'hosts = ["blog.example.org"]\n[backend]\ntype = "proxy"\nurl = "http://127.0.0.1:9"\n'
+        f'[database]\nprimaries = ["{S_PRIMARY}", "{S_PRIMARY2}"]\n'
+        'on_primary_down = "read_only"\n')
+    site = load_site(sites / "blog.toml", settings)
+    assert site.database.primaries == (S_PRIMARY, S_PRIMARY2)
+    assert site.database.on_primary_down == "read_only"
+    (sites / "blog.toml").write_text(
+        'hosts = ["blog.example.org"]\n[backend]\ntype = "proxy"\nurl = "http://127.0.0.1:9"\n'
+        '[database]\non_primary_down = "maybe"\n')
+    with pytest.raises(SiteFileError, match="on_primary_down"):
+        load_site(sites / "blog.toml", settings)
