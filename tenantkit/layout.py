@@ -32,8 +32,8 @@ from pathlib import Path
 
 __all__ = [
     "BODY", "CURRENT", "HOSTS_DIR", "SITE_SUBDIRS", "app_dir", "binlog_state", "failed_dir",
-    "host_link", "host_link_target", "hosts_dir", "invalidator_status", "pages_dir",
-    "purge_dir", "site_root", "site_trash", "tmp_dir",
+    "host_link", "host_link_target", "hosts_dir", "invalidator_status", "node_counters",
+    "pages_dir", "purge_dir", "site_root", "site_trash", "tmp_dir",
 ]
 
 PAGES = "pages"
@@ -108,3 +108,11 @@ def host_link_target(site: str, host: str) -> str:
     """What ``_hosts/<host>`` points at, relative to ``_hosts``:
     ``../<site>/pages/current/<host>``."""
     return os.path.join("..", site, PAGES, CURRENT, host)
+
+
+def node_counters(cache_dir: str | os.PathLike[str], name: str = "") -> Path:
+    """``cache_dir/_node/counters/<name>.json`` (the directory itself without ``name``): one
+    process's counts of what it did to the node's page caches
+    (:mod:`tenantkit.cache.nodecounters`)."""
+    directory = Path(cache_dir) / "_node" / "counters"
+    return directory / f"{name}.json" if name else directory
