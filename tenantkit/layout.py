@@ -15,8 +15,9 @@
                                            position (GTID) on that replica, for this node
     cache_dir/_status/<node>.json          invalidator_status(cache_dir, node): what this
                                            node's invalidator last reported (health, metrics)
-    cache_dir/_node/invalidator.lock       invalidator_lock(cache_dir): held (flock) by the one
-                                           process that is the node's invalidation actor
+    cache_dir/_node/invalidator-<node>.lock   invalidator_lock(cache_dir, node): held (flock)
+                                           by the one process that is the node's
+                                           invalidation actor
     cache_dir/_node/counters/<pid>.json    node_counters(cache_dir, name): what each process
                                            of the node did to its page caches
     cache_dir/_hosts/<host> -> ../<site>/pages/current/<host>   host_link(...): one per cached
@@ -123,7 +124,7 @@ def node_counters(cache_dir: str | os.PathLike[str], name: str = "") -> Path:
     return directory / f"{name}.json" if name else directory
 
 
-def invalidator_lock(cache_dir: str | os.PathLike[str]) -> Path:
-    """``cache_dir/_node/invalidator.lock``: the lock that makes one process the node's
-    invalidation actor (:mod:`tenantkit.cache.nodelock`)."""
-    return Path(cache_dir) / "_node" / "invalidator.lock"
+def invalidator_lock(cache_dir: str | os.PathLike[str], node: str) -> Path:
+    """``cache_dir/_node/invalidator-<node>.lock`` (*node*: a file-safe name): the lock that
+    makes one process the node's invalidation actor (:mod:`tenantkit.cache.nodelock`)."""
+    return Path(cache_dir) / "_node" / f"invalidator-{node}.lock"

@@ -86,8 +86,9 @@ class Merged:
 
     @property
     def event(self) -> Event | None:
-        """The event, when exactly one request with an event was merged."""
-        return self.requests[0].event if len(self.requests) == 1 else None
+        """The event merged, when exactly one of the requests came with one."""
+        events = [r.event for r in self.requests if r.event is not None]
+        return events[0] if len(events) == 1 else None
 
 
 class Coalescer:
@@ -98,6 +99,7 @@ class Coalescer:
         self.clock = clock
         self._pending: list[Merged] = []
         self._cond = threading.Condition()
+        self._woken = False
 
     def add(self, site: str, action: PurgeAction, *, event: Event | None = None,
             done: Done | None = None) -> None:
@@ -113,11 +115,13 @@ class Coalescer:
             merged = Merged(site, self.clock() + self.window)
             merged.add(request)
             self._pending.append(merged)
+            self._woken = True
             self._cond.notify_all()
 
-    def take_due(self) -> list[Merged]:
-        """The merged purges whose window has closed, oldest first (removed)."""
-        now = self.clock()
+    def take_due(self, *, everything: bool = False) -> list[Merged]:
+        """The merged purges whose window has closed (with ``everything``: all of them),
+        oldest first (removed)."""
+        now = float("inf") if everything else self.clock()
         with self._cond:
             due = [m for m in self._pending if m.due <= now]
             if due:
@@ -130,16 +134,20 @@ class Coalescer:
             return min((m.due for m in self._pending), default=None)
 
     def wait(self, timeout: float) -> None:
-        """Sleep until a window closes or a new one opens, at most ``timeout`` seconds."""
+        """Sleep until a window closes, a new one opens or :meth:`wake` is called (also
+        just before), at most ``timeout`` seconds."""
         with self._cond:
             until = min((m.due for m in self._pending), default=None)
             if until is not None:
                 timeout = min(timeout, until - self.clock())
-            if timeout > 0:
+            if timeout > 0 and not self._woken:
                 self._cond.wait(timeout)
+            self._woken = False
 
     def wake(self) -> None:
+        """End the current (or the next) :meth:`wait` now."""
         with self._cond:
+            self._woken = True
             self._cond.notify_all()
 
     def __len__(self) -> int:

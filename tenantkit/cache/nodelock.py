@@ -2,11 +2,11 @@
 
 Every process on a node that runs an :class:`~tenantkit.cache.invalidator.Invalidator` (each
 gunicorn worker of ``tenantkit serve``, a standalone ``tenantkit invalidator``) tries the
-same lock, ``cache_dir/_node/invalidator.lock`` (:func:`tenantkit.layout.invalidator_lock`);
+same lock, ``cache_dir/_node/invalidator-<node>.lock`` (:func:`tenantkit.layout.invalidator_lock`);
 the one that holds it consumes the bus and the trigger files, the others stand by and try
 again. The kernel releases the lock when its holder dies, however it dies::
 
-    lock = NodeLock(settings.cache_dir)
+    lock = NodeLock(settings.cache_dir, "web1")
     if lock.acquire():        # never blocks
         ...                   # the node's actor until lock.release() or exit
     else:
@@ -23,6 +23,7 @@ import fcntl
 import os
 
 from tenantkit import layout
+from tenantkit.cache.status import safe_name
 from tenantkit.files import read_regular_file
 
 __all__ = ["NodeLock"]
@@ -31,8 +32,8 @@ __all__ = ["NodeLock"]
 class NodeLock:
     """``flock(LOCK_EX | LOCK_NB)`` on the node's invalidator lock file."""
 
-    def __init__(self, cache_dir: str | os.PathLike[str]) -> None:
-        self.path = layout.invalidator_lock(cache_dir)
+    def __init__(self, cache_dir: str | os.PathLike[str], node: str) -> None:
+        self.path = layout.invalidator_lock(cache_dir, safe_name(node))
         self._fd: int | None = None
 
     @property
