@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from tenantkit.cache.events import CommentPosted, SiteChanged, to_json
 from tenantkit.cache import invalidator as invalidator_module
+from tenantkit.cache.events import CommentPosted, SiteChanged, to_json
 from tenantkit.cache.invalidator import Invalidator
 from tenantkit.cache.pagecache import PageCache
 from tenantkit.cache.transports import RedisStreamTransport
