@@ -254,3 +254,59 @@ def test_queued_trigger_files_are_one_flush(tmp_path: Path) -> None:
     assert [(s[2].name, s[3].flush) for s in purges.seen] == [("blog", True)]
     counters = read_node_counters(settings.cache_dir)
     assert counters[FLUSHES] == {"blog": 1} and counters[COALESCED] == {"blog": 5}
+
+
+def test_a_failed_merged_purge_is_retried_then_dead_lettered(
+        tmp_path: Path, redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    """A purge that fails with an OSError (a directory where the flush writes a file)
+    leaves its entry unacknowledged and is tried again; mended meanwhile, it is
+    acknowledged; still failing after three tries, the entry goes to the dead letter. Other
+    sites go on."""
+    import logging
+
+    redis_server.flushall()
+    settings = _settings(tmp_path, redis_server.url)
+    blog = PageCache(settings.cache_dir / "blog" / "pages")
+    news = PageCache(settings.cache_dir / "news" / "pages")
+    client = redis.Redis.from_url(redis_server.url)
+    publisher = RedisStreamTransport(redis_server.url)
+    purges = Purges()
+    inv = Invalidator(settings, registry_for(settings), on_purge=purges, poll_timeout=0.1)
+    group = f"tenantkit:{NODE}"
+
+    def flushed_marker() -> Path:
+        return news.root / news.generation() / ".flushed"
+
+    def break_news() -> None:
+        (flushed_marker() / "in-the-way").mkdir(parents=True)
+
+    def mend_news() -> None:
+        (flushed_marker() / "in-the-way").rmdir()
+        flushed_marker().rmdir()
+
+    try:
+        with caplog.at_level(logging.WARNING):
+            inv.start()
+            assert purges.wait_count(2)  # the new group's flush of both sites
+            break_news()
+            publisher.publish(Purge("news", all=True))
+            assert wait_until(lambda: "purge of site news failed" in caplog.text)
+            assert client.xpending(STREAM, group)["pending"] == 1
+            mend_news()
+            assert wait_until(lambda: client.xpending(STREAM, group)["pending"] == 0)
+            assert client.exists(f"{STREAM}:dead") == 0
+
+            break_news()
+            blog.put(HOST, "/p/1/", b"post", tags=["post:1"])
+            publisher.publish(Purge("news", all=True))
+            publisher.publish(Purge("blog", tags=("post:1",)))
+            assert wait_until(lambda: blog.get(HOST, "/p/1/").stale)  # type: ignore
+            assert wait_until(lambda: client.xlen(f"{STREAM}:dead") == 1, timeout=15)
+            dead = client.xrange(f"{STREAM}:dead")[0][1]
+            assert dead[b"dead-reason"] == b"the purge failed 3 times"
+            assert wait_until(lambda: client.xpending(STREAM, group)["pending"] == 0)
+            assert inv.dead_letters == 1
+    finally:
+        inv.stop()
+        publisher.close()
+        client.close()
