@@ -176,7 +176,8 @@ class Invalidator:
         self._watched: dict[Path, Any] = {}
         self.caches = caches if caches is not None else SiteCaches()
         self._engines: dict[str, sqlalchemy.Engine] = {}
-        self._heap_lock = threading.Lock()
+        #: Guards the second-purge heap and the replica engines (both threads use them).
+        self._mutex = threading.Lock()
         self._repurges: list[tuple[float, int, str, PurgeAction]] = []
         self._repurge_seq = 0
         self._last_scan = 0.0
@@ -351,7 +352,7 @@ class Invalidator:
                 break
             self.process_trigger_file(path)
         now = time.monotonic()
-        with self._heap_lock:
+        with self._mutex:
             due = []
             while self._repurges and self._repurges[0][0] <= now:
                 due.append(heapq.heappop(self._repurges))
@@ -486,7 +487,7 @@ class Invalidator:
         if event.gtid and not self._replica_has(site, event.gtid):
             bound = max(self.settings.database.lag_threshold,
                         self.settings.bus.replica_wait_timeout)
-            with self._heap_lock:
+            with self._mutex:
                 self._repurge_seq += 1
                 heapq.heappush(self._repurges,
                                (time.monotonic() + bound, self._repurge_seq, site.name, action))
@@ -576,12 +577,13 @@ class Invalidator:
         if timeout <= 0 or not servers.replicas:
             return True
         url = servers.replicas[0]
-        engine = self._engines.get(url)
-        if engine is None:
-            engine = self._engines[url] = sqlalchemy.create_engine(
-                url, pool_pre_ping=True, pool_size=1, max_overflow=2,
-                connect_args=servers.connect_args(url),
-            )
+        with self._mutex:  # both threads wait on replicas: one engine per replica
+            engine = self._engines.get(url)
+            if engine is None:
+                engine = self._engines[url] = sqlalchemy.create_engine(
+                    url, pool_pre_ping=True, pool_size=1, max_overflow=2,
+                    connect_args=servers.connect_args(url),
+                )
         try:
             with engine.connect() as conn:
                 if wait_for_gtid(conn, gtid, timeout):
