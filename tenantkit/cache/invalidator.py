@@ -163,7 +163,6 @@ class Invalidator:
         self.on_purged = on_purged
         window = settings.bus.coalesce_window if coalesce_window is None else coalesce_window
         self.coalescer = Coalescer(window)
-        self.counters = NodeCounters.for_dir(settings.cache_dir)
         self._lock = NodeLock(settings.cache_dir, self.node)
         #: "starting", "actor" (consumes for the node), "standby" or "stopped".
         self.role = "stopped"
@@ -197,6 +196,11 @@ class Invalidator:
         self._last_report = 0.0
 
     # --- lifecycle ----------------------------------------------------------------------
+
+    @property
+    def counters(self) -> NodeCounters:
+        """This process's node counters (looked up each time: a new one after a fork)."""
+        return NodeCounters.for_dir(self.settings.cache_dir)
 
     @property
     def sites(self) -> Mapping[str, Site]:
