@@ -310,3 +310,22 @@ def test_a_failed_merged_purge_is_retried_then_dead_lettered(
         inv.stop()
         publisher.close()
         client.close()
+
+
+def test_a_lock_file_that_cannot_be_used_still_purges(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A directory where the node lock should be: logged once, and this process purges
+    without the lock rather than not at all."""
+    import logging
+
+    settings = _settings(tmp_path, "redis://127.0.0.1:1/0", transport="files")
+    (settings.cache_dir / "_node" / f"invalidator-{NODE}.lock").mkdir(parents=True)
+    blog = PageCache(settings.cache_dir / "blog" / "pages")
+    blog.put(HOST, "/", b"home")
+    with caplog.at_level(logging.WARNING), Invalidator(
+            settings, registry_for(settings), poll_timeout=0.05) as inv:
+        assert inv.role == "actor"
+        TriggerFileTransport(settings.cache_dir).publish(Purge("blog", paths=("/",),
+                                                               host=HOST))
+        assert wait_until(lambda: blog.get(HOST, "/").stale)  # type: ignore[union-attr]
+    assert caplog.text.count("cannot use the node lock") == 1
