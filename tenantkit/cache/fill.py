@@ -9,8 +9,8 @@
 
 A purge marks each tag or URL it purges (``gN/.purged/<name>``, mtime = purge time) before it
 moves pages; :meth:`PageCache.put` with a ticket never stores the page as fresh when a marker
-of one of its names is newer than the ticket (:func:`purged_at`): it stores it as a stale copy
-purged at that time, served while one caller renders it again. Fill locks are files in
+of one of its names is newer than the ticket (:func:`purged_since`): it keeps it as a stale
+copy, served while one caller renders it again. Fill locks are files in
 ``.locks/`` created with ``O_EXCL``, so one process of the node holds a key's lock at a time;
 a lock older than the fill timeout is taken over (its holder is presumed dead).
 """
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from tenantkit.cache.pagecache import PageCache
 
-__all__ = ["LOCKS", "PURGED", "FillTicket", "mark_purged", "purged_at", "purged_since", "try_lock"]
+__all__ = ["LOCKS", "PURGED", "FillTicket", "mark_purged", "purged_since", "try_lock"]
 
 log = logging.getLogger(__name__)
 
@@ -118,21 +118,13 @@ def mark_purged(gen_dir: str, name: str) -> None:
     os.utime(marker, ns=(now, now))
 
 
-def purged_at(gen_dir: str, names: Iterable[str], since_ns: int) -> int | None:
-    """The earliest time (``time.time_ns()``) at or after *since_ns* at which any of *names*
-    was purged in generation *gen_dir*; None when none was."""
-    base = f"{gen_dir}/{PURGED}/"
-    found = None
-    for name in names:
-        try:
-            when = os.stat(base + name).st_mtime_ns
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        if when >= since_ns and (found is None or when < found):
-            found = when
-    return found
-
-
 def purged_since(gen_dir: str, names: Iterable[str], since_ns: int) -> bool:
     """True when any of *names* was purged in generation *gen_dir* at or after *since_ns*."""
-    return purged_at(gen_dir, names, since_ns) is not None
+    base = f"{gen_dir}/{PURGED}/"
+    for name in names:
+        try:
+            if os.stat(base + name).st_mtime_ns >= since_ns:
+                return True
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+    return False

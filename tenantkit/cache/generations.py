@@ -74,16 +74,16 @@ def read_flushed(generation_dir: str) -> float | None:
 
 def previous(root: Path, current: str, *, limit: int | None = 2 * MAX_PREVIOUS
              ) -> list[tuple[str, float]]:
-    """The flushed generations older than *current*, newest first, with when each was
-    flushed: at most *limit* (None: all; the default leaves room for the empty generations
-    :func:`sweep` may not have removed yet). A generation without a readable ``.flushed``
-    (being made, or damaged) is left out."""
-    top = number(current)
+    """The flushed generations but *current*, newest first, with when each was flushed: at
+    most *limit* (None: all; the default leaves room for the empty generations :func:`sweep`
+    may not have removed yet). A generation without a readable ``.flushed`` (being made, or
+    current) is left out: a flush writes it before it swaps ``current``, so a reader that
+    lists them just before a swap already sees the generation being flushed."""
     found = []
     with contextlib.suppress(FileNotFoundError):
         for name in os.listdir(root):
             n = number(name)
-            if n is not None and (top is None or n < top):
+            if n is not None and name != current:
                 found.append((n, name))
     out = []
     for _, name in sorted(found, reverse=True):

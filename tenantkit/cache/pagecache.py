@@ -59,7 +59,7 @@ from pathlib import Path
 
 from tenantkit import layout
 from tenantkit.cache import generations, tagindex
-from tenantkit.cache.fill import LOCKS, PURGED, FillTicket, mark_purged, purged_at, try_lock
+from tenantkit.cache.fill import LOCKS, PURGED, FillTicket, mark_purged, purged_since, try_lock
 from tenantkit.cache.keys import check_host, key_hash, page_key, tag_name, url_name
 from tenantkit.cache.nodecounters import RENDERS
 from tenantkit.cache.pagefile import (
@@ -84,6 +84,7 @@ from tenantkit.files import replace_symlink, write_atomic
 __all__ = ["CacheStats", "CachedPage", "FillTicket", "PageCache", "PageRef", "page_key"]
 
 CHANGES = ".changes"
+
 
 def _no_tally(kind: str) -> None:
     pass
@@ -146,7 +147,7 @@ class PageCache:
         self._last_size_check = 0.0
         self._size_lock = threading.Lock()
         self._stamp: ChangeStamp | None = None
-        self._previous_memo: tuple[bytes, list[tuple[str, float]]] | None = None
+        self._previous_memo: tuple[bytes, str, list[tuple[str, float]]] | None = None
         self._ensure_root()
         self._file_mode = file_mode(self.root)  # 0640 in a group-owned (setgid) tree
 
@@ -249,15 +250,17 @@ class PageCache:
 
     def _previous_generations(self) -> list[tuple[str, float]]:
         """The previous generations, newest first, with when each was flushed. Read again
-        only after a flush (in any process) changed the flush stamp."""
+        only after a flush (in any process) changed the flush stamp or ``current``: a flush
+        swaps ``current`` a moment before it changes the stamp."""
         stamp = self._stamp
         seen = None if stamp is None else stamp.flushes()
+        current = self.generation()
         memo = self._previous_memo
-        if seen is not None and memo is not None and memo[0] == seen:
-            return memo[1]
-        found = generations.previous(self.root, self.generation())
+        if seen is not None and memo is not None and memo[0] == seen and memo[1] == current:
+            return memo[2]
+        found = generations.previous(self.root, current)
         if seen is not None:
-            self._previous_memo = (seen, found)
+            self._previous_memo = (seen, current, found)
         return found
 
     def _from_previous(self, key: str, *, if_error: bool = False
@@ -294,30 +297,20 @@ class PageCache:
         return FillTicket(self, key, check_host(host), path, generation, started, lock_path,
                           None if lock_path is None else try_lock(lock_path, self.fill_timeout))
 
-    def _overtaken(self, ticket: FillTicket | None, generation: str, names: list[str]
-                   ) -> float | None:
-        """When (in ``clock`` seconds) a flush, or a purge of one of *names*, overtook the
-        render *ticket* stands for; None when none did."""
-        if ticket is None:
-            return None
-        when = None
-        if ticket.generation != generation:
-            when = generations.read_flushed(f"{self._root}/{ticket.generation}")
-            if when is None:
-                when = self.clock()
-        marked = purged_at(f"{self._root}/{generation}", names, ticket.started_ns)
-        if marked is not None:
-            # Markers carry the system time; the page's times are the cache's clock.
-            at = self.clock() - max(0.0, time.time() - marked / 1e9)
-            when = at if when is None else min(when, at)
-        return when
+    def _overtaken(self, ticket: FillTicket | None, generation: str, names: list[str]) -> bool:
+        """True when a flush, or a purge of one of *names*, came after the render *ticket*
+        stands for began."""
+        return ticket is not None and (
+            ticket.generation != generation
+            or purged_since(f"{self._root}/{generation}", names, ticket.started_ns))
 
-    def _put_stale(self, directory: str, data: bytes, meta: dict[str, object],
-                   purged: float) -> bool:
-        """Keep a render a purge overtook as the key's stale copy, purged at *purged*: it is
-        not fresh, but newer than anything else left, so the next callers are served it
-        (STALE) while one renders the page again. Not when a fresh page is there already,
-        nor over a stale copy rendered later."""
+    def _put_stale(self, directory: str, data: bytes, meta: dict[str, object]) -> bool:
+        """Keep a render a purge overtook as the key's stale copy, purged now: not fresh,
+        but the newest copy there is, so the next callers are served it (STALE, for
+        ``stale_seconds``) while one renders the page again. (Purged now rather than at the
+        purge: a render slower than ``stale_seconds`` would otherwise be stored too old to
+        serve, and leave nothing to serve.) Not when a page not yet purged is there, nor
+        over a stale copy stored later."""
         if any(os.path.exists(f"{directory}/{name}") for name in (BODY, PRIVATE_BODY)):
             return False
         held = PageFiles.sidecar(directory, STALE_BODY, STALE_META)
@@ -325,7 +318,7 @@ class PageCache:
         if (held is not None and isinstance(held.get("created"), float)
                 and isinstance(created, float) and held["created"] > created):
             return False
-        meta["purged"] = purged
+        meta["purged"] = created
         meta["body"] = BODY if meta.pop("public") else PRIVATE_BODY
         try:
             try:
@@ -346,7 +339,7 @@ class PageCache:
             ttl: int | None = None, ticket: FillTicket | None = None) -> bool:
         """Store a page; True when it was stored fresh. False when ``ticket`` shows that a
         purge or flush touching this key or its tags happened after the render began: the
-        page is then kept only as the key's stale copy, purged at that time (served STALE for
+        page is then kept only as the key's stale copy, purged when stored (served STALE for
         ``stale_seconds`` while one caller renders it again)."""
         key = page_key(host, path, query)
         normal_host = check_host(host)
@@ -366,10 +359,9 @@ class PageCache:
             "ttl": self.ttl if ttl is None else int(ttl),
             "host": normal_host, "path": path, "query": query,
         }
-        overtaken = self._overtaken(ticket, generation, marker_names)
-        if overtaken is not None:
+        if self._overtaken(ticket, generation, marker_names):
             self._counters.add("refused")
-            if self._put_stale(directory, data, {**meta, "public": public}, overtaken):
+            if self._put_stale(directory, data, {**meta, "public": public}):
                 self.tally(RENDERS)
             return False
         created = False
@@ -392,7 +384,7 @@ class PageCache:
             self._files.drop_stale(directory)
         # A purge may have run between the check above and the write: its marker is set
         # before it moves pages, so looking again now catches it.
-        if self._overtaken(ticket, self.generation(), marker_names) is not None:
+        if self._overtaken(ticket, self.generation(), marker_names):
             self._files.move_stale(directory, self.clock())
             self._changed()
             self._counters.add("refused")
