@@ -10,7 +10,7 @@
                 return page                      # someone else re-renders: serve stale
             body = render()
             cache.put("blog.example.org", "/2024/hello/", body, tags=("post:42", "home"),
-                      ticket=ticket)             # refused if a purge hit it meanwhile
+                      ticket=ticket)             # stored stale if a purge hit it meanwhile
 
     cache.purge_tags(["post:42"])                 # targeted
     cache.purge_paths("blog.example.org", ["/"])  # one URL (and its query variants)
@@ -19,10 +19,12 @@
 Layout under ``root`` (``cache_dir/<site>/pages``)::
 
     current -> g7                                  symlink, swapped atomically by flush()
-    previous -> g6                                 the last generation, served stale for a while
+    previous -> g6                                 the last generation; g6 and older flushed
+                                                   ones (see generations) are served stale
     g7/<host>/<path>/index.html                    what nginx serves (paths ending in "/"),
                                                    only for pages nginx_serves() accepts
     g7/<host>/<path>/.page.body                    the body of every other page
+    g7/<host>/<path>/.stale.html                   a purged page, or one rendered across a purge
     g7/<host>/<path>/.meta.json                    status, headers, tags, created, ttl, identity
                                                    (attached to the body instead where it can
                                                    be: see tenantkit.cache.pagefile)
@@ -59,6 +61,7 @@ from tenantkit import layout
 from tenantkit.cache import generations, tagindex
 from tenantkit.cache.fill import LOCKS, PURGED, FillTicket, mark_purged, purged_since, try_lock
 from tenantkit.cache.keys import check_host, key_hash, page_key, tag_name, url_name
+from tenantkit.cache.nodecounters import RENDERS
 from tenantkit.cache.pagefile import (
     BODY,
     META,
@@ -81,6 +84,11 @@ from tenantkit.files import replace_symlink, write_atomic
 __all__ = ["CacheStats", "CachedPage", "FillTicket", "PageCache", "PageRef", "page_key"]
 
 CHANGES = ".changes"
+
+
+def _no_tally(kind: str) -> None:
+    pass
+
 
 #: A stored page's key as its request gave it: (host, path, query).
 PageRef = tuple[str, str, str]
@@ -107,14 +115,22 @@ class PageCache:
     than this is taken over (its holder is presumed dead); ``clock``: wall-clock seconds
     (tests pass a fake); ``untagged``: the tag a page put without tags is stored under (a
     site's cache uses :data:`tenantkit.cache.tags.SITE`, which every purge of the site
-    purges).
+    purges); ``tally``: called with :data:`~tenantkit.cache.nodecounters.RENDERS` for each
+    render stored (fresh or stale) and, by the middleware, with
+    :data:`~tenantkit.cache.nodecounters.STALE_SERVED` for each stale page served (a site's
+    cache counts into its node's counters: :func:`tenantkit.cache.caches.site_page_cache`).
+
+    After a purge or a flush a page is served stale (for ``stale_seconds``) from the newest
+    copy left: the stale copy in ``current``, else the newest previous generation that has
+    it. A render a purge overtook is stored as such a stale copy, never as fresh.
     """
 
     def __init__(self, root: str | os.PathLike[str], *, ttl: int = 300, stale_seconds: int = 30,
                  max_bytes: int | None = None, fill_timeout: float = 30.0,
                  clock: Callable[[], float] = time.time, untagged: str | None = None,
-                 stale_if_error: int = 0) -> None:
+                 stale_if_error: int = 0, tally: Callable[[str], None] | None = None) -> None:
         self.root = Path(root)
+        self.tally: Callable[[str], None] = tally or _no_tally
         self.untagged = untagged
         self.ttl = ttl
         self.stale_seconds = stale_seconds
@@ -124,13 +140,14 @@ class PageCache:
         self.clock = clock
         self._current = str(self.root / layout.CURRENT)
         self._previous = str(self.root / generations.PREVIOUS)
+        self._root = str(self.root)
         self._counters = Counters()
         self._files = PageFiles()
         self._bytes_since_check = 0
         self._last_size_check = 0.0
         self._size_lock = threading.Lock()
         self._stamp: ChangeStamp | None = None
-        self._previous_memo: tuple[bytes, float | None] | None = None
+        self._previous_memo: tuple[bytes, str, list[tuple[str, float]]] | None = None
         self._ensure_root()
         self._file_mode = file_mode(self.root)  # 0640 in a group-owned (setgid) tree
 
@@ -231,35 +248,38 @@ class PageCache:
         return stale_horizon(stale_seconds=self.stale_seconds,
                              stale_if_error=self.stale_if_error)
 
-    def _previous_flushed(self) -> float | None:
-        """When the generation ``previous`` points to was flushed; None when there is none.
-        Read again only after a flush (in any process) changed the flush stamp."""
+    def _previous_generations(self) -> list[tuple[str, float]]:
+        """The previous generations, newest first, with when each was flushed. Read again
+        only after a flush (in any process) changed the flush stamp or ``current``: a flush
+        swaps ``current`` a moment before it changes the stamp."""
         stamp = self._stamp
         seen = None if stamp is None else stamp.flushes()
+        current = self.generation()
         memo = self._previous_memo
-        if seen is not None and memo is not None and memo[0] == seen:
-            return memo[1]
-        flushed = generations.read_flushed(self._previous)
+        if seen is not None and memo is not None and memo[0] == seen and memo[1] == current:
+            return memo[2]
+        found = generations.previous(self.root, current)
         if seen is not None:
-            self._previous_memo = (seen, flushed)
-        return flushed
+            self._previous_memo = (seen, current, found)
+        return found
 
     def _from_previous(self, key: str, *, if_error: bool = False
                        ) -> tuple[bytes, SidecarMeta] | None:
-        """The key's page in the generation before the last flush: purged at that flush."""
-        flushed = self._previous_flushed()
+        """The key's page in the newest previous generation that has it (newest first: the
+        newest copy), purged at that generation's flush if not before."""
         window = self._stale_horizon() if if_error else self.stale_seconds
-        if flushed is None or self.clock() >= flushed + window:
-            return None  # no previous generation, or too long ago to serve even stale
-        directory = f"{self._previous}/{key}"
-        found = self._files.read(directory, STALE_BODY, STALE_META)
-        if found is None:
-            found = self._files.read(directory, BODY, META)
-        if found is None:
-            return None
-        body, meta = found
-        purged = flushed if meta.purged is None else min(flushed, meta.purged)
-        return body, dataclasses.replace(meta, purged=purged)
+        now = self.clock()
+        read = self._files.read
+        for name, flushed in self._previous_generations():
+            if now >= flushed + window:
+                return None  # this one and every older one: too long ago to serve
+            directory = f"{self._root}/{name}/{key}"
+            found = read(directory, STALE_BODY, STALE_META) or read(directory, BODY, META)
+            if found is not None:
+                body, meta = found
+                purged = flushed if meta.purged is None else min(flushed, meta.purged)
+                return body, dataclasses.replace(meta, purged=purged)
+        return None
 
     # --- writes ---------------------------------------------------------------------------
 
@@ -278,15 +298,49 @@ class PageCache:
                           None if lock_path is None else try_lock(lock_path, self.fill_timeout))
 
     def _overtaken(self, ticket: FillTicket | None, generation: str, names: list[str]) -> bool:
+        """True when a flush, or a purge of one of *names*, came after the render *ticket*
+        stands for began."""
         return ticket is not None and (
             ticket.generation != generation
-            or purged_since(f"{self.root}/{generation}", names, ticket.started_ns))
+            or purged_since(f"{self._root}/{generation}", names, ticket.started_ns))
+
+    def _put_stale(self, directory: str, data: bytes, meta: dict[str, object]) -> bool:
+        """Keep a render a purge overtook as the key's stale copy, purged now: not fresh,
+        but the newest copy there is, so the next callers are served it (STALE, for
+        ``stale_seconds``) while one renders the page again. (Purged now rather than at the
+        purge: a render slower than ``stale_seconds`` would otherwise be stored too old to
+        serve, and leave nothing to serve.) Not when a page not yet purged is there, nor
+        over a stale copy stored later."""
+        if any(os.path.exists(f"{directory}/{name}") for name in (BODY, PRIVATE_BODY)):
+            return False
+        held = PageFiles.sidecar(directory, STALE_BODY, STALE_META)
+        created = meta["created"]
+        if (held is not None and isinstance(held.get("created"), float)
+                and isinstance(created, float) and held["created"] > created):
+            return False
+        meta["purged"] = created
+        meta["body"] = BODY if meta.pop("public") else PRIVATE_BODY
+        try:
+            try:
+                PageFiles.write_stale(directory, data, meta, mode=self._file_mode)
+            except FileNotFoundError:
+                os.makedirs(directory, exist_ok=True)
+                PageFiles.write_stale(directory, data, meta, mode=self._file_mode)
+        except FileNotFoundError:
+            return False  # the generation was deleted under us by a flush
+        except OSError as exc:
+            raise CacheError(f"page cache {self.root}: cannot store {directory}: {exc}"
+                             ) from exc
+        self._changed()
+        return True
 
     def put(self, host: str, path: str, body: bytes, *, query: str = "", status: int = 200,
             headers: Iterable[tuple[str, str]] = (), tags: Iterable[str] = (),
             ttl: int | None = None, ticket: FillTicket | None = None) -> bool:
-        """Store a page. False (and nothing stored) when ``ticket`` shows that a purge or flush
-        touching this key or its tags happened after the render began."""
+        """Store a page; True when it was stored fresh. False when ``ticket`` shows that a
+        purge or flush touching this key or its tags happened after the render began: the
+        page is then kept only as the key's stale copy, purged when stored (served STALE for
+        ``stale_seconds`` while one caller renders it again)."""
         key = page_key(host, path, query)
         normal_host = check_host(host)
         tags = tuple(dict.fromkeys(tags))
@@ -294,20 +348,22 @@ class PageCache:
             tags = (self.untagged,)
         marker_names = [url_name(normal_host, path), *(tag_name(t) for t in tags)]
         generation = self.generation()
-        if self._overtaken(ticket, generation, marker_names):
-            self._counters.add("refused")
-            return False
         gen_dir = f"{self.root}/{generation}"
         directory = f"{gen_dir}/{key}"
         data = bytes(body)
         headers = [(str(k), str(v)) for k, v in headers]
         public = nginx_serves(int(status), headers)
-        meta = {
+        meta: dict[str, object] = {
             "status": int(status), "headers": [[str(k), str(v)] for k, v in headers],
             "tags": list(tags), "created": self.clock(),
             "ttl": self.ttl if ttl is None else int(ttl),
             "host": normal_host, "path": path, "query": query,
         }
+        if self._overtaken(ticket, generation, marker_names):
+            self._counters.add("refused")
+            if self._put_stale(directory, data, {**meta, "public": public}):
+                self.tally(RENDERS)
+            return False
         created = False
         try:
             try:
@@ -328,13 +384,15 @@ class PageCache:
             self._files.drop_stale(directory)
         # A purge may have run between the check above and the write: its marker is set
         # before it moves pages, so looking again now catches it.
-        if ticket is not None and self._overtaken(ticket, self.generation(), marker_names):
+        if self._overtaken(ticket, self.generation(), marker_names):
             self._files.move_stale(directory, self.clock())
             self._changed()
             self._counters.add("refused")
+            self.tally(RENDERS)
             return False
         self._changed()
         self._counters.add("puts")
+        self.tally(RENDERS)
         if self.max_bytes is not None:
             self._account(len(data))
         return True
@@ -392,9 +450,10 @@ class PageCache:
         return self._purge_names(list(own), own, purged)
 
     def flush(self) -> str:
-        """Purge the whole site: a new empty generation becomes ``current``; the old one is
-        kept as ``previous`` (served stale for ``stale_seconds``, or ``stale_if_error``) and
-        older ones are deleted in the background. Returns the new generation's name."""
+        """Purge the whole site: a new empty generation becomes ``current``; the old one and
+        up to :data:`~tenantkit.cache.generations.MAX_PREVIOUS` older ones are kept (served
+        stale for ``stale_seconds``, or ``stale_if_error``; see :meth:`sweep`). Returns the
+        new generation's name."""
         old = self.generation()
         new = generations.new_generation(self.root)
         with contextlib.suppress(FileNotFoundError):
@@ -405,19 +464,32 @@ class PageCache:
         self._changed(flushed=True)
         self._counters.add("flushes")
         self._files.clear()
-        self.sweep(keep=(new, old))
+        self.sweep()
         return new
 
     def sweep(self, keep: Iterable[str] | None = None) -> list[str]:
-        """Delete, in a background thread, generations that are neither current nor (within
-        its stale window) previous. Returns the names being deleted."""
+        """Delete, in a background thread, generations no reader needs: all but ``current``,
+        the newest previous one and up to
+        :data:`~tenantkit.cache.generations.MAX_PREVIOUS` previous ones that hold pages, each
+        flushed within the stale horizon (or all but *keep* when given). Generations newer
+        than ``current`` (another process's flush under way) are left alone. Returns the
+        names being deleted."""
+        current = self.generation()
         if keep is None:
-            keep = {self.generation()}
-            flushed = generations.read_flushed(self._previous)
-            if flushed is not None and self.clock() < flushed + self._stale_horizon():
-                with contextlib.suppress(OSError):
-                    keep.add(os.readlink(self._previous))
-        return generations.sweep(self.root, keep)
+            keep = {current}
+            now = self.clock()
+            horizon = self._stale_horizon()
+            full = 0
+            for i, (name, flushed) in enumerate(generations.previous(self.root, current,
+                                                                     limit=None)):
+                if now >= flushed + horizon or full >= generations.MAX_PREVIOUS:
+                    break
+                if generations.has_pages(f"{self._root}/{name}"):
+                    keep.add(name)
+                    full += 1
+                elif i == 0:
+                    keep.add(name)  # what ``previous`` names
+        return generations.sweep(self.root, keep, below=current)
 
     # --- size -----------------------------------------------------------------------------
 

@@ -338,6 +338,29 @@ class PageFiles:
             os.unlink(f"{directory}/{other}")
 
     @staticmethod
+    def write_stale(directory: str, body: bytes, meta: dict[str, Any], *,
+                    mode: int = FILE_MODE) -> None:
+        """Store a page that is stale from the start (``meta["purged"]`` set: a render a purge
+        overtook) as the stale copy, :data:`STALE_BODY`, never served by nginx; its sidecar is
+        attached, else the file :data:`STALE_META`. FileNotFoundError when *directory* is
+        missing."""
+        detached: list[bytes] = []
+
+        def attach(fd: int, st: os.stat_result) -> None:
+            meta["ident"] = [st.st_ino, st.st_size, st.st_mtime_ns]
+            data = json.dumps(meta).encode()
+            if not _attach(fd, data):
+                detached.append(data)
+
+        write_atomic(f"{directory}/{STALE_BODY}", body, mode=mode, mtime_ns=time.time_ns(),
+                     before_rename=attach)
+        if detached:
+            write_atomic(f"{directory}/{STALE_META}", detached[0], mode=mode)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{directory}/{STALE_META}")
+
+    @staticmethod
     def drop_stale(directory: str) -> None:
         for stale in (STALE_BODY, STALE_META):
             with contextlib.suppress(FileNotFoundError):

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 from werkzeug.wsgi import ClosingIterator
 
 from tenantkit.cache.caches import SiteCaches
+from tenantkit.cache.nodecounters import STALE_SERVED
 from tenantkit.cache.pagecache import FillTicket, PageCache
 from tenantkit.errors import CacheError
 from tenantkit.sites import Site
@@ -201,16 +202,24 @@ class PageCacheMiddleware:
                 self._hot.remember(lane, site.name, hot)
             return send_page(stored, environ, start_response, "HIT", now)
         try:
-            # With no page at all there is nothing stale to serve: every caller renders, so
-            # the fill lock would only cost two file operations.
+            # With no copy at all (a first visit, or none within stale_seconds) every caller
+            # renders: waiting for another's render would hold a worker thread for as long,
+            # and pages that are never stored (cookies, no-store) would queue one by one.
+            # With a copy, the fill lock (a file: one holder across the node's processes)
+            # picks the one caller that renders; every other is served the copy at once.
             ticket = cache.begin_fill(host, path, query, lock=stored is not None)
         except (CacheError, OSError) as exc:
             logger.warning("site %s: page cache unusable: %s", site.name, exc)
             return self._bypass(site, environ, start_response)
-        if stored is not None and not ticket.leader:
-            ticket.release()  # someone else regenerates it: serve the stale page meanwhile
-            self._count(site, "STALE")
-            return send_page(stored, environ, start_response, "STALE", time.time())
+        if stored is not None:
+            if not ticket.leader:
+                ticket.release()  # someone else regenerates it: serve the stale page meanwhile
+                return self._send_stale(site, cache, stored, environ, start_response)
+            fresh = self._stored_since(cache, host, path, query)
+            if fresh is not None:  # the previous holder stored it after we read the copy
+                ticket.release()
+                self._count(site, "HIT")
+                return send_page(fresh, environ, start_response, "HIT", time.time())
         try:
             return self._fill(site, cache, ticket, query, environ, start_response)
         finally:
@@ -234,6 +243,23 @@ class PageCacheMiddleware:
         if self.on_cache is not None:
             self.on_cache(name, "HIT")
         return send_page(stored, environ, start_response, "HIT", now)
+
+    @staticmethod
+    def _stored_since(cache: PageCache, host: str, path: str, query: str
+                      ) -> StoredResponse | None:
+        """The fresh page of this key if one was stored since it was read, else None."""
+        try:
+            page = cache.get(host, path, query)
+        except (CacheError, OSError, ValueError):
+            return None
+        return None if page is None or page.stale else StoredResponse(page)
+
+    def _send_stale(self, site: Site, cache: PageCache, stored: StoredResponse,
+                    environ: WSGIEnvironment, start_response: StartResponse
+                    ) -> Iterable[bytes]:
+        self._count(site, "STALE")
+        cache.tally(STALE_SERVED)
+        return send_page(stored, environ, start_response, "STALE", time.time())
 
     def _count(self, site: Site, result: str) -> None:
         if self.on_cache is not None:
@@ -351,8 +377,7 @@ class PageCacheMiddleware:
             return None
         logger.info("site %s: %s for %s: served the stored page (stale_if_error)", site.name,
                     failure, ticket.path)
-        self._count(site, "STALE")
-        return send_page(StoredResponse(stored), environ, start_response, "STALE", time.time())
+        return self._send_stale(site, cache, StoredResponse(stored), environ, start_response)
 
     def _storable(self, site: Site, environ: WSGIEnvironment, capture: _Capture) -> int:
         """How long the response may be stored; 0 when it must not be."""
