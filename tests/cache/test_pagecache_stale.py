@@ -16,20 +16,9 @@ from tenantkit.cache.pagecache import PageCache
 from tenantkit.config import CacheSettings
 from tenantkit.sites import Backend, Site
 
+from .helpers import FakeClock
+
 H = "blog.example.org"
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture
