@@ -78,7 +78,8 @@ from tenantkit.cache.stats import CacheStats, Counters
 from tenantkit.errors import CacheError
 from tenantkit.files import replace_symlink, write_atomic
 
-__all__ = ["CacheStats", "CachedPage", "FillTicket", "PageCache", "PageRef", "page_key"]
+__all__ = ["CacheStats", "CachedPage", "FillTicket", "PageCache", "PageRef", "PurgedPages",
+           "page_key"]
 
 CHANGES = ".changes"
 
@@ -86,15 +87,32 @@ CHANGES = ".changes"
 PageRef = tuple[str, str, str]
 
 
-def _add_ref(refs: list[PageRef], directory: str) -> None:
-    """Append the (host, path, query) a purged page in *directory* was stored for, read
-    from its stale sidecar (skipped when that cannot be read)."""
-    meta = PageFiles.sidecar(directory, STALE_BODY, STALE_META)
-    if meta is None or "host" not in meta or "path" not in meta:
-        return
-    ref = (str(meta["host"]), str(meta["path"]), str(meta.get("query") or ""))
-    if ref not in refs:
-        refs.append(ref)
+class PurgedPages:
+    """The pages a purge made stale, as the (host, path, query) each was stored for: each
+    once, in the order purged, at most *limit* of them (None: no limit). Pages past the limit
+    are counted in ``left_out`` and their sidecars never read::
+
+        report = PurgedPages(limit=1000)
+        cache.purge_tags(["post:42"], purged=report)
+        report.refs                 # {(host, path, query): None, ...}
+    """
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit
+        self.refs: dict[PageRef, None] = {}
+        #: Pages made stale but not reported (past the limit).
+        self.left_out = 0
+
+    def add(self, directory: str) -> None:
+        """Report the purged page in *directory*, read from its stale sidecar (skipped when
+        that cannot be read)."""
+        if self.limit is not None and len(self.refs) >= self.limit:
+            self.left_out += 1
+            return
+        meta = PageFiles.sidecar(directory, STALE_BODY, STALE_META)
+        if meta is None or "host" not in meta or "path" not in meta:
+            return
+        self.refs[(str(meta["host"]), str(meta["path"]), str(meta.get("query") or ""))] = None
 
 
 class PageCache:
@@ -342,10 +360,10 @@ class PageCache:
     # --- purges ---------------------------------------------------------------------------
 
     def _purge_names(self, names: Iterable[str], own: Mapping[str, str] | None = None,
-                     purged: list[PageRef] | None = None) -> int:
+                     purged: PurgedPages | None = None) -> int:
         """Mark each name purged, then move the pages its index lists (and ``own[name]``,
-        a page key not in the index) out of the way; each page moved is appended to
-        *purged* when given."""
+        a page key not in the index) out of the way; each page moved is reported to *purged*
+        when given."""
         generation = self.generation()
         gen_dir = f"{self.root}/{generation}"
         now = self.clock()
@@ -363,19 +381,19 @@ class PageCache:
                 if move_stale(f"{gen_dir}/{key}", now):
                     count += 1
                     if purged is not None:
-                        _add_ref(purged, f"{gen_dir}/{key}")
+                        purged.add(f"{gen_dir}/{key}")
         if count:
             self._changed()
         self._counters.add("purged", count)
         return count
 
-    def purge_tags(self, tags: Iterable[str], *, purged: list[PageRef] | None = None) -> int:
+    def purge_tags(self, tags: Iterable[str], *, purged: PurgedPages | None = None) -> int:
         """Purge every page carrying any of ``tags``; returns how many pages went stale
-        (and appends each one's (host, path, query) to *purged* when given)."""
+        (and reports each one to *purged*, a :class:`PurgedPages`, when given)."""
         return self._purge_names([tag_name(t) for t in tags], purged=purged)
 
     def purge_paths(self, host: str | None, paths: Iterable[str], *,
-                    purged: list[PageRef] | None = None) -> int:
+                    purged: PurgedPages | None = None) -> int:
         """Purge these URL paths (with any query string) of ``host``, or of every host when
         ``host`` is None. Returns how many pages went stale (see :meth:`purge_tags` for
         *purged*)."""
