@@ -54,6 +54,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from tenantkit import layout
 from tenantkit.cache import generations, tagindex
@@ -66,6 +67,7 @@ from tenantkit.cache.pagefile import (
     PRIVATE_BODY,
     STALE_BODY,
     STALE_META,
+    BodyWriter,
     CachedPage,
     PageFiles,
     SidecarMeta,
@@ -78,8 +80,8 @@ from tenantkit.cache.stats import CacheStats, Counters
 from tenantkit.errors import CacheError
 from tenantkit.files import replace_symlink, write_atomic
 
-__all__ = ["CacheStats", "CachedPage", "FillTicket", "PageCache", "PageRef", "PurgedPages",
-           "page_key"]
+__all__ = ["CacheStats", "CachedPage", "FillTicket", "PageCache", "PageRef", "PageWriter",
+           "PurgedPages", "page_key"]
 
 CHANGES = ".changes"
 
@@ -305,6 +307,23 @@ class PageCache:
             ttl: int | None = None, ticket: FillTicket | None = None) -> bool:
         """Store a page. False (and nothing stored) when ``ticket`` shows that a purge or flush
         touching this key or its tags happened after the render began."""
+        writer = self.writer(host, path, query=query, status=status, headers=headers,
+                             tags=tags, ttl=ttl, ticket=ticket)
+        if writer is None:
+            return False
+        try:
+            writer.write(body)
+            return writer.commit()
+        finally:
+            writer.abort()
+
+    def writer(self, host: str, path: str, *, query: str = "", status: int = 200,
+               headers: Iterable[tuple[str, str]] = (), tags: Iterable[str] = (),
+               ttl: int | None = None, ticket: FillTicket | None = None) -> PageWriter | None:
+        """:meth:`put` for a body that arrives in pieces: a :class:`PageWriter` to
+        ``write()`` them to, then ``commit()`` (the page is stored, True, or refused as by
+        :meth:`put`, False) or ``abort()`` (nothing is); None when ``ticket`` is overtaken
+        already. The body is written once, to its file; nothing of it is kept in memory."""
         key = page_key(host, path, query)
         normal_host = check_host(host)
         tags = tuple(dict.fromkeys(tags))
@@ -314,48 +333,16 @@ class PageCache:
         generation = self.generation()
         if self._overtaken(ticket, generation, marker_names):
             self._counters.add("refused")
-            return False
-        gen_dir = f"{self.root}/{generation}"
-        directory = f"{gen_dir}/{key}"
-        data = bytes(body)
+            return None
         headers = [(str(k), str(v)) for k, v in headers]
-        public = nginx_serves(int(status), headers)
         meta = {
-            "status": int(status), "headers": [[str(k), str(v)] for k, v in headers],
-            "tags": list(tags), "created": self.clock(),
+            "status": int(status), "headers": [[k, v] for k, v in headers],
+            "tags": list(tags), "created": 0.0,
             "ttl": self.ttl if ttl is None else int(ttl),
             "host": normal_host, "path": path, "query": query,
         }
-        created = False
-        try:
-            try:
-                self._files.write(directory, data, meta, public=public, mode=self._file_mode)
-            except FileNotFoundError:
-                os.makedirs(directory, exist_ok=True)
-                created = True
-                self._files.write(directory, data, meta, public=public, mode=self._file_mode)
-            # purge_paths finds a path's own page without the index; its query variants
-            # and every tagged page are found through it.
-            for name in marker_names if query else marker_names[1:]:
-                tagindex.add(gen_dir, name, key)
-        except FileNotFoundError:
-            return False  # the generation was deleted under us by a flush: nothing to keep
-        except OSError as exc:
-            raise CacheError(f"page cache {self.root}: cannot store {key}: {exc}") from exc
-        if not created:
-            self._files.drop_stale(directory)
-        # A purge may have run between the check above and the write: its marker is set
-        # before it moves pages, so looking again now catches it.
-        if ticket is not None and self._overtaken(ticket, self.generation(), marker_names):
-            self._files.move_stale(directory, self.clock())
-            self._changed()
-            self._counters.add("refused")
-            return False
-        self._changed()
-        self._counters.add("puts")
-        if self.max_bytes is not None:
-            self._account(len(data))
-        return True
+        return PageWriter(self, key, f"{self.root}/{generation}", meta, marker_names,
+                          public=nginx_serves(int(status), headers), ticket=ticket)
 
     # --- purges ---------------------------------------------------------------------------
 
@@ -499,3 +486,98 @@ class PageCache:
             hits=c.hits, stale_hits=c.stale_hits, misses=c.misses, puts=c.puts,
             refused=c.refused, purged=c.purged, flushes=c.flushes, evicted=c.evicted,
         )
+
+
+class PageWriter:
+    """A page being stored as its body arrives (see :meth:`PageCache.writer`)."""
+
+    __slots__ = ("_body", "_cache", "_created", "_gen_dir", "_gone", "_key", "_names",
+                 "_ticket", "meta")
+
+    def __init__(self, cache: PageCache, key: str, gen_dir: str, meta: dict[str, Any],
+                 names: list[str], *, public: bool, ticket: FillTicket | None) -> None:
+        self._cache = cache
+        self._key = key
+        self._gen_dir = gen_dir
+        self._names = names
+        self._ticket = ticket
+        #: The sidecar; ``meta["headers"]`` may still be changed until :meth:`commit`.
+        self.meta = meta
+        directory = f"{gen_dir}/{key}"
+        self._created = False
+        #: The generation was deleted under us by a flush: nothing to keep.
+        self._gone = False
+        self._body: BodyWriter | None = None
+        try:
+            try:
+                self._body = BodyWriter(directory, public=public, mode=cache._file_mode)
+            except FileNotFoundError:
+                os.makedirs(directory, exist_ok=True)
+                self._created = True
+                self._body = BodyWriter(directory, public=public, mode=cache._file_mode)
+        except FileNotFoundError:
+            self._gone = True
+        except OSError as exc:
+            raise CacheError(f"page cache {cache.root}: cannot store {key}: {exc}") from exc
+
+    @property
+    def size(self) -> int:
+        """Bytes written so far."""
+        return 0 if self._body is None else self._body.size
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Append to the body (CacheError when the file system refuses)."""
+        if self._gone:
+            return
+        if self._body is None:
+            raise CacheError(f"page cache {self._cache.root}: {self._key}: already done")
+        try:
+            self._body.write(data)
+        except OSError as exc:
+            self.abort()
+            raise CacheError(f"page cache {self._cache.root}: cannot store {self._key}: "
+                             f"{exc}") from exc
+
+    def abort(self) -> None:
+        """Drop what was written: nothing of this page is stored (a no-op after commit)."""
+        body, self._body = self._body, None
+        if body is not None:
+            body.abort()
+
+    def commit(self) -> bool:
+        """Store the page; False when it was refused (see :meth:`PageCache.put`)."""
+        body = self._body
+        if self._gone:
+            return False
+        if body is None:
+            raise CacheError(f"page cache {self._cache.root}: {self._key}: already done")
+        cache, gen_dir, names, ticket = self._cache, self._gen_dir, self._names, self._ticket
+        directory = f"{gen_dir}/{self._key}"
+        self.meta["created"] = cache.clock()
+        try:
+            body.commit(self.meta, fresh=self._created)
+            # purge_paths finds a path's own page without the index; its query variants
+            # and every tagged page are found through it.
+            for name in names if self.meta["query"] else names[1:]:
+                tagindex.add(gen_dir, name, self._key)
+        except FileNotFoundError:
+            return False  # the generation was deleted under us by a flush: nothing to keep
+        except OSError as exc:
+            raise CacheError(f"page cache {cache.root}: cannot store {self._key}: "
+                             f"{exc}") from exc
+        finally:
+            self.abort()
+        if not self._created:
+            cache._files.drop_stale(directory)
+        # A purge may have run between the check in writer() and now: its marker is set
+        # before it moves pages, so looking again now catches it.
+        if ticket is not None and cache._overtaken(ticket, cache.generation(), names):
+            cache._files.move_stale(directory, cache.clock())
+            cache._changed()
+            cache._counters.add("refused")
+            return False
+        cache._changed()
+        cache._counters.add("puts")
+        if cache.max_bytes is not None:
+            cache._account(body.size)
+        return True
