@@ -43,6 +43,7 @@ Framing, so that no request or response can be taken for another (issue 24):
 from __future__ import annotations
 
 import contextlib
+import errno
 import inspect
 import logging
 import pkgutil
@@ -332,7 +333,7 @@ class ProxyApp:
             body.close()
             raise
         start_response(f"{response.status} {response.reason or ''}".rstrip(), out)
-        return _Prefetched(first, iterator, body)
+        return _Prefetched(first, iterator, body, _site_name(environ))
 
     def _failed(self, environ: WSGIEnvironment, start_response: StartResponse,
                 exc: BaseException) -> list[bytes]:
@@ -459,19 +460,28 @@ class _ResponseBody:
 
 
 class _Prefetched:
-    """The upstream body with its first piece already read."""
+    """The upstream body with its first piece already read. An upstream that fails after
+    that is logged in one line, and the server is made to drop the visitor's connection
+    (a :class:`ConnectionResetError`, which WSGI servers take quietly: the status line
+    has gone out, a cut connection is the only honest signal left)."""
 
-    __slots__ = ("body", "first", "iterator")
+    __slots__ = ("body", "first", "iterator", "site")
 
     def __init__(self, first: list[bytes], iterator: Iterator[bytes],
-                 body: _ResponseBody) -> None:
+                 body: _ResponseBody, site: str = "-") -> None:
         self.first = first
         self.iterator = iterator
         self.body = body
+        self.site = site
 
     def __iter__(self) -> Iterator[bytes]:
         yield from self.first
-        yield from self.iterator
+        try:
+            yield from self.iterator
+        except UpstreamError as exc:
+            logger.warning("site %s: %s (the response was cut short)", self.site, exc)
+            raise ConnectionResetError(errno.ECONNRESET, f"response cut short: {exc}"
+                                       ) from exc
 
     def close(self) -> None:
         self.body.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import socket
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -101,6 +102,7 @@ class Stack:
         self.upstream = upstream
         sites = Sites(tmp_path)
         sites.add("blog", [HOST], url=upstream.url, extra=site_extra)
+        self.cache_dir = sites.cache_dir
         self.shim = Shim(tmp_path, shim_env(sites.dir, sites.cache_dir, **env), "--workers", "1")
         self.url = self.shim.url
         self.nginx: Nginx | None = None
@@ -118,6 +120,15 @@ class Stack:
         url = self.shim.url if direct else self.url
         headers.setdefault("Host", HOST)
         return self.http.request("GET", url + path, headers=headers, decode_content=False)
+
+    def wait_stored(self, path: str) -> None:
+        """Until the page of *path* (relative, of HOST) is in the cache: it is stored just
+        after the visitor has its last byte."""
+        pages = self.cache_dir / "blog" / "pages" / "current" / HOST / path
+        deadline = time.monotonic() + TIMEOUT
+        while not any((pages / name).is_file() for name in ("index.html", ".page.body")):
+            assert time.monotonic() < deadline, f"{path} never stored"
+            time.sleep(0.01)
 
     def targets(self) -> list[str]:
         return [r.target for r in self.upstream.heads]
@@ -179,6 +190,7 @@ def test_a_gzip_page_is_served_to_each_visitor_as_it_asks(stack: Callable[..., S
     first = s.get("/gz/", **{"Accept-Encoding": "gzip"})
     assert first.headers["Content-Encoding"] == "gzip"
     page = gzip.decompress(first.data)
+    s.wait_stored("gz/")
     for direct in (True, False):
         plain = s.get("/gz/", direct=direct)
         assert plain.status == 200

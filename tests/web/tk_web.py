@@ -9,10 +9,19 @@ from pathlib import Path
 from typing import Any
 
 from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.test import Client
 
 from tenantkit.config import DatabaseSettings, Settings, WebSettings
 
 TOKEN = "s3cret-admin-token"
+
+
+class ServerClient(Client):
+    """werkzeug's test client reading every response body to its end and closing it at once,
+    as a server does (a page is stored when its body has been read and closed)."""
+
+    def open(self, *args: Any, buffered: bool = True, **kwargs: Any) -> Any:
+        return super().open(*args, buffered=buffered, **kwargs)
 
 
 class Sites:
