@@ -318,18 +318,15 @@ class PageCacheMiddleware:
             keep.append(("ETag", f'"{secrets.token_hex(12)}"'))
         if "last-modified" not in names:
             keep.append(("Last-Modified", formatdate(time.time(), usegmt=True)))
-        try:
-            writer = cache.writer(ticket.host, ticket.path, query=query, status=200,
-                                  headers=keep, tags=tags, ttl=ttl, ticket=ticket)
-        except (CacheError, OSError, ValueError) as exc:
-            logger.warning("site %s: cannot store %r: %s", site.name, ticket.path, exc)
-            return None
-        if writer is None:
-            return None  # a purge overtook the render already
         if inflater is None:  # the visitor gets the validators the hits will have
             out += [(k, v) for k, v in keep if k.lower() not in names]
+
+        def open_writer() -> PageWriter | None:
+            return cache.writer(ticket.host, ticket.path, query=query, status=200,
+                                headers=keep, tags=tags, ttl=ttl, ticket=ticket)
+
         links = self.host_links if not query else None
-        return _Store(site, writer, inflater, links)
+        return _Store(site, ticket.path, open_writer, inflater, links)
 
     def _stale_if_error(self, site: Site, cache: PageCache, ticket: FillTicket, query: str,
                         environ: WSGIEnvironment, start_response: StartResponse,
@@ -381,21 +378,33 @@ def _close(body: Iterable[bytes]) -> None:
 
 
 class _Store:
-    """A response's body on its way into the cache (see :class:`_StoringBody`)."""
+    """A response's body on its way into the cache (see :class:`_StoringBody`). The page's
+    file is opened with the first chunk, once the visitor has it."""
 
-    __slots__ = ("host_links", "inflater", "site", "writer")
+    __slots__ = ("host_links", "inflater", "open_writer", "path", "site", "writer")
 
-    def __init__(self, site: Site, writer: PageWriter, inflater: Any,
-                 host_links: HostLinks | None) -> None:
+    def __init__(self, site: Site, path: str, open_writer: Callable[[], PageWriter | None],
+                 inflater: Any, host_links: HostLinks | None) -> None:
         self.site = site
-        self.writer: PageWriter | None = writer
+        self.path = path
+        self.open_writer: Callable[[], PageWriter | None] | None = open_writer
+        self.writer: PageWriter | None = None
         self.inflater = inflater
         self.host_links = host_links
 
     def feed(self, chunk: bytes) -> None:
         writer = self.writer
         if writer is None:
-            return
+            if self.open_writer is None:
+                return  # given up, or done
+            opener, self.open_writer = self.open_writer, None
+            try:
+                writer = self.writer = opener()
+            except (CacheError, OSError, ValueError) as exc:
+                logger.warning("site %s: cannot store %r: %s", self.site.name, self.path, exc)
+                return
+            if writer is None:
+                return  # a purge overtook the render already
         try:
             if self.inflater is not None:
                 chunk = self.inflater.decompress(chunk, MAX_STORE_BYTES + 1 - writer.size)
@@ -403,21 +412,24 @@ class _Store:
                     chunk = b"\0" * (MAX_STORE_BYTES + 1)  # decoded, larger than the cap
             if writer.size + len(chunk) > MAX_STORE_BYTES:
                 logger.info("site %s: %s not stored: larger than %d bytes", self.site.name,
-                            writer.meta["path"], MAX_STORE_BYTES)
+                            self.path, MAX_STORE_BYTES)
                 self.abort()
                 return
             writer.write(chunk)
         except (CacheError, zlib.error) as exc:
-            logger.warning("site %s: cannot store %r: %s", self.site.name,
-                           writer.meta["path"], exc)
+            logger.warning("site %s: cannot store %r: %s", self.site.name, self.path, exc)
             self.abort()
 
     def abort(self) -> None:
+        self.open_writer = None
         writer, self.writer = self.writer, None
         if writer is not None:
             writer.abort()
 
     def commit(self) -> None:
+        if self.open_writer is not None:
+            self.feed(b"")  # an empty body: the page is still stored
+        self.open_writer = None
         writer, self.writer = self.writer, None
         if writer is None:
             return
@@ -428,8 +440,7 @@ class _Store:
                 return
             stored = writer.commit()
         except (CacheError, OSError, ValueError) as exc:
-            logger.warning("site %s: cannot store %r: %s", self.site.name,
-                           writer.meta["path"], exc)
+            logger.warning("site %s: cannot store %r: %s", self.site.name, self.path, exc)
             return
         finally:
             writer.abort()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gzip
 import socket
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -18,7 +17,7 @@ import pytest
 import urllib3
 from tk_procs import Nginx, Shim, shim_env
 from tk_upstream import TIMEOUT, RawUpstream, Request, exchange, read_request, status_of
-from tk_web import Sites
+from tk_web import Sites, wait_stored
 
 from tenantkit.export.nginx import render_config
 from tenantkit.testing import free_port
@@ -122,13 +121,7 @@ class Stack:
         return self.http.request("GET", url + path, headers=headers, decode_content=False)
 
     def wait_stored(self, path: str) -> None:
-        """Until the page of *path* (relative, of HOST) is in the cache: it is stored just
-        after the visitor has its last byte."""
-        pages = self.cache_dir / "blog" / "pages" / "current" / HOST / path
-        deadline = time.monotonic() + TIMEOUT
-        while not any((pages / name).is_file() for name in ("index.html", ".page.body")):
-            assert time.monotonic() < deadline, f"{path} never stored"
-            time.sleep(0.01)
+        wait_stored(self.cache_dir, "blog", HOST, path)
 
     def targets(self) -> list[str]:
         return [r.target for r in self.upstream.heads]
@@ -190,7 +183,7 @@ def test_a_gzip_page_is_served_to_each_visitor_as_it_asks(stack: Callable[..., S
     first = s.get("/gz/", **{"Accept-Encoding": "gzip"})
     assert first.headers["Content-Encoding"] == "gzip"
     page = gzip.decompress(first.data)
-    s.wait_stored("gz/")
+    s.wait_stored("/gz/")
     for direct in (True, False):
         plain = s.get("/gz/", direct=direct)
         assert plain.status == 200
@@ -249,6 +242,7 @@ def test_nginx_serves_plain_html_pages_itself(stack: Callable[..., Stack]) -> No
 def test_a_hit_carries_the_apps_end_to_end_headers(stack: Callable[..., Stack]) -> None:
     s = stack(nginx=True)
     s.get("/headers/")
+    s.wait_stored("/headers/")
     for direct in (True, False):
         hit = s.get("/headers/", direct=direct)
         assert hit.headers["X-Tenantkit-Cache"] == "HIT"

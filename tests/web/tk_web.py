@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,18 @@ class DripServer:
         self.sock.close()
         for thread in self.threads:
             thread.join(5)
+
+
+def wait_stored(cache_dir: Path, site: str, host: str, path: str,
+                timeout: float = 10.0) -> None:
+    """Until the page of *host* and *path* (no query) of *site* is in the cache: a miss
+    stores its page just after the visitor has its last byte, so a request sent at once on
+    another connection may still miss."""
+    page = cache_dir / site / "pages" / "current" / host / path.strip("/")
+    deadline = time.monotonic() + timeout
+    while not any((page / name).is_file() for name in ("index.html", ".page.body")):
+        assert time.monotonic() < deadline, f"{host}{path} never stored"
+        time.sleep(0.01)
 
 
 def admin_headers(token: str = TOKEN) -> dict[str, str]:
