@@ -28,8 +28,14 @@ site's ``ttl``); ``Vary`` on nothing but ``Accept-Encoding``; no ``Content-Encod
 it, see :mod:`tenantkit.web.hits`). Every end-to-end header is stored with the page (all but
 hop-by-hop and per-response ones: ``Date``, ``Age``, ``Server``, ``Content-Length``).
 Tags come from the ``X-Tenantkit-Tags`` response header (comma- or space-separated), which
-never reaches the client. Stored pages get an ``ETag`` and a ``Last-Modified``; conditional
-GETs on hits answer 304.
+never reaches the client. Stored pages get an ``ETag`` (the app's, else a new one each
+time the page is stored) and a ``Last-Modified``; conditional GETs on hits answer 304.
+
+A miss costs the visitor little more than the backend itself: the body is passed on chunk
+by chunk as the backend gives it, each chunk written to the page's file once the visitor
+has it, and the file renamed into place once the last chunk went out -- only when the body
+was read to its end (a body the upstream cut short is never stored). Nothing of the page is
+held in memory, and nothing is stored past :data:`MAX_STORE_BYTES`.
 
 Read-your-writes: after a request whose backend wrote (the router's consistency token is
 found in ``environ["tenantkit.write_token"]`` or the ``X-Tenantkit-Token`` response header),
