@@ -512,7 +512,12 @@ class PageWriter:
             try:
                 self._body = BodyWriter(directory, public=public, mode=cache._file_mode)
             except FileNotFoundError:
-                os.makedirs(directory, exist_ok=True)
+                try:
+                    os.mkdir(directory)  # most often only the page's own is missing
+                except FileNotFoundError:
+                    os.makedirs(directory, exist_ok=True)
+                except FileExistsError:
+                    pass
                 self._created = True
                 self._body = BodyWriter(directory, public=public, mode=cache._file_mode)
         except FileNotFoundError:
