@@ -56,6 +56,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from tenantkit import layout
 from tenantkit.cache import generations, tagindex
@@ -69,6 +70,7 @@ from tenantkit.cache.pagefile import (
     PRIVATE_BODY,
     STALE_BODY,
     STALE_META,
+    BodyWriter,
     CachedPage,
     PageFiles,
     SidecarMeta,
@@ -81,7 +83,8 @@ from tenantkit.cache.stats import CacheStats, Counters
 from tenantkit.errors import CacheError
 from tenantkit.files import replace_symlink, write_atomic
 
-__all__ = ["CacheStats", "CachedPage", "FillTicket", "PageCache", "PageRef", "page_key"]
+__all__ = ["CacheStats", "CachedPage", "FillTicket", "PageCache", "PageRef", "PageWriter",
+           "PurgedPages", "page_key"]
 
 CHANGES = ".changes"
 
@@ -94,15 +97,32 @@ def _no_tally(kind: str) -> None:
 PageRef = tuple[str, str, str]
 
 
-def _add_ref(refs: list[PageRef], directory: str) -> None:
-    """Append the (host, path, query) a purged page in *directory* was stored for, read
-    from its stale sidecar (skipped when that cannot be read)."""
-    meta = PageFiles.sidecar(directory, STALE_BODY, STALE_META)
-    if meta is None or "host" not in meta or "path" not in meta:
-        return
-    ref = (str(meta["host"]), str(meta["path"]), str(meta.get("query") or ""))
-    if ref not in refs:
-        refs.append(ref)
+class PurgedPages:
+    """The pages a purge made stale, as the (host, path, query) each was stored for: each
+    once, in the order purged, at most *limit* of them (None: no limit). Pages past the limit
+    are counted in ``left_out`` and their sidecars never read::
+
+        report = PurgedPages(limit=1000)
+        cache.purge_tags(["post:42"], purged=report)
+        report.refs                 # {(host, path, query): None, ...}
+    """
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit
+        self.refs: dict[PageRef, None] = {}
+        #: Pages made stale but not reported (past the limit).
+        self.left_out = 0
+
+    def add(self, directory: str) -> None:
+        """Report the purged page in *directory*, read from its stale sidecar (skipped when
+        that cannot be read)."""
+        if self.limit is not None and len(self.refs) >= self.limit:
+            self.left_out += 1
+            return
+        meta = PageFiles.sidecar(directory, STALE_BODY, STALE_META)
+        if meta is None or "host" not in meta or "path" not in meta:
+            return
+        self.refs[(str(meta["host"]), str(meta["path"]), str(meta.get("query") or ""))] = None
 
 
 class PageCache:
@@ -304,13 +324,13 @@ class PageCache:
             ticket.generation != generation
             or purged_since(f"{self._root}/{generation}", names, ticket.started_ns))
 
-    def _put_stale(self, directory: str, data: bytes, meta: dict[str, object]) -> bool:
-        """Keep a render a purge overtook as the key's stale copy, purged now: not fresh,
-        but the newest copy there is, so the next callers are served it (STALE, for
-        ``stale_seconds``) while one renders the page again. (Purged now rather than at the
-        purge: a render slower than ``stale_seconds`` would otherwise be stored too old to
-        serve, and leave nothing to serve.) Not when a page not yet purged is there, nor
-        over a stale copy stored later."""
+    def _keep_stale(self, directory: str, body: BodyWriter, meta: dict[str, Any]) -> bool:
+        """Keep a render a purge overtook (*body*, written) as the key's stale copy, purged
+        now: not fresh, but the newest copy there is, so the next callers are served it
+        (STALE, for ``stale_seconds``) while one renders the page again. (Purged now rather
+        than at the purge: a render slower than ``stale_seconds`` would otherwise be stored
+        too old to serve, and leave nothing to serve.) Not when a page not yet purged is
+        there, nor over a stale copy stored later. False when nothing was kept."""
         if any(os.path.exists(f"{directory}/{name}") for name in (BODY, PRIVATE_BODY)):
             return False
         held = PageFiles.sidecar(directory, STALE_BODY, STALE_META)
@@ -319,13 +339,8 @@ class PageCache:
                 and isinstance(created, float) and held["created"] > created):
             return False
         meta["purged"] = created
-        meta["body"] = BODY if meta.pop("public") else PRIVATE_BODY
         try:
-            try:
-                PageFiles.write_stale(directory, data, meta, mode=self._file_mode)
-            except FileNotFoundError:
-                os.makedirs(directory, exist_ok=True)
-                PageFiles.write_stale(directory, data, meta, mode=self._file_mode)
+            body.commit(meta, stale=True)
         except FileNotFoundError:
             return False  # the generation was deleted under us by a flush
         except OSError as exc:
@@ -341,6 +356,21 @@ class PageCache:
         purge or flush touching this key or its tags happened after the render began: the
         page is then kept only as the key's stale copy, purged when stored (served STALE for
         ``stale_seconds`` while one caller renders it again)."""
+        writer = self.writer(host, path, query=query, status=status, headers=headers,
+                             tags=tags, ttl=ttl, ticket=ticket)
+        try:
+            writer.write(body)
+            return writer.commit()
+        finally:
+            writer.abort()
+
+    def writer(self, host: str, path: str, *, query: str = "", status: int = 200,
+               headers: Iterable[tuple[str, str]] = (), tags: Iterable[str] = (),
+               ttl: int | None = None, ticket: FillTicket | None = None) -> PageWriter:
+        """:meth:`put` for a body that arrives in pieces: a :class:`PageWriter` to
+        ``write()`` them to, then ``commit()`` (the page is stored, True, or kept stale as by
+        :meth:`put`, False) or ``abort()`` (nothing is). The body is written once, to its
+        file; nothing of it is kept in memory."""
         key = page_key(host, path, query)
         normal_host = check_host(host)
         tags = tuple(dict.fromkeys(tags))
@@ -348,62 +378,23 @@ class PageCache:
             tags = (self.untagged,)
         marker_names = [url_name(normal_host, path), *(tag_name(t) for t in tags)]
         generation = self.generation()
-        gen_dir = f"{self.root}/{generation}"
-        directory = f"{gen_dir}/{key}"
-        data = bytes(body)
         headers = [(str(k), str(v)) for k, v in headers]
-        public = nginx_serves(int(status), headers)
-        meta: dict[str, object] = {
-            "status": int(status), "headers": [[str(k), str(v)] for k, v in headers],
-            "tags": list(tags), "created": self.clock(),
+        meta = {
+            "status": int(status), "headers": [[k, v] for k, v in headers],
+            "tags": list(tags), "created": 0.0,
             "ttl": self.ttl if ttl is None else int(ttl),
             "host": normal_host, "path": path, "query": query,
         }
-        if self._overtaken(ticket, generation, marker_names):
-            self._counters.add("refused")
-            if self._put_stale(directory, data, {**meta, "public": public}):
-                self.tally(RENDERS)
-            return False
-        created = False
-        try:
-            try:
-                self._files.write(directory, data, meta, public=public, mode=self._file_mode)
-            except FileNotFoundError:
-                os.makedirs(directory, exist_ok=True)
-                created = True
-                self._files.write(directory, data, meta, public=public, mode=self._file_mode)
-            # purge_paths finds a path's own page without the index; its query variants
-            # and every tagged page are found through it.
-            for name in marker_names if query else marker_names[1:]:
-                tagindex.add(gen_dir, name, key)
-        except FileNotFoundError:
-            return False  # the generation was deleted under us by a flush: nothing to keep
-        except OSError as exc:
-            raise CacheError(f"page cache {self.root}: cannot store {key}: {exc}") from exc
-        if not created:
-            self._files.drop_stale(directory)
-        # A purge may have run between the check above and the write: its marker is set
-        # before it moves pages, so looking again now catches it.
-        if self._overtaken(ticket, self.generation(), marker_names):
-            self._files.move_stale(directory, self.clock())
-            self._changed()
-            self._counters.add("refused")
-            self.tally(RENDERS)
-            return False
-        self._changed()
-        self._counters.add("puts")
-        self.tally(RENDERS)
-        if self.max_bytes is not None:
-            self._account(len(data))
-        return True
+        return PageWriter(self, key, generation, meta, marker_names,
+                          public=nginx_serves(int(status), headers), ticket=ticket)
 
     # --- purges ---------------------------------------------------------------------------
 
     def _purge_names(self, names: Iterable[str], own: Mapping[str, str] | None = None,
-                     purged: list[PageRef] | None = None) -> int:
+                     purged: PurgedPages | None = None) -> int:
         """Mark each name purged, then move the pages its index lists (and ``own[name]``,
-        a page key not in the index) out of the way; each page moved is appended to
-        *purged* when given."""
+        a page key not in the index) out of the way; each page moved is reported to *purged*
+        when given."""
         generation = self.generation()
         gen_dir = f"{self.root}/{generation}"
         now = self.clock()
@@ -421,19 +412,19 @@ class PageCache:
                 if move_stale(f"{gen_dir}/{key}", now):
                     count += 1
                     if purged is not None:
-                        _add_ref(purged, f"{gen_dir}/{key}")
+                        purged.add(f"{gen_dir}/{key}")
         if count:
             self._changed()
         self._counters.add("purged", count)
         return count
 
-    def purge_tags(self, tags: Iterable[str], *, purged: list[PageRef] | None = None) -> int:
+    def purge_tags(self, tags: Iterable[str], *, purged: PurgedPages | None = None) -> int:
         """Purge every page carrying any of ``tags``; returns how many pages went stale
-        (and appends each one's (host, path, query) to *purged* when given)."""
+        (and reports each one to *purged*, a :class:`PurgedPages`, when given)."""
         return self._purge_names([tag_name(t) for t in tags], purged=purged)
 
     def purge_paths(self, host: str | None, paths: Iterable[str], *,
-                    purged: list[PageRef] | None = None) -> int:
+                    purged: PurgedPages | None = None) -> int:
         """Purge these URL paths (with any query string) of ``host``, or of every host when
         ``host`` is None. Returns how many pages went stale (see :meth:`purge_tags` for
         *purged*)."""
@@ -553,3 +544,114 @@ class PageCache:
             hits=c.hits, stale_hits=c.stale_hits, misses=c.misses, puts=c.puts,
             refused=c.refused, purged=c.purged, flushes=c.flushes, evicted=c.evicted,
         )
+
+
+class PageWriter:
+    """A page being stored as its body arrives (see :meth:`PageCache.writer`)."""
+
+    __slots__ = ("_body", "_cache", "_created", "_gen_dir", "_generation", "_gone", "_key",
+                 "_names", "_ticket", "meta")
+
+    def __init__(self, cache: PageCache, key: str, generation: str, meta: dict[str, Any],
+                 names: list[str], *, public: bool, ticket: FillTicket | None) -> None:
+        self._cache = cache
+        self._key = key
+        self._generation = generation
+        self._gen_dir = gen_dir = f"{cache.root}/{generation}"
+        self._names = names
+        self._ticket = ticket
+        #: The sidecar; ``meta["headers"]`` may still be changed until :meth:`commit`.
+        self.meta = meta
+        directory = f"{gen_dir}/{key}"
+        self._created = False
+        #: The generation was deleted under us by a flush: nothing to keep.
+        self._gone = False
+        self._body: BodyWriter | None = None
+        try:
+            try:
+                self._body = BodyWriter(directory, public=public, mode=cache._file_mode)
+            except FileNotFoundError:
+                try:
+                    os.mkdir(directory)  # most often only the page's own is missing
+                except FileNotFoundError:
+                    os.makedirs(directory, exist_ok=True)
+                except FileExistsError:
+                    pass
+                self._created = True
+                self._body = BodyWriter(directory, public=public, mode=cache._file_mode)
+        except FileNotFoundError:
+            self._gone = True
+        except OSError as exc:
+            raise CacheError(f"page cache {cache.root}: cannot store {key}: {exc}") from exc
+
+    @property
+    def size(self) -> int:
+        """Bytes written so far."""
+        return 0 if self._body is None else self._body.size
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Append to the body (CacheError when the file system refuses)."""
+        if self._gone:
+            return
+        if self._body is None:
+            raise CacheError(f"page cache {self._cache.root}: {self._key}: already done")
+        try:
+            self._body.write(data)
+        except OSError as exc:
+            self.abort()
+            raise CacheError(f"page cache {self._cache.root}: cannot store {self._key}: "
+                             f"{exc}") from exc
+
+    def abort(self) -> None:
+        """Drop what was written: nothing of this page is stored (a no-op after commit)."""
+        body, self._body = self._body, None
+        if body is not None:
+            body.abort()
+
+    def commit(self) -> bool:
+        """Store the page; False when it was refused (see :meth:`PageCache.put`)."""
+        body = self._body
+        if self._gone:
+            return False
+        if body is None:
+            raise CacheError(f"page cache {self._cache.root}: {self._key}: already done")
+        cache, gen_dir, names, ticket = self._cache, self._gen_dir, self._names, self._ticket
+        directory = f"{gen_dir}/{self._key}"
+        self.meta["created"] = cache.clock()
+        if cache._overtaken(ticket, self._generation, names):
+            cache._counters.add("refused")
+            try:
+                if cache._keep_stale(directory, body, self.meta):
+                    cache.tally(RENDERS)
+            finally:
+                self.abort()
+            return False
+        try:
+            body.commit(self.meta, fresh=self._created)
+            # purge_paths finds a path's own page without the index; its query variants
+            # and every tagged page are found through it.
+            for name in names if self.meta["query"] else names[1:]:
+                tagindex.add(gen_dir, name, self._key)
+        except FileNotFoundError:
+            return False  # the generation was deleted under us by a flush: nothing to keep
+        except OSError as exc:
+            raise CacheError(f"page cache {cache.root}: cannot store {self._key}: "
+                             f"{exc}") from exc
+        finally:
+            self.abort()
+        if not self._created:
+            cache._files.drop_stale(directory)
+        # A purge may have run between the check in writer() and now: its marker is set
+        # before it moves pages, so looking again now catches it.
+        if cache._overtaken(ticket, cache.generation(), names):
+            cache._files.move_stale(directory, cache.clock())
+            cache._changed()
+            cache._counters.add("refused")
+            cache.tally(RENDERS)
+            return False
+        cache._changed()
+        cache._counters.add("puts")
+        cache.tally(RENDERS)
+        if cache.max_bytes is not None:
+            cache._account(body.size)
+        return True

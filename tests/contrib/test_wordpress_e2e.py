@@ -328,8 +328,9 @@ def test_wordpress_targeted_purges(php: str, wp_tree: Path, mariadb_pair: MariaD
                    "the new consumer group's flush", 10)
 
             def get(path: str, query: str = "") -> tuple[str, str]:
+                # buffered: read to the end and closed, as a server does
                 response = client.get(f"{path}?{query}" if query else path,
-                                      base_url=f"http://{HOST}:{port}")
+                                      base_url=f"http://{HOST}:{port}", buffered=True)
                 assert response.status_code == 200, (path, query, response.status_code)
                 assert "X-Tenantkit-Tags" not in response.headers  # never to the visitor
                 return response.headers.get("X-Tenantkit-Cache", ""), response.get_data(

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
-from tk_web import Sites, admin_headers
+from tk_web import ServerClient, Sites, admin_headers
 from werkzeug.test import Client
 
 from tenantkit.cache import status as status_module
@@ -98,7 +98,7 @@ def test_status_page_counts_requests_errors_and_upstream_time(sites: Sites) -> N
     sites.add("broken", ["broken.test"], app="tk_test_apps:buggy")
     app = create_app(sites.settings())
     try:
-        client = Client(app)
+        client = ServerClient(app)
         for _ in range(3):
             client.get("/x/", headers={"Host": "alpha.test"}).close()
         client.get("/", headers={"Host": "broken.test"}).close()
