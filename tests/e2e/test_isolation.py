@@ -19,7 +19,7 @@ import pytest
 import urllib3
 from tk_procs import Shim, shim_env
 from tk_upstream import TIMEOUT, RawUpstream, read_request, response
-from tk_web import Sites
+from tk_web import Sites, wait_stored
 
 from tenantkit.web.server import GUNICORN_DEFAULTS
 
@@ -107,6 +107,7 @@ def test_a_hung_upstream_does_not_stall_a_cached_page_of_another_site(
     pool = ThreadPoolExecutor(n)
     try:
         assert _get(shim.url + "/", GOOD)[1].headers["X-Tenantkit-Cache"] == "MISS"
+        wait_stored(tmp_path / "cache", "good", GOOD, "/")  # stored just after its visitor
         assert _get(shim.url + "/", GOOD)[1].headers["X-Tenantkit-Cache"] == "HIT"
         futures: list[Future[tuple[float, urllib3.BaseHTTPResponse]]] = [
             pool.submit(_get, shim.url + f"/slow/{i}", STUCK, 60.0) for i in range(n)]
@@ -252,6 +253,9 @@ def test_after_a_targeted_purge_the_next_visitor_gets_a_hit(
     try:
         for target in ("/a/", "/a/?p=2"):
             assert _get(shim.url + target, GOOD)[1].headers["X-Tenantkit-Cache"] == "MISS"
+        for target in ("/a/", "/a/?p=2"):  # each is stored just after its visitor has it
+            _poll(lambda target=target: _get(shim.url + target, GOOD)[1]
+                  .headers["X-Tenantkit-Cache"] == "HIT", f"{target} stored")
         _purge(shim, "good", "/a/")
         # Both pages are fetched again, once each, by the shim itself.
         _poll(lambda: len(good.heads) == 4, "the purged pages to be fetched again")
@@ -265,7 +269,8 @@ def test_after_a_targeted_purge_the_next_visitor_gets_a_hit(
             reply = _get(shim.url + target, GOOD)[1]
             assert reply.headers["X-Tenantkit-Cache"] == "HIT", target
             assert f"<p>page {target}</p>".encode() == reply.data
-        assert len(good.heads) == 4  # no visitor rendered a page again
+        # No visitor rendered a page again:
+        assert len(good.heads) == 4, (good.lines(), shim.output()[-3000:])
     finally:
         assert shim.stop() == 0
     assert "Traceback" not in shim.output()
