@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.harness import Report, percentile
+from tenantkit import layout
 from tenantkit.cache.nodecounters import (
     COALESCED,
     FLUSHES,
@@ -131,12 +132,14 @@ class Window:
 
 @dataclass
 class Sample:
-    """One visitor response: when it ended, its latency, status (0: no answer), X-Cache."""
+    """One visitor response: when it ended, its latency, status (0: no answer), X-Cache, the
+    page's index."""
 
     end: float
     latency: float
     status: int
     cache: str
+    page: int
 
 
 def segments(windows: Sequence[Window], duration: float) -> list[tuple[str, float, float]]:
@@ -238,6 +241,17 @@ def renders_per_page_per_purge(renders: int, purges: int, pages: int) -> float |
     return renders / (purges * pages)
 
 
+def generation(cache_dir: Path, site: str) -> int | None:
+    """N of the site's ``current -> gN`` link: a whole-site flush makes the next one, so its
+    rise counts flushes independently of the node counters (None when unreadable)."""
+    try:
+        target = os.readlink(layout.pages_dir(layout.site_root(cache_dir, site)) / layout.CURRENT)
+    except OSError:
+        return None
+    found = re.fullmatch(r"g(\d+)", os.path.basename(target))
+    return int(found.group(1)) if found else None
+
+
 def verdict(met: bool | None) -> str:
     return "NO DATA" if met is None else ("PASS" if met else "FAIL")
 
@@ -286,7 +300,8 @@ def _create_posts(pair: MariaDBCluster, prefix: str, count: int) -> list[int]:
             (f"Soak post {n}", f"soak-post-{n}"))
         ids.append(int(pair.primary.query(f"SELECT MAX(ID) FROM {DATABASE}.{prefix}posts")[0][0]))
     for option, value in (("comment_previously_approved", "0"), ("permalink_structure", ""),
-                          ("comment_moderation", "0"), ("page_comments", "0")):
+                          ("comment_moderation", "0"), ("page_comments", "0"),
+                          ("comments_notify", "0"), ("moderation_notify", "0")):
         pair.primary.query(f"UPDATE {DATABASE}.{prefix}options SET option_value = %s "
                            "WHERE option_name = %s", (value, option))
     return ids
@@ -372,10 +387,10 @@ class Load:
                 status, cache, body = _get(conn, pages[page_index])
             except (OSError, http.client.HTTPException):
                 conn.close()
-                mine.append(Sample(self.now(), self.now() - start, 0, ""))
+                mine.append(Sample(self.now(), self.now() - start, 0, "", page_index))
                 continue
             end = self.now()
-            mine.append(Sample(end, end - start, status, cache))
+            mine.append(Sample(end, end - start, status, cache, page_index))
             waiting = self.pending.get(page_index)
             if status == 200 and waiting:
                 with self.lock:
@@ -543,12 +558,24 @@ def _tracebacks(stack: Stack) -> dict[str, int]:
 
 # --- the run ------------------------------------------------------------------------------
 
-def soak(duration: float, log: Callable[[str], None] = print) -> Report:
+def soak(duration: float, log: Callable[[str], None] = print,
+         keep: Path | None = None) -> Report:
+    """Build the stack, run the load and the faults for *duration* seconds, return the
+    figures. With *keep*, the stack's directory (logs, caches, configuration) is made there
+    and left behind."""
     scale = min(1.0, duration / DURATION)
-    with tempfile.TemporaryDirectory(prefix="tenantkit-soak-") as tmp, \
-            stack(Path(tmp), log) as st:
+    with contextlib.ExitStack() as exits:
+        if keep is None:
+            root = Path(exits.enter_context(tempfile.TemporaryDirectory(
+                prefix="tenantkit-soak-")))
+        else:
+            keep.mkdir(parents=True)
+            root = keep.resolve()
+            log(f"keeping the stack's files in {root}")
+        st = exits.enter_context(stack(root, log))
         _warm(st, log)
         before = read_node_counters(st.cache_dir)
+        gens_before = {site: generation(st.cache_dir, site) for site in st.prefixes}
         rss_start = _rss_kb(st.shim.proc.pid)
         load = Load(st)
         load.samples = [[] for _ in range(VISITORS)]
@@ -591,17 +618,23 @@ def soak(duration: float, log: Callable[[str], None] = print) -> Report:
         rss_end = _rss_kb(st.shim.proc.pid)
         time.sleep(1.5)  # the counter files are written at most once a second
         after = read_node_counters(st.cache_dir)
+        gens = {site: _minus(generation(st.cache_dir, site), gens_before[site])
+                for site in st.prefixes}
         stale = _stale_pages(st)
         _, rows = _truth(st)
-        report = _figures(st, load, windows, duration, settle_end, stale, rows,
-                          counter_delta(before, after), (rss_start, rss_end), log)
-        report.notes.append(f"tracebacks / PHP fatals in the logs: {_tracebacks(st)}")
-        return report
+        return _figures(st, load, windows, duration, settle_end, stale, rows,
+                        counter_delta(before, after), gens, (rss_start, rss_end),
+                        _tracebacks(st), log)
+
+
+def _minus(a: int | None, b: int | None) -> int | None:
+    return None if a is None or b is None else a - b
 
 
 def _figures(st: Stack, load: Load, windows: list[Window], duration: float, settle_end: float,
              stale: list[str], rows: dict[str, int], counters: dict[str, dict[str, int]],
-             rss: tuple[int, int], log: Callable[[str], None]) -> Report:
+             gens: dict[str, int | None], rss: tuple[int, int], tracebacks: dict[str, int],
+             log: Callable[[str], None]) -> Report:
     report = Report("soak", f"3 WordPress sites, {VISITORS} visitors, {COMMENT_RATE:g} "
                             f"comments/s, {duration:g} s with faults")
     samples = sorted((s for mine in load.samples for s in mine), key=lambda s: s.end)
@@ -648,16 +681,20 @@ def _figures(st: Stack, load: Load, windows: list[Window], duration: float, sett
     # 5xx (and no answer at all) per fault.
     cuts = segments(windows, duration)
     tally: dict[str, list[int]] = {name: [0, 0, 0] for name, _, _ in cuts}  # n, 5xx, errors
+    codes: dict[str, dict[int, int]] = {name: {} for name, _, _ in cuts}
     for s in samples:
         name = segment_of(s.end, cuts)
         if name is not None:
             tally[name][0] += 1
             tally[name][1] += s.status >= 500
             tally[name][2] += s.status == 0
+            if s.status != 200:
+                codes[name][s.status] = codes[name].get(s.status, 0) + 1
     writes_5xx = sum(1 for c in load.comments if c.status >= 500)
     out.append("5xx per fault (segment from the fault's start to the next): " + "; ".join(
-        f"{name} {n5}/{n}" + (f" (+{err} no answer)" if err else "")
-        for name, (n, n5, err) in tally.items()) + f"; comment posts: {writes_5xx} 5xx")
+        f"{name} {n5}/{n}" + (f" {codes[name]}" if codes[name] else "")
+        for name, (n, n5, _err) in tally.items()) + f"; comment posts: {writes_5xx} 5xx "
+        "(status 0: no answer)")
     for name, (_n, n5, _err) in tally.items():
         report.add_value("5xx", name, n5, "responses")
     total_5xx = sum(v[1] + v[2] for v in tally.values()) + writes_5xx
@@ -699,10 +736,13 @@ def _figures(st: Stack, load: Load, windows: list[Window], duration: float, sett
         purges = counters[PURGES].get(site, 0)
         renders = counters[RENDERS].get(site, 0)
         rpp = renders_per_page_per_purge(renders, flushes + purges, pages[site])
+        seen = {k: sum(1 for s in samples if s.cache == k and st.pages[s.page].site == site)
+                for k in ("MISS", "STALE")}
         out.append(f"{site}: {flushes} whole-site flushes, {purges} purges, "
-                   f"{counters[COALESCED].get(site, 0)} coalesced for {events[site]} comments; "
-                   f"{renders} renders, {counters[STALE_SERVED].get(site, 0)} stale served; "
-                   "renders per page per purge "
+                   f"{counters[COALESCED].get(site, 0)} coalesced for {events[site]} comments "
+                   f"(generations advanced: {gens.get(site)}); {renders} renders, "
+                   f"{counters[STALE_SERVED].get(site, 0)} stale served (visitors saw "
+                   f"{seen['MISS']} MISS, {seen['STALE']} STALE); renders per page per purge "
                    + ("n/a" if rpp is None else f"{rpp:.2f}"))
         report.add_value("flushes per site", site, flushes, "flushes",
                          flushes / events[site] if events[site] else None)
@@ -711,29 +751,35 @@ def _figures(st: Stack, load: Load, windows: list[Window], duration: float, sett
             render_ok.append(rpp <= 1.0)
         if flushes or purges or renders:
             flush_ok.append(flushes <= events[site] + allowance)
-    client_misses = kinds["MISS"]
-    out.append(f"visitors saw {client_misses} MISS, {kinds['STALE']} STALE over "
-               f"{sum(counters[FLUSHES].values())} flushes")
     report.target(f"whole-site flushes per site <= comments + {allowance} (one per fault)",
-                  all(flush_ok) if flush_ok else None)  # type: ignore[arg-type]
+                  all(flush_ok) if flush_ok else None)
     report.target("renders per page per purge <= 1 (one per node)",
-                  all(render_ok) if render_ok else None)  # type: ignore[arg-type]
+                  all(render_ok) if render_ok else None)
     out.append(f"shim memory (master + workers): {rss[0] // 1024} MiB at the start, "
                f"{rss[1] // 1024} MiB at the end")
+    out.append("tracebacks (PHP fatals) in the logs: "
+               + ", ".join(f"{name} {n}" for name, n in tracebacks.items()))
+    report.target("no traceback or PHP fatal in the logs", not any(tracebacks.values()))
     out.append("faults: " + "; ".join(f"{w.name} {w.start:.1f}-{w.end:.1f} s"
                                       for w in windows))
     for line in out:
         log(line)
     report.notes += out
+    report.notes.append(overall(report))
     return report
+
+
+def overall(report: Report) -> str:
+    """``OVERALL: PASS`` when every target was met (NO DATA is not a pass), else FAIL."""
+    met = all(m is True for _, m in report.targets)
+    return f"OVERALL: {'PASS' if met else 'FAIL'}"
 
 
 def table(report: Report) -> str:
     """The report's figures, then one PASS / FAIL / NO DATA line per target and overall."""
     lines = [report.table().split("\nTargets:")[0].rstrip(), "", "Targets:"]
     lines += [f"- {verdict(met):7s} {text}" for text, met in report.targets]
-    overall = all(met is True for _, met in report.targets)
-    lines.append(f"OVERALL: {'PASS' if overall else 'FAIL'}")
+    lines.append(overall(report))
     return "\n".join(lines)
 
 
@@ -746,8 +792,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_DURATION:g} s of load")
     parser.add_argument("--duration", type=float, default=None,
                         help=f"seconds of load (default {DURATION:g})")
+    parser.add_argument("--keep", type=Path, default=None, metavar="DIR",
+                        help="build the stack in DIR (new) and keep its logs and caches")
     args = parser.parse_args()
-    report = run(args.quick, args.duration)
+    report = soak(args.duration or (QUICK_DURATION if args.quick else DURATION),
+                  keep=args.keep)
     print()
     print(table(report))
     print(f"\nwrote {report.save()}")
