@@ -655,6 +655,12 @@ def _figures(st: Stack, load: Load, windows: list[Window], duration: float, sett
                f"({sum(c.held for c in acked)} held for moderation), {len(lost)} lost, "
                f"{len(dupes)} duplicated; {len(load.comments) - len(acked)} not acknowledged "
                f"({unacked_stored} of them stored anyway)")
+    answered = [c.acked - c.sent for c in acked if c.acked is not None]
+    if answered:
+        out.append(f"comment posts answered in p50 {percentile(answered, 50):.2f} s, worst "
+                   f"{max(answered):.2f} s; not acknowledged: "
+                   + (", ".join(f"{c.token} ({c.status or 'no answer'}) at {c.sent:.1f} s"
+                                for c in load.comments if c.acked is None) or "none"))
     report.add_value("writes", "acknowledged", len(acked), "comments")
     report.add_value("writes", "lost", len(lost), "comments")
     report.add_value("writes", "duplicated", len(dupes), "comments")
