@@ -20,7 +20,24 @@ second against the steady rate, whole-site flushes per site against the comments
 page per purge (from :func:`tenantkit.cache.nodecounters.read_node_counters`), and PASS/FAIL
 per target. It never gates: the exit status is 0 whatever the figures::
 
-    python -m benchmarks.soak [--quick] [--duration SECONDS]
+    python -m benchmarks.soak [--quick] [--duration SECONDS] [--keep DIR]
+
+How the figures are read:
+
+- Latencies and statuses are measured at the client (this process's threads), per response.
+- A fault's segment runs from its start to the next fault's start: its 5xx include the
+  recovery. Status 0 is a request that got no answer (it counts with the 5xx).
+- "Outside the PHP pause": for the time to show, comments sent from 5 s before the pause to
+  its end are left out (printed apart); for throughput, the seconds that touch the pause and
+  the one after it. The steady rate is the median second before the first fault (the first
+  two left out).
+- Flushes, purges, coalesced purges, renders and stale pages served are the node counters'
+  growth over the load (every process of the node); the rise of each site's
+  ``current -> gN`` link counts its flushes independently. Flushes per site may exceed the
+  comments by one per fault (events lost while Redis or the invalidator was away flush a
+  site once). Renders per page per purge = renders / ((flushes + purges) x the site's pages):
+  above 1, a page was rendered twice on the node for one purge. A target with no counts
+  says NO DATA, which is not a pass.
 """
 
 from __future__ import annotations
