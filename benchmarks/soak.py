@@ -55,6 +55,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -828,8 +829,13 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, default=None, metavar="DIR",
                         help="build the stack in DIR (new) and keep its logs and caches")
     args = parser.parse_args()
-    report = soak(args.duration or (QUICK_DURATION if args.quick else DURATION),
-                  keep=args.keep)
+    try:
+        report = soak(args.duration or (QUICK_DURATION if args.quick else DURATION),
+                      keep=args.keep)
+    except Exception:  # benchmarks never gate: say so, as the runner does, and exit 0
+        traceback.print_exc()
+        print("\nOVERALL: FAIL (the soak could not run: see the traceback above)")
+        return
     print()
     print(table(report))
     print(f"\nwrote {report.save()}")
