@@ -592,6 +592,11 @@ def soak(duration: float, log: Callable[[str], None] = print,
             log(f"keeping the stack's files in {root}")
         st = exits.enter_context(stack(root, log))
         _warm(st, log)
+        # A process writes its counter file at most once a second and the rest at exit:
+        # restarted, the shim's workers write what the warm-up rendered, so that the
+        # counters' growth from here is the load's alone.
+        st.shim.restart()
+        _warm(st, log)
         before = read_node_counters(st.cache_dir)
         gens_before = {site: generation(st.cache_dir, site) for site in st.prefixes}
         rss_start = _rss_kb(st.shim.proc.pid)
@@ -639,12 +644,13 @@ def soak(duration: float, log: Callable[[str], None] = print,
         for thread in threads[:VISITORS]:
             thread.join(2 * TIMEOUT)
         rss_end = _rss_kb(st.shim.proc.pid)
-        time.sleep(1.5)  # the counter files are written at most once a second
+        stale = _stale_pages(st)
+        _, rows = _truth(st)
+        st.shim.stop()  # every process writes its counts as it exits
+        st.invalidator.stop()
         after = read_node_counters(st.cache_dir)
         gens = {site: _minus(generation(st.cache_dir, site), gens_before[site])
                 for site in st.prefixes}
-        stale = _stale_pages(st)
-        _, rows = _truth(st)
         return _figures(st, load, windows, duration, settle_end, stale, rows,
                         counter_delta(before, after), gens, (rss_start, rss_end),
                         _tracebacks(st), machine, log)
