@@ -270,6 +270,19 @@ def generation(cache_dir: Path, site: str) -> int | None:
     return int(found.group(1)) if found else None
 
 
+def server_hit_durations(path: Path, start: int, end: int) -> str:
+    """The HITs' time in the shim from its access log between byte offsets *start* and *end*
+    (text format: ``cache=HIT duration=0.0008``), as a line to print."""
+    with open(path, "rb") as log:
+        log.seek(start)
+        text = log.read(max(0, end - start))
+    found = [float(d) for d in re.findall(rb"cache=HIT duration=([0-9.]+)", text)]
+    if not found:
+        return "HIT time in the shim: not in its access log"
+    return (f"HIT time in the shim (access log, {len(found)} HITs): p99 "
+            f"{percentile(found, 99) * 1e3:.1f} ms, worst {max(found) * 1e3:.1f} ms")
+
+
 def verdict(met: bool | None) -> str:
     return "NO DATA" if met is None else ("PASS" if met else "FAIL")
 
@@ -612,6 +625,7 @@ def soak(duration: float, log: Callable[[str], None] = print,
         scheduler = threading.Thread(target=load.schedule, args=(jobs, duration), daemon=True)
         load.t0 = time.monotonic()
         cpu0, load0 = os.times(), os.getloadavg()[0]
+        log_from = st.shim.log.stat().st_size
         for thread in [*threads, scheduler]:
             thread.start()
         windows: list[Window] = []
@@ -644,6 +658,7 @@ def soak(duration: float, log: Callable[[str], None] = print,
         for thread in threads[:VISITORS]:
             thread.join(2 * TIMEOUT)
         rss_end = _rss_kb(st.shim.proc.pid)
+        served_hits = server_hit_durations(st.shim.log, log_from, st.shim.log.stat().st_size)
         stale = _stale_pages(st)
         _, rows = _truth(st)
         st.shim.stop()  # every process writes its counts as it exits
@@ -653,7 +668,7 @@ def soak(duration: float, log: Callable[[str], None] = print,
                 for site in st.prefixes}
         return _figures(st, load, windows, duration, settle_end, stale, rows,
                         counter_delta(before, after), gens, (rss_start, rss_end),
-                        _tracebacks(st), machine, log)
+                        _tracebacks(st), machine + "; " + served_hits, log)
 
 
 def _minus(a: int | None, b: int | None) -> int | None:

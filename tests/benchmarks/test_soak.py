@@ -20,6 +20,7 @@ from benchmarks.soak import (
     renders_per_page_per_purge,
     segment_of,
     segments,
+    server_hit_durations,
     show_delays,
     table,
     throughput_figures,
@@ -122,3 +123,15 @@ def test_table_says_pass_fail_or_no_data_and_overall() -> None:
     assert "- FAIL    missed" in text and "- NO DATA not measured" in text
     assert text.endswith("OVERALL: FAIL")
     assert "| writes | lost |" in text
+
+
+def test_server_hit_durations_read_the_access_log_between_offsets(tmp_path: Path) -> None:
+    log = tmp_path / "shim.log"
+    warm = b'"GET / HTTP/1.1" 200 5 "-" "-" site=a host=a cache=HIT duration=0.9000 upstream=-\n'
+    load = (b'"GET / HTTP/1.1" 200 5 "-" "-" site=a host=a cache=HIT duration=0.0020 x\n'
+            b'"GET / HTTP/1.1" 200 5 "-" "-" site=a host=a cache=MISS duration=2.5000 x\n'
+            b'"GET / HTTP/1.1" 200 5 "-" "-" site=a host=a cache=HIT duration=0.0400 x\n')
+    log.write_bytes(warm + load + warm)
+    line = server_hit_durations(log, len(warm), len(warm) + len(load))
+    assert line.endswith("(access log, 2 HITs): p99 40.0 ms, worst 40.0 ms")
+    assert "not in its access log" in server_hit_durations(log, 0, 0)
