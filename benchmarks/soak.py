@@ -639,6 +639,9 @@ def soak(duration: float, log: Callable[[str], None] = print,
                 windows.append(Window(name, start, load.now()))
                 log(f"  {start:6.1f} s  {name} ({windows[-1].end - start:.1f} s)")
             time.sleep(max(0.0, duration - load.now()))
+        except BaseException:
+            load.reading.clear()  # the visitors stop too before the stack goes away
+            raise
         finally:
             load.writing.clear()
             scheduler.join(TIMEOUT)
