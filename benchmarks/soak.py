@@ -52,6 +52,7 @@ import secrets
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -853,6 +854,8 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, default=None, metavar="DIR",
                         help="build the stack in DIR (new) and keep its logs and caches")
     args = parser.parse_args()
+    # Stopped (SIGTERM), it still tears its servers down: they run in their own sessions.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         report = soak(args.duration or (QUICK_DURATION if args.quick else DURATION),
                       keep=args.keep)
