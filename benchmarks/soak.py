@@ -234,6 +234,62 @@ def show_delays(comments: Sequence[Comment], excluded: Window | None, settle_end
     return counted, left_out, never
 
 
+@dataclass
+class SegmentRow:
+    """What the visitors got in one segment of the load."""
+
+    name: str
+    start: float
+    end: float
+    requests: int = 0
+    errors: int = 0       # 5xx
+    unanswered: int = 0   # status 0
+    miss: int = 0
+    stale: int = 0
+    worst_hit: float = 0.0
+    codes: dict[int, int] = field(default_factory=dict)  # every status but 200
+    low: int | None = None  # the fewest responses in one whole second inside the segment
+
+
+def segment_rows(samples: Sequence[Sample], cuts: Sequence[tuple[str, float, float]]
+                 ) -> list[SegmentRow]:
+    rows = {name: SegmentRow(name, start, end) for name, start, end in cuts}
+    seconds: dict[str, dict[int, int]] = {name: {} for name, _, _ in cuts}
+    for s in samples:
+        name = segment_of(s.end, cuts)
+        if name is None:
+            continue
+        row = rows[name]
+        row.requests += 1
+        row.errors += s.status >= 500
+        row.unanswered += s.status == 0
+        row.miss += s.cache == "MISS"
+        row.stale += s.cache == "STALE"
+        if s.cache == "HIT":
+            row.worst_hit = max(row.worst_hit, s.latency)
+        if s.status != 200:
+            row.codes[s.status] = row.codes.get(s.status, 0) + 1
+        per = seconds[name]
+        per[int(s.end)] = per.get(int(s.end), 0) + 1
+    for row in rows.values():
+        inside = range(int(row.start) + 1 if row.start % 1 else int(row.start), int(row.end))
+        counts = [seconds[row.name].get(i, 0) for i in inside]
+        row.low = min(counts) if counts else None
+    return list(rows.values())
+
+
+def segment_table(rows: Sequence[SegmentRow]) -> list[str]:
+    """One line per segment, aligned, under a header."""
+    lines = [f"  {'segment':27s} {'from s':>6s} {'requests':>8s} {'5xx':>5s} {'no ans':>6s} "
+             f"{'MISS':>5s} {'STALE':>6s} {'min/s':>6s} {'worst HIT':>9s}  statuses"]
+    for r in rows:
+        low = "-" if r.low is None else str(r.low)
+        lines.append(f"  {r.name:27s} {r.start:6.1f} {r.requests:8d} {r.errors:5d} "
+                     f"{r.unanswered:6d} {r.miss:5d} {r.stale:6d} {low:>6s} "
+                     f"{r.worst_hit * 1e3:7.1f}ms  {r.codes or ''}")
+    return lines
+
+
 def page_facts(body: bytes) -> tuple[frozenset[bytes], tuple[int, ...]]:
     """What must be current on a page: the soak comments shown, the comment counts."""
     return frozenset(TOKEN.findall(body)), tuple(int(n) for n in COUNT.findall(body))
@@ -734,24 +790,14 @@ def _figures(st: Stack, load: Load, windows: list[Window], duration: float, sett
 
     # 5xx (and no answer at all) per fault.
     cuts = segments(windows, duration)
-    tally: dict[str, list[int]] = {name: [0, 0, 0] for name, _, _ in cuts}  # n, 5xx, errors
-    codes: dict[str, dict[int, int]] = {name: {} for name, _, _ in cuts}
-    for s in samples:
-        name = segment_of(s.end, cuts)
-        if name is not None:
-            tally[name][0] += 1
-            tally[name][1] += s.status >= 500
-            tally[name][2] += s.status == 0
-            if s.status != 200:
-                codes[name][s.status] = codes[name].get(s.status, 0) + 1
+    rows5 = segment_rows(samples, cuts)
     writes_5xx = sum(1 for c in load.comments if c.status >= 500)
-    out.append("5xx per fault (segment from the fault's start to the next): " + "; ".join(
-        f"{name} {n5}/{n}" + (f" {codes[name]}" if codes[name] else "")
-        for name, (n, n5, _err) in tally.items()) + f"; comment posts: {writes_5xx} 5xx "
-        "(status 0: no answer)")
-    for name, (_n, n5, _err) in tally.items():
-        report.add_value("5xx", name, n5, "responses")
-    total_5xx = sum(v[1] + v[2] for v in tally.values()) + writes_5xx
+    out.append("per fault (each segment runs from the fault's start to the next):")
+    out += segment_table(rows5)
+    out.append(f"comment posts: {writes_5xx} answered 5xx")
+    for row in rows5:
+        report.add_value("5xx", row.name, row.errors, "responses")
+    total_5xx = sum(row.errors + row.unanswered for row in rows5) + writes_5xx
     report.target("0 5xx (or unanswered) responses", total_5xx == 0)
 
     # HIT latency.

@@ -10,6 +10,7 @@ from benchmarks.harness import Report
 from benchmarks.soak import (
     STEADY,
     Comment,
+    Sample,
     Window,
     counter_delta,
     excluded_seconds,
@@ -19,6 +20,8 @@ from benchmarks.soak import (
     per_second,
     renders_per_page_per_purge,
     segment_of,
+    segment_rows,
+    segment_table,
     segments,
     server_hit_durations,
     show_delays,
@@ -135,3 +138,22 @@ def test_server_hit_durations_read_the_access_log_between_offsets(tmp_path: Path
     line = server_hit_durations(log, len(warm), len(warm) + len(load))
     assert line.endswith("(access log, 2 HITs): p99 40.0 ms, worst 40.0 ms")
     assert "not in its access log" in server_hit_durations(log, 0, 0)
+
+
+def test_segment_rows_count_what_each_fault_did() -> None:
+    cuts = segments([Window("redis paused", 2.5, 4.0)], 6)
+    samples = [Sample(0.5, 0.001, 200, "HIT", 0), Sample(1.5, 0.002, 200, "HIT", 0),
+               Sample(1.6, 0.5, 200, "MISS", 1),
+               Sample(2.6, 0.3, 503, "MISS", 1), Sample(3.1, 30.0, 0, "", 1),
+               Sample(3.2, 0.020, 200, "HIT", 2), Sample(3.3, 0.001, 200, "STALE", 2),
+               Sample(5.5, 0.004, 200, "HIT", 2)]
+    steady, paused = segment_rows(samples, cuts)
+    assert (steady.requests, steady.errors, steady.miss, steady.low) == (3, 0, 1, 1)
+    assert steady.worst_hit == 0.002 and steady.codes == {}
+    assert (paused.requests, paused.errors, paused.unanswered, paused.stale) == (5, 1, 1, 1)
+    assert paused.codes == {503: 1, 0: 1}
+    assert paused.low == 0      # whole seconds 3, 4, 5: nothing ended in second 4
+    assert paused.worst_hit == 0.020
+    lines = segment_table([steady, paused])
+    assert lines[0].split()[:3] == ["segment", "from", "s"]
+    assert lines[2].split()[:9] == ["redis", "paused", "2.5", "5", "1", "1", "1", "1", "0"]
