@@ -348,6 +348,9 @@ def verdict(met: bool | None) -> str:
 
 @dataclass
 class Stack:
+    """The running stack (see :func:`stack`): the servers, the pages, each site's table
+    prefix."""
+
     root: Path
     pair: MariaDBCluster
     redis: RedisServer
@@ -449,6 +452,9 @@ def _get(conn: http.client.HTTPConnection, page: Page) -> tuple[int, str, bytes]
 
 @dataclass
 class Load:
+    """The visitors, the comment writers and their schedule, and what they saw; times are
+    seconds since ``t0``, the start of the load."""
+
     stack: Stack
     t0: float = field(default_factory=time.monotonic)
     samples: list[list[Sample]] = field(default_factory=list)
