@@ -200,6 +200,9 @@ class BusSettings:
     stream_maxlen: int = 10000
     node: str = ""
     replica_wait_timeout: float = 2.0
+    #: Purges of one site asked for within this many seconds are carried out as one
+    #: (:mod:`tenantkit.cache.coalesce`); 0 merges nothing.
+    coalesce_window: float = 0.25
 
     __repr__ = _masked_repr
     def __post_init__(self) -> None:
@@ -321,7 +324,12 @@ def _path(where: str, key: str, value: Any, from_env: bool) -> Path:
     return Path(text)
 
 
-def _number(kind: type[int] | type[float], minimum: float) -> Coerce:
+def _plain(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _number(kind: type[int] | type[float], minimum: float,
+            maximum: float = MAX_NUMBER) -> Coerce:
     name = "an integer" if kind is int else "a number"
 
     def coerce(where: str, key: str, value: Any, from_env: bool) -> int | float:
@@ -334,8 +342,8 @@ def _number(kind: type[int] | type[float], minimum: float) -> Coerce:
             raise _fail(where, key, name, value, f"write {key.rsplit('.', 1)[-1]} = 5")
         if kind is int and not isinstance(value, int):
             raise _fail(where, key, name, value, "use a whole number")
-        if not is_number(value, minimum=minimum):
-            raise _fail(where, key, f"{name} from {minimum:g} to {MAX_NUMBER}", value,
+        if not is_number(value, minimum=minimum, maximum=maximum):
+            raise _fail(where, key, f"{name} from {minimum:g} to {_plain(maximum)}", value,
                         "use a finite value in that range")
         return kind(value)
 
@@ -428,6 +436,9 @@ def _unknown(where: str, key: str, value: Any, from_env: bool) -> str:
     return text
 
 
+#: The longest ``[bus] coalesce_window``: a purge waits that long before it is carried out.
+MAX_COALESCE_WINDOW = 5.0
+
 _TOP: dict[str, Coerce] = {"sites_dir": _path, "cache_dir": _path, "log_level": _log_level}
 _SECTIONS: dict[str, tuple[type[Any], dict[str, Coerce]]] = {
     "database": (
@@ -472,6 +483,7 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Coerce]]] = {
             "stream_maxlen": _number(int, 1),
             "node": _str,
             "replica_wait_timeout": _number(float, 0),
+            "coalesce_window": _number(float, 0, MAX_COALESCE_WINDOW),
         },
     ),
     "web": (

@@ -15,6 +15,11 @@
                                            position (GTID) on that replica, for this node
     cache_dir/_status/<node>.json          invalidator_status(cache_dir, node): what this
                                            node's invalidator last reported (health, metrics)
+    cache_dir/_node/invalidator-<node>.lock   invalidator_lock(cache_dir, node): held (flock)
+                                           by the one process that is the node's
+                                           invalidation actor
+    cache_dir/_node/counters/<pid>.json    node_counters(cache_dir, name): what each process
+                                           of the node did to its page caches
     cache_dir/_hosts/<host> -> ../<site>/pages/current/<host>   host_link(...): one per cached
                                            host, so nginx needs no per-site configuration
     cache_dir/.<site>.deleted-<tag>/       site_trash(...): a removed site's tree, moved aside
@@ -32,7 +37,8 @@ from pathlib import Path
 
 __all__ = [
     "BODY", "CURRENT", "HOSTS_DIR", "SITE_SUBDIRS", "app_dir", "binlog_state", "failed_dir",
-    "host_link", "host_link_target", "hosts_dir", "invalidator_status", "node_counters",
+    "host_link", "host_link_target", "hosts_dir", "invalidator_lock", "invalidator_status",
+    "node_counters",
     "pages_dir", "purge_dir", "site_root", "site_trash", "tmp_dir",
 ]
 
@@ -116,3 +122,9 @@ def node_counters(cache_dir: str | os.PathLike[str], name: str = "") -> Path:
     (:mod:`tenantkit.cache.nodecounters`)."""
     directory = Path(cache_dir) / "_node" / "counters"
     return directory / f"{name}.json" if name else directory
+
+
+def invalidator_lock(cache_dir: str | os.PathLike[str], node: str) -> Path:
+    """``cache_dir/_node/invalidator-<node>.lock`` (*node*: a file-safe name): the lock that
+    makes one process the node's invalidation actor (:mod:`tenantkit.cache.nodelock`)."""
+    return Path(cache_dir) / "_node" / f"invalidator-{node}.lock"

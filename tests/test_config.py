@@ -129,6 +129,14 @@ def test_mask_url(url: str, masked: str) -> None:
     pytest.param("[bus]\ntransport = \"kafka\"\n", ['key "bus.transport"', '"local"'],
                  id="bad transport"),
     pytest.param("[bus]\nredis_url = \"127.0.0.1:6379\"\n", ["Redis URL"], id="bad redis url"),
+    pytest.param("[bus]\ncoalesce_window = -0.1\n", ['key "bus.coalesce_window"', "from 0 to 5"],
+                 id="negative coalesce window"),
+    pytest.param("[bus]\ncoalesce_window = 3600\n", ['key "bus.coalesce_window"', "from 0 to 5"],
+                 id="coalesce window of an hour"),
+    pytest.param("[bus]\ncoalesce_window = inf\n", ['key "bus.coalesce_window"', "finite"],
+                 id="infinite coalesce window"),
+    pytest.param("[bus]\ncoalesce_window = \"fast\"\n", ['key "bus.coalesce_window"',
+                 "a number"], id="coalesce window not a number"),
     pytest.param("[web]\nunknown = \"Bad Site\"\n", ['key "web.unknown"', '"421" or a site name'],
                  id="bad unknown"),
     pytest.param("log_level = \"LOUD\"\n", ['key "log_level"', '"DEBUG"'], id="bad log level"),
@@ -169,6 +177,7 @@ def test_missing_file_named_by_env(tmp_path: Path) -> None:
     pytest.param("TENANTKIT_CACHE_TTL", "soon", "an integer", id="int"),
     pytest.param("TENANTKIT_CACHE_ENABLED", "maybe", "true or false", id="bool"),
     pytest.param("TENANTKIT_DATABASE_PIN_SECONDS", "x", "a number", id="float"),
+    pytest.param("TENANTKIT_BUS_COALESCE_WINDOW", "nan", "finite", id="coalesce window nan"),
     pytest.param("TENANTKIT_BUS_TRANSPORT", "smoke", '"redis"', id="choice"),
 ])
 def test_bad_environment_values_name_the_variable(var: str, value: str, fragment: str) -> None:
@@ -176,3 +185,10 @@ def test_bad_environment_values_name_the_variable(var: str, value: str, fragment
         Settings.load(env={var: value})
     assert f"environment variable {var}" in str(info.value)
     assert fragment in str(info.value)
+
+
+def test_coalesce_window_default_and_setting(tmp_path: Path) -> None:
+    assert Settings.load(env={}).bus.coalesce_window == 0.25
+    path = write(tmp_path, "[bus]\ncoalesce_window = 0\n")
+    assert Settings.load(path, env={}).bus.coalesce_window == 0.0
+    assert Settings.load(env={"TENANTKIT_BUS_COALESCE_WINDOW": "1.5"}).bus.coalesce_window == 1.5

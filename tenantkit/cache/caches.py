@@ -8,19 +8,50 @@ the same object::
     cache = caches.get(site)              # built on first use, rebuilt when the policy changes
     caches.discard(registry.sites)        # forget sites that are gone
 
-:func:`site_page_cache` is the one way a site's settings become a PageCache.
+:func:`site_page_cache` is the one way a site's settings become a PageCache; its renders and
+stale pages served are counted in the node's counters
+(:class:`~tenantkit.cache.nodecounters.NodeCounters` of the site's ``cache_dir``).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
+from tenantkit.cache.nodecounters import NodeCounters
 from tenantkit.cache.pagecache import PageCache
 from tenantkit.cache.tags import SITE
 from tenantkit.sites import Site
 
-__all__ = ["SiteCaches", "site_page_cache"]
+__all__ = ["SiteCaches", "SiteTally", "site_page_cache"]
+
+
+class SiteTally:
+    """Counts one site's page-cache events in its node's counters::
+
+        tally = SiteTally(settings.cache_dir, "blog")
+        tally(RENDERS)            # NodeCounters.for_dir(cache_dir).add(RENDERS, "blog")
+
+    The process's NodeCounters is looked up once per process (a forked worker gets its
+    own)."""
+
+    __slots__ = ("_counters", "_pid", "cache_dir", "site")
+
+    def __init__(self, cache_dir: str | os.PathLike[str], site: str) -> None:
+        self.cache_dir = Path(cache_dir)
+        self.site = site
+        self._pid = 0
+        self._counters: NodeCounters | None = None
+
+    def __call__(self, kind: str) -> None:
+        pid = os.getpid()
+        counters = self._counters
+        if counters is None or self._pid != pid:
+            counters = self._counters = NodeCounters.for_dir(self.cache_dir)
+            self._pid = pid
+        counters.add(kind, self.site)
 
 
 def site_page_cache(site: Site) -> PageCache:
@@ -31,7 +62,15 @@ def site_page_cache(site: Site) -> PageCache:
     targeted = site.cache.policy == "targeted"
     return PageCache(site.pages_dir, ttl=site.cache.ttl, stale_seconds=site.cache.stale_seconds,
                      stale_if_error=site.cache.stale_if_error,
-                     max_bytes=site.cache.max_bytes, untagged=SITE if targeted else None)
+                     max_bytes=site.cache.max_bytes, untagged=SITE if targeted else None,
+                     tally=_site_tally(site))
+
+
+def _site_tally(site: Site) -> SiteTally | None:
+    """The site's node counters, when its cache_root is ``cache_dir/<site>`` (as
+    :func:`tenantkit.layout.site_root` makes it); None for a Site built by hand elsewhere."""
+    root = site.cache_root
+    return SiteTally(root.parent, site.name) if root.name == site.name else None
 
 
 class SiteCaches:

@@ -8,8 +8,10 @@
     ticket.release()
 
 A purge marks each tag or URL it purges (``gN/.purged/<name>``, mtime = purge time) before it
-moves pages; :meth:`PageCache.put` with a ticket refuses the page when a marker of one of its
-names is newer than the ticket. Fill locks are files in ``.locks/`` created with ``O_EXCL``;
+moves pages; :meth:`PageCache.put` with a ticket never stores the page as fresh when a marker
+of one of its names is newer than the ticket (:func:`purged_since`): it keeps it as a stale
+copy, served while one caller renders it again. Fill locks are files in
+``.locks/`` created with ``O_EXCL``, so one process of the node holds a key's lock at a time;
 a lock older than the fill timeout is taken over (its holder is presumed dead).
 """
 
@@ -123,6 +125,6 @@ def purged_since(gen_dir: str, names: Iterable[str], since_ns: int) -> bool:
         try:
             if os.stat(base + name).st_mtime_ns >= since_ns:
                 return True
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             continue
     return False

@@ -7,10 +7,34 @@ Run one per node (or ``tenantkit invalidator``)::
     ...
     invalidator.stop()
 
+**One actor per node.** However many processes of a node run an Invalidator (each gunicorn
+worker of ``tenantkit serve``, a standalone ``tenantkit invalidator``), only the one holding
+the node's lock (:mod:`tenantkit.cache.nodelock`) consumes the bus and the trigger files;
+the others stand by (:attr:`Invalidator.role` ``"standby"``; :meth:`Invalidator.state`
+names the actor's pid) and try the lock about once a second, taking over when the actor
+dies. So a reconnect, a gap or a poison event flushes each site once per node. The Redis
+Streams consumer is named after the node, not the process: a standby that takes over reads
+the entries the dead actor left pending. A standby registers no in-process (``local``)
+consumer, so what its process publishes becomes a trigger file for the actor.
+
+``on_purged`` (the shim's re-warming, :mod:`tenantkit.web.rewarm`) runs in the actor's
+process only: when the standalone ``tenantkit invalidator`` is the actor, purged pages are
+not re-warmed, and their next visitor re-renders them (served stale meanwhile).
+
 It consumes the transport ``[bus] transport`` names (:mod:`tenantkit.cache.transports`) and,
 whatever the transport, the trigger files in every site's ``.purge/`` directory (watchdog,
 plus a periodic scan). A transport's demand to flush every site (after a reconnect, or a
 gap in a stream) is obeyed.
+
+**Coalescing.** Every purge asked for -- a bus event, a trigger file, a flush, the
+replica-safe second purge -- goes through a :class:`~tenantkit.cache.coalesce.Coalescer`:
+purges of one site within ``[bus] coalesce_window`` seconds are carried out as one. A bus
+entry is acknowledged (a trigger file removed) only after the merged purge that covers it
+was carried out, so a crash loses nothing.
+
+**Two threads.** The bus thread reads the transport (a Redis read may block up to its
+socket timeout) and acknowledges; the purge thread handles trigger files, carries out the
+merged purges and writes the status file, and never waits on Redis.
 
 Nothing stops the loop: an entry that cannot be handled -- malformed, or handling it raised
 anything at all, or a purge that kept failing -- is acknowledged and moved to the transport's
@@ -18,10 +42,11 @@ dead letter (``<stream>:dead`` in Redis, ``.purge/failed/`` for trigger files), 
 :attr:`Invalidator.dead_letters`, logged once, and its site is flushed (every site when the
 payload names none), since a lost event may mean stale pages.
 
-Every :data:`~tenantkit.cache.status.INTERVAL` seconds it writes what it is doing (connected,
-last purge, binlog lag of :attr:`Invalidator.sources`, dead letters) to
+Every :data:`~tenantkit.cache.status.INTERVAL` seconds the actor writes what it is doing
+(connected, last purge, binlog lag of :attr:`Invalidator.sources`, dead letters) to
 ``cache_dir/_status/<node>.json`` (:mod:`tenantkit.cache.status`), which the health check,
-the status page and the metrics of every process on the node read.
+the status page and the metrics of every process on the node read; what it purged is
+counted in the node counters (:mod:`tenantkit.cache.nodecounters`).
 
 Purges go through :func:`tenantkit.cache.purge.purge`, on the PageCache objects of ``caches``
 (pass the shim's :class:`~tenantkit.cache.caches.SiteCaches` when it runs in the shim's
@@ -53,7 +78,10 @@ from watchdog.observers import Observer
 
 from tenantkit import layout
 from tenantkit.cache.caches import SiteCaches
+from tenantkit.cache.coalesce import Coalescer, Merged, Request
 from tenantkit.cache.events import Event, PurgeAction
+from tenantkit.cache.nodecounters import COALESCED, FLUSHES, PURGES, NodeCounters
+from tenantkit.cache.nodelock import NodeLock
 from tenantkit.cache.pagecache import PageCache
 from tenantkit.cache.purge import PurgeResult, action_for, purge
 from tenantkit.cache.status import INTERVAL as STATUS_INTERVAL
@@ -81,12 +109,19 @@ log = logging.getLogger(__name__)
 #: Attempts at an event whose purge fails with an OSError before it is dead-lettered.
 MAX_ATTEMPTS = 3
 RETRY_DELAY = 0.5
+#: Seconds between a standby's tries of the node lock.
+STANDBY_RETRY = 1.0
+#: Bus entries handed to the purge thread and not yet acknowledged, at most; the bus thread
+#: reads no more until some are.
+MAX_INFLIGHT = 1000
 
 
 class _TriggerHandler(FileSystemEventHandler):
-    def __init__(self, inbox: queue.Queue[Path], directory: Path) -> None:
+    def __init__(self, inbox: queue.Queue[Path], directory: Path,
+                 wake: Callable[[], None]) -> None:
         self.inbox = inbox
         self.directory = os.path.realpath(directory)
+        self.wake = wake
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.is_directory or event.event_type not in ("created", "moved", "modified"):
@@ -96,23 +131,27 @@ class _TriggerHandler(FileSystemEventHandler):
         # temporary names end in .tmp; dead letters (failed/) are not for us
         if name.endswith(".json") and os.path.realpath(os.path.dirname(name)) == self.directory:
             self.inbox.put(Path(name))
+            self.wake()
 
 
 class Invalidator:
     """Consumes events on this node and purges the page caches, replica-safe.
 
-    ``on_purge(event, site, action)`` is called after each purge (metrics, tests);
+    ``on_purge(event, site, action)`` is called after each purge carried out (metrics,
+    tests; ``event`` is None for a flush, a second purge or several merged purges);
     ``on_purged(site, result)`` after each purge that reported the pages it made stale
     (``result.keys``: a site with ``[cache] rewarm``, see :mod:`tenantkit.web.rewarm`);
     ``transport`` overrides the one ``settings`` names; ``caches`` is the process's one
-    PageCache per site (default: a registry of its own).
+    PageCache per site (default: a registry of its own); ``coalesce_window`` overrides
+    ``[bus] coalesce_window``.
     """
 
     def __init__(self, settings: Settings, registry: Any, *, transport: Transport | None = None,
                  node: str | None = None, poll_timeout: float = 0.2, scan_interval: float = 2.0,
                  on_purge: Callable[[Event | None, Site, PurgeAction], None] | None = None,
                  caches: SiteCaches | None = None,
-                 on_purged: Callable[[Site, PurgeResult], None] | None = None) -> None:
+                 on_purged: Callable[[Site, PurgeResult], None] | None = None,
+                 coalesce_window: float | None = None) -> None:
         self.settings = settings
         self.registry = registry
         self.transport = transport if transport is not None else make_transport(settings)
@@ -122,19 +161,31 @@ class Invalidator:
         self.scan_interval = scan_interval
         self.on_purge = on_purge
         self.on_purged = on_purged
+        window = settings.bus.coalesce_window if coalesce_window is None else coalesce_window
+        self.coalescer = Coalescer(window)
+        self._lock = NodeLock(settings.cache_dir, self.node)
+        #: "starting", "actor" (consumes for the node), "standby" or "stopped".
+        self.role = "stopped"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._purger: threading.Thread | None = None
         self._consumer: Consumer | None = None
         self._inbox: queue.Queue[Path] = queue.Queue()
         self._observer: Any = None
         self._watched: dict[Path, Any] = {}
         self.caches = caches if caches is not None else SiteCaches()
         self._engines: dict[str, sqlalchemy.Engine] = {}
+        #: Guards the second-purge heap and the replica engines (both threads use them).
+        self._mutex = threading.Lock()
         self._repurges: list[tuple[float, int, str, PurgeAction]] = []
         self._repurge_seq = 0
         self._last_scan = 0.0
         self._retries: list[tuple[float, int, int, Message]] = []
+        #: (message, attempts, error) of bus entries whose purge was carried out or failed
+        self._done: queue.Queue[tuple[Message, int, BaseException | None]] = queue.Queue()
+        self._inflight = 0
         self._file_attempts: dict[Path, int] = {}
+        self._files_inflight: set[Path] = set()
         self.handled = 0
         self.errors = 0
         #: Entries moved to a dead letter since start.
@@ -147,31 +198,43 @@ class Invalidator:
     # --- lifecycle ----------------------------------------------------------------------
 
     @property
+    def counters(self) -> NodeCounters:
+        """This process's node counters (looked up each time: a new one after a fork)."""
+        return NodeCounters.for_dir(self.settings.cache_dir)
+
+    @property
     def sites(self) -> Mapping[str, Site]:
         sites: Mapping[str, Site] = self.registry.sites
         return sites
 
     def start(self) -> Invalidator:
-        """Start consuming in a background thread; returns self."""
+        """Start in a background thread; returns self. When the node lock is free this
+        process is the node's actor at once (its consumer is registered on return), else
+        it stands by."""
         if self._thread is not None:
             return self
-        self._consumer = self.transport.consumer(self.node)
-        self._observer = Observer()
-        self._observer.daemon = True
-        self._watch()
-        self._observer.start()
         self._stop.clear()
+        self.role = "starting"
+        if self._take_lock():
+            self._become_actor()
         self._thread = threading.Thread(target=self._run, name="tenantkit-invalidator",
                                         daemon=True)
         self._thread.start()
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop and release everything (thread, watcher, connections)."""
+        """Stop and release everything (threads, watcher, connections, the node lock). What
+        was asked for and not yet carried out is carried out first."""
         self._stop.set()
+        self.coalescer.wake()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        if self._purger is not None:
+            self._purger.join(timeout)
+            self._purger = None
+        if self._consumer is not None:
+            self._finish_done()
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout)
@@ -185,6 +248,9 @@ class Invalidator:
         for engine in self._engines.values():
             engine.dispose()
         self._engines.clear()
+        self.counters.save()
+        self._lock.release()
+        self.role = "stopped"
 
     def __enter__(self) -> Invalidator:
         return self.start()
@@ -201,8 +267,26 @@ class Invalidator:
         finally:
             self.stop()
 
+    def state(self) -> str:
+        """What this process's invalidator does, for the health check and the status page:
+        ``running`` (the node's actor), ``standby: node actor is pid N``, ``starting`` or
+        ``stopped``."""
+        if self.role == "standby":
+            pid = self._lock.holder()
+            return f"standby: node actor is pid {pid}" if pid else "standby"
+        return "running" if self.role == "actor" else self.role
+
     def _run(self) -> None:
-        assert self._consumer is not None
+        if self.role != "actor":
+            self.role = "standby"
+            log.info("invalidator: standing by on node %s: %s; trying again every %gs",
+                     self.node, self.state().replace("standby: ", ""), STANDBY_RETRY)
+            while not self._stop.wait(STANDBY_RETRY):
+                if self._take_lock():
+                    log.warning("invalidator: pid %d took over as node %s's actor",
+                                os.getpid(), self.node)
+                    self._become_actor()
+                    break
         while not self._stop.is_set():
             try:
                 self.step()
@@ -211,15 +295,60 @@ class Invalidator:
                 log.exception("invalidator: unexpected error; continuing")
                 self._stop.wait(0.5)
 
+    def _become_actor(self) -> None:
+        """Consume the node's bus and trigger files: the consumer, the watcher, the purge
+        thread."""
+        self._consumer = self.transport.consumer(self.node)
+        self._observer = Observer()
+        self._observer.daemon = True
+        self._watch()
+        self._observer.start()
+        self.role = "actor"
+        self._purger = threading.Thread(target=self._purge_loop,
+                                        name="tenantkit-invalidator-purge", daemon=True)
+        self._purger.start()
+
+    def _take_lock(self) -> bool:
+        """True when this process is (now) the node's actor."""
+        try:
+            return self._lock.acquire()
+        except OSError as exc:  # cannot coordinate: act, as before there was a lock
+            if self.role != "actor":
+                log.warning("invalidator: cannot use the node lock %s (%s); this process "
+                            "consumes the bus without it", self._lock.path, exc)
+            return True
+
     def step(self) -> None:
-        """One round: consume what the transport has, trigger files, due re-purges."""
+        """One round of the bus thread: acknowledge what was purged, consume what the
+        transport has, retry failed entries."""
         assert self._consumer is not None
+        self._finish_done()
+        if self._inflight >= MAX_INFLIGHT:  # the purge thread is behind: read no more
+            with contextlib.suppress(queue.Empty):
+                self._finish_one(self._done.get(timeout=self.poll_timeout))
+            return
         for message in self._consumer.poll(self.poll_timeout):
             self.deliver(message)
         now = time.monotonic()
         while self._retries and self._retries[0][0] <= now:
             _, _, attempts, message = heapq.heappop(self._retries)
             self.deliver(message, attempts)
+
+    def _purge_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._purge_round()
+            except Exception:
+                self.errors += 1
+                log.exception("invalidator: unexpected error in the purge thread; continuing")
+                self._stop.wait(0.5)
+        # stopping: carry out what was asked for (acknowledged by stop())
+        for merged in self.coalescer.take_due(everything=True):
+            self._carry_out(merged)
+
+    def _purge_round(self) -> None:
+        """One round of the purge thread: trigger files, due second purges, merged purges
+        whose window closed, the periodic scan and status report; then wait for more."""
         while True:
             try:
                 path = self._inbox.get_nowait()
@@ -227,12 +356,17 @@ class Invalidator:
                 break
             self.process_trigger_file(path)
         now = time.monotonic()
-        while self._repurges and self._repurges[0][0] <= now:
-            _, _, name, action = heapq.heappop(self._repurges)
-            site = self.sites.get(name)
-            if site is not None:
-                log.info("invalidator: second purge of %s after the lag bound", name)
-                self.apply(site, action, None)
+        with self._mutex:
+            due = []
+            while self._repurges and self._repurges[0][0] <= now:
+                due.append(heapq.heappop(self._repurges))
+            next_repurge = self._repurges[0][0] if self._repurges else None
+        for _, _, name, action in due:
+            log.info("invalidator: second purge of %s after the lag bound", name)
+            self.coalescer.add(name, action)
+        for merged in self.coalescer.take_due():
+            self._carry_out(merged)
+        now = time.monotonic()
         if now - self._last_scan >= self.scan_interval:
             self._last_scan = now
             self._watch()
@@ -240,6 +374,13 @@ class Invalidator:
         if now - self._last_report >= STATUS_INTERVAL:
             self._last_report = now
             write_status(self.settings.cache_dir, self.status())
+            self.counters.save()
+        wait = min(0.5, self._last_scan + self.scan_interval - now,
+                   self._last_report + STATUS_INTERVAL - now)
+        if next_repurge is not None:
+            wait = min(wait, next_repurge - now)
+        if self._inbox.empty():
+            self.coalescer.wait(max(wait, 0.0))
 
     def status(self) -> InvalidatorStatus:
         """What this invalidator reports in its status file (:mod:`tenantkit.cache.status`)."""
@@ -261,27 +402,53 @@ class Invalidator:
     # --- events ---------------------------------------------------------------------------
 
     def deliver(self, message: Message, attempts: int = 0) -> None:
-        """Handle one delivery; it is acknowledged, or moved to the dead letter, or (purge
-        failed with an OSError) tried again shortly. Never raises."""
+        """Hand one delivery to the purge thread; it is acknowledged once its (merged)
+        purge was carried out, or moved to the dead letter, or (purge failed with an
+        OSError) tried again shortly. Never raises."""
         if message.flush_all:
             log.warning("invalidator: flushing every site: %s", message.flush_all)
-            self.flush_all()
-            message.ack()
+            self._inflight += 1
+            self.flush_all(done=lambda error: self._done.put((message, attempts, None)))
             return
         if message.event is None:
             self._dead_letter(message.ref, message.site, message.error or "no event",
                               message.reject)
             return
+        self._inflight += 1
+
+        def done(error: BaseException | None) -> None:
+            self._done.put((message, attempts, error))
+
         try:
-            done = self.handle(message.event)
+            queued = self._request(message.event, done)
         except Exception as exc:  # a poison event: it must never stop this node
+            self._inflight -= 1
             self._dead_letter(message.ref, message.event.site, _describe(exc), message.reject)
             return
-        if done:
+        if not queued:
+            self._inflight -= 1
             message.ack()
+
+    def _finish_done(self) -> None:
+        while True:
+            try:
+                item = self._done.get_nowait()
+            except queue.Empty:
+                return
+            self._finish_one(item)
+
+    def _finish_one(self, item: tuple[Message, int, BaseException | None]) -> None:
+        """Acknowledge, retry or dead-letter one bus entry whose purge was attempted."""
+        message, attempts, error = item
+        self._inflight -= 1
+        site = message.event.site if message.event is not None else message.site
+        if error is None:
+            message.ack()
+        elif not isinstance(error, OSError):  # a poison event
+            self._dead_letter(message.ref, site, _describe(error), message.reject)
         elif attempts + 1 >= MAX_ATTEMPTS:
-            self._dead_letter(message.ref, message.event.site,
-                              f"the purge failed {MAX_ATTEMPTS} times", message.reject)
+            self._dead_letter(message.ref, site, f"the purge failed {MAX_ATTEMPTS} times",
+                              message.reject)
         else:  # not acknowledged: tried again here (and redelivered after a restart)
             self._repurge_seq += 1
             heapq.heappush(self._retries, (time.monotonic() + RETRY_DELAY * 2 ** attempts,
@@ -308,38 +475,104 @@ class Invalidator:
             log.error("invalidator: cannot move %s to the dead letter: %s", ref or "an entry",
                       _describe(exc))
         for site in targets:
-            try:
-                self.apply(site, PurgeAction(flush=True), None)
-            except Exception as exc:
-                log.error("invalidator: flush of site %s failed: %s", site.name, _describe(exc))
+            self.coalescer.add(site.name, PurgeAction(flush=True))
 
-    def handle(self, event: Event) -> bool:
-        """Purge for one event (after the replica wait). False when the purge failed."""
+    def _action(self, event: Event) -> tuple[Site, PurgeAction] | None:
+        """The site and what ``event`` purges on it (after the replica wait, scheduling the
+        second purge when the replica is behind); None when it purges nothing."""
         site = self.sites.get(event.site)
         if site is None:
             log.warning("invalidator: event for unknown site %r dropped (known: %s)",
                         event.site, ", ".join(sorted(self.sites)) or "none")
-            return True
+            return None
         action = action_for(site, event)
         if not action:
-            return True
+            return None
         if event.gtid and not self._replica_has(site, event.gtid):
             bound = max(self.settings.database.lag_threshold,
                         self.settings.bus.replica_wait_timeout)
-            self._repurge_seq += 1
-            heapq.heappush(self._repurges,
-                           (time.monotonic() + bound, self._repurge_seq, site.name, action))
-        try:
-            self.apply(site, action, event)
-        except CacheError as exc:  # the event asks for something impossible: retrying won't help
-            self.errors += 1
-            log.error("invalidator: purge of site %s failed: %s; event dropped", site.name, exc)
-        except OSError as exc:
-            self.errors += 1
-            log.error("invalidator: purge of site %s failed: %s; will retry", site.name, exc)
+            with self._mutex:
+                self._repurge_seq += 1
+                heapq.heappush(self._repurges,
+                               (time.monotonic() + bound, self._repurge_seq, site.name, action))
+            self.coalescer.wake()
+        return site, action
+
+    def _request(self, event: Event, done: Callable[[BaseException | None], None]) -> bool:
+        """Ask the purge thread for ``event``'s purge; ``done`` is called once it was carried
+        out. False when the event purges nothing (``done`` is not called)."""
+        found = self._action(event)
+        if found is None:
             return False
-        self.handled += 1
+        site, action = found
+        self.coalescer.add(site.name, action, event=event, done=done)
         return True
+
+    def handle(self, event: Event) -> bool:
+        """Purge for one event now, in the calling thread (after the replica wait), not
+        merged with anything. False when the purge failed."""
+        found = self._action(event)
+        if found is None:
+            return True
+        site, action = found
+        outcome: list[BaseException | None] = []
+        merged = Merged(site.name, 0.0)
+        merged.add(Request(site.name, action, event, outcome.append))
+        self._carry_out(merged)
+        return not outcome or not isinstance(outcome[0], OSError)
+
+    def _carry_out(self, merged: Merged) -> None:
+        """Carry out one merged purge and tell each request how it went. A merged purge that
+        raises anything but an OSError is carried out again request by request, so one
+        poison request cannot take the others with it."""
+        site = self.sites.get(merged.site)
+        error: BaseException | None = None
+        if site is not None:
+            try:
+                self._purge(site, merged)
+            except OSError as exc:
+                self.errors += 1
+                log.error("invalidator: purge of site %s failed: %s; will retry", site.name,
+                          exc)
+                error = exc
+            except Exception as exc:
+                if len(merged.requests) > 1:
+                    for request in merged.requests:
+                        alone = Merged(merged.site, merged.due)
+                        alone.add(request)
+                        self._carry_out(alone)
+                    return
+                if isinstance(exc, InvalidHost):
+                    log.warning("invalidator: purge for site %s: %s; dropped", site.name, exc)
+                elif isinstance(exc, CacheError):  # impossible to carry out: retrying won't help
+                    self.errors += 1
+                    log.error("invalidator: purge of site %s failed: %s; event dropped",
+                              site.name, exc)
+                else:
+                    error = exc
+        for request in merged.requests:
+            if request.done is not None:
+                request.done(error)
+            elif error is not None:
+                log.error("invalidator: flush of site %s failed: %s", merged.site,
+                          _describe(error))
+
+    def _purge(self, site: Site, merged: Merged) -> None:
+        actions = merged.actions()
+        if not actions:
+            return
+        cache = self.cache_for(site)
+        results = [purge(cache, site, action) for action in actions]
+        self.last_event = time.time()
+        self.handled += sum(1 for r in merged.requests if r.event is not None)
+        self.counters.add(FLUSHES if merged.flush else PURGES, site.name)
+        if len(merged.requests) > 1:
+            self.counters.add(COALESCED, site.name, len(merged.requests) - 1)
+        for action, result in zip(actions, results, strict=True):
+            if self.on_purged is not None and result.keys:
+                self.on_purged(site, result)
+            if self.on_purge is not None:
+                self.on_purge(merged.event, site, action)
 
     def _replica_has(self, site: Site, gtid: str) -> bool:
         """Wait, bounded, until this node's replica has applied ``gtid``."""
@@ -348,12 +581,13 @@ class Invalidator:
         if timeout <= 0 or not servers.replicas:
             return True
         url = servers.replicas[0]
-        engine = self._engines.get(url)
-        if engine is None:
-            engine = self._engines[url] = sqlalchemy.create_engine(
-                url, pool_pre_ping=True, pool_size=1, max_overflow=2,
-                connect_args=servers.connect_args(url),
-            )
+        with self._mutex:  # both threads wait on replicas: one engine per replica
+            engine = self._engines.get(url)
+            if engine is None:
+                engine = self._engines[url] = sqlalchemy.create_engine(
+                    url, pool_pre_ping=True, pool_size=1, max_overflow=2,
+                    connect_args=servers.connect_args(url),
+                )
         try:
             with engine.connect() as conn:
                 if wait_for_gtid(conn, gtid, timeout):
@@ -370,26 +604,28 @@ class Invalidator:
         """The site's PageCache: the one this process keeps for it in :attr:`caches`."""
         return self.caches.get(site)
 
-    def apply(self, site: Site, action: PurgeAction, event: Event | None) -> None:
-        """Carry out ``action`` on the site's page cache (:func:`tenantkit.cache.purge.purge`)."""
-        try:
-            result = purge(self.cache_for(site), site, action)
-        except InvalidHost as exc:
-            log.warning("invalidator: purge for site %s: %s; dropped", site.name, exc)
+    def flush_all(self, done: Callable[[BaseException | None], None] | None = None) -> None:
+        """Ask for a flush of every site (after a possible gap in the event stream);
+        ``done`` is called once every site was flushed."""
+        sites = list(self.sites.values())
+        if not sites:
+            if done is not None:
+                done(None)
             return
-        self.last_event = time.time()
-        if self.on_purged is not None and result.keys:
-            self.on_purged(site, result)
-        if self.on_purge is not None:
-            self.on_purge(event, site, action)
+        left = [len(sites)]
+        lock = threading.Lock()
 
-    def flush_all(self) -> None:
-        """Flush every site (after a possible gap in the event stream)."""
-        for site in list(self.sites.values()):
-            try:
-                self.apply(site, PurgeAction(flush=True), None)
-            except Exception as exc:
-                log.error("invalidator: flush of site %s failed: %s", site.name, _describe(exc))
+        def one_done(error: BaseException | None) -> None:
+            if error is not None:
+                log.error("invalidator: flush failed: %s", _describe(error))
+            with lock:
+                left[0] -= 1
+                last = left[0] == 0
+            if last and done is not None:
+                done(None)
+
+        for site in sites:
+            self.coalescer.add(site.name, PurgeAction(flush=True), done=one_done)
 
     def bus_status(self) -> dict[str, Any]:
         """The consumer's view of the bus (health checks): ``connected``, and for Redis
@@ -407,7 +643,8 @@ class Invalidator:
             try:
                 directory.mkdir(parents=True, exist_ok=True)
                 self._watched[directory] = self._observer.schedule(
-                    _TriggerHandler(self._inbox, directory), str(directory), recursive=False)
+                    _TriggerHandler(self._inbox, directory, self.coalescer.wake),
+                    str(directory), recursive=False)
             except OSError as exc:
                 log.warning("invalidator: cannot watch %s: %s", directory, exc)
         for directory in self._watched.keys() - wanted:
@@ -428,10 +665,13 @@ class Invalidator:
         return count
 
     def process_trigger_file(self, path: Path) -> bool:
-        """Handle and remove one trigger file. One that cannot be handled (malformed, for
-        another site, or handling it raised) goes to ``.purge/failed/`` and the site is
-        flushed; one whose purge failed with an OSError is kept for the next scan, and
-        dead-lettered after :data:`MAX_ATTEMPTS` tries."""
+        """Hand one trigger file's purge to the coalescer; the file is removed once that
+        purge was carried out. One that cannot be handled (malformed, for another site, or
+        handling it raised) goes to ``.purge/failed/`` and the site is flushed; one whose
+        purge failed with an OSError is kept for the next scan, and dead-lettered after
+        :data:`MAX_ATTEMPTS` tries."""
+        if path in self._files_inflight:
+            return False  # already waiting for its purge
         site = self.sites.get(path.parent.parent.name)
         if site is None or not _same_dir(site.purge_dir, path.parent):
             log.warning("invalidator: trigger file %s is not in a known site's purge "
@@ -450,18 +690,31 @@ class Invalidator:
                                    f"site {site.name!r}'s directory (a site may only purge "
                                    "itself)")
         try:
-            done = self.handle(event)
+            queued = self._request(event, self._file_done(site, path))
         except Exception as exc:  # a poison event: it must never stop the scan
             return self._dead_file(site, path, _describe(exc))
-        if not done:
-            attempts = self._file_attempts[path] = self._file_attempts.get(path, 0) + 1
-            if attempts < MAX_ATTEMPTS:
-                return False  # kept: tried again at the next scan
-            return self._dead_file(site, path, f"the purge failed {MAX_ATTEMPTS} times")
-        self._file_attempts.pop(path, None)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+        if queued:
+            self._files_inflight.add(path)
+        else:
+            self._file_attempts.pop(path, None)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
         return True
+
+    def _file_done(self, site: Site, path: Path) -> Callable[[BaseException | None], None]:
+        def done(error: BaseException | None) -> None:
+            self._files_inflight.discard(path)
+            if error is None:
+                self._file_attempts.pop(path, None)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            elif not isinstance(error, OSError):
+                self._dead_file(site, path, _describe(error))
+            else:
+                attempts = self._file_attempts[path] = self._file_attempts.get(path, 0) + 1
+                if attempts >= MAX_ATTEMPTS:  # else kept: tried again at the next scan
+                    self._dead_file(site, path, f"the purge failed {MAX_ATTEMPTS} times")
+        return done
 
     def _dead_file(self, site: Site, path: Path, reason: str) -> bool:
         self._file_attempts.pop(path, None)

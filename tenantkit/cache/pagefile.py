@@ -32,11 +32,11 @@ from pathlib import Path
 from typing import Any, cast
 
 from tenantkit import layout
-from tenantkit.files import read_regular_file, write_atomic
+from tenantkit.files import AtomicWriter, read_regular_file, write_atomic
 from tenantkit.validate import is_header, is_number, is_whole_number
 
 __all__ = ["BODY", "META", "NGINX_TYPE", "PRIVATE_BODY", "STALE_BODY", "STALE_META", "XATTR",
-           "CachedPage", "PageFiles", "SidecarMeta", "nginx_serves"]
+           "BodyWriter", "CachedPage", "PageFiles", "SidecarMeta", "nginx_serves"]
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +224,74 @@ def _read_all(fd: int, size: int) -> bytes:
         chunks.append(chunk)
 
 
+class BodyWriter:
+    """Stores a page as its body arrives: one file, the body (given a unique identity) with
+    its sidecar attached as an extended attribute (:data:`XATTR`), then the body under the
+    other name removed. Where the attribute cannot be set (a file system without user
+    extended attributes, a sidecar larger than it takes), the sidecar is written next to the
+    body as :data:`META` instead::
+
+        writer = BodyWriter(page_dir, public=True)   # FileNotFoundError: no page_dir
+        try:
+            for chunk in body:
+                writer.write(chunk)
+            writer.commit(meta)                      # the page is there now, whole
+        finally:
+            writer.abort()                           # else nothing of it is
+
+    ``meta`` is the sidecar without ``ident``; ``public``: nginx may serve the body (see
+    :func:`nginx_serves`); ``mode``: the files' (:func:`file_mode`)."""
+
+    __slots__ = ("directory", "file", "mode", "name", "other")
+
+    def __init__(self, directory: str, *, public: bool = True, mode: int = FILE_MODE) -> None:
+        self.directory = directory
+        self.mode = mode
+        self.name, self.other = (BODY, PRIVATE_BODY) if public else (PRIVATE_BODY, BODY)
+        self.file = AtomicWriter(f"{directory}/{self.name}", mode=mode)
+
+    @property
+    def size(self) -> int:
+        return self.file.size
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.file.write(data)
+
+    def abort(self) -> None:
+        self.file.abort()
+
+    def commit(self, meta: dict[str, Any], *, fresh: bool = False, stale: bool = False
+               ) -> None:
+        """Put the body in place with *meta* attached. ``fresh``: the directory was just
+        made for this page, there is nothing else in it to remove. ``stale``: store it as
+        the page's stale copy instead (*meta* says when it was purged), :data:`STALE_BODY`
+        with its sidecar attached, else the file :data:`STALE_META`; nginx never serves it
+        and the page's other files are left alone."""
+        meta["body"] = self.name
+        detached: list[bytes] = []
+
+        def attach(fd: int, st: os.stat_result) -> None:
+            meta["ident"] = [st.st_ino, st.st_size, st.st_mtime_ns]
+            data = json.dumps(meta).encode()
+            if not _attach(fd, data):
+                detached.append(data)
+
+        directory = self.directory
+        body_name, meta_name = (STALE_BODY, STALE_META) if stale else (self.name, META)
+        # Inode numbers are reused at once on ext4: the modification time (to the
+        # nanosecond, nginx's Last-Modified) makes the identity unique.
+        self.file.commit(mtime_ns=time.time_ns(), before_rename=attach,
+                         path=f"{directory}/{body_name}")
+        if detached:
+            write_atomic(f"{directory}/{meta_name}", detached[0], mode=self.mode)
+        elif not fresh:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{directory}/{meta_name}")  # left by a put that could not attach
+        if not fresh and not stale:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{directory}/{self.other}")
+
+
 class PageFiles:
     """Reads and writes pages; keeps sidecars already parsed, keyed by body path and valid
     while the body's identity matches: a hit then costs one open, fstat and read."""
@@ -308,34 +376,13 @@ class PageFiles:
     @staticmethod
     def write(directory: str, body: bytes, meta: dict[str, Any], *,
               public: bool = True, mode: int = FILE_MODE) -> None:
-        """Store a page: one file, the body (given a unique identity) with its sidecar
-        attached as an extended attribute (:data:`XATTR`), then remove the body under the
-        other name. Where the attribute cannot be set (a file system without user extended
-        attributes, a sidecar larger than it takes), the sidecar is written next to the body
-        as :data:`META` instead. ``meta`` is the sidecar without ``ident``; ``public``: nginx
-        may serve the body (see :func:`nginx_serves`); ``mode``: the files' (:func:`file_mode`).
-        FileNotFoundError when *directory* is missing."""
-        name, other = (BODY, PRIVATE_BODY) if public else (PRIVATE_BODY, BODY)
-        meta["body"] = name
-        detached: list[bytes] = []
-
-        def attach(fd: int, st: os.stat_result) -> None:
-            meta["ident"] = [st.st_ino, st.st_size, st.st_mtime_ns]
-            data = json.dumps(meta).encode()
-            if not _attach(fd, data):
-                detached.append(data)
-
-        # Inode numbers are reused at once on ext4: the modification time (to the
-        # nanosecond, nginx's Last-Modified) makes the identity unique.
-        write_atomic(f"{directory}/{name}", body, mode=mode, mtime_ns=time.time_ns(),
-                     before_rename=attach)
-        if detached:
-            write_atomic(f"{directory}/{META}", detached[0], mode=mode)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(f"{directory}/{META}")  # left by a put that could not attach
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(f"{directory}/{other}")
+        """Store a page whose body is all there: :class:`BodyWriter` in one go."""
+        writer = BodyWriter(directory, public=public, mode=mode)
+        try:
+            writer.write(body)
+            writer.commit(meta)
+        finally:
+            writer.abort()
 
     @staticmethod
     def drop_stale(directory: str) -> None:

@@ -17,15 +17,23 @@ normalise raises :class:`~tenantkit.errors.InvalidHost`, a path without a leadin
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from tenantkit.cache.events import Event, PurgeAction, purge_action
-from tenantkit.cache.pagecache import PageCache, PageRef
+from tenantkit.cache.pagecache import PageCache, PageRef, PurgedPages
 from tenantkit.cache.tags import SITE
 from tenantkit.hosts import normalize_host
 from tenantkit.sites import Site
 
-__all__ = ["PurgeResult", "action_for", "purge"]
+__all__ = ["MAX_REPORTED", "PurgeResult", "action_for", "purge"]
+
+logger = logging.getLogger(__name__)
+
+#: Pages one purge reports for re-warming, at most (``keys=True``): a purge of a tag on
+#: 20,000 pages must not read 20,000 sidecars for a re-warmer that queues 1,000
+#: (:data:`tenantkit.web.rewarm.MAX_QUEUED`) and fetches 10 a second.
+MAX_REPORTED = 1000
 
 
 @dataclass(frozen=True)
@@ -39,7 +47,8 @@ class PurgeResult:
     generation: str | None = None
     pages: int = 0
     host: str | None = None
-    #: (host, path, query) of each page that went stale, when asked for (``keys=True``).
+    #: (host, path, query) of each page that went stale, when asked for (``keys=True``):
+    #: each once, at most :data:`MAX_REPORTED`.
     keys: tuple[PageRef, ...] = ()
 
 
@@ -58,14 +67,19 @@ def purge(cache: PageCache, site: Site, action: PurgeAction, *,
     the action's paths (of ``action.host``, or of every host) and then its tags, always
     with the site-wide tag (:data:`~tenantkit.cache.tags.SITE`): pages stored without tags
     go stale on every purge of their site. With ``keys`` (default: the site's ``[cache]
-    rewarm``), a targeted purge reports the pages it made stale in ``result.keys``."""
+    rewarm``), a targeted purge reports the pages it made stale in ``result.keys`` (the
+    first :data:`MAX_REPORTED`; one log line says how many more were left out)."""
     if action.flush:
         return PurgeResult(site.name, flushed=True, generation=cache.flush())
-    purged: list[PageRef] = []
+    purged = PurgedPages(limit=MAX_REPORTED)
     # Only a purge that reports its pages asks for them (they cost a read each).
     report = {"purged": purged} if (site.cache.rewarm if keys is None else keys) else {}
     host = normalize_host(action.host) if action.paths and action.host is not None else None
     pages = cache.purge_paths(host, action.paths, **report) if action.paths else 0
     if action.tags or action.paths:
         pages += cache.purge_tags(tuple(dict.fromkeys((*action.tags, SITE))), **report)
-    return PurgeResult(site.name, pages=pages, host=host, keys=tuple(purged))
+    if purged.left_out:
+        logger.warning("site %s: purge made %d pages stale; %d are reported for re-warming, "
+                       "%d left out (MAX_REPORTED)", site.name, pages, len(purged.refs),
+                       purged.left_out)
+    return PurgeResult(site.name, pages=pages, host=host, keys=tuple(purged.refs))

@@ -32,7 +32,7 @@ from tenantkit.files import read_regular_file, write_atomic
 from tenantkit.validate import is_number, is_whole_number
 
 __all__ = ["INTERVAL", "MAX_NODES", "MAX_STATUS_BYTES", "STALE_AFTER", "InvalidatorStatus",
-           "read_status", "read_statuses", "status_file", "write_status"]
+           "read_status", "read_statuses", "safe_name", "status_file", "write_status"]
 
 log = logging.getLogger(__name__)
 
@@ -145,14 +145,19 @@ class InvalidatorStatus:
         return None
 
 
-def status_file(cache_dir: str | os.PathLike[str], node: str) -> Path:
-    """The status file of *node*: its name with anything but letters, digits, ``.``, ``_``
-    and ``-`` replaced, cut short and told apart by a hash when it had to be changed."""
+def safe_name(node: str) -> str:
+    """*node* as a file name: anything but letters, digits, ``.``, ``_`` and ``-`` replaced,
+    cut short and told apart by a hash when it had to be changed."""
     safe = _UNSAFE.sub("_", node)
     if safe != node or len(node) > 100 or not node or node.startswith("."):
         digest = hashlib.sha256(node.encode("utf-8", "surrogatepass")).hexdigest()[:12]
         safe = f"_{safe[:80]}-{digest}"
-    return layout.invalidator_status(cache_dir, safe)
+    return safe
+
+
+def status_file(cache_dir: str | os.PathLike[str], node: str) -> Path:
+    """The status file of *node* (named by :func:`safe_name`)."""
+    return layout.invalidator_status(cache_dir, safe_name(node))
 
 
 def write_status(cache_dir: str | os.PathLike[str], status: InvalidatorStatus) -> None:

@@ -42,6 +42,7 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, abort, current_app, jsonify, render_template_string, request
 
+from tenantkit.cache.nodecounters import KINDS as NODE_KINDS
 from tenantkit.config import mask_url
 from tenantkit.secret import scrub
 
@@ -195,7 +196,9 @@ def _check_bus(ext: Tenantkit) -> tuple[bool, dict[str, Any]]:
     else:
         thread = getattr(invalidator, "_thread", None)
         alive = thread is not None and thread.is_alive()
-        details["invalidator"] = "running" if alive else "down"
+        # "running" (this process is the node's actor) or "standby: node actor is pid N"
+        details["invalidator"] = invalidator.state() if alive else "down"
+        details["role"] = invalidator.role if alive else "down"
         details["node"] = invalidator.node
         details["events_handled"] = invalidator.handled
         details["errors"] = invalidator.errors
@@ -247,12 +250,16 @@ def _check_cache(ext: Tenantkit) -> tuple[bool, dict[str, Any]]:
 def _check_invalidation(ext: Tenantkit) -> tuple[bool, dict[str, Any]]:
     """This node's invalidator as its status file tells (:mod:`tenantkit.cache.status`):
     down when the file is stale or it is not connected to the bus or the replica binlog. No
-    file: nothing to tell (the ``bus`` check covers an invalidator in this process)."""
+    file: nothing to tell (the ``bus`` check covers an invalidator in this process). With
+    the node counters: what every process of the node did to its page caches, per kind and
+    site (:mod:`tenantkit.cache.nodecounters`)."""
+    from tenantkit.cache.nodecounters import read_node_counters
     from tenantkit.cache.status import read_status
 
     node = node_label(ext)
     status = read_status(ext.settings.cache_dir, node)
-    details: dict[str, Any] = {"node": node, "reported": status is not None}
+    details: dict[str, Any] = {"node": node, "reported": status is not None,
+                               "counters": read_node_counters(ext.settings.cache_dir)}
     if status is None:
         return True, details
     problem = status.problem()
@@ -466,6 +473,20 @@ _STATUS = """<!doctype html>
  <td class="n">{{ inval.dead_letters }}</td><td class="n">{{ inval.report_age }} s ago</td></tr>
 </table></div>
 {% endif %}
+<h2>Page caches of node {{ node }}</h2>
+<p class="muted">every process of the node, since its counter files were made</p>
+<div class="scroll"><table id="node-counters">
+<tr><th>site</th><th>flushes</th><th>purges</th><th>coalesced</th><th>renders</th>
+ <th>stale served</th></tr>
+{% for c in node_counters %}
+<tr data-site="{{ c.site }}"><td><strong>{{ c.site }}</strong></td>
+ <td class="n flushes">{{ c.flushes }}</td><td class="n purges">{{ c.purges }}</td>
+ <td class="n coalesced">{{ c.coalesced }}</td><td class="n renders">{{ c.renders }}</td>
+ <td class="n stale_served">{{ c.stale_served }}</td></tr>
+{% else %}
+<tr><td colspan="6" class="muted">no sites loaded</td></tr>
+{% endfor %}
+</table></div>
 <h2>Database</h2>
 <div class="scroll"><table id="database">
 <tr><th>server</th><th>state</th></tr>
@@ -534,12 +555,16 @@ def status() -> str:
                      "p50": _seconds(row.get("upstream_p50")),
                      "p99": _seconds(row.get("upstream_p99")),
                      "ratio": (hits + stale) / total if total else None})
+    counts = report["checks"]["invalidation"].get("counters") or {}
+    node_counters = [{"site": s.name, **{kind: counts.get(kind, {}).get(s.name, 0)
+                                         for kind in NODE_KINDS}}
+                     for s in sorted(ext.registry.sites.values(), key=lambda s: s.name)]
     refresh = request.args.get("refresh", "10")
     return render_template_string(
         _STATUS, healthy=healthy, report=report, sites=rows, node=report["node"],
         db=report["checks"]["database"], bus=report["checks"]["bus"],
         inval=_invalidation_row(report["checks"]["invalidation"]),
-        cache=report["checks"]["cache"],
+        cache=report["checks"]["cache"], node_counters=node_counters,
         refresh=int(refresh) if refresh.isdigit() else 10,
         workers="every worker" if ext.metrics.multiprocess else f"process {os.getpid()}",
         settings_source=ext.settings.source or "the embedded defaults",

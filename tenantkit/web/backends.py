@@ -42,6 +42,8 @@ Framing, so that no request or response can be taken for another (issue 24):
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import inspect
 import logging
 import pkgutil
@@ -62,14 +64,14 @@ from tenantkit.errors import SiteError
 from tenantkit.hosts import request_host
 from tenantkit.sites import Site
 from tenantkit.web.target import request_target
-from tenantkit.web.upstream import upstream_pool
+from tenantkit.web.upstream import Deadline, upstream_pool
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 else:
     StartResponse = WSGIApplication = WSGIEnvironment = Any
 
-__all__ = ["RETRY_AFTER", "BackendError", "BackendPool", "ProxyApp", "UpstreamClosed",
+__all__ = ["DEADLINE", "RETRY_AFTER", "BackendError", "BackendPool", "ProxyApp", "UpstreamClosed",
            "UpstreamError", "UpstreamTimeout", "load_wsgi_app", "over_limit"]
 
 logger = logging.getLogger(__name__)
@@ -92,6 +94,9 @@ _SPOOL = 1024 * 1024
 RETRY_AFTER = 5
 #: A busy site's refusals are logged at most this often (one line with their count).
 REFUSED_LOG_SECONDS = 10.0
+#: The environ key of an overall deadline for the upstream exchange (``time.monotonic()``
+#: seconds, a float): past it the exchange is cut off and answered 504 (the re-warmer's).
+DEADLINE = "tenantkit.deadline"
 #: Default largest request body (nginx's ``client_max_body_size`` in ``tenantkit nginx-config``).
 MAX_BODY = 64 * 1024 * 1024
 
@@ -264,6 +269,8 @@ class ProxyApp:
                  start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
         body: Any = None
+        when = environ.get(DEADLINE)
+        deadline = Deadline(when) if isinstance(when, float) else None
         try:
             headers = self._headers(environ)
             framed = self._body(environ)
@@ -274,26 +281,23 @@ class ProxyApp:
                     # Whether the upstream reads this body, the proxy cannot know: one it
                     # did not read would be parsed as the next request on the connection.
                     headers["Connection"] = "close"
-            response = self.pool.urlopen(
-                method, self._target(environ), body=body, headers=headers, chunked=False,
-                redirect=False, retries=False, preload_content=False, decode_content=False,
-                assert_same_host=False, timeout=self.timeout,
-            )
+            with deadline.active() if deadline is not None else contextlib.nullcontext():
+                response = self.pool.urlopen(
+                    method, self._target(environ), body=body, headers=headers, chunked=False,
+                    redirect=False, retries=False, preload_content=False,
+                    decode_content=False, assert_same_host=False, timeout=self.timeout,
+                )
+        except (Urllib3HTTPError, OSError) as exc:
+            if deadline is not None:
+                deadline.done()
+                if deadline.expired:
+                    logger.warning("site %s: upstream %s: no response by the deadline: %s",
+                                   _site_name(environ), mask_url(self.url), exc)
+                    return _plain(start_response, "504 Gateway Timeout", "upstream timed out")
+            return self._failed(environ, start_response, exc)
         except _Refused as exc:
             logger.info("upstream %s: request refused: %s", mask_url(self.url), exc.message)
             return _plain(start_response, exc.status, f"bad request: {exc.message}")
-        except NewConnectionError as exc:  # a subclass of the timeout error, but not one
-            logger.warning("site %s: upstream %s unreachable: %s", _site_name(environ),
-                           mask_url(self.url), exc)
-            return _plain(start_response, "502 Bad Gateway", "upstream unavailable")
-        except Urllib3TimeoutError as exc:
-            logger.warning("site %s: upstream %s timed out: %s", _site_name(environ),
-                           mask_url(self.url), exc)
-            return _plain(start_response, "504 Gateway Timeout", "upstream timed out")
-        except (Urllib3HTTPError, OSError) as exc:
-            logger.warning("site %s: upstream %s failed: %s", _site_name(environ),
-                           mask_url(self.url), exc)
-            return _plain(start_response, "502 Bad Gateway", "upstream unavailable")
         except ValueError as exc:  # http.client refuses a method or header value
             return _plain(start_response, "400 Bad Request", f"bad request: {exc}")
         finally:
@@ -308,7 +312,7 @@ class ProxyApp:
                  if k.lower() == "connection" for t in v.split(",")}
         out = [(k, v) for k, v in response.headers.items()
                if k.lower() not in HOP_BY_HOP and k.lower() not in named]
-        body = _ResponseBody(response, self.url)
+        body = _ResponseBody(response, self.url, deadline)
         # Up to _CHUNK bytes of the body (all of most pages) are read before the status line
         # goes out: an upstream that fails by then still gets an honest 502/504 instead of
         # a truncated 200.
@@ -329,7 +333,22 @@ class ProxyApp:
             body.close()
             raise
         start_response(f"{response.status} {response.reason or ''}".rstrip(), out)
-        return _Prefetched(first, iterator, body)
+        return _Prefetched(first, iterator, body, _site_name(environ))
+
+    def _failed(self, environ: WSGIEnvironment, start_response: StartResponse,
+                exc: BaseException) -> list[bytes]:
+        """The answer (and the one log line) for an upstream that failed before answering."""
+        if isinstance(exc, NewConnectionError):  # a subclass of the timeout error, but not one
+            logger.warning("site %s: upstream %s unreachable: %s", _site_name(environ),
+                           mask_url(self.url), exc)
+            return _plain(start_response, "502 Bad Gateway", "upstream unavailable")
+        if isinstance(exc, Urllib3TimeoutError):
+            logger.warning("site %s: upstream %s timed out: %s", _site_name(environ),
+                           mask_url(self.url), exc)
+            return _plain(start_response, "504 Gateway Timeout", "upstream timed out")
+        logger.warning("site %s: upstream %s failed: %s", _site_name(environ),
+                       mask_url(self.url), exc)
+        return _plain(start_response, "502 Bad Gateway", "upstream unavailable")
 
 
 def _site_name(environ: WSGIEnvironment) -> str:
@@ -395,11 +414,28 @@ def _plain(start_response: StartResponse, status: str, text: str) -> list[bytes]
 class _ResponseBody:
     """Streams the upstream body; releases the pooled connection on close."""
 
-    def __init__(self, response: Any, url: str) -> None:
+    def __init__(self, response: Any, url: str, deadline: Deadline | None = None) -> None:
         self.response = response
         self.url = url
+        self.deadline = deadline
 
     def __iter__(self) -> Iterator[bytes]:
+        deadline = self.deadline
+        if deadline is None:
+            yield from self._stream()
+            return
+        try:
+            yield from self._stream()
+        except UpstreamError as exc:
+            if deadline.expired:
+                raise UpstreamTimeout(f"upstream {mask_url(self.url)}: the body did not "
+                                      "arrive by the deadline") from exc
+            raise
+        if deadline.expired:  # cut short: a body read until the close looks complete
+            raise UpstreamTimeout(f"upstream {mask_url(self.url)}: the body did not "
+                                  "arrive by the deadline")
+
+    def _stream(self) -> Iterator[bytes]:
         try:
             yield from self.response.stream(_CHUNK, decode_content=False)
         except (Urllib3TimeoutError, TimeoutError) as exc:
@@ -412,6 +448,11 @@ class _ResponseBody:
                                  f"{exc}") from exc
 
     def close(self) -> None:
+        if self.deadline is not None:
+            self.deadline.done()
+            if self.deadline.expired:
+                _discard(self.response)
+                return
         if self.response.closed:  # read to the end its framing gives: urllib3 released it
             self.response.release_conn()
         else:  # what is left of it would be read as the next request's response
@@ -419,19 +460,28 @@ class _ResponseBody:
 
 
 class _Prefetched:
-    """The upstream body with its first piece already read."""
+    """The upstream body with its first piece already read. An upstream that fails after
+    that is logged in one line, and the server is made to drop the visitor's connection
+    (a :class:`ConnectionResetError`, which WSGI servers take quietly: the status line
+    has gone out, a cut connection is the only honest signal left)."""
 
-    __slots__ = ("body", "first", "iterator")
+    __slots__ = ("body", "first", "iterator", "site")
 
     def __init__(self, first: list[bytes], iterator: Iterator[bytes],
-                 body: _ResponseBody) -> None:
+                 body: _ResponseBody, site: str = "-") -> None:
         self.first = first
         self.iterator = iterator
         self.body = body
+        self.site = site
 
     def __iter__(self) -> Iterator[bytes]:
         yield from self.first
-        yield from self.iterator
+        try:
+            yield from self.iterator
+        except UpstreamError as exc:
+            logger.warning("site %s: %s (the response was cut short)", self.site, exc)
+            raise ConnectionResetError(errno.ECONNRESET, f"response cut short: {exc}"
+                                       ) from exc
 
     def close(self) -> None:
         self.body.close()

@@ -39,6 +39,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from tenantkit.cache.caches import SiteCaches
 from tenantkit.cache.events import Purge
 from tenantkit.cache.invalidator import Invalidator
+from tenantkit.cache.nodecounters import read_node_counters
 from tenantkit.cache.publish import publish
 from tenantkit.cache.purge import action_for, purge
 from tenantkit.cache.status import read_statuses
@@ -117,7 +118,8 @@ class Tenantkit:
         self.settings: Settings = settings
         self.registry: Registry = self._registry or Registry.load(settings)
         web = settings.web
-        self.metrics = Metrics(invalidation=partial(read_statuses, settings.cache_dir))
+        self.metrics = Metrics(invalidation=partial(read_statuses, settings.cache_dir),
+                               node=partial(read_node_counters, settings.cache_dir))
         self.pool = BackendPool(trusted_proxies=web.trusted_proxies)
         self.caches = SiteCaches()
         self.host_links = HostLinks(settings.cache_dir)

@@ -7,8 +7,10 @@
     metrics.cache("blog", "HIT")
     text = metrics.render()          # Prometheus text format
 
-Routing decisions, replica lag and the invalidators' status files
-(``tenantkit_invalidation_*``, :mod:`tenantkit.cache.status`) are read at scrape time. Under
+Routing decisions, replica lag, the invalidators' status files
+(``tenantkit_invalidation_*``, :mod:`tenantkit.cache.status`) and the node counters
+(``tenantkit_node_*_total{site=...}``: flushes, purges, coalesced, renders, stale served by
+every process of the node, :mod:`tenantkit.cache.nodecounters`) are read at scrape time. Under
 gunicorn with several workers, set ``PROMETHEUS_MULTIPROC_DIR`` before start (``tenantkit
 serve`` does) and each scrape adds up every worker's counters.
 """
@@ -24,6 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from tenantkit.cache.nodecounters import KINDS
 from tenantkit.cache.status import InvalidatorStatus
 
 __all__ = ["CONTENT_TYPE", "Metrics", "replica_lag", "routing_stats", "watch_router"]
@@ -77,16 +80,28 @@ def _quantile(cumulative: Mapping[float, float], q: float) -> float | None:
 RoutingStats = Callable[[], Mapping[tuple[str, str], int]]
 LagStats = Callable[[], Mapping[str, float | None]]
 InvalidationStats = Callable[[], Iterable[InvalidatorStatus]]
+NodeStats = Callable[[], Mapping[str, Mapping[str, int]]]
+
+#: What each node counter kind means, for the metrics' help text.
+NODE_HELP = {
+    "flushes": "Whole-site flushes carried out on this node",
+    "purges": "Targeted purges carried out on this node (after coalescing)",
+    "coalesced": "Purges and flushes merged into another instead of being carried out",
+    "renders": "Pages rendered by a backend and stored on this node",
+    "stale_served": "Responses served from a stale page on this node",
+}
 
 
 class _Callbacks:
     """Reads routing decisions and replica lag when scraped."""
 
     def __init__(self, routing: RoutingStats | None, lag: LagStats | None,
-                 invalidation: InvalidationStats | None = None) -> None:
+                 invalidation: InvalidationStats | None = None,
+                 node: NodeStats | None = None) -> None:
         self.routing = routing
         self.lag = lag
         self.invalidation = invalidation
+        self.node = node
 
     def collect(self) -> Iterator[Any]:
         decisions = CounterMetricFamily(
@@ -104,6 +119,18 @@ class _Callbacks:
                 lag.add_metric([replica], float("nan") if seconds is None else seconds)
         yield lag
         yield from self._invalidation()
+        yield from self._node()
+
+    def _node(self) -> Iterator[Any]:
+        """``tenantkit_node_<kind>_total{site=...}``: every process of the node, added up
+        from the counter files."""
+        counts = self.node() if self.node is not None else {}
+        for kind in KINDS:
+            family = CounterMetricFamily(f"tenantkit_node_{kind}", NODE_HELP[kind],
+                                         labels=["site"])
+            for site, count in sorted(counts.get(kind, {}).items()):
+                family.add_metric([site], count)
+            yield family
 
     def _invalidation(self) -> Iterator[Any]:
         """``tenantkit_invalidation_*``: each node's invalidator, from its status file."""
@@ -146,7 +173,8 @@ class Metrics:
 
     def __init__(self, *, routing: RoutingStats | None = routing_stats,
                  lag: LagStats | None = replica_lag,
-                 invalidation: InvalidationStats | None = None) -> None:
+                 invalidation: InvalidationStats | None = None,
+                 node: NodeStats | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.requests = Counter("tenantkit_requests", "Requests answered, by site and status",
@@ -161,7 +189,7 @@ class Metrics:
         self.upstream_seconds = Histogram(
             "tenantkit_upstream_seconds", "Time the site's backend took to start its answer",
             ["site"], registry=self.registry, buckets=UPSTREAM_BUCKETS)
-        self.callbacks = _Callbacks(routing, lag, invalidation)
+        self.callbacks = _Callbacks(routing, lag, invalidation, node)
         self.registry.register(self.callbacks)
         # (site, status|result) -> the labelled child's value holder, found once: the label
         # lookup and Counter.inc's argument checks cost more than the count itself.

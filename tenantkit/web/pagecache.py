@@ -28,8 +28,14 @@ site's ``ttl``); ``Vary`` on nothing but ``Accept-Encoding``; no ``Content-Encod
 it, see :mod:`tenantkit.web.hits`). Every end-to-end header is stored with the page (all but
 hop-by-hop and per-response ones: ``Date``, ``Age``, ``Server``, ``Content-Length``).
 Tags come from the ``X-Tenantkit-Tags`` response header (comma- or space-separated), which
-never reaches the client. Stored pages get an ``ETag`` and a ``Last-Modified``; conditional
-GETs on hits answer 304.
+never reaches the client. Stored pages get an ``ETag`` (the app's, else a new one each
+time the page is stored) and a ``Last-Modified``; conditional GETs on hits answer 304.
+
+A miss costs the visitor little more than the backend itself: the body is passed on chunk
+by chunk as the backend gives it, each chunk written to the page's file once the visitor
+has it, and the file renamed into place once the last chunk went out -- only when the body
+was read to its end (a body the upstream cut short is never stored). Nothing of the page is
+held in memory, and nothing is stored past :data:`MAX_STORE_BYTES`.
 
 Read-your-writes: after a request whose backend wrote (the router's consistency token is
 found in ``environ["tenantkit.write_token"]`` or the ``X-Tenantkit-Token`` response header),
@@ -41,19 +47,17 @@ is fresh, that browser's requests skip the page cache and carry the token in
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import logging
+import secrets
 import time
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 
-from werkzeug.wsgi import ClosingIterator
-
 from tenantkit.cache.caches import SiteCaches
-from tenantkit.cache.pagecache import FillTicket, PageCache
+from tenantkit.cache.nodecounters import STALE_SERVED
+from tenantkit.cache.pagecache import FillTicket, PageCache, PageWriter
 from tenantkit.errors import CacheError
 from tenantkit.sites import Site
 from tenantkit.web.cookies import has_bypass_cookie
@@ -112,20 +116,6 @@ def lifetime(headers: Iterable[tuple[str, str]], default: int) -> int:
             value = directives[name]
             return int(value) if value.isascii() and value.isdigit() else 0
     return default
-
-
-def _decode(data: bytes, coding: str) -> bytes | None:
-    """*data* without its content coding, None when it cannot be (or is too large)."""
-    if coding not in _DECODABLE:
-        return None
-    try:
-        inflater = zlib.decompressobj(wbits=31)
-        plain = inflater.decompress(data, MAX_STORE_BYTES + 1)
-    except zlib.error:
-        return None
-    if len(plain) > MAX_STORE_BYTES or inflater.unconsumed_tail or not inflater.eof:
-        return None
-    return plain
 
 
 def _parse_tags(value: str) -> tuple[str, ...]:
@@ -201,20 +191,32 @@ class PageCacheMiddleware:
                 self._hot.remember(lane, site.name, hot)
             return send_page(stored, environ, start_response, "HIT", now)
         try:
-            # With no page at all there is nothing stale to serve: every caller renders, so
-            # the fill lock would only cost two file operations.
+            # With no copy at all (a first visit, or none within stale_seconds) every caller
+            # renders: waiting for another's render would hold a worker thread for as long,
+            # and pages that are never stored (cookies, no-store) would queue one by one.
+            # With a copy, the fill lock (a file: one holder across the node's processes)
+            # picks the one caller that renders; every other is served the copy at once.
             ticket = cache.begin_fill(host, path, query, lock=stored is not None)
         except (CacheError, OSError) as exc:
             logger.warning("site %s: page cache unusable: %s", site.name, exc)
             return self._bypass(site, environ, start_response)
-        if stored is not None and not ticket.leader:
-            ticket.release()  # someone else regenerates it: serve the stale page meanwhile
-            self._count(site, "STALE")
-            return send_page(stored, environ, start_response, "STALE", time.time())
+        if stored is not None:
+            if not ticket.leader:
+                ticket.release()  # someone else regenerates it: serve the stale page meanwhile
+                return self._send_stale(site, cache, stored, environ, start_response)
+            fresh = self._stored_since(cache, host, path, query)
+            if fresh is not None:  # the previous holder stored it after we read the copy
+                ticket.release()
+                self._count(site, "HIT")
+                return send_page(fresh, environ, start_response, "HIT", time.time())
         try:
-            return self._fill(site, cache, ticket, query, environ, start_response)
-        finally:
+            response = self._fill(site, cache, ticket, query, environ, start_response)
+        except BaseException:
             ticket.release()
+            raise
+        if not isinstance(response, _StoringBody):  # a store holds the fill lock till done
+            ticket.release()
+        return response
 
     def replay(self, key: tuple[str, str, str, str], sites: object,
                environ: WSGIEnvironment, start_response: StartResponse,
@@ -234,6 +236,23 @@ class PageCacheMiddleware:
         if self.on_cache is not None:
             self.on_cache(name, "HIT")
         return send_page(stored, environ, start_response, "HIT", now)
+
+    @staticmethod
+    def _stored_since(cache: PageCache, host: str, path: str, query: str
+                      ) -> StoredResponse | None:
+        """The fresh page of this key if one was stored since it was read, else None."""
+        try:
+            page = cache.get(host, path, query)
+        except (CacheError, OSError, ValueError):
+            return None
+        return None if page is None or page.stale else StoredResponse(page)
+
+    def _send_stale(self, site: Site, cache: PageCache, stored: StoredResponse,
+                    environ: WSGIEnvironment, start_response: StartResponse
+                    ) -> Iterable[bytes]:
+        self._count(site, "STALE")
+        cache.tally(STALE_SERVED)
+        return send_page(stored, environ, start_response, "STALE", time.time())
 
     def _count(self, site: Site, result: str) -> None:
         if self.on_cache is not None:
@@ -280,7 +299,6 @@ class PageCacheMiddleware:
 
     def _fill(self, site: Site, cache: PageCache, ticket: FillTicket, query: str,
               environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        host, path = ticket.host, ticket.path
         capture = _Capture()
         try:
             body = self.app(environ, capture)
@@ -299,43 +317,48 @@ class PageCacheMiddleware:
                 return served
         self._count(site, "MISS")
         try:
-            chunks: list[bytes] = []
-            size = 0
-            iterator = iter(body)
             ttl = self._storable(site, environ, capture)
-            if ttl:
-                for chunk in iterator:
-                    chunks.append(chunk)
-                    size += len(chunk)
-                    if size > MAX_STORE_BYTES:
-                        ttl = 0
-                        break
             out, tags = self._outgoing(environ, capture.headers, "MISS")
+            store = None
             if ttl:
-                data = b"".join(chunks)
-                form = self._stored_form(out, data)
-                if form is not None:
-                    plain, keep = form
-                    try:
-                        stored = cache.put(host, path, plain, query=query, status=200,
-                                           headers=keep, tags=tags, ttl=ttl, ticket=ticket)
-                    except (CacheError, OSError, ValueError) as exc:
-                        logger.warning("site %s: cannot store %r: %s", site.name, path, exc)
-                        stored = False
-                    if stored and self.host_links is not None and not query:
-                        self.host_links.ensure(site.name, host)
-                    if plain is data:  # the visitor gets the validators the hits will have
-                        names = {k.lower() for k, _ in out}
-                        out += [(k, v) for k, v in keep if k.lower() not in names]
-                start_response(capture.status, out, capture.exc_info)
-                _close(body)
-                return [data]
+                store = self._open_store(site, cache, ticket, query, out, tags, ttl)
             start_response(capture.status, out, capture.exc_info)
         except BaseException:
             _close(body)
             raise
-        # What is left of the body, then the app's own close().
-        return ClosingIterator(itertools.chain(chunks, iterator), getattr(body, "close", None))
+        if store is None:
+            return body
+        return _StoringBody(body, store, ticket)
+
+    def _open_store(self, site: Site, cache: PageCache, ticket: FillTicket, query: str,
+                    out: list[tuple[str, str]], tags: tuple[str, ...], ttl: int
+                    ) -> _Store | None:
+        """Start storing the response whose headers are *out* (the visitor's, given the
+        validators the hits will have when its body is stored as it is); None when it
+        cannot be stored."""
+        inflater = None
+        for key, value in out:
+            if key.lower() == "content-encoding" and value.strip().lower() not in (
+                    "identity", ""):
+                inflater = zlib.decompressobj(wbits=31)  # gzip: _storable let nothing else by
+        keep = [(k, v) for k, v in out if k.lower() not in _DROP]
+        names = {k.lower() for k, _ in keep}
+        if "etag" not in names or inflater is not None:
+            # An upstream's ETag names its encoded body: the stored one gets its own, new
+            # with every page stored (as nginx's, made from the file's time and size).
+            keep = [(k, v) for k, v in keep if k.lower() != "etag"]
+            keep.append(("ETag", f'"{secrets.token_hex(12)}"'))
+        if "last-modified" not in names:
+            keep.append(("Last-Modified", formatdate(time.time(), usegmt=True)))
+        if inflater is None:  # the visitor gets the validators the hits will have
+            out += [(k, v) for k, v in keep if k.lower() not in names]
+
+        def open_writer() -> PageWriter:
+            return cache.writer(ticket.host, ticket.path, query=query, status=200,
+                                headers=keep, tags=tags, ttl=ttl, ticket=ticket)
+
+        links = self.host_links if not query else None
+        return _Store(site, ticket.path, open_writer, inflater, links)
 
     def _stale_if_error(self, site: Site, cache: PageCache, ticket: FillTicket, query: str,
                         environ: WSGIEnvironment, start_response: StartResponse,
@@ -351,8 +374,7 @@ class PageCacheMiddleware:
             return None
         logger.info("site %s: %s for %s: served the stored page (stale_if_error)", site.name,
                     failure, ticket.path)
-        self._count(site, "STALE")
-        return send_page(StoredResponse(stored), environ, start_response, "STALE", time.time())
+        return self._send_stale(site, cache, StoredResponse(stored), environ, start_response)
 
     def _storable(self, site: Site, environ: WSGIEnvironment, capture: _Capture) -> int:
         """How long the response may be stored; 0 when it must not be."""
@@ -374,29 +396,6 @@ class PageCacheMiddleware:
                 return 0
         return lifetime(capture.headers, site.cache.ttl)
 
-    def _stored_form(self, out: list[tuple[str, str]], data: bytes
-                     ) -> tuple[bytes, list[tuple[str, str]]] | None:
-        """The identity body and the headers to store with it; None when the body's coding
-        cannot be undone."""
-        plain = data
-        for key, value in out:
-            if key.lower() == "content-encoding":
-                coding = value.strip().lower()
-                if coding not in ("identity", ""):
-                    decoded = _decode(data, coding)
-                    if decoded is None:
-                        return None
-                    plain = decoded
-        keep = [(k, v) for k, v in out if k.lower() not in _DROP]
-        names = {k.lower() for k, _ in keep}
-        if "etag" not in names or plain is not data:
-            # An upstream's ETag names its encoded body: the stored one gets its own.
-            keep = [(k, v) for k, v in keep if k.lower() != "etag"]
-            keep.append(("ETag", '"' + hashlib.blake2b(plain, digest_size=12).hexdigest() + '"'))
-        if "last-modified" not in names:
-            keep.append(("Last-Modified", formatdate(time.time(), usegmt=True)))
-        return plain, keep
-
 
 def _failed(status: str) -> bool:
     """A status that means the backend failed (5xx: error, busy, timed out, unreachable)."""
@@ -407,3 +406,112 @@ def _close(body: Iterable[bytes]) -> None:
     close = getattr(body, "close", None)
     if close is not None:
         close()
+
+
+class _Store:
+    """A response's body on its way into the cache (see :class:`_StoringBody`). The page's
+    file is opened with the first chunk, once the visitor has it."""
+
+    __slots__ = ("host_links", "inflater", "open_writer", "path", "site", "writer")
+
+    def __init__(self, site: Site, path: str, open_writer: Callable[[], PageWriter],
+                 inflater: Any, host_links: HostLinks | None) -> None:
+        self.site = site
+        self.path = path
+        self.open_writer: Callable[[], PageWriter] | None = open_writer
+        self.writer: PageWriter | None = None
+        self.inflater = inflater
+        self.host_links = host_links
+
+    def feed(self, chunk: bytes) -> None:
+        writer = self.writer
+        if writer is None:
+            if self.open_writer is None:
+                return  # given up, or done
+            opener, self.open_writer = self.open_writer, None
+            try:
+                writer = self.writer = opener()
+            except (CacheError, OSError, ValueError) as exc:
+                logger.warning("site %s: cannot store %r: %s", self.site.name, self.path, exc)
+                return
+        try:
+            if self.inflater is not None:
+                chunk = self.inflater.decompress(chunk, MAX_STORE_BYTES + 1 - writer.size)
+                if self.inflater.unconsumed_tail:
+                    chunk = b"\0" * (MAX_STORE_BYTES + 1)  # decoded, larger than the cap
+            if writer.size + len(chunk) > MAX_STORE_BYTES:
+                logger.info("site %s: %s not stored: larger than %d bytes", self.site.name,
+                            self.path, MAX_STORE_BYTES)
+                self.abort()
+                return
+            writer.write(chunk)
+        except (CacheError, zlib.error) as exc:
+            logger.warning("site %s: cannot store %r: %s", self.site.name, self.path, exc)
+            self.abort()
+
+    def abort(self) -> None:
+        self.open_writer = None
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            writer.abort()
+
+    def commit(self) -> None:
+        if self.open_writer is not None:
+            self.feed(b"")  # an empty body: the page is still stored
+        self.open_writer = None
+        writer, self.writer = self.writer, None
+        if writer is None:
+            return
+        try:
+            inflater = self.inflater
+            if inflater is not None and not inflater.eof:
+                writer.abort()  # a gzip stream that never ended: not the page
+                return
+            stored = writer.commit()
+        except (CacheError, OSError, ValueError) as exc:
+            logger.warning("site %s: cannot store %r: %s", self.site.name, self.path, exc)
+            return
+        finally:
+            writer.abort()
+        if stored and self.host_links is not None:
+            self.host_links.ensure(self.site.name, writer.meta["host"])
+
+
+class _StoringBody:
+    """The backend's body passed to the visitor chunk by chunk, each chunk written to the
+    page's file after the visitor has it: nothing of the page is held in memory, and the
+    file takes the page's place (a rename) once the last chunk went out -- only when the
+    body was read to its end: a request sent the instant the visitor has the whole page may
+    still be a miss. A backend that fails mid-body (an upstream that closes early,
+    :class:`~tenantkit.web.backends.UpstreamClosed`), a visitor that goes away, a body over
+    :data:`MAX_STORE_BYTES`: nothing is stored. The fill lock
+    (*ticket*) is held until then."""
+
+    __slots__ = ("body", "complete", "store", "ticket")
+
+    def __init__(self, body: Iterable[bytes], store: _Store, ticket: FillTicket) -> None:
+        self.body = body
+        self.store = store
+        self.ticket = ticket
+        self.complete = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        feed = self.store.feed
+        for chunk in self.body:
+            yield chunk
+            feed(chunk)
+        # The server asks for more only once the last chunk went out.
+        self.complete = True
+        try:
+            self.store.commit()
+        finally:
+            self.ticket.release()
+
+    def close(self) -> None:
+        try:
+            _close(self.body)  # the backend's slot and connection
+        finally:
+            try:
+                self.store.abort()  # a no-op once committed
+            finally:
+                self.ticket.release()

@@ -16,6 +16,11 @@ cookie, never through the network. A flush is not re-warmed (it would fetch ever
 the site). At most :data:`MAX_QUEUED` pages wait; more are dropped with one log line. The
 request says ``http``: a site that redirects plain HTTP answers a redirect, which is not
 stored, and the page is warmed by its next visitor as before.
+
+Each fetch has an overall deadline, :data:`FETCH_SECONDS` (``deadline``): an upstream that
+drips a byte now and then, each within its read timeout, is cut off then (the proxy shuts
+its connection, :data:`tenantkit.web.backends.DEADLINE`), the page is not stored and the
+re-warmer goes on with the next one; an in-process app is not read past it.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import io
 import logging
 import queue
 import threading
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
@@ -31,13 +37,14 @@ from urllib.parse import unquote_to_bytes
 from tenantkit.cache.pagecache import PageRef
 from tenantkit.cache.purge import PurgeResult
 from tenantkit.sites import Site
+from tenantkit.web.backends import DEADLINE
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
 else:
     WSGIApplication = WSGIEnvironment = Any
 
-__all__ = ["MAX_QUEUED", "RATE", "USER_AGENT", "Rewarmer", "rewarm_environ"]
+__all__ = ["FETCH_SECONDS", "MAX_QUEUED", "RATE", "USER_AGENT", "Rewarmer", "rewarm_environ"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +53,8 @@ RATE = 10.0
 #: Pages waiting to be fetched, at most; more are dropped.
 MAX_QUEUED = 1000
 USER_AGENT = "tenantkit-rewarm"
+#: Seconds one fetch may take, whole, at most.
+FETCH_SECONDS = 30.0
 
 
 def rewarm_environ(host: str, path: str, query: str) -> WSGIEnvironment:
@@ -67,8 +76,9 @@ class Rewarmer:
     """Fetches purged pages again through *app* (see the module docstring)."""
 
     def __init__(self, app: WSGIApplication, *, rate: float = RATE,
-                 max_queued: int = MAX_QUEUED) -> None:
+                 max_queued: int = MAX_QUEUED, deadline: float = FETCH_SECONDS) -> None:
         self.app = app
+        self.deadline = deadline
         self.interval = 1.0 / rate if rate > 0 else 0.0
         self._queue: queue.Queue[tuple[str, PageRef]] = queue.Queue(max_queued)
         self._waiting: set[tuple[str, PageRef]] = set()
@@ -131,11 +141,15 @@ class Rewarmer:
             status.append(code)
             return lambda data: None
 
+        environ = rewarm_environ(host, path, query)
+        end = environ[DEADLINE] = time.monotonic() + self.deadline
         try:
-            body: Iterable[bytes] = self.app(rewarm_environ(host, path, query), start_response)
+            body: Iterable[bytes] = self.app(environ, start_response)
             try:
                 for _ in body:
-                    pass
+                    if time.monotonic() > end:
+                        raise TimeoutError(f"not done after {self.deadline:g}s (the "
+                                           "re-warm deadline)")
             finally:
                 close = getattr(body, "close", None)
                 if close is not None:

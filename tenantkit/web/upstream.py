@@ -20,6 +20,11 @@ status line and the connection's fate are decided -- the response parser of
    response's ``Connection`` field. The proxy sends ``close`` when it cannot be sure the
    upstream read exactly the request it was sent (every request with a body).
 
+3. **An exchange may have an overall deadline** (:class:`Deadline`, used by the re-warmer):
+   when it passes, the connection's socket is shut down, so that a read blocked on an
+   upstream that drips a byte now and then -- each within the read timeout -- returns. The
+   caller sees ``expired`` and treats whatever it read as incomplete.
+
 The rest -- reuse only after a response whose end was found by its framing (Content-Length
 or chunked), with a keep-alive upstream -- is ``http.client``'s own rule; the proxy adds the
 last one: a response not read to its end closes its connection (see
@@ -28,14 +33,18 @@ last one: a response not read to its end closes its connection (see
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import socket
+import threading
+import time
 from typing import Any
 
 import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool
 
-__all__ = ["MAX_INTERIM", "FinalResponse", "upstream_pool"]
+__all__ = ["MAX_INTERIM", "Deadline", "FinalResponse", "upstream_pool"]
 
 #: More interim responses than this before the final one: the upstream is broken.
 MAX_INTERIM = 16
@@ -79,6 +88,81 @@ class _ClosingResponse(FinalResponse):
     close_after = True
 
 
+class Deadline:
+    """An overall deadline (``time.monotonic()`` seconds) for the upstream exchanges made by
+    this thread while it is active::
+
+        deadline = Deadline(time.monotonic() + 30)
+        with deadline.active():
+            response = pool.urlopen(...)        # its connection's socket is watched
+            ...read the body...
+        deadline.expired                        # True: what was read is cut short
+
+    When it passes, the watched socket is shut down (a timer thread); reads on it return at
+    once. ``expired`` says that happened, or that the deadline had passed already."""
+
+    _local = threading.local()
+
+    def __init__(self, when: float) -> None:
+        self.when = when
+        self._expired = False
+        self._socks: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+
+    @property
+    def expired(self) -> bool:
+        return self._expired or time.monotonic() >= self.when
+
+    @classmethod
+    def current(cls) -> Deadline | None:
+        deadline: Deadline | None = getattr(cls._local, "deadline", None)
+        return deadline
+
+    @contextlib.contextmanager
+    def active(self) -> Any:
+        """Watch the sockets of the requests this thread sends meanwhile."""
+        previous = Deadline.current()
+        Deadline._local.deadline = self
+        try:
+            yield self
+        finally:
+            Deadline._local.deadline = previous
+
+    def watch(self, sock: socket.socket | None) -> None:
+        if sock is None:
+            return
+        with self._lock:
+            self._socks.append(sock)
+            if self._timer is None:
+                self._timer = threading.Timer(max(0.0, self.when - time.monotonic()),
+                                              self._expire)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def _expire(self) -> None:
+        with self._lock:
+            self._expired = True
+            socks, self._socks = self._socks, []
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def done(self) -> None:
+        """The exchange is over (its connection closed or back in the pool): stop watching."""
+        with self._lock:
+            timer, self._timer = self._timer, None
+            self._socks = []
+        if timer is not None:
+            timer.cancel()
+
+
+def _sent(connection: HTTPConnection) -> None:
+    deadline = Deadline.current()
+    if deadline is not None:
+        deadline.watch(connection.sock)
+
+
 def _asks_to_close(headers: Any) -> bool:
     for name, value in (headers or {}).items():
         if name.lower() == "connection" and "close" in (
@@ -94,6 +178,7 @@ class UpstreamConnection(HTTPConnection):
                 **options: Any) -> None:
         self.response_class = _ClosingResponse if _asks_to_close(headers) else FinalResponse
         super().request(method, url, body=body, headers=headers, **options)
+        _sent(self)
 
 
 class UpstreamHTTPSConnection(HTTPSConnection):
@@ -103,6 +188,7 @@ class UpstreamHTTPSConnection(HTTPSConnection):
                 **options: Any) -> None:
         self.response_class = _ClosingResponse if _asks_to_close(headers) else FinalResponse
         super().request(method, url, body=body, headers=headers, **options)
+        _sent(self)
 
 
 def upstream_pool(url: str, *, maxsize: int, timeout: urllib3.Timeout) -> HTTPConnectionPool:

@@ -16,6 +16,16 @@ from tenantkit.sites import Site
 HOST = "blog.example.org"
 
 
+class FakeClock:
+    """``clock.now`` is what a page cache given this clock reads as the time; tests move it."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def make_settings(tmp: Path, *, policy: str = "site", transport: str = "local",
                   redis_url: str = "redis://127.0.0.1:1/0", replicas: tuple[str, ...] = (),
                   primary: str = "sqlite:///:memory:", replica_wait_timeout: float = 2.0,

@@ -16,6 +16,7 @@ import pytest
 
 from tenantkit import layout
 from tenantkit.cache.events import PurgeAction
+from tenantkit.cache.nodecounters import FLUSHES, PURGES, NodeCounters
 from tenantkit.cache.pagecache import PageCache
 from tenantkit.cache.sources.binlog import BinlogSource, check_replica
 from tenantkit.cache.status import InvalidatorStatus, read_statuses
@@ -204,6 +205,10 @@ def test_lost_position_flushes_every_site_once_and_goes_on(
     assert len(lines) == 1, lines
     assert ("is unreadable" if damage == "corrupt" else "is no longer on") in lines[0]
     assert len(purges.seen) == 2 and not purges.seen[1][3].flush  # one flush, then post 31
+    # Counted for the node (the status page and /metrics): the first run's flush and this one.
+    counts = NodeCounters.for_dir(settings.cache_dir).counts()
+    assert counts[FLUSHES][purges.seen[0][2].name] == 2
+    assert counts[PURGES][purges.seen[1][2].name] == 1
     # ... and it starts from the current position, not the lost one: a restart is quiet.
     assert json.loads(source.state_path.read_text())["gtid"] == \
         replica.query("SELECT @@GLOBAL.gtid_binlog_pos")[0][0]

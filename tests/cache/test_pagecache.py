@@ -15,18 +15,7 @@ from tenantkit.cache.pagefile import NGINX_TYPE as HTML
 from tenantkit.cache.pagefile import PRIVATE_BODY, XATTR
 from tenantkit.errors import CacheError
 
-
-class FakeClock:
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+from .helpers import FakeClock
 
 
 @pytest.fixture

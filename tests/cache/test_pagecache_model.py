@@ -1,4 +1,9 @@
-"""PageCache against a plain dict model, with a fake clock."""
+"""PageCache against a plain dict model, with a fake clock.
+
+The model: each generation holds at most one copy of a key (fresh, or stale with the time it
+was purged); a lookup takes the current generation's copy, else the newest copy among the
+previous generations flushed less than STALE seconds ago. A render a purge overtook is kept
+as a stale copy (issue 23)."""
 
 from __future__ import annotations
 
@@ -32,32 +37,48 @@ class Entry:
     purged: float | None = None
 
 
+def _served(entry: Entry, purged: float | None, now: float) -> tuple[bytes, bool] | None:
+    end = entry.created + TTL
+    if purged is not None:
+        end = min(end, purged)
+    if now < end:
+        return entry.body, False
+    if now < end + STALE:
+        return entry.body, True
+    return None
+
+
 @dataclass
 class Model:
     now: float = 1000.0
     generation: int = 1
-    pages: dict[tuple[str, str, str], Entry] = field(default_factory=dict)
+    #: key -> generation -> the key's copy in that generation
+    pages: dict[tuple[str, str, str], dict[int, Entry]] = field(default_factory=dict)
+    #: generation -> when it was flushed
+    flushed: dict[int, float] = field(default_factory=dict)
     # Tags a key was ever stored with in the current generation: the index over-purges.
     indexed: dict[tuple[str, str, str], set[str]] = field(default_factory=dict)
     # Every purge so far, in order: ("tag", tag) / ("path", (host, path)) / ("flush", None).
     purges: list[tuple[str, object]] = field(default_factory=list)
 
     def expect(self, key: tuple[str, str, str]) -> tuple[bytes, bool] | None:
-        entry = self.pages.get(key)
-        if entry is None:
-            return None
-        end = entry.created + TTL
-        if entry.purged is not None:
-            end = min(end, entry.purged)
-        if self.now < end:
-            return entry.body, False
-        if self.now < end + STALE:
-            return entry.body, True
+        copies = self.pages.get(key, {})
+        current = copies.get(self.generation)
+        if current is not None:
+            return _served(current, current.purged, self.now)
+        for generation in range(self.generation - 1, 0, -1):
+            flushed = self.flushed[generation]
+            if self.now >= flushed + STALE:
+                return None
+            entry = copies.get(generation)
+            if entry is not None:
+                purged = flushed if entry.purged is None else min(flushed, entry.purged)
+                return _served(entry, purged, self.now)
         return None
 
     def purge(self, key: tuple[str, str, str]) -> None:
-        entry = self.pages.get(key)
-        if entry is not None and entry.generation == self.generation and entry.purged is None:
+        entry = self.pages.get(key, {}).get(self.generation)
+        if entry is not None and entry.purged is None:
             entry.purged = self.now
 
 
@@ -102,9 +123,17 @@ class PageCacheMachine(RuleBasedStateMachine):
             for kind, value in self.model.purges[seen:]
         )
         assert stored is not overtaken
+        model = self.model
+        copies = model.pages.setdefault(key, {})
         if stored:
-            self.model.pages[key] = Entry(body, tags, self.model.now, self.model.generation)
-            self.model.indexed.setdefault(key, set()).update(tags)
+            copies[model.generation] = Entry(body, tags, model.now, model.generation)
+            model.indexed.setdefault(key, set()).update(tags)
+            return
+        # Kept as the stale copy, purged now, unless a page not yet purged is there.
+        held_copy = copies.get(model.generation)
+        if held_copy is None or held_copy.purged is not None:
+            copies[model.generation] = Entry(body, tags, model.now, model.generation,
+                                             model.now)
 
     @rule(key=keys)
     def get(self, key: tuple[str, str, str]) -> None:
@@ -135,11 +164,7 @@ class PageCacheMachine(RuleBasedStateMachine):
         self.cache.flush()
         self.model.purges.append(("flush", None))
         model = self.model
-        for key, entry in list(model.pages.items()):
-            if entry.generation < model.generation:
-                del model.pages[key]
-            elif entry.purged is None:
-                entry.purged = model.now
+        model.flushed[model.generation] = model.now
         model.generation += 1
         model.indexed.clear()
 

@@ -74,7 +74,7 @@ def test_poison_stream_entry_is_dead_lettered_and_never_blocks(
             assert wait_until(lambda: _stale(news, NEWS, "/"), timeout=10)
             # ... the poison is acknowledged, kept in the dead letter, and its site flushed.
             assert wait_until(lambda: client.xlen(f"{STREAM}:dead") == 1, timeout=5)
-            assert _stale(blog, HOST, "/")
+            assert wait_until(lambda: _stale(blog, HOST, "/"), timeout=5)
             assert wait_until(lambda: client.xinfo_groups(STREAM)[0]["pending"] == 0)
         dead = client.xrange(f"{STREAM}:dead")[0][1]
         assert dead[b"event"] == payload.encode()
@@ -134,7 +134,7 @@ def test_poison_trigger_file_goes_to_failed_and_never_stops_the_scan(
         assert wait_until(lambda: (blog_dir / "failed" / "0001-poison.json").exists(),
                           timeout=10)
         assert wait_until(lambda: not (blog_dir / "0002-good.json").exists(), timeout=10)
-        assert _stale(blog, HOST, "/")  # the poison's site was flushed
+        assert wait_until(lambda: _stale(blog, HOST, "/"))  # the poison's site was flushed
         # And the watcher still hands new files over.
         _drop(news_dir, "0003-news.json", to_json(Purge("news", tags=("home",))))
         assert wait_until(lambda: _stale(news, NEWS, "/"), timeout=10)

@@ -140,6 +140,36 @@ def test_replica_wait_timeout_purges_now_and_after_the_lag_bound(
         primary.dispose()
 
 
+def test_second_purges_merge_with_each_other_and_with_due_purges(
+        tmp_path: Path, mariadb_pair: MariaDBCluster) -> None:
+    """Two events behind a lagging replica: their purges are one, and their two second
+    purges after the lag bound are one too (not four purges, each on top of the next)."""
+    settings = make_settings(tmp_path, replicas=(mariadb_pair.replica_url,),
+                             replica_wait_timeout=0.3, lag_threshold=1.0)
+    primary = create_engine(mariadb_pair.primary_url)
+    cache = PageCache(settings.cache_dir / "blog" / "pages")
+    purges = Purges()
+    transport = LocalTransport(settings.cache_dir)
+    inv = Invalidator(settings, registry_for(settings), transport=transport, on_purge=purges,
+                      poll_timeout=0.05, coalesce_window=1.0)
+    try:
+        _setup_table(primary, mariadb_pair)
+        inv.start()
+        with mariadb_pair.replica_held():
+            cache.put(HOST, "/1/", b"v1")
+            for body in ("v2", "v3"):
+                gtid = _commit(primary, body)
+                transport.publish(PostEdited("blog", 1, gtid=gtid))
+            assert purges.wait_count(2, timeout=15)
+            time.sleep(2.0)  # past both second purges' bound and window: nothing more
+        assert len(purges.seen) == 2, purges.seen
+        assert all(s[3].flush for s in purges.seen)
+        assert purges.seen[1][0] - purges.seen[0][0] >= 0.9
+    finally:
+        inv.stop()
+        primary.dispose()
+
+
 def _node_config(tmp_path: Path, name: str, sites_dir: Path, replica_url: str,
                  redis_url: str) -> Path:
     path = tmp_path / f"{name}.toml"

@@ -10,6 +10,8 @@ import pytest
 from tenantkit.cache.pagecache import PageCache
 from tenantkit.cache.staleness import IF_ERROR, REVALIDATE, stale_horizon, stale_reason
 
+from .helpers import FakeClock
+
 HOST = "blog.test"
 
 
@@ -30,27 +32,14 @@ def test_a_longer_stale_seconds_wins() -> None:
     assert stale_horizon(stale_seconds=60, stale_if_error=10) == 60
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def cache(tmp_path: Path, clock: Clock) -> PageCache:
+def cache(tmp_path: Path, clock: FakeClock) -> PageCache:
     return PageCache(tmp_path / "pages", ttl=10, stale_seconds=5, stale_if_error=100,
                      clock=clock)
 
 
 def test_an_expired_page_is_served_on_error_within_stale_if_error(
-        cache: PageCache, clock: Clock) -> None:
+        cache: PageCache, clock: FakeClock) -> None:
     cache.put(HOST, "/a/", b"old")
     start = clock.now
     clock.now = start + 12  # expired 2 s ago: stale for anyone
@@ -65,7 +54,7 @@ def test_an_expired_page_is_served_on_error_within_stale_if_error(
 
 
 def test_a_purged_page_is_served_on_error_within_stale_if_error(
-        cache: PageCache, clock: Clock) -> None:
+        cache: PageCache, clock: FakeClock) -> None:
     cache.put(HOST, "/a/", b"old")
     assert cache.purge_paths(HOST, ["/a/"]) == 1
     clock.now += 50
@@ -77,7 +66,7 @@ def test_a_purged_page_is_served_on_error_within_stale_if_error(
 
 
 def test_a_flushed_page_is_served_on_error_within_stale_if_error(
-        cache: PageCache, clock: Clock) -> None:
+        cache: PageCache, clock: FakeClock) -> None:
     cache.put(HOST, "/a/", b"old")
     cache.flush()
     clock.now += 50

@@ -17,7 +17,7 @@ import pytest
 import urllib3
 from tk_procs import Nginx, Shim, shim_env
 from tk_upstream import TIMEOUT, RawUpstream, Request, exchange, read_request, status_of
-from tk_web import Sites
+from tk_web import Sites, wait_stored
 
 from tenantkit.export.nginx import render_config
 from tenantkit.testing import free_port
@@ -101,6 +101,7 @@ class Stack:
         self.upstream = upstream
         sites = Sites(tmp_path)
         sites.add("blog", [HOST], url=upstream.url, extra=site_extra)
+        self.cache_dir = sites.cache_dir
         self.shim = Shim(tmp_path, shim_env(sites.dir, sites.cache_dir, **env), "--workers", "1")
         self.url = self.shim.url
         self.nginx: Nginx | None = None
@@ -118,6 +119,9 @@ class Stack:
         url = self.shim.url if direct else self.url
         headers.setdefault("Host", HOST)
         return self.http.request("GET", url + path, headers=headers, decode_content=False)
+
+    def wait_stored(self, path: str) -> None:
+        wait_stored(self.cache_dir, "blog", HOST, path)
 
     def targets(self) -> list[str]:
         return [r.target for r in self.upstream.heads]
@@ -179,6 +183,7 @@ def test_a_gzip_page_is_served_to_each_visitor_as_it_asks(stack: Callable[..., S
     first = s.get("/gz/", **{"Accept-Encoding": "gzip"})
     assert first.headers["Content-Encoding"] == "gzip"
     page = gzip.decompress(first.data)
+    s.wait_stored("/gz/")
     for direct in (True, False):
         plain = s.get("/gz/", direct=direct)
         assert plain.status == 200
@@ -237,6 +242,7 @@ def test_nginx_serves_plain_html_pages_itself(stack: Callable[..., Stack]) -> No
 def test_a_hit_carries_the_apps_end_to_end_headers(stack: Callable[..., Stack]) -> None:
     s = stack(nginx=True)
     s.get("/headers/")
+    s.wait_stored("/headers/")
     for direct in (True, False):
         hit = s.get("/headers/", direct=direct)
         assert hit.headers["X-Tenantkit-Cache"] == "HIT"

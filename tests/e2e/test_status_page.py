@@ -119,3 +119,79 @@ def test_status_page_adds_up_every_worker_in_chromium(tmp_path: Path) -> None:
     finally:
         code = shim.stop()
     assert code == 0 and "Traceback" not in shim.output(), shim.output()[-3000:]
+
+
+def test_four_workers_flush_once_and_the_page_shows_the_node_counters(tmp_path: Path) -> None:
+    """Under ``tenantkit serve --workers 4`` one worker is the node's invalidation actor:
+    three trigger files dropped at once are one flush, counted for the node in /metrics and
+    on the status page; the other workers stand by, healthy, naming the actor."""
+    import json
+    import os
+    import time
+
+    import urllib3
+
+    from tenantkit.cache.events import Purge
+    from tenantkit.cache.transports import TriggerFileTransport
+
+    sites = Sites(tmp_path)
+    sites.add("alpha", ["alpha.test"], app="tk_test_apps:page")
+    shim = Shim(tmp_path, shim_env(sites.dir, sites.cache_dir,
+                                   TENANTKIT_WEB_ADMIN_HOSTS="admin.test",
+                                   TENANTKIT_WEB_ADMIN_TOKEN=TOKEN, TENANTKIT_BUS_NODE="web-1"),
+                "--workers", "4")
+    admin = {"Host": "admin.test", "Authorization": f"Bearer {TOKEN}", "Connection": "close"}
+    current = sites.cache_dir / "alpha" / "pages" / "current"
+    lock = sites.cache_dir / "_node" / "invalidator-web-1.lock"
+
+    def poll(check: object, timeout: float = 20.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if check():  # type: ignore[operator]
+                return True
+            time.sleep(0.05)
+        return False
+
+    try:
+        with urllib3.PoolManager(retries=False, timeout=10) as http:
+            assert http.request("GET", f"{shim.url}/p/1/", headers={
+                "Host": "alpha.test"}).status == 200
+            assert poll(lambda: current.is_symlink() and lock.read_text().strip().isdigit())
+            before = int(os.readlink(current)[1:])
+            actor = int(lock.read_text())
+            files = TriggerFileTransport(sites.cache_dir)
+            for _ in range(3):
+                files.publish(Purge("alpha", all=True))
+            assert poll(lambda: not list((sites.cache_dir / "alpha" / ".purge").glob("*.json")))
+
+            def metrics() -> str:
+                response = http.request("GET", f"{shim.url}/_tenantkit/metrics", headers=admin)
+                assert response.status == 200
+                return str(response.data.decode())
+
+            assert poll(lambda: 'tenantkit_node_coalesced_total{site="alpha"} 2.0' in metrics())
+            text = metrics()
+            assert 'tenantkit_node_flushes_total{site="alpha"} 1.0' in text
+            assert "# TYPE tenantkit_node_renders_total counter" in text
+            assert "# TYPE tenantkit_node_stale_served_total counter" in text
+            assert int(os.readlink(current)[1:]) == before + 1
+            states = set()
+            for _ in range(12):  # fresh connections: spread over the workers
+                response = http.request("GET", f"{shim.url}/_tenantkit/health", headers=admin)
+                assert response.status == 200, response.data[:2000]
+                states.add(json.loads(response.data)["checks"]["bus"]["invalidator"])
+            assert states <= {"running", f"standby: node actor is pid {actor}"}, states
+        url = f"http://admin:{TOKEN}@admin.test:{shim.port}/_tenantkit/?refresh=0"
+        html = chromium(tmp_path, "--dump-dom", url).stdout.decode(errors="replace")
+        import re
+
+        row = re.search(r'<tr data-site="alpha">.*?</tr>', html.split('id="node-counters"')[1],
+                        re.S)
+        assert row is not None, html[-3000:]
+        assert '<td class="n flushes">1</td>' in row.group(0)
+        assert '<td class="n coalesced">2</td>' in row.group(0)
+    finally:
+        code = shim.stop()
+    assert code == 0 and "Traceback" not in shim.output(), shim.output()[-3000:]
+    assert shim.output().count("invalidator: standing by on node web-1") == 3, \
+        shim.output()[-3000:]

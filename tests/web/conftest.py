@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from tk_web import RawServer, Sites, Upstream
+from tk_web import RawServer, ServerClient, Sites, Upstream
 from werkzeug.test import Client
 
 from tenantkit.web.app import create_app
@@ -26,7 +26,7 @@ def make_client(sites: Sites) -> Iterator[Callable[..., tuple[Flask, Client]]]:
     def make(**options: Any) -> tuple[Flask, Client]:
         app = create_app(sites.settings(**options))
         apps.append(app)
-        return app, Client(app, use_cookies=False)
+        return app, ServerClient(app, use_cookies=False)
 
     yield make
     for app in apps:

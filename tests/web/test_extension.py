@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from tk_web import Sites
+from tk_web import ServerClient, Sites
 from werkzeug.test import Client
 
 from tenantkit.cache.events import Purge
@@ -25,7 +25,7 @@ def test_the_shim_keeps_one_page_cache_per_site(sites: Sites) -> None:
     app = create_app(sites.settings(), TENANTKIT_BACKGROUND=True)
     ext: Tenantkit = app.extensions["tenantkit"]
     try:
-        client = Client(app, use_cookies=False)
+        client = ServerClient(app, use_cookies=False)
         _cache_header(client, "/one/")
         assert _cache_header(client, "/one/") == "HIT"
         invalidator = ext.invalidator()

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
-from tk_web import Sites, admin_headers
+from tk_web import ServerClient, Sites, admin_headers
 from werkzeug.test import Client
 
 from tenantkit.cache import status as status_module
@@ -98,7 +98,7 @@ def test_status_page_counts_requests_errors_and_upstream_time(sites: Sites) -> N
     sites.add("broken", ["broken.test"], app="tk_test_apps:buggy")
     app = create_app(sites.settings())
     try:
-        client = Client(app)
+        client = ServerClient(app)
         for _ in range(3):
             client.get("/x/", headers={"Host": "alpha.test"}).close()
         client.get("/", headers={"Host": "broken.test"}).close()
@@ -182,4 +182,73 @@ def test_503_when_the_binlog_source_cannot_reach_its_replica(sites: Sites) -> No
     finally:
         source.stop()
         invalidator.stop()
+        app.extensions["tenantkit"].stop()
+
+
+def test_a_standby_worker_is_healthy_names_the_actor_and_takes_over(sites: Sites) -> None:
+    """Another process on the node (here: another Invalidator of the same node) is the
+    actor: this worker stands by, healthy, and says whose turn it is; it takes over when
+    the actor goes."""
+    import os
+
+    sites.add("alpha", ["alpha.test"])
+    settings = replace(sites.settings(), bus=BusSettings(node="web-9", transport="files"))
+    actor = Invalidator(settings, Registry.load(settings)).start()
+    app = create_app(settings, TENANTKIT_BACKGROUND=True)
+    client = Client(app)
+    standby = f"standby: node actor is pid {os.getpid()}"
+    try:
+        assert actor.role == "actor"
+        status, report = _health(client)
+        assert status == 200, report
+        bus = report["checks"]["bus"]  # type: ignore[index]
+        assert bus["invalidator"] == standby and bus["role"] == "standby"
+        page = client.get("/_tenantkit/", headers=admin_headers()).get_data(as_text=True)
+        assert standby in page
+        actor.stop()
+        assert _poll(lambda: _health(client)[1]["checks"]["bus"][  # type: ignore[index]
+            "invalidator"] == "running")
+        assert _health(client)[0] == 200
+    finally:
+        actor.stop()
+        app.extensions["tenantkit"].stop()
+
+
+def test_metrics_add_up_the_node_counters_of_every_process(sites: Sites) -> None:
+    from tenantkit.cache.nodecounters import (
+        COALESCED,
+        FLUSHES,
+        RENDERS,
+        STALE_SERVED,
+        NodeCounters,
+    )
+
+    sites.add("alpha", ["alpha.test"])
+    settings = sites.settings()
+    one, two = NodeCounters(settings.cache_dir), NodeCounters(settings.cache_dir)
+    one.add(FLUSHES, "alpha")
+    one.add(RENDERS, "alpha", 3)
+    two.add(FLUSHES, "alpha", 2)
+    two.add(COALESCED, "alpha", 4)
+    two.add(STALE_SERVED, 'we"ird\nsite', 5)  # a label value is escaped, never breaks /metrics
+    one.save()
+    two.save()
+    (one.path.parent / "garbage.json").write_bytes(b"\xff{")  # skipped, logged once
+    app = create_app(settings)
+    try:
+        client = Client(app)
+        response = client.get("/_tenantkit/metrics", headers=admin_headers())
+        assert response.status_code == 200
+        text = response.get_data(as_text=True)
+        assert 'tenantkit_node_flushes_total{site="alpha"} 3.0' in text
+        assert 'tenantkit_node_renders_total{site="alpha"} 3.0' in text
+        assert 'tenantkit_node_coalesced_total{site="alpha"} 4.0' in text
+        assert 'tenantkit_node_stale_served_total{site="we\\"ird\\nsite"} 5.0' in text
+        assert "# TYPE tenantkit_node_purges_total counter" in text
+        _, report = _health(client)
+        counters = report["checks"]["invalidation"]["counters"]  # type: ignore[index]
+        assert counters["flushes"] == {"alpha": 3} and counters["renders"] == {"alpha": 3}
+        page = client.get("/_tenantkit/", headers=admin_headers()).get_data(as_text=True)
+        assert '<td class="n flushes">3</td>' in page and '<td class="n renders">3</td>' in page
+    finally:
         app.extensions["tenantkit"].stop()

@@ -303,3 +303,42 @@ def test_hits_without_a_change_stamp(blog: tuple[Flask, Client],
         assert get(client, "/n/").headers["X-Tenantkit-Cache"] == "HIT"
     cache.purge_paths("blog.test", ["/n/"])
     assert get(client, "/n/").headers["X-Tenantkit-Cache"] == "MISS"
+
+
+def test_a_miss_passes_every_chunk_on_and_stores_only_what_it_may(
+        sites: Sites, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body is streamed to the visitor whole whatever happens to its copy for the cache:
+    one over MAX_STORE_BYTES (raw, or once decoded: a gzip bomb) or a gzip stream that
+    never ends is not stored; one under it is stored (decoded)."""
+    import gzip
+
+    import tk_test_apps
+
+    from tenantkit.web import pagecache
+
+    monkeypatch.setattr(pagecache, "MAX_STORE_BYTES", 5000)
+    sites.add("chunks", ["chunks.test"], app="tk_test_apps:chunked")
+    _, client = make_client()
+
+    def fetch(path: str) -> Any:
+        return client.get(path, headers={"Host": "chunks.test", "Accept-Encoding": "gzip"})
+
+    whole = b"".join(b"%d" % (i % 10) * 1000 for i in range(8))
+    for path in ("/big/", "/gz/", "/badgz/"):
+        first = fetch(path)
+        assert first.headers["X-Tenantkit-Cache"] == "MISS"
+        body = first.data
+        if path == "/gz/":
+            body = gzip.decompress(body)
+        if path != "/badgz/":
+            assert body == whole, path  # the visitor got every byte
+        assert fetch(path).headers["X-Tenantkit-Cache"] == "MISS", path  # never stored
+    monkeypatch.setattr(pagecache, "MAX_STORE_BYTES", 8000)
+    assert fetch("/big/").headers["X-Tenantkit-Cache"] == "MISS"
+    hit = fetch("/big/")
+    assert hit.headers["X-Tenantkit-Cache"] == "HIT" and hit.data == whole
+    calls = tk_test_apps.CALLS.count("/gz/")
+    fetch("/gz/")
+    hit = client.get("/gz/", headers={"Host": "chunks.test"})
+    assert hit.headers["X-Tenantkit-Cache"] == "HIT" and hit.data == whole  # stored decoded
+    assert tk_test_apps.CALLS.count("/gz/") == calls + 1

@@ -100,3 +100,20 @@ def dead_database(environ: dict[str, Any], start_response: Start) -> Iterable[by
 def buggy(environ: dict[str, Any], start_response: Start) -> Iterable[bytes]:
     """An app with a bug: its traceback is worth logging."""
     return [b"%d" % {}["missing"]]
+
+
+def chunked(environ: dict[str, Any], start_response: Start) -> Iterable[bytes]:
+    """``/big/``: 8 chunks of 1000 bytes; ``/gz/``: a gzip body that decodes to 8000
+    bytes; ``/badgz/``: a gzip stream cut short. Each path counts its renders in CALLS."""
+    import gzip
+
+    path = environ.get("PATH_INFO", "")
+    CALLS.append(path)
+    headers = [("Content-Type", "text/html; charset=utf-8")]
+    chunks = [b"%d" % (i % 10) * 1000 for i in range(8)]
+    if path in ("/gz/", "/badgz/"):
+        zipped = gzip.compress(b"".join(chunks))
+        chunks = [zipped if path == "/gz/" else zipped[: len(zipped) // 2]]
+        headers.append(("Content-Encoding", "gzip"))
+    start_response("200 OK", headers)
+    return iter(chunks)

@@ -54,6 +54,7 @@ from sqlalchemy.engine import make_url
 from tenantkit import layout
 from tenantkit.cache.caches import SiteCaches
 from tenantkit.cache.events import Event, PostEdited, PurgeAction, SiteChanged
+from tenantkit.cache.nodecounters import FLUSHES, PURGES, NodeCounters
 from tenantkit.cache.purge import action_for, purge
 from tenantkit.cache.sources.tablemaps import TableMap, table_map
 from tenantkit.config import Settings, mask_url
@@ -470,6 +471,8 @@ class BinlogSource:
                 continue
             purge(self.caches.get(site), site, merged)
             self.purges += 1
+            NodeCounters.for_dir(self.settings.cache_dir).add(
+                FLUSHES if merged.flush else PURGES, site.name)
             if self.on_purge is not None:
                 self.on_purge(None, site, merged)
 
@@ -525,6 +528,7 @@ class BinlogSource:
                 log.error("binlog: flush of site %s failed: %s", site.name, exc)
                 continue
             self.flushes += 1
+            NodeCounters.for_dir(self.settings.cache_dir).add(FLUSHES, site.name)
             if self.on_purge is not None and result.flushed:
                 self.on_purge(None, site, PurgeAction(flush=True))
 

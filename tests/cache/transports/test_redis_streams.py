@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from tenantkit.cache import invalidator as invalidator_module
 from tenantkit.cache.events import CommentPosted, SiteChanged, to_json
 from tenantkit.cache.invalidator import Invalidator
 from tenantkit.cache.pagecache import PageCache
@@ -76,7 +77,7 @@ def test_malformed_stream_entries_are_dead_lettered_acked_and_skipped(
     purges = Purges()
     client = redis.Redis.from_url(redis_server.url)
     inv = Invalidator(settings, registry_for(settings), on_purge=purges,
-                      poll_timeout=0.1)
+                      poll_timeout=0.1, coalesce_window=0)  # one purge each, none merged
     try:
         with caplog.at_level(logging.WARNING):
             inv.start()
@@ -222,7 +223,10 @@ def test_a_trimmed_burst_is_noticed_on_the_read_itself(
             busy.set()
             release.wait(20)
 
-    inv = Invalidator(settings, registry_for(settings), on_purge=on_purge, poll_timeout=0.1)
+    # One purge at a time, none merged: the node is busy while the burst trims the stream.
+    monkeypatch.setattr(invalidator_module, "MAX_INFLIGHT", 1)
+    inv = Invalidator(settings, registry_for(settings), on_purge=on_purge, poll_timeout=0.1,
+                      coalesce_window=0)
     publisher = RedisStreamTransport(redis_server.url, maxlen=50)
     client = redis.Redis.from_url(redis_server.url)
     try:
