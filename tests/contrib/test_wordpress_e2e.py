@@ -10,6 +10,7 @@ through wp-login.php) does the same.
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 import time
