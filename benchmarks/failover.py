@@ -85,7 +85,7 @@ def _url(server: MariaDBServer, scheme: str = "mysql+pymysql") -> str:
 
 
 def _tree(root: Path, cluster: MariaDBCluster) -> Path:
-    from tests.contrib.wordpress import make_tree  # the tests' throwaway WordPress tree
+    from tenantkit.testing.wordpress import make_tree
 
     p, r1, r2 = cluster.primary, *cluster.replicas
     return make_tree(root / "wp", {

@@ -85,7 +85,7 @@ class Report:
     name: str
     title: str
     rows: list[Row] = field(default_factory=list)
-    targets: list[tuple[str, bool]] = field(default_factory=list)
+    targets: list[tuple[str, bool | None]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     plot: dict[str, Any] | None = None
 
@@ -114,7 +114,8 @@ class Report:
                 return row.median
         raise KeyError((group, contender))
 
-    def target(self, text: str, met: bool) -> None:
+    def target(self, text: str, met: bool | None) -> None:
+        """A target and whether it was met (None: nothing measured to tell)."""
         self.targets.append((text, met))
 
     def table(self) -> str:
@@ -126,7 +127,8 @@ class Report:
                          f"{r.p99:,.3f} {r.unit} | {ratio} |")
         if self.targets:
             lines += ["", "Targets:"]
-            lines += [f"- [{'x' if met else ' '}] {text}" for text, met in self.targets]
+            lines += [f"- [{'?' if met is None else 'x' if met else ' '}] {text}"
+                      for text, met in self.targets]
         if self.notes:
             lines += [""] + [f"Note: {n}" for n in self.notes]
         return "\n".join(lines)

@@ -82,7 +82,7 @@ echo json_encode($out);
 
 
 def _tree(root: Path, pair: MariaDBCluster) -> Path:
-    from tests.contrib.wordpress import make_tree  # the tests' throwaway WordPress tree
+    from tenantkit.testing.wordpress import make_tree
 
     url = f"mysql://{USER}:{PASSWORD}@127.0.0.1:{{}}/{DATABASE}"
     return make_tree(root / "wp", {

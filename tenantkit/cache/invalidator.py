@@ -167,6 +167,7 @@ class Invalidator:
         #: "starting", "actor" (consumes for the node), "standby" or "stopped".
         self.role = "stopped"
         self._stop = threading.Event()
+        self._started = False
         self._thread: threading.Thread | None = None
         self._purger: threading.Thread | None = None
         self._consumer: Consumer | None = None
@@ -213,7 +214,14 @@ class Invalidator:
         it stands by."""
         if self._thread is not None:
             return self
-        self._stop.clear()
+        if not self._started and self._stop.is_set():
+            # Stopped before it ever started (a signal during start-up): that start is off;
+            # a later one runs.
+            self._started = True
+            return self
+        if self._started:
+            self._stop.clear()  # started again after a stop
+        self._started = True
         self.role = "starting"
         if self._take_lock():
             self._become_actor()

@@ -134,3 +134,22 @@ def test_relative_cache_dir_trigger_files(tmp_path: Path, monkeypatch: pytest.Mo
         TriggerFileTransport(settings.cache_dir).publish(Purge("blog", tags=("home",)))
         assert purges.wait_count(1)
     assert list((tmp_path / "cache" / "blog" / ".purge").iterdir()) == []
+
+
+def test_a_stop_asked_before_run_forever_starts_is_not_lost(tmp_path: Path) -> None:
+    """``tenantkit invalidator`` installs its SIGTERM handler, then starts: a SIGTERM in
+    between (systemd stopping it as it starts) used to be wiped by start(), and the process
+    ran on until SIGKILL."""
+    import threading
+
+    settings = make_settings(tmp_path)
+    invalidator = Invalidator(settings, registry_for(settings), poll_timeout=0.05)
+    invalidator.stop()  # the signal handler, before run_forever
+    runner = threading.Thread(target=invalidator.run_forever, daemon=True)
+    runner.start()
+    runner.join(10)
+    assert not runner.is_alive(), "run_forever ignored the stop asked before it started"
+    # A stopped invalidator started again (in process) runs until stopped again.
+    invalidator.start()
+    assert invalidator.state() in ("running", "starting")
+    invalidator.stop()

@@ -9,19 +9,14 @@ through wp-login.php) does the same.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import signal
-import socket
-import subprocess
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from http.cookiejar import CookieJar
 from pathlib import Path
 from typing import Any
@@ -38,12 +33,12 @@ from tenantkit.export.wordpress import render_wp_config
 from tenantkit.provision import provision
 from tenantkit.registry import Registry
 from tenantkit.sites import Site, SiteDatabase
-from tenantkit.testing import DATABASE, PASSWORD, USER, MariaDBCluster, RedisServer, free_port
+from tenantkit.testing import DATABASE, PASSWORD, USER, MariaDBCluster, RedisServer
+from tenantkit.testing.wordpress import ADMIN_PASSWORD, http, php_server
 from tenantkit.web.app import create_app
 
 from .wordpress import write_config
 
-ADMIN_PASSWORD = "Tk-e2e-Secret-42!"
 HOST = "127.0.0.1"
 
 
@@ -70,53 +65,6 @@ class Recorder:
                 if left <= 0:
                     raise AssertionError(f"no {kind} purge within {timeout}s: {self.seen}")
                 self.cond.wait(left)
-
-
-class NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-def http(url: str, data: dict[str, str] | None = None,
-         timeout: float = 60) -> tuple[int, str, dict[str, str]]:
-    body = urllib.parse.urlencode(data).encode() if data is not None else None
-    opener = urllib.request.build_opener(NoRedirect)
-    try:
-        with opener.open(urllib.request.Request(url, data=body), timeout=timeout) as resp:
-            return resp.status, resp.read().decode(errors="replace"), dict(resp.headers)
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, exc.read().decode(errors="replace"), dict(exc.headers)
-
-
-@contextlib.contextmanager
-def php_server(php: str, tree: Path, log: Path) -> Iterator[str]:
-    port = free_port()
-    env = {**os.environ, "PHP_CLI_SERVER_WORKERS": "4"}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [php, "-d", "error_reporting=-1", "-d", "display_errors=0", "-d", "log_errors=1",
-             "-S", f"{HOST}:{port}", "-t", str(tree)],
-            cwd=tree, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-            start_new_session=True,  # its workers are children: stop them as a group
-        )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection((HOST, port), 0.2):
-                break
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"php -S did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.05)
-        yield f"http://{HOST}:{port}"
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
 
 
 def edit_post_as_admin(base: str, post_id: int, title: str) -> None:

@@ -1,4 +1,5 @@
-"""Real processes for the end-to-end tests: nginx and the shim (gunicorn or werkzeug)."""
+"""Real processes for the end-to-end tests: nginx, and the shim (gunicorn or werkzeug) from
+:mod:`tenantkit.testing.commands`."""
 
 from __future__ import annotations
 
@@ -6,18 +7,18 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tenantkit.testing import free_port, wait_port
+from tenantkit.testing import wait_port
+from tenantkit.testing.commands import TENANTKIT, Shim, stop
+
+__all__ = ["TENANTKIT", "Nginx", "Shim", "need", "shim_env", "stop"]
 
 REQUIRE = os.environ.get("TENANTKIT_REQUIRE_SERVICES") == "1"
 ROOT = Path(__file__).resolve().parents[2]
 WEB_TESTS = ROOT / "tests" / "web"
-TENANTKIT = Path(sys.executable).parent / "tenantkit"
 
 
 def need(binary: str, package: str, *candidates: str) -> str:
@@ -29,17 +30,6 @@ def need(binary: str, package: str, *candidates: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return found
-
-
-def stop(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-    return proc.returncode
 
 
 class Nginx:
@@ -90,28 +80,3 @@ def shim_env(sites_dir: Path, cache_dir: Path, **extra: str) -> dict[str, str]:
     })
     env.update(extra)
     return env
-
-
-class Shim:
-    """``tenantkit serve`` as a subprocess."""
-
-    def __init__(self, workdir: Path, env: dict[str, str], *args: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = workdir / f"shim-{self.port}.log"
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(
-                [str(TENANTKIT), "serve", "--bind",
-                 f"127.0.0.1:{self.port}", *args],
-                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir)
-        try:
-            wait_port(self.port, proc=self.proc, log=self.log)
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        return stop(self.proc, sig)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
