@@ -230,11 +230,9 @@ def complete(response: http.client.HTTPResponse) -> bool:
     its framing gives: every chunk, or all Content-Length bytes (``http.client`` returns
     ``b""`` at an early close without saying so). A body without either ends at the close:
     complete, but its connection is never reused."""
-    if response.chunked:
-        return response.isclosed()
-    if response.length is not None:
+    if response.length is not None:  # also 0 for HEAD, 204 and 304, chunked or not
         return response.length == 0
-    return response.isclosed()
+    return response.isclosed()  # chunked: after the last chunk; else at the close
 
 
 def _dropped(sock: socket.socket | None) -> bool:

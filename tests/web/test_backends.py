@@ -174,6 +174,17 @@ def test_an_upstream_length_that_is_not_one_number_is_502(
         app.close()
 
 
+def test_a_head_answered_chunked_is_whole(raw_server: Callable[[bytes], RawServer]) -> None:
+    # No body follows a HEAD response, whatever its Transfer-Encoding says.
+    server = raw_server(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Up: 1\r\n\r\n")
+    app = ProxyApp(server.url)
+    try:
+        reply = Client(app).head("/", headers={"Host": "x.test"})
+        assert reply.status_code == 200 and reply.headers["X-Up"] == "1"
+    finally:
+        app.close()
+
+
 def _call(app: ProxyApp, environ: dict[str, Any]) -> tuple[str, bytes]:
     statuses: list[str] = []
     body = app(environ, lambda status, headers, exc_info=None: statuses.append(status))
