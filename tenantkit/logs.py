@@ -7,8 +7,9 @@
 One handler on the root logger writes to stderr (systemd's journal, docker logs), as text or
 as one JSON object a line. Everything goes through it: tenantkit's own loggers, the access
 log (logger ``tenantkit.access``, off with ``[log] access = false``) and gunicorn's
-``gunicorn.error`` / ``gunicorn.access`` (``tenantkit serve`` hands gunicorn the same
-configuration as ``logconfig_dict``).
+``gunicorn.error`` (``tenantkit serve`` hands gunicorn the same configuration as
+``logconfig_dict``, and turns gunicorn's own access log off: ``tenantkit.access`` is the one
+line per request).
 
 A record may carry structured fields (``logger.info(msg, extra={"fields": {...}})``): the JSON
 format writes them as keys of their own, the text format writes the message alone (the access

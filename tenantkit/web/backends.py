@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import http.client
 import inspect
 import logging
 import pkgutil
@@ -54,25 +55,20 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import urllib3
-from urllib3.exceptions import HTTPError as Urllib3HTTPError
-from urllib3.exceptions import NewConnectionError
-from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
-
 from tenantkit.config import mask_url
 from tenantkit.errors import SiteError
 from tenantkit.hosts import request_host
 from tenantkit.sites import Site
 from tenantkit.web.target import request_target
-from tenantkit.web.upstream import Deadline, upstream_pool
+from tenantkit.web.upstream import Deadline, Unreachable, UpstreamPool, complete
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 else:
     StartResponse = WSGIApplication = WSGIEnvironment = Any
 
-__all__ = ["DEADLINE", "RETRY_AFTER", "BackendError", "BackendPool", "ProxyApp", "UpstreamClosed",
-           "UpstreamError", "UpstreamTimeout", "load_wsgi_app", "over_limit"]
+__all__ = ["DEADLINE", "RETRY_AFTER", "BackendError", "BackendPool", "ProxyApp", "Timeouts",
+           "UpstreamClosed", "UpstreamError", "UpstreamTimeout", "load_wsgi_app", "over_limit"]
 
 logger = logging.getLogger(__name__)
 
@@ -186,8 +182,9 @@ class ProxyApp:
         self.prefix = parts.path.rstrip("/")
         self.trusted_proxies = trusted_proxies
         self.max_body = max_body
-        self.timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
-        self.pool = upstream_pool(url, maxsize=maxsize, timeout=self.timeout)
+        self.timeout = Timeouts(connect_timeout, read_timeout)
+        self.pool = UpstreamPool(url, maxsize=maxsize, connect_timeout=connect_timeout,
+                                 read_timeout=read_timeout)
 
     def close(self) -> None:
         self.pool.close()
@@ -281,13 +278,16 @@ class ProxyApp:
                     # Whether the upstream reads this body, the proxy cannot know: one it
                     # did not read would be parsed as the next request on the connection.
                     headers["Connection"] = "close"
-            with deadline.active() if deadline is not None else contextlib.nullcontext():
-                response = self.pool.urlopen(
-                    method, self._target(environ), body=body, headers=headers, chunked=False,
-                    redirect=False, retries=False, preload_content=False,
-                    decode_content=False, assert_same_host=False, timeout=self.timeout,
-                )
-        except (Urllib3HTTPError, OSError) as exc:
+            target = self._target(environ)
+            conn = self.pool.get()
+            try:
+                with deadline.active() if deadline is not None else contextlib.nullcontext():
+                    conn.request(method, target, body, headers)
+                    response = conn.getresponse()
+            except BaseException:
+                conn.close()
+                raise
+        except (http.client.HTTPException, OSError) as exc:
             if deadline is not None:
                 deadline.done()
                 if deadline.expired:
@@ -304,15 +304,19 @@ class ProxyApp:
             if body is not None:
                 body.close()
         if response.status < 200:  # 101: a protocol switch nobody asked for
-            _discard(response)
+            response.close()
+            conn.close()
+            if deadline is not None:
+                deadline.done()
             logger.warning("upstream %s answered %d: not a final response",
                            mask_url(self.url), response.status)
             return _plain(start_response, "502 Bad Gateway", "upstream unavailable")
-        named = {t.strip().lower() for k, v in response.headers.items()
+        fields = response.msg.items()
+        named = {t.strip().lower() for k, v in fields
                  if k.lower() == "connection" for t in v.split(",")}
-        out = [(k, v) for k, v in response.headers.items()
+        out = [(k, v) for k, v in fields
                if k.lower() not in HOP_BY_HOP and k.lower() not in named]
-        body = _ResponseBody(response, self.url, deadline)
+        body = _ResponseBody(response, conn, self.pool, self.url, deadline)
         # Up to _CHUNK bytes of the body (all of most pages) are read before the status line
         # goes out: an upstream that fails by then still gets an honest 502/504 instead of
         # a truncated 200.
@@ -338,11 +342,11 @@ class ProxyApp:
     def _failed(self, environ: WSGIEnvironment, start_response: StartResponse,
                 exc: BaseException) -> list[bytes]:
         """The answer (and the one log line) for an upstream that failed before answering."""
-        if isinstance(exc, NewConnectionError):  # a subclass of the timeout error, but not one
+        if isinstance(exc, Unreachable):
             logger.warning("site %s: upstream %s unreachable: %s", _site_name(environ),
                            mask_url(self.url), exc)
             return _plain(start_response, "502 Bad Gateway", "upstream unavailable")
-        if isinstance(exc, Urllib3TimeoutError):
+        if isinstance(exc, TimeoutError):
             logger.warning("site %s: upstream %s timed out: %s", _site_name(environ),
                            mask_url(self.url), exc)
             return _plain(start_response, "504 Gateway Timeout", "upstream timed out")
@@ -398,12 +402,6 @@ def over_limit(start_response: StartResponse) -> list[bytes]:
     return [body]
 
 
-def _discard(response: Any) -> None:
-    """Close *response* and its connection; the pool gets its slot back, not the socket."""
-    response.close()
-    response.release_conn()
-
-
 def _plain(start_response: StartResponse, status: str, text: str) -> list[bytes]:
     body = (text + "\n").encode()
     start_response(status, [("Content-Type", "text/plain; charset=utf-8"),
@@ -411,18 +409,36 @@ def _plain(start_response: StartResponse, status: str, text: str) -> list[bytes]
     return [body]
 
 
-class _ResponseBody:
-    """Streams the upstream body; releases the pooled connection on close."""
+class Timeouts:
+    """A proxy's two timeouts, in seconds: to connect, and to wait for each read or send."""
 
-    def __init__(self, response: Any, url: str, deadline: Deadline | None = None) -> None:
+    __slots__ = ("connect_timeout", "read_timeout")
+
+    def __init__(self, connect_timeout: float, read_timeout: float) -> None:
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+
+
+class _ResponseBody:
+    """Streams the upstream body; the connection goes back to the pool on close when the
+    body was read to its end (:func:`tenantkit.web.upstream.complete`), else it is closed."""
+
+    __slots__ = ("conn", "deadline", "pool", "released", "response", "url")
+
+    def __init__(self, response: http.client.HTTPResponse, conn: http.client.HTTPConnection,
+                 pool: UpstreamPool, url: str, deadline: Deadline | None = None) -> None:
         self.response = response
+        self.conn = conn
+        self.pool = pool
         self.url = url
         self.deadline = deadline
+        self.released = False
 
     def __iter__(self) -> Iterator[bytes]:
         deadline = self.deadline
         if deadline is None:
             yield from self._stream()
+            self._release()
             return
         try:
             yield from self._stream()
@@ -434,29 +450,51 @@ class _ResponseBody:
         if deadline.expired:  # cut short: a body read until the close looks complete
             raise UpstreamTimeout(f"upstream {mask_url(self.url)}: the body did not "
                                   "arrive by the deadline")
+        self._release()
+
+    def _release(self) -> None:
+        """The body was read to its end: the connection goes back to the pool at once (a
+        server that never calls close() holds no socket)."""
+        if self.deadline is not None:
+            self.deadline.done()
+        self.response.close()
+        if not self.response.will_close:
+            self.pool.put(self.conn)
+        else:
+            self.conn.close()
+        self.released = True
 
     def _stream(self) -> Iterator[bytes]:
+        response = self.response
+        read = response.read1
         try:
-            yield from self.response.stream(_CHUNK, decode_content=False)
-        except (Urllib3TimeoutError, TimeoutError) as exc:
+            while True:
+                data = read(_CHUNK)
+                if not data:
+                    break
+                yield data
+        except TimeoutError as exc:
             raise UpstreamTimeout(f"upstream {mask_url(self.url)} timed out mid-body: "
                                   f"{exc}") from exc
-        except (Urllib3HTTPError, OSError) as exc:
+        except (http.client.HTTPException, OSError) as exc:
             # Once the status line has gone out, the only honest signal left is to make the
             # server drop the connection, so the client sees a truncated response.
             raise UpstreamClosed(f"upstream {mask_url(self.url)} closed mid-body: "
-                                 f"{exc}") from exc
+                                 f"{exc!r}") from exc
+        if not complete(response):
+            raise UpstreamClosed(f"upstream {mask_url(self.url)} closed mid-body: "
+                                 "the body ended before its length")
 
     def close(self) -> None:
+        if self.released:
+            return
+        self.released = True
         if self.deadline is not None:
             self.deadline.done()
-            if self.deadline.expired:
-                _discard(self.response)
-                return
-        if self.response.closed:  # read to the end its framing gives: urllib3 released it
-            self.response.release_conn()
-        else:  # what is left of it would be read as the next request's response
-            _discard(self.response)
+        # Not read to its end: what is left of it would be read as the next request's
+        # response.
+        self.response.close()
+        self.conn.close()
 
 
 class _Prefetched:

@@ -195,6 +195,7 @@ class Metrics:
         # lookup and Counter.inc's argument checks cost more than the count itself.
         self._requests: dict[tuple[str, int], Any] = {}
         self._cache: dict[tuple[str, str], Any] = {}
+        self._upstream: dict[str, Any] = {}
 
     def request(self, site: str, status: int) -> None:
         try:
@@ -212,7 +213,11 @@ class Metrics:
             value.inc(1)
 
     def upstream(self, site: str, seconds: float) -> None:
-        self.upstream_seconds.labels(site).observe(seconds)
+        try:
+            self._upstream[site].observe(seconds)
+        except KeyError:
+            child = self._upstream[site] = self.upstream_seconds.labels(site)
+            child.observe(seconds)
 
     def _families(self) -> Iterable[Any]:
         """Every metric family: every worker's under ``PROMETHEUS_MULTIPROC_DIR``, else this

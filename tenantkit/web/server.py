@@ -134,6 +134,7 @@ class GunicornServer(_gunicorn_base() if gunicorn_available() else object):  # t
 
         self.cfg.set("loglevel", self.settings.log_level.lower())
         self.cfg.set("logconfig_dict", logging_config(self.settings))
+        self.cfg.set("logger_class", _logger_class())
         self.cfg.set("post_worker_init", _post_worker_init)
         self.cfg.set("worker_exit", _worker_exit)
         self.cfg.set("child_exit", _child_exit)
@@ -142,6 +143,24 @@ class GunicornServer(_gunicorn_base() if gunicorn_available() else object):  # t
         from tenantkit.web.app import create_app
 
         return create_app(self.settings)
+
+
+def _logger_class() -> type:
+    """gunicorn's logger without gunicorn's access log: ``tenantkit.access``
+    (:mod:`tenantkit.web.accesslog`) writes the one line per request, with every field
+    gunicorn's has, and ``[log] access = false`` turns it off. gunicorn would otherwise log
+    a second line per request whenever it is given a ``logconfig_dict``, and build it even
+    when nothing prints it."""
+    from gunicorn.glogging import Logger
+
+    class NoAccessLog(Logger):  # type: ignore[misc]
+        def _compute_access_log_enabled(self) -> bool:
+            return False
+
+        def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
+            return None
+
+    return NoAccessLog
 
 
 def _post_worker_init(worker: Any) -> None:

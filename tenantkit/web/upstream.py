@@ -1,12 +1,15 @@
-"""HTTP/1.1 connections to an upstream that keep every response with its own request.
+"""HTTP/1.1 keep-alive connections to an upstream that keep every response with its own
+request: :mod:`http.client` connections in a small pool, with the rules below added where the
+status line, the framing and the connection's fate are decided -- the response parser -- so
+that nothing above it can get them wrong::
 
-:func:`upstream_pool` is urllib3's ``connection_from_url`` with two rules added where the
-status line and the connection's fate are decided -- the response parser of
-:mod:`http.client` -- so that nothing above it can get them wrong::
-
-    pool = upstream_pool("http://127.0.0.1:8080", maxsize=16, timeout=urllib3.Timeout(5, 60))
-    response = pool.urlopen("GET", "/", headers={"Host": "blog.example"}, retries=False,
-                            preload_content=False)
+    pool = UpstreamPool("http://127.0.0.1:8080", maxsize=16, connect_timeout=5,
+                        read_timeout=60)
+    conn = pool.get()                              # an idle connection, or a new one
+    conn.request("GET", "/", headers={"Host": "blog.example"})
+    response = conn.getresponse()
+    ...read it with response.read1(n) until b"", then complete(response)...
+    pool.put(conn)                                 # only after a complete response
 
 1. **Interim responses are consumed.** ``http.client`` skips ``100 Continue`` only: a
    ``103 Early Hints`` (or ``102``, or any other 1xx) becomes "the response", with no body,
@@ -19,32 +22,38 @@ status line and the connection's fate are decided -- the response parser of
    (RFC 9112 section 9.6), whatever the upstream answers. ``http.client`` only looks at the
    response's ``Connection`` field. The proxy sends ``close`` when it cannot be sure the
    upstream read exactly the request it was sent (every request with a body).
-
-3. **An exchange may have an overall deadline** (:class:`Deadline`, used by the re-warmer):
+3. **A response with two different lengths, or one that is not digits, is refused**
+   (``Content-Length: 5`` and ``Content-Length: 6``, ``5, 6``, ``+5``, ``5_0``):
+   ``http.client`` would frame it by the first, read by ``int()``.
+4. **An exchange may have an overall deadline** (:class:`Deadline`, used by the re-warmer):
    when it passes, the connection's socket is shut down, so that a read blocked on an
    upstream that drips a byte now and then -- each within the read timeout -- returns. The
    caller sees ``expired`` and treats whatever it read as incomplete.
 
-The rest -- reuse only after a response whose end was found by its framing (Content-Length
-or chunked), with a keep-alive upstream -- is ``http.client``'s own rule; the proxy adds the
-last one: a response not read to its end closes its connection (see
-:class:`tenantkit.web.backends.ProxyApp`).
+A connection goes back to the pool only after a response read to the end its framing gives
+(:func:`complete`: Content-Length or chunked, never "until the close"), from an upstream that
+keeps the connection alive; anything else (the visitor went away, the upstream closed
+mid-body, an error) closes it. An idle connection the upstream has closed (or that has bytes
+waiting, which no idle connection may have) is not reused. The connect timeout applies to
+connecting, the read timeout to every send and read after it. A connection that cannot be
+made raises :class:`Unreachable`; a timeout is a :class:`TimeoutError`.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import http.client
+import select
 import socket
+import ssl
 import threading
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
-import urllib3
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool
-
-__all__ = ["MAX_INTERIM", "Deadline", "FinalResponse", "upstream_pool"]
+__all__ = ["MAX_INTERIM", "Deadline", "FinalResponse", "Unreachable", "UpstreamPool",
+           "complete"]
 
 #: More interim responses than this before the final one: the upstream is broken.
 MAX_INTERIM = 16
@@ -76,6 +85,15 @@ class FinalResponse(http.client.HTTPResponse):
                 return
         raise http.client.HTTPException(f"interim response with more than {_MAX_HEADERS} "
                                         "header fields")
+
+    def begin(self) -> None:
+        super().begin()
+        lengths = self.msg.get_all("content-length")
+        if lengths and not self.chunked:
+            values = {v.strip() for value in lengths for v in value.split(",")}
+            if len(values) > 1 or not all(v.isascii() and v.isdigit() for v in values):
+                raise http.client.HTTPException(
+                    f"a bad Content-Length: {', '.join(lengths)[:100]!r}")
 
     def _check_close(self) -> bool:
         if self.close_after:
@@ -157,7 +175,11 @@ class Deadline:
             timer.cancel()
 
 
-def _sent(connection: HTTPConnection) -> None:
+class Unreachable(OSError):
+    """The connection to the upstream could not be made (refused, no route, DNS)."""
+
+
+def _sent(connection: http.client.HTTPConnection) -> None:
     deadline = Deadline.current()
     if deadline is not None:
         deadline.watch(connection.sock)
@@ -171,32 +193,109 @@ def _asks_to_close(headers: Any) -> bool:
     return False
 
 
-class UpstreamConnection(HTTPConnection):
-    """urllib3's connection answering with :class:`FinalResponse` (see the module)."""
+class _Rules:
+    """What :class:`UpstreamConnection` adds to an ``http.client`` connection."""
 
-    def request(self, method: str, url: str, body: Any = None, headers: Any = None,
-                **options: Any) -> None:
+    sock: socket.socket | None
+    response_class: type[http.client.HTTPResponse]
+    read_timeout: float | None = None
+
+    def connect(self) -> None:
+        try:
+            super().connect()  # type: ignore[misc]
+        except TimeoutError:
+            raise
+        except OSError as exc:
+            raise Unreachable(f"cannot connect: {exc}") from exc
+        if self.sock is not None:
+            self.sock.settimeout(self.read_timeout)
+
+    def request(self, method: str, url: str, body: Any = None,
+                headers: Any = None, **options: Any) -> None:
         self.response_class = _ClosingResponse if _asks_to_close(headers) else FinalResponse
-        super().request(method, url, body=body, headers=headers, **options)
-        _sent(self)
+        super().request(method, url, body, headers or {}, **options)  # type: ignore[misc]
+        _sent(self)  # type: ignore[arg-type]
 
 
-class UpstreamHTTPSConnection(HTTPSConnection):
-    """:class:`UpstreamConnection` over TLS."""
-
-    def request(self, method: str, url: str, body: Any = None, headers: Any = None,
-                **options: Any) -> None:
-        self.response_class = _ClosingResponse if _asks_to_close(headers) else FinalResponse
-        super().request(method, url, body=body, headers=headers, **options)
-        _sent(self)
+class UpstreamConnection(_Rules, http.client.HTTPConnection):
+    """An ``http.client`` connection answering with :class:`FinalResponse` (see the module)."""
 
 
-def upstream_pool(url: str, *, maxsize: int, timeout: urllib3.Timeout) -> HTTPConnectionPool:
-    """A connection pool for *url* whose connections follow the module's rules."""
-    pool = urllib3.connection_from_url(url, maxsize=maxsize, block=False, timeout=timeout,
-                                       retries=False)
-    if pool.scheme == "https":
-        pool.ConnectionCls = UpstreamHTTPSConnection
-    else:
-        pool.ConnectionCls = UpstreamConnection
-    return pool
+class UpstreamHTTPSConnection(_Rules, http.client.HTTPSConnection):
+    """:class:`UpstreamConnection` over TLS (certificates verified)."""
+
+
+def complete(response: http.client.HTTPResponse) -> bool:
+    """True once *response* (read with ``read1`` until it gave ``b""``) was read to the end
+    its framing gives: every chunk, or all Content-Length bytes (``http.client`` returns
+    ``b""`` at an early close without saying so). A body without either ends at the close:
+    complete, but its connection is never reused."""
+    if response.length is not None:  # also 0 for HEAD, 204 and 304, chunked or not
+        return response.length == 0
+    return response.isclosed()  # chunked: after the last chunk; else at the close
+
+
+def _dropped(sock: socket.socket | None) -> bool:
+    """True when an idle connection cannot carry another request: closed by the upstream,
+    or with bytes waiting that belong to no request."""
+    if sock is None:
+        return True
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+class UpstreamPool:
+    """Keep-alive connections to one upstream: at most *maxsize* idle ones are kept, the
+    most recently used first; none is ever shared by two requests at once."""
+
+    def __init__(self, url: str, *, maxsize: int, connect_timeout: float,
+                 read_timeout: float) -> None:
+        parts = urlsplit(url)
+        self.scheme = parts.scheme
+        self.host = parts.hostname or ""
+        self.port = parts.port or (443 if self.scheme == "https" else 80)
+        self.maxsize = maxsize
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self._idle: collections.deque[http.client.HTTPConnection] = collections.deque()
+        self._closed = False
+        self._context = ssl.create_default_context() if self.scheme == "https" else None
+
+    def get(self) -> http.client.HTTPConnection:
+        """An idle connection still usable, else a new one (connected on first send)."""
+        idle = self._idle
+        while True:
+            try:
+                conn = idle.pop()
+            except IndexError:
+                break
+            if not _dropped(conn.sock):
+                return conn
+            conn.close()
+        new: UpstreamConnection | UpstreamHTTPSConnection
+        if self._context is not None:
+            new = UpstreamHTTPSConnection(self.host, self.port, timeout=self.connect_timeout,
+                                          context=self._context)
+        else:
+            new = UpstreamConnection(self.host, self.port, timeout=self.connect_timeout)
+        new.read_timeout = self.read_timeout
+        return new
+
+    def put(self, conn: http.client.HTTPConnection) -> None:
+        """Keep *conn* for the next request; its last response must be :func:`complete` and
+        closed. Closed instead when the upstream closes it, or the pool is full or closed."""
+        if self._closed or conn.sock is None or len(self._idle) >= self.maxsize:
+            conn.close()
+            return
+        self._idle.append(conn)
+        if self._closed:  # close() ran meanwhile
+            self.close()
+
+    def close(self) -> None:
+        self._closed = True
+        while True:
+            try:
+                self._idle.pop().close()
+            except IndexError:
+                return

@@ -127,3 +127,24 @@ def test_metrics_add_up_every_worker(served: tuple[Shim, Sites]) -> None:
     line = next(x for x in text.splitlines()
                 if x.startswith('tenantkit_requests_total{site="alpha",status="200"}'))
     assert float(line.split()[-1]) == 20.0
+
+
+def test_each_request_is_logged_once_and_access_false_turns_it_off(tmp_path: Path) -> None:
+    # gunicorn logs its own access line whenever it is handed a logging config, and builds
+    # it even when nothing prints it: tenantkit.access is the one line (issue 17 section 2).
+    sites = Sites(tmp_path)
+    sites.add("alpha", ["alpha.test"], app="tk_test_apps:page")
+    for access, lines in (("true", 1), ("false", 0)):
+        shim = Shim(tmp_path, shim_env(sites.dir, sites.cache_dir,
+                                       TENANTKIT_LOG_ACCESS=access), "--workers", "1")
+        try:
+            with urllib3.PoolManager(retries=False, timeout=10) as http:
+                assert http.request("GET", f"{shim.url}/once-{access}/",
+                                    headers={"Host": "alpha.test"}).status == 200
+        finally:
+            assert shim.stop() == 0, shim.output()[-3000:]
+        output = shim.output()
+        logged = [line for line in output.splitlines() if f"/once-{access}/" in line]
+        assert len(logged) == lines, output[-3000:]
+        assert all("tenantkit.access" in line for line in logged), logged
+        assert "gunicorn.access" not in output

@@ -155,6 +155,36 @@ def test_upstream_garbage_is_502(raw_server: Callable[[bytes], RawServer]) -> No
         app.close()
 
 
+@pytest.mark.parametrize("lengths", [
+    pytest.param("Content-Length: 2\r\nContent-Length: 12\r\n", id="two lengths"),
+    pytest.param("Content-Length: 2, 12\r\n", id="a list"),
+    pytest.param("Content-Length: +2\r\n", id="signed"),
+    pytest.param("Content-Length: 0_2\r\n", id="underscore"),
+])
+def test_an_upstream_length_that_is_not_one_number_is_502(
+        raw_server: Callable[[bytes], RawServer], lengths: str) -> None:
+    # http.client would frame the body by int() of the first: the visitor would get a body
+    # cut by a length it was never told, the rest left on a reused connection.
+    server = raw_server(f"HTTP/1.1 200 OK\r\n{lengths}\r\nokAND MORE".encode())
+    app = ProxyApp(server.url)
+    try:
+        reply = Client(app).get("/", headers={"Host": "x.test"})
+        assert reply.status_code == 502 and b"ok" not in reply.get_data()
+    finally:
+        app.close()
+
+
+def test_a_head_answered_chunked_is_whole(raw_server: Callable[[bytes], RawServer]) -> None:
+    # No body follows a HEAD response, whatever its Transfer-Encoding says.
+    server = raw_server(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Up: 1\r\n\r\n")
+    app = ProxyApp(server.url)
+    try:
+        reply = Client(app).head("/", headers={"Host": "x.test"})
+        assert reply.status_code == 200 and reply.headers["X-Up"] == "1"
+    finally:
+        app.close()
+
+
 def _call(app: ProxyApp, environ: dict[str, Any]) -> tuple[str, bytes]:
     statuses: list[str] = []
     body = app(environ, lambda status, headers, exc_info=None: statuses.append(status))
