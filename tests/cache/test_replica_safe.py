@@ -97,7 +97,12 @@ def test_held_replica_never_refills_pre_write_data(tmp_path: Path,
             assert purges.seen == []  # still waiting for the replica
             mariadb_pair.release_replica()
             assert purges.wait_count(1)
-            time.sleep(0.5)  # let the renderer re-fill
+
+            def refilled() -> bool:
+                page = cache.get(HOST, "/1/")
+                return page is not None and not page.stale and page.body == b"v2"
+
+            assert wait_until(refilled), "the renderer re-filled the page after the purge"
 
         renderer = _run_renderer(cache, replica, scenario)
         purged_at = purges.seen[0][0]
