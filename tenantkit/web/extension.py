@@ -241,6 +241,7 @@ class Tenantkit:
             except Exception:
                 logger.exception("stopping %r failed", worker)
         self.rewarm.stop()
+        self.pagecache.renders.stop()
         self.pool.close()
         with self._lock:
             router, self._router = self._router, None

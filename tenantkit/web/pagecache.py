@@ -47,6 +47,7 @@ is fresh, that browser's requests skip the page cache and carry the token in
 
 from __future__ import annotations
 
+import io
 import logging
 import secrets
 import time
@@ -60,6 +61,8 @@ from tenantkit.cache.nodecounters import STALE_SERVED
 from tenantkit.cache.pagecache import FillTicket, PageCache, PageWriter
 from tenantkit.errors import CacheError
 from tenantkit.sites import Site
+from tenantkit.web.backends import DEADLINE
+from tenantkit.web.background import BackgroundRenders
 from tenantkit.web.cookies import has_bypass_cookie
 from tenantkit.web.hits import CACHE_HEADER, StoredResponse, send_page
 from tenantkit.web.hostlinks import HostLinks
@@ -122,6 +125,10 @@ def _parse_tags(value: str) -> tuple[str, ...]:
     return tuple(t for t in value.replace(",", " ").split() if t)
 
 
+#: Seconds a background render may take, whole, at most (the proxy cuts it off then).
+BACKGROUND_SECONDS = 60.0
+
+
 class _Capture:
     """Holds what the app passed to start_response until we decide what to send."""
 
@@ -149,8 +156,11 @@ class PageCacheMiddleware:
     def __init__(self, app: WSGIApplication, *, caches: SiteCaches | None = None,
                  secret_key: str | bytes = "", token_max_age: float = 5.0,
                  host_links: HostLinks | None = None,
-                 on_cache: Callable[[str, str], None] | None = None) -> None:
+                 on_cache: Callable[[str, str], None] | None = None,
+                 renders: BackgroundRenders | None = None) -> None:
         self.app = app
+        #: Where the caller that wins a stale page's fill lock hands its render.
+        self.renders = renders if renders is not None else BackgroundRenders()
         self.caches = caches or SiteCaches()
         self.cookie = TokenCookie(secret_key, max_age=token_max_age) if secret_key else None
         self.host_links = host_links
@@ -209,6 +219,8 @@ class PageCacheMiddleware:
                 ticket.release()
                 self._count(site, "HIT")
                 return send_page(fresh, environ, start_response, "HIT", time.time())
+            if self._render_in_background(site, cache, ticket, query, environ):
+                return self._send_stale(site, cache, stored, environ, start_response)
         try:
             response = self._fill(site, cache, ticket, query, environ, start_response)
         except BaseException:
@@ -236,6 +248,34 @@ class PageCacheMiddleware:
         if self.on_cache is not None:
             self.on_cache(name, "HIT")
         return send_page(stored, environ, start_response, "HIT", now)
+
+    def _render_in_background(self, site: Site, cache: PageCache, ticket: FillTicket,
+                              query: str, environ: WSGIEnvironment) -> bool:
+        """Hand the render of a stale page, whose fill lock this caller holds, to
+        :attr:`renders` (the caller serves the stale copy at once): it renders the page as
+        this caller's plain GET would, stores it and releases the lock. False when the
+        queue is full: the caller renders itself."""
+        plain = dict(environ)
+        plain.update({"REQUEST_METHOD": "GET", "wsgi.input": io.BytesIO(b"")})
+        for name in ("CONTENT_LENGTH", "CONTENT_TYPE"):
+            plain.pop(name, None)
+        plain.setdefault(DEADLINE, time.monotonic() + BACKGROUND_SECONDS)
+
+        def render() -> None:
+            try:
+                body = self._fill(site, cache, ticket, query, plain, _discard)
+                try:
+                    for _ in body:
+                        pass
+                finally:
+                    _close(body)
+            except Exception as exc:
+                logger.warning("site %s: rendering %s again in the background failed: %s",
+                               site.name, ticket.path, exc)
+            finally:
+                ticket.release()
+
+        return self.renders.submit(render)
 
     @staticmethod
     def _stored_since(cache: PageCache, host: str, path: str, query: str
@@ -395,6 +435,12 @@ class PageCacheMiddleware:
                     _DECODABLE | {"identity", ""}):
                 return 0
         return lifetime(capture.headers, site.cache.ttl)
+
+
+def _discard(status: str, headers: list[tuple[str, str]],
+             exc_info: Any = None) -> Callable[[bytes], object]:
+    """The start_response of a background render: nobody waits for its answer."""
+    return _no_write
 
 
 def _failed(status: str) -> bool:

@@ -523,11 +523,13 @@ def test_two_forums_behind_tenantkit_serve(served: Served, mariadb_pair: MariaDB
                             action="post.php", button="submit_button")
     assert response.status == 302, response.text[-3000:]
     for url in ("/index.php", "/viewforum.php?id=1", f"/viewtopic.php?id={topics['forum-a']}"):
-        page = _until(lambda url=url: (lambda r: r if r.headers.get(CACHE) != "HIT" else None)(
-            _guest_get(served, hosts["forum-a"], url)), f"{url} purged after a reply")
+        _until(lambda url=url: _guest_get(served, hosts["forum-a"], url).headers.get(CACHE)
+               != "HIT", f"{url} purged after a reply")
+        # Served stale while it is rendered again in the background, then a hit:
+        page = _until(lambda url=url: (lambda r: r if r.headers.get(CACHE) == "HIT" else None)(
+            _guest_get(served, hosts["forum-a"], url)), f"{url} rendered again")
         if "viewtopic" in url:
             assert "Purge me in" in page.text
-        assert _guest_get(served, hosts["forum-a"], url).headers.get(CACHE) == "HIT"
     other = _guest_get(served, hosts["forum-b"], f"/viewtopic.php?id={topics['forum-b']}")
     assert other.headers.get(CACHE) == "HIT"
     for url in (other_topic, second):

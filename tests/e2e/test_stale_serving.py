@@ -2,8 +2,9 @@
 upstream that counts its renders; purges and flushes come from another process (this one),
 through the cache directory, as the node's invalidator makes them.
 
-- After any number of flushes, exactly one request per page across both workers renders it
-  again; every other caller is served the stale copy at once.
+- After any number of flushes, exactly one render per page across both workers, in the
+  background of the caller that won the fill lock; every caller is served the stale copy at
+  once.
 - Purges arriving faster than a page renders never collapse the cache: each render that a
   purge overtakes is kept as a stale copy, hits and stale pages stay the rule, there is at
   most about one render per purge, and once the purges stop the page is fresh again.
@@ -97,7 +98,7 @@ def slow() -> Iterator[tuple[SlowRenders, Upstream]]:
     upstream.close()
 
 
-def test_after_flushes_one_worker_renders_and_every_other_caller_gets_stale_at_once(
+def test_after_flushes_one_render_in_the_background_and_every_caller_gets_stale_at_once(
         tmp_path: Path, slow: tuple[SlowRenders, Upstream]) -> None:
     app, upstream = slow
     node = Node(tmp_path, upstream, "[cache]\nstale_seconds = 60\n")
@@ -120,21 +121,25 @@ def test_after_flushes_one_worker_renders_and_every_other_caller_gets_stale_at_o
         for t in threads:
             t.join(60)
         results = Counter(a[1] for a in answers)
-        # (a caller held up until the render was stored would get a HIT: also right)
-        assert results["MISS"] == 1 and results["STALE"] + results["HIT"] == callers - 1, answers
+        # Every caller, the one that won the fill lock too, is served the stale copy at
+        # once; the winner's render runs in the background.
+        assert results["STALE"] == callers, answers
+        assert all(a[2] == first for a in answers)
+        # Never behind the render (4 s): a generous bound for a loaded 2-core machine.
+        assert max(a[3] for a in answers) < 3.0, sorted(a[3] for a in answers)
+        deadline = time.monotonic() + 30
+        while (answer := node.get("/p/"))[1] != "HIT":
+            assert answer[1] == "STALE", answer
+            assert time.monotonic() < deadline, "the page never rendered again"
+            time.sleep(0.1)
+        assert answer[0] == 200 and answer[2] != first
         assert app.count("/p/") == 2  # the first visit, then exactly one re-render
         assert app.most_at_once == 1
-        stale = [a for a in answers if a[1] == "STALE"]
-        assert all(a[2] == first for a in stale)
-        # Never behind the render (4 s): a generous bound for a loaded 2-core machine.
-        assert max(a[3] for a in stale) < 3.0, sorted(a[3] for a in stale)
-        status, result, body, _ = node.get("/p/")
-        assert (status, result) == (200, "HIT") and body != first
     finally:
         node.stop()
     counts = read_node_counters(node.sites.cache_dir)
     assert counts[RENDERS] == {"blog": 2}
-    assert counts[STALE_SERVED] == {"blog": results["STALE"]}
+    assert counts[STALE_SERVED]["blog"] >= callers
 
 
 @pytest.mark.parametrize("purge", [

@@ -82,23 +82,30 @@ def test_health_is_503_without_sites(sites: Sites, make_client: MakeClient) -> N
 
 
 def test_purge(admin: tuple[Flask, Client]) -> None:
-    _, client = admin
+    app, client = admin
     site = {"Host": "alpha.test"}
+    renders = app.extensions["tenantkit"].pagecache.renders
     for path in ("/a/", "/b/?tags=post:1"):
         client.get(path, headers=site)
         assert client.get(path, headers=site).headers["X-Tenantkit-Cache"] == "HIT"
     purge = client.post("/_tenantkit/purge", headers=admin_headers(),
                         json={"site": "alpha", "tag": "post:1"})
     assert purge.status_code == 200, purge.data
-    assert client.get("/b/?tags=post:1", headers=site).headers["X-Tenantkit-Cache"] == "MISS"
+    # A purged page is served stale while it is rendered again in the background:
+    assert client.get("/b/?tags=post:1", headers=site).headers["X-Tenantkit-Cache"] == "STALE"
     assert client.get("/a/", headers=site).headers["X-Tenantkit-Cache"] == "HIT"
+    assert renders.wait_idle()
+    assert client.get("/b/?tags=post:1", headers=site).headers["X-Tenantkit-Cache"] == "HIT"
     form = client.post("/_tenantkit/purge", headers=admin_headers(),
                        data={"site": "alpha", "path": "/a/"})
     assert form.status_code == 200, form.data
-    assert client.get("/a/", headers=site).headers["X-Tenantkit-Cache"] == "MISS"
+    assert client.get("/a/", headers=site).headers["X-Tenantkit-Cache"] == "STALE"
+    assert renders.wait_idle()
     assert client.post("/_tenantkit/purge", headers=admin_headers(),
                        json={"site": "alpha", "all": True}).status_code == 200
-    assert client.get("/a/", headers=site).headers["X-Tenantkit-Cache"] == "MISS"
+    assert client.get("/a/", headers=site).headers["X-Tenantkit-Cache"] == "STALE"
+    assert renders.wait_idle()
+    assert client.get("/a/", headers=site).headers["X-Tenantkit-Cache"] == "HIT"
 
 
 @pytest.mark.parametrize(("body", "status", "message"), [
