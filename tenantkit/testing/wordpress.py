@@ -245,6 +245,16 @@ class PhpServer:
         except subprocess.TimeoutExpired:
             self._signal(signal.SIGKILL)
             self.proc.wait(timeout=10)
+        # The workers are the group leader's children, not ours to wait for: one may still
+        # hold the listening socket after the leader is gone.
+        self._signal(signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection((HOST, self.port), 0.2).close()
+            except OSError:
+                break
+            time.sleep(0.02)
         self.proc = None
 
     def __enter__(self) -> PhpServer:
