@@ -110,7 +110,10 @@ def run_demo(root: Path, *, port: int = 8000,
     echo("Post a comment on blog one:")
     echo(f"  curl -s -o /dev/null -w '%{{http_code}}\\n' -H '{one}' "
          f"-d 'author=you&body=hello' {base}/post/2/comment")
-    echo("Blog one's page was purged (MISS, and it shows the comment); blog two's was not (HIT):")
+    echo("Blog one's page was purged: the next request is served the old page (STALE) while")
+    echo("it is rendered again in the background, then a HIT shows the comment; blog two's")
+    echo("page was not purged (HIT):")
+    echo(f"  curl -si -H '{one}' {base}/post/2/ | grep -iE 'x-tenantkit-cache|hello'")
     echo(f"  curl -si -H '{one}' {base}/post/2/ | grep -iE 'x-tenantkit-cache|hello'")
     echo(f"  curl -si -H '{two}' {base}/post/2/ | grep -i x-tenantkit-cache")
     echo(f"\nStatus page: http://admin:{token}@127.0.0.1:{port}/_tenantkit/")
