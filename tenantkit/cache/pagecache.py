@@ -641,7 +641,7 @@ class PageWriter:
             self.abort()
         if not self._created:
             cache._files.drop_stale(directory)
-        # A purge may have run between the check in writer() and now: its marker is set
+        # A purge may have run between the check above and the rename: its marker is set
         # before it moves pages, so looking again now catches it.
         if cache._overtaken(ticket, cache.generation(), names):
             cache._files.move_stale(directory, cache.clock())
