@@ -109,6 +109,9 @@ log = logging.getLogger(__name__)
 #: Attempts at an event whose purge fails with an OSError before it is dead-lettered.
 MAX_ATTEMPTS = 3
 RETRY_DELAY = 0.5
+#: Seconds an event waits for a replica already found behind (a healthy one applies a
+#: write within this; one still behind costs each event no more).
+BEHIND_WAIT = 0.2
 #: Seconds between a standby's tries of the node lock.
 STANDBY_RETRY = 1.0
 #: Bus entries handed to the purge thread and not yet acknowledged, at most; the bus thread
@@ -178,6 +181,9 @@ class Invalidator:
         self._engines: dict[str, sqlalchemy.Engine] = {}
         #: Guards the second-purge heap and the replica engines (both threads use them).
         self._mutex = threading.Lock()
+        #: Replicas that did not apply an event's GTID in time (not waited for until they
+        #: have caught up).
+        self._behind: set[str] = set()
         self._repurges: list[tuple[float, int, str, PurgeAction]] = []
         self._repurge_seq = 0
         self._last_scan = 0.0
@@ -596,16 +602,28 @@ class Invalidator:
                     url, pool_pre_ping=True, pool_size=1, max_overflow=2,
                     connect_args=servers.connect_args(url),
                 )
+        # A replica found behind is waited for only briefly (BEHIND_WAIT) until it has
+        # caught up: the whole timeout for each event in turn would hold every later purge.
+        with self._mutex:
+            behind = url in self._behind
         try:
             with engine.connect() as conn:
-                if wait_for_gtid(conn, gtid, timeout):
+                if wait_for_gtid(conn, gtid, min(timeout, BEHIND_WAIT) if behind else timeout):
+                    if behind:
+                        with self._mutex:
+                            self._behind.discard(url)
+                        log.info("invalidator: replica %s has caught up", mask_url(url))
                     return True
         except sqlalchemy.exc.SQLAlchemyError as exc:
             log.warning("invalidator: cannot wait for GTID %s on replica %s: %s", gtid,
                         mask_url(url), exc)
             return False
-        log.warning("invalidator: replica %s has not applied %s after %gs: purging now and "
-                    "again after the lag bound", mask_url(url), gtid, timeout)
+        if not behind:
+            with self._mutex:
+                self._behind.add(url)
+            log.warning("invalidator: replica %s has not applied %s after %gs: purging now "
+                        "and again after the lag bound; until it has caught up, events wait "
+                        "for it %gs at most", mask_url(url), gtid, timeout, BEHIND_WAIT)
         return False
 
     def cache_for(self, site: Site) -> PageCache:

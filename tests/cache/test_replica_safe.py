@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from sqlalchemy import Engine, create_engine, text
 
 from tenantkit.cache.events import PostEdited
@@ -18,7 +20,7 @@ from tenantkit.cache.hooks import install
 from tenantkit.cache.invalidator import Invalidator
 from tenantkit.cache.pagecache import PageCache
 from tenantkit.cache.transports import LocalTransport, RedisStreamTransport
-from tenantkit.db.gtid import last_gtid
+from tenantkit.db.gtid import last_gtid, wait_for_gtid
 from tenantkit.testing import MariaDBCluster, RedisServer
 
 from .helpers import HOST, Purges, make_settings, registry_for, wait_until
@@ -284,3 +286,47 @@ def test_site_with_own_primary_is_purged_without_waiting_for_global_replicas(
     finally:
         inv.stop()
         primary.dispose()
+
+
+def test_events_behind_a_lagging_replica_do_not_each_wait_the_whole_timeout(
+        tmp_path: Path, mariadb_pair: MariaDBCluster, caplog: pytest.LogCaptureFixture) -> None:
+    """Once the replica missed one event's GTID, later events wait for it only briefly:
+    four events are purged about one timeout after the first (was one timeout each), and
+    once it has caught up an event waits as before."""
+    settings = make_settings(tmp_path, replicas=(mariadb_pair.replica_url,),
+                             replica_wait_timeout=2.0, lag_threshold=1.0)
+    primary = create_engine(mariadb_pair.primary_url)
+    purges = Purges()
+    transport = LocalTransport(settings.cache_dir)
+    inv = Invalidator(settings, registry_for(settings), transport=transport, on_purge=purges,
+                      poll_timeout=0.05, coalesce_window=0)
+    caplog.set_level(logging.INFO, logger="tenantkit.cache.invalidator")
+    try:
+        _setup_table(primary, mariadb_pair)
+        inv.start()
+        with mariadb_pair.replica_held():
+            started = time.monotonic()
+            for n in range(4):
+                transport.publish(PostEdited("blog", 1, gtid=_commit(primary, f"v{n}")))
+            assert purges.wait_for(lambda seen: sum(1 for s in seen if s[1]) >= 4)
+            firsts = [when for when, event, *_ in purges.seen if event is not None]
+            # One timeout (2 s) for the first, at most BEHIND_WAIT (0.2 s) for each other:
+            # generous for a loaded machine, well under the 8 s of four whole timeouts.
+            assert firsts[3] - started < 5.0, [round(t - started, 2) for t in firsts]
+        gtid = _commit(primary, "after")
+        assert wait_until(lambda: _replica_has_gtid(mariadb_pair, gtid))
+        transport.publish(PostEdited("blog", 1, gtid=gtid))
+        assert purges.wait_for(lambda seen: sum(1 for s in seen if s[1]) >= 5)
+        assert "has caught up" in caplog.text
+    finally:
+        inv.stop()
+        primary.dispose()
+
+
+def _replica_has_gtid(pair: MariaDBCluster, gtid: str | None) -> bool:
+    replica = create_engine(pair.replica_url)
+    try:
+        with replica.connect() as conn:
+            return wait_for_gtid(conn, gtid, 0)
+    finally:
+        replica.dispose()
