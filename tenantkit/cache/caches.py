@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterable
-from pathlib import Path
 
 from tenantkit.cache.nodecounters import NodeCounters
 from tenantkit.cache.pagecache import PageCache
@@ -33,25 +32,16 @@ class SiteTally:
 
         tally = SiteTally(settings.cache_dir, "blog")
         tally(RENDERS)            # NodeCounters.for_dir(cache_dir).add(RENDERS, "blog")
+    """
 
-    The process's NodeCounters is looked up once per process (a forked worker gets its
-    own)."""
-
-    __slots__ = ("_counters", "_pid", "cache_dir", "site")
+    __slots__ = ("cache_dir", "site")
 
     def __init__(self, cache_dir: str | os.PathLike[str], site: str) -> None:
-        self.cache_dir = Path(cache_dir)
+        self.cache_dir = os.fspath(cache_dir)
         self.site = site
-        self._pid = 0
-        self._counters: NodeCounters | None = None
 
     def __call__(self, kind: str) -> None:
-        pid = os.getpid()
-        counters = self._counters
-        if counters is None or self._pid != pid:
-            counters = self._counters = NodeCounters.for_dir(self.cache_dir)
-            self._pid = pid
-        counters.add(kind, self.site)
+        NodeCounters.for_dir(self.cache_dir).add(kind, self.site)
 
 
 def site_page_cache(site: Site) -> PageCache:

@@ -68,9 +68,9 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -363,11 +363,7 @@ class Invalidator:
     def _purge_round(self) -> None:
         """One round of the purge thread: trigger files, due second purges, merged purges
         whose window closed, the periodic scan and status report; then wait for more."""
-        while True:
-            try:
-                path = self._inbox.get_nowait()
-            except queue.Empty:
-                break
+        for path in _drain(self._inbox):
             self.process_trigger_file(path)
         now = time.monotonic()
         with self._mutex:
@@ -444,11 +440,7 @@ class Invalidator:
             message.ack()
 
     def _finish_done(self) -> None:
-        while True:
-            try:
-                item = self._done.get_nowait()
-            except queue.Empty:
-                return
+        for item in _drain(self._done):
             self._finish_one(item)
 
     def _finish_one(self, item: tuple[Message, int, BaseException | None]) -> None:
@@ -757,6 +749,18 @@ class Invalidator:
 
         self._dead_letter(f"trigger file {path}", site.name, reason, move)
         return False
+
+
+T = TypeVar("T")
+
+
+def _drain(inbox: queue.Queue[T]) -> Iterator[T]:
+    """What *inbox* holds now, taken one by one without waiting."""
+    while True:
+        try:
+            yield inbox.get_nowait()
+        except queue.Empty:
+            return
 
 
 def _describe(exc: BaseException) -> str:

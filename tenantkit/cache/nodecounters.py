@@ -73,8 +73,10 @@ class NodeCounters:
 
     @classmethod
     def for_dir(cls, cache_dir: str | os.PathLike[str]) -> NodeCounters:
-        """The process's one NodeCounters for *cache_dir* (a new one after a fork)."""
-        key = f"{os.getpid()}:{os.path.realpath(cache_dir)}"
+        """The process's one NodeCounters for *cache_dir* (a new one after a fork). Cheap
+        enough for every count: two spellings of one directory only make two files, which
+        readers add up anyway."""
+        key = f"{os.getpid()}:{os.fspath(cache_dir)}"
         with cls._instances_lock:
             counters = cls._instances.get(key)
             if counters is None:
