@@ -44,7 +44,8 @@ page's files in :mod:`~tenantkit.cache.pagefile`, generations in
 :mod:`~tenantkit.cache.generations`, the change stamp in :mod:`~tenantkit.cache.stamp`, fill
 locks and the purge guard in :mod:`~tenantkit.cache.fill`. This module stores, finds, purges
 and evicts. Every write is a temporary file in the target directory and an ``os.replace``
-(:func:`tenantkit.files.write_atomic`); nothing is ever unlinked first.
+(:class:`tenantkit.files.AtomicWriter`, :func:`tenantkit.files.write_atomic`); nothing is
+ever unlinked first.
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ file, like cachelib's ``set``). Where the file system refuses user extended attr
 the sidecar is larger than it takes, the sidecar is a file next to the body, as before; it
 records the identity (inode, size, mtime) of the body it describes, so a reader that catches
 a writer between its two renames sees a mismatch and retries; it never returns a body with
-another page's headers. Files are written by :func:`tenantkit.files.write_atomic`.
+another page's headers. Bodies are written by :class:`tenantkit.files.AtomicWriter`
+(:class:`BodyWriter`), sidecar files by :func:`tenantkit.files.write_atomic`.
 """
 
 from __future__ import annotations
@@ -179,7 +180,7 @@ class SidecarMeta:
     @classmethod
     def parse(cls, raw: Any) -> SidecarMeta:
         """The sidecar in *raw* (parsed JSON); ValueError naming the first field that is not
-        what :meth:`PageFiles.write` writes (a sidecar is input: anyone who can write the
+        what :meth:`BodyWriter.commit` writes (a sidecar is input: anyone who can write the
         cache directory can write one)."""
         if not isinstance(raw, dict):
             raise ValueError(f"not an object but {type(raw).__name__}")
@@ -372,17 +373,6 @@ class PageFiles:
             self._memo[path] = meta
             return body, meta
         return _CHANGING
-
-    @staticmethod
-    def write(directory: str, body: bytes, meta: dict[str, Any], *,
-              public: bool = True, mode: int = FILE_MODE) -> None:
-        """Store a page whose body is all there: :class:`BodyWriter` in one go."""
-        writer = BodyWriter(directory, public=public, mode=mode)
-        try:
-            writer.write(body)
-            writer.commit(meta)
-        finally:
-            writer.abort()
 
     @staticmethod
     def drop_stale(directory: str) -> None:
