@@ -254,7 +254,10 @@ class PageCacheMiddleware:
         """Hand the render of a stale page, whose fill lock this caller holds, to
         :attr:`renders` (the caller serves the stale copy at once): it renders the page as
         this caller's plain GET would, stores it and releases the lock. False when the
-        queue is full: the caller renders itself."""
+        queue is full, or the caller is itself background work (a re-warm fetch, which
+        carries a deadline): the caller renders itself."""
+        if DEADLINE in environ:
+            return False
         plain = dict(environ)
         plain.update({"REQUEST_METHOD": "GET", "wsgi.input": io.BytesIO(b"")})
         for name in ("CONTENT_LENGTH", "CONTENT_TYPE"):
