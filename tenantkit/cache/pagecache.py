@@ -132,8 +132,9 @@ class PageCache:
     ``ttl``: seconds a page is fresh; ``stale_seconds``: how long a purged or expired page may
     still be served while one caller re-renders it; ``stale_if_error``: how long such a page
     may be served when the backend fails (:meth:`get_if_error`); ``max_bytes``: the oldest
-    pages go when the current generation grows past it; ``fill_timeout``: a fill lock older
-    than this is taken over (its holder is presumed dead); ``clock``: wall-clock seconds
+    previous generations, then the oldest pages, go when the cache grows past it;
+    ``fill_timeout``: a fill lock older than this is taken over (its holder is presumed
+    dead); ``clock``: wall-clock seconds
     (tests pass a fake); ``untagged``: the tag a page put without tags is stored under (a
     site's cache uses :data:`tenantkit.cache.tags.SITE`, which every purge of the site
     purges); ``tally``: called with :data:`~tenantkit.cache.nodecounters.RENDERS` for each
@@ -497,9 +498,9 @@ class PageCache:
             self._last_size_check = time.monotonic()
         self.evict()
 
-    def _scan(self) -> list[tuple[float, int, str]]:
-        """(created, bytes, page dir) of every page in the current generation."""
-        gen_dir = str(self.root / self.generation())
+    def _scan(self, generation: str | None = None) -> list[tuple[float, int, str]]:
+        """(created, bytes, page dir) of every page in *generation* (default: current)."""
+        gen_dir = str(self.root / (generation or self.generation()))
         pages = []
         for dirpath, dirnames, filenames in os.walk(gen_dir):
             if dirpath == gen_dir:
@@ -520,12 +521,15 @@ class PageCache:
         return pages
 
     def evict(self) -> int:
-        """Remove the oldest pages until the current generation is under ``max_bytes``."""
+        """Keep the whole cache under ``max_bytes``: the previous generations kept to serve
+        stale get only the room the current one leaves (the oldest go first), then the
+        oldest pages of the current generation go. Returns the number of pages removed."""
         if self.max_bytes is None:
             return 0
-        pages = self._scan()
+        current = self.generation()
+        pages = self._scan(current)
         total = sum(size for _, size, _ in pages)
-        evicted = 0
+        evicted = self._trim_previous(current, self.max_bytes - total)
         for _, size, directory in sorted(pages, key=lambda p: p[0]):
             if total <= self.max_bytes:
                 break
@@ -536,6 +540,24 @@ class PageCache:
             self._changed()
         self._counters.add("evicted", evicted)
         return evicted
+
+    def _trim_previous(self, current: str, room: int) -> int:
+        """Drop the previous generations, newest kept first, that do not fit in *room* bytes
+        (and every older one); returns the number of pages they held."""
+        keep = {current}
+        dropped = 0
+        for name, _ in generations.previous(self.root, current, limit=None):
+            pages = self._scan(name)
+            size = sum(p[1] for p in pages)
+            if size > room:
+                dropped += len(pages)
+                room = -1  # nothing older fits either
+            else:
+                keep.add(name)
+                room -= size
+        if dropped:
+            generations.sweep(self.root, keep, below=current)
+        return dropped
 
     def stats(self) -> CacheStats:
         pages = self._scan()

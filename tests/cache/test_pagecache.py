@@ -203,6 +203,24 @@ def test_max_bytes_evicts_oldest_first(tmp_path: Path) -> None:
     assert cache.get(H, "/p0/") is None
 
 
+def test_max_bytes_bounds_the_generations_kept_for_stale_too(tmp_path: Path, clock: FakeClock
+                                                               ) -> None:
+    cache = PageCache(tmp_path / "pages", stale_seconds=100, clock=clock)
+    for generation in ("old", "mid", "new"):
+        for i in range(5):
+            assert cache.put(H, f"/{generation}{i}/", b"x" * 1000)
+        if generation != "new":
+            cache.flush()
+    assert sorted(p.name for p in cache.root.glob("g*")) == ["g1", "g2", "g3"]
+    cache.max_bytes = 12_000
+    assert cache.evict() == 5  # the pages of the oldest generation, g1
+    # Only the previous generation that fits beside current (5 KB + 5 KB <= 12 KB) is kept.
+    assert sorted(p.name for p in cache.root.glob("g*")) == ["g2", "g3"]
+    assert cache.get(H, "/old0/") is None
+    assert cache.get(H, "/mid0/").stale  # type: ignore[union-attr]
+    assert cache.get(H, "/new0/") is not None
+
+
 def test_stats_count(cache: PageCache) -> None:
     cache.put(H, "/s/", b"abc")
     cache.get(H, "/s/")
@@ -353,7 +371,8 @@ def test_change_stamp_moves_with_every_change_in_any_process(tmp_path: Path) -> 
     child.join(30)
     assert child.exitcode == 0 and moved()
     ours.max_bytes = 1
-    assert ours.evict() == 1 and moved()
+    # /child/ in current, then /y/ and the stale /x/ of the previous generation.
+    assert ours.evict() == 3 and moved()
 
 
 def test_a_sidecar_too_large_to_attach_is_a_file_and_still_round_trips(
