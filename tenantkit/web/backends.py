@@ -18,10 +18,11 @@ callable that is not itself a WSGI app (one positional parameter instead of two)
 ``trusted_proxies`` the host the site was chosen by (``X-Forwarded-Host``) is sent as both
 ``Host`` and ``X-Forwarded-Host``. A ``Proxy`` request header (httpoxy) is never forwarded;
 response fields named in the upstream's ``Connection`` header are dropped (RFC 9110 section
-7.6.1). The upstream receives the request target exactly as the client sent it
-(:func:`tenantkit.web.target.request_target`, also the page cache's key). An upstream that
-cannot be reached, or closes before the first byte of its body, answers 502; one that times
-out 504; each is logged in one line naming the site.
+7.6.1), and so is the ``Content-Length`` of a chunked response (:func:`end_to_end`): the
+server re-frames the body it is given. The upstream receives the request target exactly as
+the client sent it (:func:`tenantkit.web.target.request_target`, also the page cache's
+key). An upstream that cannot be reached, or closes before the first byte of its body,
+answers 502; one that times out 504; each is logged in one line naming the site.
 
 Framing, so that no request or response can be taken for another (issue 24):
 
@@ -68,7 +69,8 @@ else:
     StartResponse = WSGIApplication = WSGIEnvironment = Any
 
 __all__ = ["DEADLINE", "RETRY_AFTER", "BackendError", "BackendPool", "ProxyApp", "Timeouts",
-           "UpstreamClosed", "UpstreamError", "UpstreamTimeout", "load_wsgi_app", "over_limit"]
+           "UpstreamClosed", "UpstreamError", "UpstreamTimeout", "end_to_end", "load_wsgi_app",
+           "over_limit"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +79,26 @@ HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
     "te", "trailer", "transfer-encoding", "upgrade",
 })
+
+
+def end_to_end(fields: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The fields of a message a proxy or a cache may pass on: without the hop-by-hop ones,
+    those the message's ``Connection`` names (RFC 9110 section 7.6.1), and a
+    ``Content-Length`` that a ``Transfer-Encoding`` overrides (RFC 9112 section 6.3: the
+    body is re-framed by whoever sends it next)::
+
+        end_to_end([("Transfer-Encoding", "chunked"), ("Content-Length", "3"),
+                    ("Connection", "X-Hop"), ("X-Hop", "1"), ("ETag", '"a"')])
+        # [("ETag", '"a"')]
+    """
+    fields = list(fields)
+    named = {t.strip().lower() for k, v in fields if k.lower() == "connection"
+             for t in v.split(",")}
+    if any(k.lower() == "transfer-encoding" for k, _ in fields):
+        named.add("content-length")
+    return [(k, v) for k, v in fields if k.lower() not in HOP_BY_HOP and k.lower() not in named]
+
+
 #: Request fields the proxy sets itself from the body it read (``Expect``: the body is sent
 #: at once, as nginx does).
 _FRAMING = frozenset({"content-length", "expect"})
@@ -197,12 +219,8 @@ class ProxyApp:
                 headers[name] = value
         if environ.get("CONTENT_TYPE"):
             headers["Content-Type"] = environ["CONTENT_TYPE"]
-        named = {t.strip().lower() for t in headers.get("Connection", "").split(",")}
-        for name in list(headers):
-            lower = name.lower()
-            if (lower in HOP_BY_HOP or lower in named or lower in _FRAMING
-                    or lower in _NEVER_FORWARDED):
-                del headers[name]
+        headers = {k: v for k, v in end_to_end(headers.items())
+                   if k.lower() not in _FRAMING and k.lower() not in _NEVER_FORWARDED}
         remote = environ.get("REMOTE_ADDR", "")
         prior = headers.get("X-Forwarded-For", "")
         if self.trusted_proxies > 0 and prior:
@@ -311,11 +329,7 @@ class ProxyApp:
             logger.warning("upstream %s answered %d: not a final response",
                            mask_url(self.url), response.status)
             return _plain(start_response, "502 Bad Gateway", "upstream unavailable")
-        fields = response.msg.items()
-        named = {t.strip().lower() for k, v in fields
-                 if k.lower() == "connection" for t in v.split(",")}
-        out = [(k, v) for k, v in fields
-               if k.lower() not in HOP_BY_HOP and k.lower() not in named]
+        out = end_to_end(response.msg.items())
         body = _ResponseBody(response, conn, self.pool, self.url, deadline)
         # Up to _CHUNK bytes of the body (all of most pages) are read before the status line
         # goes out: an upstream that fails by then still gets an honest 502/504 instead of

@@ -61,7 +61,7 @@ from tenantkit.cache.nodecounters import STALE_SERVED
 from tenantkit.cache.pagecache import FillTicket, PageCache, PageWriter
 from tenantkit.errors import CacheError
 from tenantkit.sites import Site
-from tenantkit.web.backends import DEADLINE
+from tenantkit.web.backends import DEADLINE, HOP_BY_HOP, end_to_end
 from tenantkit.web.background import BackgroundRenders
 from tenantkit.web.cookies import has_bypass_cookie
 from tenantkit.web.hits import CACHE_HEADER, StoredResponse, send_page
@@ -86,12 +86,10 @@ _PRIVATE_LENGTHS = frozenset({len(TAGS_HEADER), len(TOKEN_HEADER)})
 MAX_STORE_BYTES = 8 * 1024 * 1024
 #: Headers a stored page does not keep: hop-by-hop (RFC 9110 section 7.6.1), per-response,
 #: recomputed on every hit, or ours. Every other header the app sent is kept.
-_DROP = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
-    "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "content-length",
-    "content-encoding", "date", "age", "server", "set-cookie", CACHE_HEADER.lower(),
-    TAGS_HEADER, TOKEN_HEADER,
-})
+_DROP = HOP_BY_HOP | {
+    "content-length", "content-encoding", "date", "age", "server", "set-cookie",
+    CACHE_HEADER.lower(), TAGS_HEADER, TOKEN_HEADER,
+}
 #: Content codings a page may be stored with: decoded on store.
 _DECODABLE = frozenset({"gzip", "x-gzip"})
 
@@ -384,7 +382,7 @@ class PageCacheMiddleware:
             if key.lower() == "content-encoding" and value.strip().lower() not in (
                     "identity", ""):
                 inflater = zlib.decompressobj(wbits=31)  # gzip: _storable let nothing else by
-        keep = [(k, v) for k, v in out if k.lower() not in _DROP]
+        keep = [(k, v) for k, v in end_to_end(out) if k.lower() not in _DROP]
         names = {k.lower() for k, _ in keep}
         if "etag" not in names or inflater is not None:
             # An upstream's ETag names its encoded body: the stored one gets its own, new

@@ -251,3 +251,57 @@ def test_interim_responses_are_consumed_and_never_taken_as_final(
         assert upstream.lines().count("GET /a/") == 1
     finally:
         script.close()
+
+
+# -- 3. response framing -----------------------------------------------------------------------
+
+HOPS = ("Connection: X-Hop\r\nX-Hop: only for the shim\r\nKeep-Alive: timeout=5\r\n"
+        "Trailer: X-Sum\r\nProxy-Authenticate: Basic\r\n")
+
+
+def chunked_with_a_length(conn: socket.socket, reader: BinaryIO, up: RawUpstream) -> None:
+    """Answers with a chunked body that also claims a (wrong) Content-Length, and
+    hop-by-hop fields, one of them named by its Connection field."""
+    for _ in range(100):
+        request = read_request(reader)
+        if request is None:
+            return
+        up.record(request)
+        conn.sendall(("HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 3\r\n"
+                      f"Transfer-Encoding: chunked\r\n{HOPS}\r\n").encode()
+                     + b"5\r\nhello\r\n6\r\n world\r\n0\r\nX-Sum: 1\r\n\r\n")
+
+
+def test_a_chunked_body_is_forwarded_whole_without_its_length(serve: Serve) -> None:
+    upstream = RawUpstream(chunked_with_a_length)
+    shim = serve(upstream)
+    # Before, the upstream's Content-Length went out with the body: the visitor got "hel".
+    miss, hit = _get(shim, "/both/"), _get(shim, "/both/")
+    assert (miss.headers["X-Tenantkit-Cache"], hit.headers["X-Tenantkit-Cache"]) == (
+        "MISS", "HIT")
+    for reply in (miss, hit):
+        assert reply.data == b"hello world", reply.data
+        assert reply.headers.get("Content-Length", "11") == "11"
+        for name in ("X-Hop", "Keep-Alive", "Trailer", "Proxy-Authenticate", "X-Sum"):
+            assert name not in reply.headers, (name, reply.headers)
+    assert upstream.lines() == ["GET /both/"]
+
+
+@pytest.mark.parametrize("coding", [
+    pytest.param("Transfer-Encoding: gzip, chunked\r\n", id="coded chunked"),
+    pytest.param("Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", id="twice"),
+    pytest.param("Transfer-Encoding: identity\r\n", id="identity"),
+])
+def test_a_response_coding_the_proxy_cannot_frame_is_502(serve: Serve, coding: str) -> None:
+    def script(conn: socket.socket, reader: BinaryIO, up: RawUpstream) -> None:
+        request = read_request(reader)
+        if request is not None:
+            up.record(request)
+            conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n{coding}\r\n".encode()
+                         + b"5\r\nhello\r\n0\r\n\r\n")
+
+    shim = serve(RawUpstream(script))
+    reply = _get(shim, "/coded/")
+    # Before: framed by its Content-Length, "5\r\n" went out (and was stored) as the page.
+    assert reply.status == 502 and b"5\r\n" not in reply.data
+    assert _get(shim, "/coded/").headers["X-Tenantkit-Cache"] == "MISS"
