@@ -351,7 +351,7 @@ class ProxyApp:
             body.close()
             raise
         start_response(f"{response.status} {response.reason or ''}".rstrip(), out)
-        return _Prefetched(first, iterator, body, _site_name(environ))
+        return _Prefetched(first, iterator, body, _site_name(environ), whole=body.released)
 
     def _failed(self, environ: WSGIEnvironment, start_response: StartResponse,
                 exc: BaseException) -> list[bytes]:
@@ -517,14 +517,17 @@ class _Prefetched:
     (a :class:`ConnectionResetError`, which WSGI servers take quietly: the status line
     has gone out, a cut connection is the only honest signal left)."""
 
-    __slots__ = ("body", "first", "iterator", "site")
+    __slots__ = ("body", "first", "iterator", "site", "whole")
 
     def __init__(self, first: list[bytes], iterator: Iterator[bytes],
-                 body: _ResponseBody, site: str = "-") -> None:
+                 body: _ResponseBody, site: str = "-", *, whole: bool = False) -> None:
         self.first = first
         self.iterator = iterator
         self.body = body
         self.site = site
+        #: The whole body, when the first piece was all of it (read to its end, its
+        #: connection released): the page cache hashes it for the visitor's ETag.
+        self.whole = first if whole else None
 
     def __iter__(self) -> Iterator[bytes]:
         yield from self.first
@@ -683,6 +686,12 @@ class _Tracked:
 
     def __iter__(self) -> Iterator[bytes]:
         return iter(self.body)
+
+    @property
+    def whole(self) -> list[bytes] | None:
+        """The wrapped body's ``whole`` (see :class:`_Prefetched`)."""
+        whole: list[bytes] | None = getattr(self.body, "whole", None)
+        return whole
 
     def close(self) -> None:
         try:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import select
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -27,6 +29,9 @@ from tk_upstream import (
     status_of,
 )
 from tk_web import Sites
+
+from tenantkit import layout
+from tenantkit.cache.pagecache import PageCache
 
 pytest.importorskip("gunicorn", reason="gunicorn is not installed (pip install -e '.[server]')")
 
@@ -64,9 +69,20 @@ def _page(request: Request) -> bytes:
     return response("200 OK", f"page {request.target}".encode())
 
 
-def _get(shim: Shim, path: str) -> urllib3.BaseHTTPResponse:
+def _get(shim: Shim, path: str, **headers: str) -> urllib3.BaseHTTPResponse:
     with urllib3.PoolManager(retries=False, timeout=TIMEOUT) as http:
-        return http.request("GET", shim.url + path, headers={"Host": HOST})
+        return http.request("GET", shim.url + path, headers={"Host": HOST, **headers})
+
+
+def _until_hit(shim: Shim, path: str) -> urllib3.BaseHTTPResponse:
+    """GET *path* until it is a HIT: a miss is stored once its last byte went out, so a
+    request sent the instant the body arrived may be a miss (or, after a purge, stale)."""
+    deadline = time.monotonic() + TIMEOUT
+    while (reply := _get(shim, path)).headers["X-Tenantkit-Cache"] != "HIT":
+        assert reply.headers["X-Tenantkit-Cache"] in ("MISS", "STALE"), reply.headers
+        assert time.monotonic() < deadline, f"{path} was never stored"
+        time.sleep(0.05)
+    return reply
 
 
 # -- 1. request framing ------------------------------------------------------------------------
@@ -245,9 +261,8 @@ def test_interim_responses_are_consumed_and_never_taken_as_final(
         assert b"session=alice" in first[0]
         assert b"early=1" not in first[0]
         assert b"103" not in first[0].split(b"\r\n", 1)[0]
-        again = _get(shim, "/b/")
+        again = _until_hit(shim, "/b/")
         assert again.data == b"page /b/"
-        assert again.headers["X-Tenantkit-Cache"] == "HIT"
         assert upstream.lines().count("GET /a/") == 1
     finally:
         script.close()
@@ -276,15 +291,15 @@ def test_a_chunked_body_is_forwarded_whole_without_its_length(serve: Serve) -> N
     upstream = RawUpstream(chunked_with_a_length)
     shim = serve(upstream)
     # Before, the upstream's Content-Length went out with the body: the visitor got "hel".
-    miss, hit = _get(shim, "/both/"), _get(shim, "/both/")
-    assert (miss.headers["X-Tenantkit-Cache"], hit.headers["X-Tenantkit-Cache"]) == (
-        "MISS", "HIT")
-    for reply in (miss, hit):
+    miss = _get(shim, "/both/")
+    assert miss.headers["X-Tenantkit-Cache"] == "MISS"
+    for reply in (miss, _until_hit(shim, "/both/")):
         assert reply.data == b"hello world", reply.data
         assert reply.headers.get("Content-Length", "11") == "11"
         for name in ("X-Hop", "Keep-Alive", "Trailer", "Proxy-Authenticate", "X-Sum"):
             assert name not in reply.headers, (name, reply.headers)
-    assert upstream.lines() == ["GET /both/"]
+    assert upstream.lines() == ["GET /both/"]  # stored once (a miss while it was stored
+    # would be rendered again)
 
 
 @pytest.mark.parametrize("coding", [
@@ -305,3 +320,74 @@ def test_a_response_coding_the_proxy_cannot_frame_is_502(serve: Serve, coding: s
     # Before: framed by its Content-Length, "5\r\n" went out (and was stored) as the page.
     assert reply.status == 502 and b"5\r\n" not in reply.data
     assert _get(shim, "/coded/").headers["X-Tenantkit-Cache"] == "MISS"
+
+
+# -- 4. a stored page's validators -------------------------------------------------------------
+
+
+class Versions:
+    """Serves /v/ (a page of *size* bytes, no validators of its own) from ``body``."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.body = b""
+        self.set("one")
+        self.upstream = RawUpstream(self.script)
+
+    def set(self, text: str) -> None:
+        self.body = (text.encode() * self.size)[:self.size]
+
+    def script(self, conn: socket.socket, reader: BinaryIO, up: RawUpstream) -> None:
+        for _ in range(100):
+            request = read_request(reader)
+            if request is None:
+                return
+            up.record(request)
+            conn.sendall(response("200 OK", self.body))
+
+
+@pytest.mark.parametrize("size", [pytest.param(100, id="small page"),
+                                  pytest.param(300_000, id="streamed page")])
+def test_a_rerender_of_the_same_bytes_keeps_its_etag(
+        serve: Serve, tmp_path: Path, size: int) -> None:
+    versions = Versions(size)
+    shim = serve(versions.upstream)
+    pages = PageCache(layout.pages_dir(tmp_path / "cache" / "blog"))  # serve()'s site
+
+    def rerender() -> urllib3.BaseHTTPResponse:
+        renders = versions.upstream.lines().count("GET /v/")
+        pages.purge_paths(HOST, ["/v/"])
+        deadline = time.monotonic() + TIMEOUT
+        while versions.upstream.lines().count("GET /v/") == renders:
+            assert time.monotonic() < deadline, "never rendered again"
+            _get(shim, "/v/")
+        return _until_hit(shim, "/v/")
+
+    miss = _get(shim, "/v/")
+    hit = _until_hit(shim, "/v/")
+    etag, modified = hit.headers["ETag"], hit.headers["Last-Modified"]
+    assert etag.startswith('"') and hit.data == versions.body
+    if size < 65536:  # the whole page was in hand before the status line: same validator
+        assert miss.headers["ETag"] == etag
+    else:
+        assert "ETag" not in miss.headers
+    assert _get(shim, "/v/", **{"If-None-Match": etag}).status == 304
+
+    # Before, every store made a new ETag: 200 and the whole page again.
+    same = rerender()
+    assert same.headers["ETag"] == etag and same.data == versions.body
+    assert _get(shim, "/v/", **{"If-None-Match": etag}).status == 304
+    assert _get(shim, "/v/", **{"If-None-Match": f"W/{etag}"}).status == 304
+
+    versions.set("two")
+    changed = rerender()
+    assert changed.data == versions.body and changed.headers["ETag"] != etag
+    assert _get(shim, "/v/", **{"If-None-Match": etag}).status == 200
+    # Last-Modified still says when the page was stored; the validators a client sends
+    # are compared as before (If-None-Match first, else If-Modified-Since).
+    now = changed.headers["Last-Modified"]
+    assert _get(shim, "/v/", **{"If-Modified-Since": now}).status == 304
+    old = "Mon, 01 Jan 2001 00:00:00 GMT"
+    assert _get(shim, "/v/", **{"If-Modified-Since": old}).status == 200
+    assert _get(shim, "/v/", **{"If-None-Match": etag, "If-Modified-Since": now}).status == 200
+    assert parsedate_to_datetime(now) >= parsedate_to_datetime(modified)
