@@ -39,6 +39,10 @@ Framing, so that no request or response can be taken for another (issue 24):
 - An upstream connection goes back to the pool only after a response read to the end its
   framing gives, from an upstream that keeps the connection alive; anything else (the
   visitor went away, the upstream closed mid-body) closes it.
+- A response with neither ``Content-Length`` nor chunked framing ends at the close, which
+  looks the same whether the upstream finished or died mid-page: it is passed on, never
+  stored (:data:`NOT_STORABLE`), its connection never reused, and the upstream is logged
+  once.
 """
 
 from __future__ import annotations
@@ -68,9 +72,9 @@ if TYPE_CHECKING:
 else:
     StartResponse = WSGIApplication = WSGIEnvironment = Any
 
-__all__ = ["DEADLINE", "RETRY_AFTER", "BackendError", "BackendPool", "ProxyApp", "Timeouts",
-           "UpstreamClosed", "UpstreamError", "UpstreamTimeout", "end_to_end", "load_wsgi_app",
-           "over_limit"]
+__all__ = ["DEADLINE", "NOT_STORABLE", "RETRY_AFTER", "BackendError", "BackendPool",
+           "ProxyApp", "Timeouts", "UpstreamClosed", "UpstreamError", "UpstreamTimeout",
+           "end_to_end", "load_wsgi_app", "over_limit"]
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +119,9 @@ REFUSED_LOG_SECONDS = 10.0
 #: The environ key of an overall deadline for the upstream exchange (``time.monotonic()``
 #: seconds, a float): past it the exchange is cut off and answered 504 (the re-warmer's).
 DEADLINE = "tenantkit.deadline"
+#: The environ key a backend sets to say why its response must not be stored (a str): the
+#: page cache passes such a response on and never stores it.
+NOT_STORABLE = "tenantkit.not_storable"
 #: Default largest request body (nginx's ``client_max_body_size`` in ``tenantkit nginx-config``).
 MAX_BODY = 64 * 1024 * 1024
 
@@ -205,6 +212,8 @@ class ProxyApp:
         self.trusted_proxies = trusted_proxies
         self.max_body = max_body
         self.timeout = Timeouts(connect_timeout, read_timeout)
+        #: Whether the upstream was logged for a response ending at the close (once).
+        self.close_delimited_logged = False
         self.pool = UpstreamPool(url, maxsize=maxsize, connect_timeout=connect_timeout,
                                  read_timeout=read_timeout)
 
@@ -330,6 +339,8 @@ class ProxyApp:
                            mask_url(self.url), response.status)
             return _plain(start_response, "502 Bad Gateway", "upstream unavailable")
         out = end_to_end(response.msg.items())
+        if response.length is None and not response.chunked:
+            self._close_delimited(environ)
         body = _ResponseBody(response, conn, self.pool, self.url, deadline)
         # Up to _CHUNK bytes of the body (all of most pages) are read before the status line
         # goes out: an upstream that fails by then still gets an honest 502/504 instead of
@@ -352,6 +363,20 @@ class ProxyApp:
             raise
         start_response(f"{response.status} {response.reason or ''}".rstrip(), out)
         return _Prefetched(first, iterator, body, _site_name(environ), whole=body.released)
+
+    def _close_delimited(self, environ: WSGIEnvironment) -> None:
+        """The response has neither Content-Length nor chunked framing: its body ends at the
+        close, and a close the upstream meant cannot be told from one that cut it (a worker
+        that died mid-page closes its connection the same way). The visitor gets it; the
+        page cache never stores it (:data:`NOT_STORABLE`); logged once per upstream."""
+        environ[NOT_STORABLE] = "the upstream's response ends at the close (no framing)"
+        if not self.close_delimited_logged:
+            self.close_delimited_logged = True
+            logger.warning("site %s: upstream %s answers without Content-Length or chunked "
+                           "framing (the body ends at the close, which a cut looks like): "
+                           "such responses are passed on, never stored in the page cache; "
+                           "make the upstream send Content-Length or chunked (HTTP/1.1)",
+                           _site_name(environ), mask_url(self.url))
 
     def _failed(self, environ: WSGIEnvironment, start_response: StartResponse,
                 exc: BaseException) -> list[bytes]:

@@ -23,10 +23,12 @@ they are still forwarded.
 Only 200 responses to GET are stored, and only when nothing in them is personal or
 short-lived: no ``Set-Cookie``; no ``Cache-Control: private``, ``no-store``, ``no-cache`` or
 a zero lifetime (``s-maxage``, else ``max-age``, is the page's lifetime when given, else the
-site's ``ttl``); ``Vary`` on nothing but ``Accept-Encoding``; no ``Content-Encoding`` but
-``gzip``, which is decoded once on store (a hit is gzipped again for a client that accepts
-it, see :mod:`tenantkit.web.hits`). Every end-to-end header is stored with the page (all but
-hop-by-hop and per-response ones: ``Date``, ``Age``, ``Server``, ``Content-Length``).
+site's ``ttl``); ``Vary`` on nothing but ``Accept-Encoding``; nothing the backend said
+must not be (``environ[NOT_STORABLE]``: an upstream body that ends at the close); no
+``Content-Encoding`` but ``gzip``, which is decoded once on store (a hit is gzipped again
+for a client that accepts it, see :mod:`tenantkit.web.hits`). Every end-to-end header is
+stored with the page (all but hop-by-hop and per-response ones: ``Date``, ``Age``,
+``Server``, ``Content-Length``).
 Tags come from the ``X-Tenantkit-Tags`` response header (comma- or space-separated), which
 never reaches the client. Stored pages get an ``ETag`` -- the app's when it is strong and
 names the body as stored, else a hash of the stored body (:func:`content_etag`), so that a
@@ -65,7 +67,7 @@ from tenantkit.cache.nodecounters import STALE_SERVED
 from tenantkit.cache.pagecache import FillTicket, PageCache, PageWriter
 from tenantkit.errors import CacheError
 from tenantkit.sites import Site
-from tenantkit.web.backends import DEADLINE, HOP_BY_HOP, end_to_end
+from tenantkit.web.backends import DEADLINE, HOP_BY_HOP, NOT_STORABLE, end_to_end
 from tenantkit.web.background import BackgroundRenders
 from tenantkit.web.cookies import has_bypass_cookie
 from tenantkit.web.hits import CACHE_HEADER, StoredResponse, send_page
@@ -455,7 +457,7 @@ class PageCacheMiddleware:
         """How long the response may be stored; 0 when it must not be."""
         if environ.get("REQUEST_METHOD") != "GET" or not capture.status.startswith("200"):
             return 0
-        if TOKEN_OUT in environ:
+        if TOKEN_OUT in environ or NOT_STORABLE in environ:
             return 0
         for key, value in capture.headers:
             lower = key.lower()

@@ -322,6 +322,36 @@ def test_a_response_coding_the_proxy_cannot_frame_is_502(serve: Serve, coding: s
     assert _get(shim, "/coded/").headers["X-Tenantkit-Cache"] == "MISS"
 
 
+def dies_mid_page(conn: socket.socket, reader: BinaryIO, up: RawUpstream) -> None:
+    """Answers without Content-Length or chunked framing (HTTP/1.0 style, as ``php -S``
+    does) and closes half-way through the page, as a worker that died would: the close
+    looks the same as one at the end of the page."""
+    request = read_request(reader)
+    if request is not None:
+        up.record(request)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n"
+                     b"Connection: keep-alive\r\n\r\n<html><body>half a pa")
+
+
+def test_a_body_that_ends_at_the_close_is_passed_on_but_never_stored(serve: Serve) -> None:
+    upstream = RawUpstream(dies_mid_page)
+    shim = serve(upstream)
+    replies = []
+    for _ in range(3):
+        replies.append(_get(shim, "/half/"))
+        time.sleep(0.2)  # not a race: a page stored meanwhile would be a HIT (as before)
+    # Before: stored as complete, and every later visitor got half a page from the cache.
+    assert [r.headers["X-Tenantkit-Cache"] for r in replies] == ["MISS"] * 3
+    for reply in replies:
+        assert reply.status == 200 and reply.data == b"<html><body>half a pa"
+        assert "ETag" not in reply.headers  # no validator for what is never stored
+    assert upstream.lines() == ["GET /half/"] * 3
+    assert upstream.connections == 3  # a connection that ended at the close: never reused
+    shim.stop()
+    told = [line for line in shim.output().splitlines() if "never stored" in line]
+    assert len(told) == 1 and "site blog" in told[0], told  # once per site
+
+
 # -- 4. a stored page's validators -------------------------------------------------------------
 
 
