@@ -8,7 +8,9 @@ the page and sends its ``Content-Length``::
 
     subprocess.Popen([php, *framed(tmp_path), "-S", "127.0.0.1:8080", "-t", docroot])
 
-A script that flushes its output early still goes out unframed (and is not stored).
+A script that flushes its output early still goes out unframed (and is not stored). A
+router script (``php -S host:port router.php``) gets no ``auto_prepend_file``: serve the
+directory (``-t``), whose ``index.php`` answers every path that is not a file.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from pathlib import Path
 
 __all__ = ["FRAMING_PHP", "framed"]
 
-#: Prepended to every script: buffers the whole page, then says how long it is.
+#: Prepended to every script: buffers the whole page, then says how long it is (not when
+#: the script throws the buffer away, ``ob_end_clean()``: what it prints next is unframed).
 FRAMING_PHP = """<?php
 ob_start(function (string $buffer, int $phase): string {
-    if (($phase & PHP_OUTPUT_HANDLER_FINAL) && !headers_sent()) {
+    if (($phase & PHP_OUTPUT_HANDLER_FINAL) && !($phase & PHP_OUTPUT_HANDLER_CLEAN)
+            && !headers_sent()) {
         header('Content-Length: ' . strlen($buffer));
     }
     return $buffer;

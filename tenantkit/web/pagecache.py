@@ -504,10 +504,10 @@ class _Store:
     """A response's body on its way into the cache (see :class:`_StoringBody`). The page's
     file is opened with the first chunk, once the visitor has it."""
 
-    __slots__ = ("hash", "host_links", "inflater", "open_writer", "path", "site", "writer")
+    __slots__ = ("digest", "host_links", "inflater", "open_writer", "path", "site", "writer")
 
     def __init__(self, site: Site, path: str, open_writer: Callable[[], PageWriter],
-                 inflater: Any, host_links: HostLinks | None, hash: Any = None) -> None:
+                 inflater: Any, host_links: HostLinks | None, digest: Any = None) -> None:
         self.site = site
         self.path = path
         self.open_writer: Callable[[], PageWriter] | None = open_writer
@@ -515,7 +515,7 @@ class _Store:
         self.inflater = inflater
         self.host_links = host_links
         #: Fed with the stored body when the page's ETag is made from it (content_etag).
-        self.hash = hash
+        self.digest = digest
 
     def feed(self, chunk: bytes) -> None:
         writer = self.writer
@@ -539,8 +539,8 @@ class _Store:
                 self.abort()
                 return
             writer.write(chunk)
-            if self.hash is not None:
-                self.hash.update(chunk)
+            if self.digest is not None:
+                self.digest.update(chunk)
         except (CacheError, zlib.error) as exc:
             logger.warning("site %s: cannot store %r: %s", self.site.name, self.path, exc)
             self.abort()
@@ -563,8 +563,8 @@ class _Store:
             if inflater is not None and not inflater.eof:
                 writer.abort()  # a gzip stream that never ended: not the page
                 return
-            if self.hash is not None:
-                writer.meta["headers"].append(["ETag", content_etag(self.hash)])
+            if self.digest is not None:
+                writer.meta["headers"].append(["ETag", content_etag(self.digest)])
             stored = writer.commit()
         except (CacheError, OSError, ValueError) as exc:
             logger.warning("site %s: cannot store %r: %s", self.site.name, self.path, exc)
