@@ -18,10 +18,11 @@ callable that is not itself a WSGI app (one positional parameter instead of two)
 ``trusted_proxies`` the host the site was chosen by (``X-Forwarded-Host``) is sent as both
 ``Host`` and ``X-Forwarded-Host``. A ``Proxy`` request header (httpoxy) is never forwarded;
 response fields named in the upstream's ``Connection`` header are dropped (RFC 9110 section
-7.6.1). The upstream receives the request target exactly as the client sent it
-(:func:`tenantkit.web.target.request_target`, also the page cache's key). An upstream that
-cannot be reached, or closes before the first byte of its body, answers 502; one that times
-out 504; each is logged in one line naming the site.
+7.6.1), and so is the ``Content-Length`` of a chunked response (:func:`end_to_end`): the
+server re-frames the body it is given. The upstream receives the request target exactly as
+the client sent it (:func:`tenantkit.web.target.request_target`, also the page cache's
+key). An upstream that cannot be reached, or closes before the first byte of its body,
+answers 502; one that times out 504; each is logged in one line naming the site.
 
 Framing, so that no request or response can be taken for another (issue 24):
 
@@ -38,6 +39,10 @@ Framing, so that no request or response can be taken for another (issue 24):
 - An upstream connection goes back to the pool only after a response read to the end its
   framing gives, from an upstream that keeps the connection alive; anything else (the
   visitor went away, the upstream closed mid-body) closes it.
+- A response with neither ``Content-Length`` nor chunked framing ends at the close, which
+  looks the same whether the upstream finished or died mid-page: it is passed on, never
+  stored (:data:`NOT_STORABLE`), its connection never reused, and the upstream is logged
+  once.
 """
 
 from __future__ import annotations
@@ -67,8 +72,9 @@ if TYPE_CHECKING:
 else:
     StartResponse = WSGIApplication = WSGIEnvironment = Any
 
-__all__ = ["DEADLINE", "RETRY_AFTER", "BackendError", "BackendPool", "ProxyApp", "Timeouts",
-           "UpstreamClosed", "UpstreamError", "UpstreamTimeout", "load_wsgi_app", "over_limit"]
+__all__ = ["DEADLINE", "NOT_STORABLE", "RETRY_AFTER", "BackendError", "BackendPool",
+           "ProxyApp", "Timeouts", "UpstreamClosed", "UpstreamError", "UpstreamTimeout",
+           "end_to_end", "load_wsgi_app", "over_limit"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +83,26 @@ HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
     "te", "trailer", "transfer-encoding", "upgrade",
 })
+
+
+def end_to_end(fields: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The fields of a message a proxy or a cache may pass on: without the hop-by-hop ones,
+    those the message's ``Connection`` names (RFC 9110 section 7.6.1), and a
+    ``Content-Length`` that a ``Transfer-Encoding`` overrides (RFC 9112 section 6.3: the
+    body is re-framed by whoever sends it next)::
+
+        end_to_end([("Transfer-Encoding", "chunked"), ("Content-Length", "3"),
+                    ("Connection", "X-Hop"), ("X-Hop", "1"), ("ETag", '"a"')])
+        # [("ETag", '"a"')]
+    """
+    fields = list(fields)
+    named = {t.strip().lower() for k, v in fields if k.lower() == "connection"
+             for t in v.split(",")}
+    if any(k.lower() == "transfer-encoding" for k, _ in fields):
+        named.add("content-length")
+    return [(k, v) for k, v in fields if k.lower() not in HOP_BY_HOP and k.lower() not in named]
+
+
 #: Request fields the proxy sets itself from the body it read (``Expect``: the body is sent
 #: at once, as nginx does).
 _FRAMING = frozenset({"content-length", "expect"})
@@ -93,6 +119,9 @@ REFUSED_LOG_SECONDS = 10.0
 #: The environ key of an overall deadline for the upstream exchange (``time.monotonic()``
 #: seconds, a float): past it the exchange is cut off and answered 504 (the re-warmer's).
 DEADLINE = "tenantkit.deadline"
+#: The environ key a backend sets to say why its response must not be stored (a str): the
+#: page cache passes such a response on and never stores it.
+NOT_STORABLE = "tenantkit.not_storable"
 #: Default largest request body (nginx's ``client_max_body_size`` in ``tenantkit nginx-config``).
 MAX_BODY = 64 * 1024 * 1024
 
@@ -183,6 +212,8 @@ class ProxyApp:
         self.trusted_proxies = trusted_proxies
         self.max_body = max_body
         self.timeout = Timeouts(connect_timeout, read_timeout)
+        #: Whether the upstream was logged for a response ending at the close (once).
+        self.close_delimited_logged = False
         self.pool = UpstreamPool(url, maxsize=maxsize, connect_timeout=connect_timeout,
                                  read_timeout=read_timeout)
 
@@ -197,12 +228,8 @@ class ProxyApp:
                 headers[name] = value
         if environ.get("CONTENT_TYPE"):
             headers["Content-Type"] = environ["CONTENT_TYPE"]
-        named = {t.strip().lower() for t in headers.get("Connection", "").split(",")}
-        for name in list(headers):
-            lower = name.lower()
-            if (lower in HOP_BY_HOP or lower in named or lower in _FRAMING
-                    or lower in _NEVER_FORWARDED):
-                del headers[name]
+        headers = {k: v for k, v in end_to_end(headers.items())
+                   if k.lower() not in _FRAMING and k.lower() not in _NEVER_FORWARDED}
         remote = environ.get("REMOTE_ADDR", "")
         prior = headers.get("X-Forwarded-For", "")
         if self.trusted_proxies > 0 and prior:
@@ -311,11 +338,9 @@ class ProxyApp:
             logger.warning("upstream %s answered %d: not a final response",
                            mask_url(self.url), response.status)
             return _plain(start_response, "502 Bad Gateway", "upstream unavailable")
-        fields = response.msg.items()
-        named = {t.strip().lower() for k, v in fields
-                 if k.lower() == "connection" for t in v.split(",")}
-        out = [(k, v) for k, v in fields
-               if k.lower() not in HOP_BY_HOP and k.lower() not in named]
+        out = end_to_end(response.msg.items())
+        if response.length is None and not response.chunked:
+            self._close_delimited(environ)
         body = _ResponseBody(response, conn, self.pool, self.url, deadline)
         # Up to _CHUNK bytes of the body (all of most pages) are read before the status line
         # goes out: an upstream that fails by then still gets an honest 502/504 instead of
@@ -337,7 +362,21 @@ class ProxyApp:
             body.close()
             raise
         start_response(f"{response.status} {response.reason or ''}".rstrip(), out)
-        return _Prefetched(first, iterator, body, _site_name(environ))
+        return _Prefetched(first, iterator, body, _site_name(environ), whole=body.released)
+
+    def _close_delimited(self, environ: WSGIEnvironment) -> None:
+        """The response has neither Content-Length nor chunked framing: its body ends at the
+        close, and a close the upstream meant cannot be told from one that cut it (a worker
+        that died mid-page closes its connection the same way). The visitor gets it; the
+        page cache never stores it (:data:`NOT_STORABLE`); logged once per upstream."""
+        environ[NOT_STORABLE] = "the upstream's response ends at the close (no framing)"
+        if not self.close_delimited_logged:
+            self.close_delimited_logged = True
+            logger.warning("site %s: upstream %s answers without Content-Length or chunked "
+                           "framing (the body ends at the close, which a cut looks like): "
+                           "such responses are passed on, never stored in the page cache; "
+                           "make the upstream send Content-Length or chunked (HTTP/1.1)",
+                           _site_name(environ), mask_url(self.url))
 
     def _failed(self, environ: WSGIEnvironment, start_response: StartResponse,
                 exc: BaseException) -> list[bytes]:
@@ -503,14 +542,17 @@ class _Prefetched:
     (a :class:`ConnectionResetError`, which WSGI servers take quietly: the status line
     has gone out, a cut connection is the only honest signal left)."""
 
-    __slots__ = ("body", "first", "iterator", "site")
+    __slots__ = ("body", "first", "iterator", "site", "whole")
 
     def __init__(self, first: list[bytes], iterator: Iterator[bytes],
-                 body: _ResponseBody, site: str = "-") -> None:
+                 body: _ResponseBody, site: str = "-", *, whole: bool = False) -> None:
         self.first = first
         self.iterator = iterator
         self.body = body
         self.site = site
+        #: The whole body, when the first piece was all of it (read to its end, its
+        #: connection released): the page cache hashes it for the visitor's ETag.
+        self.whole = first if whole else None
 
     def __iter__(self) -> Iterator[bytes]:
         yield from self.first
@@ -669,6 +711,12 @@ class _Tracked:
 
     def __iter__(self) -> Iterator[bytes]:
         return iter(self.body)
+
+    @property
+    def whole(self) -> list[bytes] | None:
+        """The wrapped body's ``whole`` (see :class:`_Prefetched`)."""
+        whole: list[bytes] | None = getattr(self.body, "whole", None)
+        return whole
 
     def close(self) -> None:
         try:

@@ -23,13 +23,19 @@ they are still forwarded.
 Only 200 responses to GET are stored, and only when nothing in them is personal or
 short-lived: no ``Set-Cookie``; no ``Cache-Control: private``, ``no-store``, ``no-cache`` or
 a zero lifetime (``s-maxage``, else ``max-age``, is the page's lifetime when given, else the
-site's ``ttl``); ``Vary`` on nothing but ``Accept-Encoding``; no ``Content-Encoding`` but
-``gzip``, which is decoded once on store (a hit is gzipped again for a client that accepts
-it, see :mod:`tenantkit.web.hits`). Every end-to-end header is stored with the page (all but
-hop-by-hop and per-response ones: ``Date``, ``Age``, ``Server``, ``Content-Length``).
+site's ``ttl``); ``Vary`` on nothing but ``Accept-Encoding``; nothing the backend said
+must not be (``environ[NOT_STORABLE]``: an upstream body that ends at the close); no
+``Content-Encoding`` but ``gzip``, which is decoded once on store (a hit is gzipped again
+for a client that accepts it, see :mod:`tenantkit.web.hits`). Every end-to-end header is
+stored with the page (all but hop-by-hop and per-response ones: ``Date``, ``Age``,
+``Server``, ``Content-Length``).
 Tags come from the ``X-Tenantkit-Tags`` response header (comma- or space-separated), which
-never reaches the client. Stored pages get an ``ETag`` (the app's, else a new one each
-time the page is stored) and a ``Last-Modified``; conditional GETs on hits answer 304.
+never reaches the client. Stored pages get an ``ETag`` -- the app's when it is strong and
+names the body as stored, else a hash of the stored body (:func:`content_etag`), so that a
+re-render of the same bytes keeps its ETag and a browser revalidating it gets 304 -- and a
+``Last-Modified``; conditional GETs on hits answer 304. The visitor of a miss gets the
+hits' validators: the hashed ETag only when the whole body was in hand before the status
+line went out (a list, or an upstream page of up to 64 KiB: most pages).
 
 A miss costs the visitor little more than the backend itself: the body is passed on chunk
 by chunk as the backend gives it, each chunk written to the page's file once the visitor
@@ -47,9 +53,9 @@ is fresh, that browser's requests skip the page cache and carry the token in
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
-import secrets
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -61,7 +67,7 @@ from tenantkit.cache.nodecounters import STALE_SERVED
 from tenantkit.cache.pagecache import FillTicket, PageCache, PageWriter
 from tenantkit.errors import CacheError
 from tenantkit.sites import Site
-from tenantkit.web.backends import DEADLINE
+from tenantkit.web.backends import DEADLINE, HOP_BY_HOP, NOT_STORABLE, end_to_end
 from tenantkit.web.background import BackgroundRenders
 from tenantkit.web.cookies import has_bypass_cookie
 from tenantkit.web.hits import CACHE_HEADER, StoredResponse, send_page
@@ -86,12 +92,10 @@ _PRIVATE_LENGTHS = frozenset({len(TAGS_HEADER), len(TOKEN_HEADER)})
 MAX_STORE_BYTES = 8 * 1024 * 1024
 #: Headers a stored page does not keep: hop-by-hop (RFC 9110 section 7.6.1), per-response,
 #: recomputed on every hit, or ours. Every other header the app sent is kept.
-_DROP = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
-    "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "content-length",
-    "content-encoding", "date", "age", "server", "set-cookie", CACHE_HEADER.lower(),
-    TAGS_HEADER, TOKEN_HEADER,
-})
+_DROP = HOP_BY_HOP | {
+    "content-length", "content-encoding", "date", "age", "server", "set-cookie",
+    CACHE_HEADER.lower(), TAGS_HEADER, TOKEN_HEADER,
+}
 #: Content codings a page may be stored with: decoded on store.
 _DECODABLE = frozenset({"gzip", "x-gzip"})
 
@@ -119,6 +123,29 @@ def lifetime(headers: Iterable[tuple[str, str]], default: int) -> int:
             value = directives[name]
             return int(value) if value.isascii() and value.isdigit() else 0
     return default
+
+
+def content_etag(body: Any) -> str:
+    """The strong ETag of a stored page made from its body: the chunks of the body, or a
+    hashlib hash fed with them (see :class:`_Store`)::
+
+        content_etag([b"<html>", b"...</html>"]) == content_etag([b"<html>...</html>"])
+    """
+    digest = body
+    if not hasattr(body, "hexdigest"):
+        digest = _body_hash()
+        for chunk in body:
+            digest.update(chunk)
+    return f'"{digest.hexdigest()}"'
+
+
+def _body_hash() -> Any:
+    return hashlib.blake2b(digest_size=16)
+
+
+def _strong(etag: str | None) -> bool:
+    """True for a strong entity tag (``"abc"``), False for a weak one or none."""
+    return etag is not None and etag.startswith('"') and etag.endswith('"') and len(etag) > 1
 
 
 def _parse_tags(value: str) -> tuple[str, ...]:
@@ -364,7 +391,8 @@ class PageCacheMiddleware:
             out, tags = self._outgoing(environ, capture.headers, "MISS")
             store = None
             if ttl:
-                store = self._open_store(site, cache, ticket, query, out, tags, ttl)
+                store = self._open_store(site, cache, ticket, query, out, tags, ttl,
+                                         whole=_whole(body))
             start_response(capture.status, out, capture.exc_info)
         except BaseException:
             _close(body)
@@ -374,34 +402,40 @@ class PageCacheMiddleware:
         return _StoringBody(body, store, ticket)
 
     def _open_store(self, site: Site, cache: PageCache, ticket: FillTicket, query: str,
-                    out: list[tuple[str, str]], tags: tuple[str, ...], ttl: int
-                    ) -> _Store | None:
+                    out: list[tuple[str, str]], tags: tuple[str, ...], ttl: int, *,
+                    whole: list[bytes] | None = None) -> _Store | None:
         """Start storing the response whose headers are *out* (the visitor's, given the
-        validators the hits will have when its body is stored as it is); None when it
-        cannot be stored."""
+        validators the hits will have when its body is stored as it is and, for a hashed
+        ETag, *whole*, the whole body, is known); None when it cannot be stored."""
         inflater = None
         for key, value in out:
             if key.lower() == "content-encoding" and value.strip().lower() not in (
                     "identity", ""):
                 inflater = zlib.decompressobj(wbits=31)  # gzip: _storable let nothing else by
-        keep = [(k, v) for k, v in out if k.lower() not in _DROP]
+        keep = [(k, v) for k, v in end_to_end(out) if k.lower() not in _DROP]
         names = {k.lower() for k, _ in keep}
-        if "etag" not in names or inflater is not None:
-            # An upstream's ETag names its encoded body: the stored one gets its own, new
-            # with every page stored (as nginx's, made from the file's time and size).
+        etag = next((v for k, v in keep if k.lower() == "etag"), None)
+        # An upstream's ETag that is weak, or names its encoded body, is not the stored
+        # page's: that one is made from the stored body (_Store.commit).
+        hashed = inflater is not None or not _strong(etag)
+        if hashed:
             keep = [(k, v) for k, v in keep if k.lower() != "etag"]
-            keep.append(("ETag", f'"{secrets.token_hex(12)}"'))
         if "last-modified" not in names:
             keep.append(("Last-Modified", formatdate(time.time(), usegmt=True)))
         if inflater is None:  # the visitor gets the validators the hits will have
             out += [(k, v) for k, v in keep if k.lower() not in names]
+            if hashed:
+                out[:] = [(k, v) for k, v in out if k.lower() != "etag"]
+                if whole is not None:
+                    out.append(("ETag", content_etag(whole)))
 
         def open_writer() -> PageWriter:
             return cache.writer(ticket.host, ticket.path, query=query, status=200,
                                 headers=keep, tags=tags, ttl=ttl, ticket=ticket)
 
         links = self.host_links if not query else None
-        return _Store(site, ticket.path, open_writer, inflater, links)
+        return _Store(site, ticket.path, open_writer, inflater, links,
+                      _body_hash() if hashed else None)
 
     def _stale_if_error(self, site: Site, cache: PageCache, ticket: FillTicket, query: str,
                         environ: WSGIEnvironment, start_response: StartResponse,
@@ -423,7 +457,7 @@ class PageCacheMiddleware:
         """How long the response may be stored; 0 when it must not be."""
         if environ.get("REQUEST_METHOD") != "GET" or not capture.status.startswith("200"):
             return 0
-        if TOKEN_OUT in environ:
+        if TOKEN_OUT in environ or NOT_STORABLE in environ:
             return 0
         for key, value in capture.headers:
             lower = key.lower()
@@ -451,6 +485,15 @@ def _failed(status: str) -> bool:
     return status[:1] == "5"
 
 
+def _whole(body: Iterable[bytes]) -> list[bytes] | None:
+    """The whole body when it is in hand already: a list, or a proxied upstream body read
+    to its end before the status line (``whole``, see :mod:`tenantkit.web.backends`)."""
+    if type(body) is list:
+        return body
+    whole: list[bytes] | None = getattr(body, "whole", None)
+    return whole
+
+
 def _close(body: Iterable[bytes]) -> None:
     close = getattr(body, "close", None)
     if close is not None:
@@ -461,16 +504,18 @@ class _Store:
     """A response's body on its way into the cache (see :class:`_StoringBody`). The page's
     file is opened with the first chunk, once the visitor has it."""
 
-    __slots__ = ("host_links", "inflater", "open_writer", "path", "site", "writer")
+    __slots__ = ("digest", "host_links", "inflater", "open_writer", "path", "site", "writer")
 
     def __init__(self, site: Site, path: str, open_writer: Callable[[], PageWriter],
-                 inflater: Any, host_links: HostLinks | None) -> None:
+                 inflater: Any, host_links: HostLinks | None, digest: Any = None) -> None:
         self.site = site
         self.path = path
         self.open_writer: Callable[[], PageWriter] | None = open_writer
         self.writer: PageWriter | None = None
         self.inflater = inflater
         self.host_links = host_links
+        #: Fed with the stored body when the page's ETag is made from it (content_etag).
+        self.digest = digest
 
     def feed(self, chunk: bytes) -> None:
         writer = self.writer
@@ -494,6 +539,8 @@ class _Store:
                 self.abort()
                 return
             writer.write(chunk)
+            if self.digest is not None:
+                self.digest.update(chunk)
         except (CacheError, zlib.error) as exc:
             logger.warning("site %s: cannot store %r: %s", self.site.name, self.path, exc)
             self.abort()
@@ -516,6 +563,8 @@ class _Store:
             if inflater is not None and not inflater.eof:
                 writer.abort()  # a gzip stream that never ended: not the page
                 return
+            if self.digest is not None:
+                writer.meta["headers"].append(["ETag", content_etag(self.digest)])
             stored = writer.commit()
         except (CacheError, OSError, ValueError) as exc:
             logger.warning("site %s: cannot store %r: %s", self.site.name, self.path, exc)

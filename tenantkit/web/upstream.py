@@ -24,7 +24,10 @@ that nothing above it can get them wrong::
    upstream read exactly the request it was sent (every request with a body).
 3. **A response with two different lengths, or one that is not digits, is refused**
    (``Content-Length: 5`` and ``Content-Length: 6``, ``5, 6``, ``+5``, ``5_0``):
-   ``http.client`` would frame it by the first, read by ``int()``.
+   ``http.client`` would frame it by the first, read by ``int()``. So is one with a
+   ``Transfer-Encoding`` other than one ``chunked`` (``gzip, chunked``): ``http.client``
+   would frame it by its ``Content-Length``. (A chunked response's ``Content-Length`` means
+   nothing, RFC 9112 section 6.3: the proxy never forwards it.)
 4. **An exchange may have an overall deadline** (:class:`Deadline`, used by the re-warmer):
    when it passes, the connection's socket is shut down, so that a read blocked on an
    upstream that drips a byte now and then -- each within the read timeout -- returns. The
@@ -88,6 +91,11 @@ class FinalResponse(http.client.HTTPResponse):
 
     def begin(self) -> None:
         super().begin()
+        codings = self.msg.get_all("transfer-encoding")
+        if codings and (len(codings) > 1 or not self.chunked):
+            # http.client would frame it by its Content-Length, or read it to the close.
+            raise http.client.HTTPException(
+                f"a Transfer-Encoding other than chunked: {', '.join(codings)[:100]!r}")
         lengths = self.msg.get_all("content-length")
         if lengths and not self.chunked:
             values = {v.strip() for value in lengths for v in value.split(",")}
@@ -229,7 +237,8 @@ def complete(response: http.client.HTTPResponse) -> bool:
     """True once *response* (read with ``read1`` until it gave ``b""``) was read to the end
     its framing gives: every chunk, or all Content-Length bytes (``http.client`` returns
     ``b""`` at an early close without saying so). A body without either ends at the close:
-    complete, but its connection is never reused."""
+    complete as far as anyone can tell (never stored in the page cache, see
+    :meth:`tenantkit.web.backends.ProxyApp._close_delimited`), its connection never reused."""
     if response.length is not None:  # also 0 for HEAD, 204 and 304, chunked or not
         return response.length == 0
     return response.isclosed()  # chunked: after the last chunk; else at the close

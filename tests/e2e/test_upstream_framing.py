@@ -10,7 +10,9 @@ from __future__ import annotations
 import select
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -27,6 +29,9 @@ from tk_upstream import (
     status_of,
 )
 from tk_web import Sites
+
+from tenantkit import layout
+from tenantkit.cache.pagecache import PageCache
 
 pytest.importorskip("gunicorn", reason="gunicorn is not installed (pip install -e '.[server]')")
 
@@ -64,9 +69,20 @@ def _page(request: Request) -> bytes:
     return response("200 OK", f"page {request.target}".encode())
 
 
-def _get(shim: Shim, path: str) -> urllib3.BaseHTTPResponse:
+def _get(shim: Shim, path: str, **headers: str) -> urllib3.BaseHTTPResponse:
     with urllib3.PoolManager(retries=False, timeout=TIMEOUT) as http:
-        return http.request("GET", shim.url + path, headers={"Host": HOST})
+        return http.request("GET", shim.url + path, headers={"Host": HOST, **headers})
+
+
+def _until_hit(shim: Shim, path: str) -> urllib3.BaseHTTPResponse:
+    """GET *path* until it is a HIT: a miss is stored once its last byte went out, so a
+    request sent the instant the body arrived may be a miss (or, after a purge, stale)."""
+    deadline = time.monotonic() + TIMEOUT
+    while (reply := _get(shim, path)).headers["X-Tenantkit-Cache"] != "HIT":
+        assert reply.headers["X-Tenantkit-Cache"] in ("MISS", "STALE"), reply.headers
+        assert time.monotonic() < deadline, f"{path} was never stored"
+        time.sleep(0.05)
+    return reply
 
 
 # -- 1. request framing ------------------------------------------------------------------------
@@ -245,9 +261,163 @@ def test_interim_responses_are_consumed_and_never_taken_as_final(
         assert b"session=alice" in first[0]
         assert b"early=1" not in first[0]
         assert b"103" not in first[0].split(b"\r\n", 1)[0]
-        again = _get(shim, "/b/")
+        again = _until_hit(shim, "/b/")
         assert again.data == b"page /b/"
-        assert again.headers["X-Tenantkit-Cache"] == "HIT"
         assert upstream.lines().count("GET /a/") == 1
     finally:
         script.close()
+
+
+# -- 3. response framing -----------------------------------------------------------------------
+
+HOPS = ("Connection: X-Hop\r\nX-Hop: only for the shim\r\nKeep-Alive: timeout=5\r\n"
+        "Trailer: X-Sum\r\nProxy-Authenticate: Basic\r\n")
+
+
+def chunked_with_a_length(conn: socket.socket, reader: BinaryIO, up: RawUpstream) -> None:
+    """Answers with a chunked body that also claims a (wrong) Content-Length, and
+    hop-by-hop fields, one of them named by its Connection field."""
+    for _ in range(100):
+        request = read_request(reader)
+        if request is None:
+            return
+        up.record(request)
+        conn.sendall(("HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 3\r\n"
+                      f"Transfer-Encoding: chunked\r\n{HOPS}\r\n").encode()
+                     + b"5\r\nhello\r\n6\r\n world\r\n0\r\nX-Sum: 1\r\n\r\n")
+
+
+def test_a_chunked_body_is_forwarded_whole_without_its_length(serve: Serve) -> None:
+    upstream = RawUpstream(chunked_with_a_length)
+    shim = serve(upstream)
+    # Before, the upstream's Content-Length went out with the body: the visitor got "hel".
+    miss = _get(shim, "/both/")
+    assert miss.headers["X-Tenantkit-Cache"] == "MISS"
+    for reply in (miss, _until_hit(shim, "/both/")):
+        assert reply.data == b"hello world", reply.data
+        assert reply.headers.get("Content-Length", "11") == "11"
+        for name in ("X-Hop", "Keep-Alive", "Trailer", "Proxy-Authenticate", "X-Sum"):
+            assert name not in reply.headers, (name, reply.headers)
+    assert upstream.lines() == ["GET /both/"]  # stored once (a miss while it was stored
+    # would be rendered again)
+
+
+@pytest.mark.parametrize("coding", [
+    pytest.param("Transfer-Encoding: gzip, chunked\r\n", id="coded chunked"),
+    pytest.param("Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", id="twice"),
+    pytest.param("Transfer-Encoding: identity\r\n", id="identity"),
+])
+def test_a_response_coding_the_proxy_cannot_frame_is_502(serve: Serve, coding: str) -> None:
+    def script(conn: socket.socket, reader: BinaryIO, up: RawUpstream) -> None:
+        request = read_request(reader)
+        if request is not None:
+            up.record(request)
+            conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n{coding}\r\n".encode()
+                         + b"5\r\nhello\r\n0\r\n\r\n")
+
+    shim = serve(RawUpstream(script))
+    reply = _get(shim, "/coded/")
+    # Before: framed by its Content-Length, "5\r\n" went out (and was stored) as the page.
+    assert reply.status == 502 and b"5\r\n" not in reply.data
+    assert _get(shim, "/coded/").headers["X-Tenantkit-Cache"] == "MISS"
+
+
+def dies_mid_page(conn: socket.socket, reader: BinaryIO, up: RawUpstream) -> None:
+    """Answers without Content-Length or chunked framing (HTTP/1.0 style, as ``php -S``
+    does) and closes half-way through the page, as a worker that died would: the close
+    looks the same as one at the end of the page."""
+    request = read_request(reader)
+    if request is not None:
+        up.record(request)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n"
+                     b"Connection: keep-alive\r\n\r\n<html><body>half a pa")
+
+
+def test_a_body_that_ends_at_the_close_is_passed_on_but_never_stored(serve: Serve) -> None:
+    upstream = RawUpstream(dies_mid_page)
+    shim = serve(upstream)
+    replies = []
+    for _ in range(3):
+        replies.append(_get(shim, "/half/"))
+        time.sleep(0.2)  # not a race: a page stored meanwhile would be a HIT (as before)
+    # Before: stored as complete, and every later visitor got half a page from the cache.
+    assert [r.headers["X-Tenantkit-Cache"] for r in replies] == ["MISS"] * 3
+    for reply in replies:
+        assert reply.status == 200 and reply.data == b"<html><body>half a pa"
+        assert "ETag" not in reply.headers  # no validator for what is never stored
+    assert upstream.lines() == ["GET /half/"] * 3
+    assert upstream.connections == 3  # a connection that ended at the close: never reused
+    shim.stop()
+    told = [line for line in shim.output().splitlines() if "never stored" in line]
+    assert len(told) == 1 and "site blog" in told[0], told  # once per site
+
+
+# -- 4. a stored page's validators -------------------------------------------------------------
+
+
+class Versions:
+    """Serves /v/ (a page of *size* bytes, no validators of its own) from ``body``."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.body = b""
+        self.set("one")
+        self.upstream = RawUpstream(self.script)
+
+    def set(self, text: str) -> None:
+        self.body = (text.encode() * self.size)[:self.size]
+
+    def script(self, conn: socket.socket, reader: BinaryIO, up: RawUpstream) -> None:
+        for _ in range(100):
+            request = read_request(reader)
+            if request is None:
+                return
+            up.record(request)
+            conn.sendall(response("200 OK", self.body))
+
+
+@pytest.mark.parametrize("size", [pytest.param(100, id="small page"),
+                                  pytest.param(300_000, id="streamed page")])
+def test_a_rerender_of_the_same_bytes_keeps_its_etag(
+        serve: Serve, tmp_path: Path, size: int) -> None:
+    versions = Versions(size)
+    shim = serve(versions.upstream)
+    pages = PageCache(layout.pages_dir(tmp_path / "cache" / "blog"))  # serve()'s site
+
+    def rerender() -> urllib3.BaseHTTPResponse:
+        renders = versions.upstream.lines().count("GET /v/")
+        pages.purge_paths(HOST, ["/v/"])
+        deadline = time.monotonic() + TIMEOUT
+        while versions.upstream.lines().count("GET /v/") == renders:
+            assert time.monotonic() < deadline, "never rendered again"
+            _get(shim, "/v/")
+        return _until_hit(shim, "/v/")
+
+    miss = _get(shim, "/v/")
+    hit = _until_hit(shim, "/v/")
+    etag, modified = hit.headers["ETag"], hit.headers["Last-Modified"]
+    assert etag.startswith('"') and hit.data == versions.body
+    if size < 65536:  # the whole page was in hand before the status line: same validator
+        assert miss.headers["ETag"] == etag
+    else:
+        assert "ETag" not in miss.headers
+    assert _get(shim, "/v/", **{"If-None-Match": etag}).status == 304
+
+    # Before, every store made a new ETag: 200 and the whole page again.
+    same = rerender()
+    assert same.headers["ETag"] == etag and same.data == versions.body
+    assert _get(shim, "/v/", **{"If-None-Match": etag}).status == 304
+    assert _get(shim, "/v/", **{"If-None-Match": f"W/{etag}"}).status == 304
+
+    versions.set("two")
+    changed = rerender()
+    assert changed.data == versions.body and changed.headers["ETag"] != etag
+    assert _get(shim, "/v/", **{"If-None-Match": etag}).status == 200
+    # Last-Modified still says when the page was stored; the validators a client sends
+    # are compared as before (If-None-Match first, else If-Modified-Since).
+    now = changed.headers["Last-Modified"]
+    assert _get(shim, "/v/", **{"If-Modified-Since": now}).status == 304
+    old = "Mon, 01 Jan 2001 00:00:00 GMT"
+    assert _get(shim, "/v/", **{"If-Modified-Since": old}).status == 200
+    assert _get(shim, "/v/", **{"If-None-Match": etag, "If-Modified-Since": now}).status == 200
+    assert parsedate_to_datetime(now) >= parsedate_to_datetime(modified)

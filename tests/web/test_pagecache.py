@@ -133,6 +133,19 @@ def test_conditional_get(blog: tuple[Flask, Client]) -> None:
     assert get(client, "/e/?etag", **{"If-None-Match": 'W/"v1"'}).status_code == 304
 
 
+def test_a_weak_etag_gives_way_to_one_made_from_the_stored_body(
+        blog: tuple[Flask, Client]) -> None:
+    _, client = blog
+    miss = get(client, "/w/?weak")
+    hit = get(client, "/w/?weak")
+    assert hit.headers["X-Tenantkit-Cache"] == "HIT"
+    etag = hit.headers["ETag"]
+    # Before, the app's weak W/"v1" was stored: it names no particular bytes.
+    assert etag == miss.headers["ETag"] != 'W/"v1"' and not etag.startswith("W/")
+    assert get(client, "/w/?weak", **{"If-None-Match": etag}).status_code == 304
+    assert get(client, "/w/?weak", **{"If-None-Match": 'W/"v1"'}).status_code == 200
+
+
 def test_disabled_cache_passes_through(blog: tuple[Flask, Client]) -> None:
     _, client = blog
     response = client.get("/", headers={"Host": "nocache.test"})

@@ -33,6 +33,8 @@ def hello(environ: dict[str, Any], start_response: Start) -> Iterable[bytes]:
         headers.append(("Vary", "Accept-Encoding, Cookie"))
     if query == "etag":
         headers.append(("ETag", '"v1"'))
+    if query == "weak":
+        headers.append(("ETag", 'W/"v1"'))
     if query == "notfound":
         start_response("404 Not Found", headers)
         return [body]
