@@ -2,8 +2,7 @@
 for tests and benchmarks::
 
     tree = make_tree(tmp / "wp", {"DB_NAME": DATABASE, ...})   # our own wp-config.php
-    with PhpServer(tree, tmp / "php.log") as php:             # php -S on a free port, its
-                                                              # responses framed (testing.php)
+    with PhpServer(tree, tmp / "php.log") as php:             # php -S on a free port
         status, body, headers = http(f"{php.url}/wp-admin/install.php?step=2", {...})
         php.pause(); php.resume()                             # SIGSTOP / SIGCONT, a fault
 
@@ -39,7 +38,6 @@ from types import TracebackType
 from typing import Any
 
 from tenantkit.testing.net import free_port
-from tenantkit.testing.php import framed
 from tenantkit.testing.process import find_binary
 
 __all__ = [
@@ -213,7 +211,7 @@ class PhpServer:
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
                 [self.php, "-d", "error_reporting=-1", "-d", "display_errors=0",
-                 "-d", "log_errors=1", *framed(self.log.parent),
+                 "-d", "log_errors=1",
                  "-S", f"{HOST}:{self.port}", "-t", str(self.tree)],
                 cwd=self.tree, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=env, start_new_session=True,  # its workers are children: one group

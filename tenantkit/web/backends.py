@@ -39,10 +39,12 @@ Framing, so that no request or response can be taken for another (issue 24):
 - An upstream connection goes back to the pool only after a response read to the end its
   framing gives, from an upstream that keeps the connection alive; anything else (the
   visitor went away, the upstream closed mid-body) closes it.
-- A response with neither ``Content-Length`` nor chunked framing ends at the close, which
-  looks the same whether the upstream finished or died mid-page: it is passed on, never
-  stored (:data:`NOT_STORABLE`), its connection never reused, and the upstream is logged
-  once.
+- A response with neither ``Content-Length`` nor chunked framing (``php -S``, HTTP/1.0)
+  ends at the close, which looks the same whether the upstream finished or died mid-page.
+  Such a body counts as whole (and may be stored, as nginx and Varnish do) only when the
+  close was clean and, for an HTML page, the document's ``</html>`` arrived
+  (:data:`HTML_END`): an HTML page cut before it is an upstream failure, 502 or a dropped
+  connection as above, never stored. Its connection is never reused.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ if TYPE_CHECKING:
 else:
     StartResponse = WSGIApplication = WSGIEnvironment = Any
 
-__all__ = ["DEADLINE", "NOT_STORABLE", "RETRY_AFTER", "BackendError", "BackendPool",
+__all__ = ["DEADLINE", "HTML_END", "RETRY_AFTER", "BackendError", "BackendPool",
            "ProxyApp", "Timeouts", "UpstreamClosed", "UpstreamError", "UpstreamTimeout",
            "end_to_end", "load_wsgi_app", "over_limit"]
 
@@ -119,9 +121,10 @@ REFUSED_LOG_SECONDS = 10.0
 #: The environ key of an overall deadline for the upstream exchange (``time.monotonic()``
 #: seconds, a float): past it the exchange is cut off and answered 504 (the re-warmer's).
 DEADLINE = "tenantkit.deadline"
-#: The environ key a backend sets to say why its response must not be stored (a str): the
-#: page cache passes such a response on and never stores it.
-NOT_STORABLE = "tenantkit.not_storable"
+#: A close-delimited HTML page is whole only if this (any case) is in its last
+#: :data:`HTML_TAIL` bytes: the one sign left that the upstream finished it.
+HTML_END = b"</html"
+HTML_TAIL = 4096
 #: Default largest request body (nginx's ``client_max_body_size`` in ``tenantkit nginx-config``).
 MAX_BODY = 64 * 1024 * 1024
 
@@ -213,7 +216,6 @@ class ProxyApp:
         self.max_body = max_body
         self.timeout = Timeouts(connect_timeout, read_timeout)
         #: Whether the upstream was logged for a response ending at the close (once).
-        self.close_delimited_logged = False
         self.pool = UpstreamPool(url, maxsize=maxsize, connect_timeout=connect_timeout,
                                  read_timeout=read_timeout)
 
@@ -339,9 +341,11 @@ class ProxyApp:
                            mask_url(self.url), response.status)
             return _plain(start_response, "502 Bad Gateway", "upstream unavailable")
         out = end_to_end(response.msg.items())
-        if response.length is None and not response.chunked:
-            self._close_delimited(environ)
         body = _ResponseBody(response, conn, self.pool, self.url, deadline)
+        if response.length is None and not response.chunked:
+            content_type = response.msg.get("Content-Type", "")
+            body.html_end = content_type.lower().lstrip().startswith(("text/html",
+                                                                      "application/xhtml"))
         # Up to _CHUNK bytes of the body (all of most pages) are read before the status line
         # goes out: an upstream that fails by then still gets an honest 502/504 instead of
         # a truncated 200.
@@ -363,20 +367,6 @@ class ProxyApp:
             raise
         start_response(f"{response.status} {response.reason or ''}".rstrip(), out)
         return _Prefetched(first, iterator, body, _site_name(environ), whole=body.released)
-
-    def _close_delimited(self, environ: WSGIEnvironment) -> None:
-        """The response has neither Content-Length nor chunked framing: its body ends at the
-        close, and a close the upstream meant cannot be told from one that cut it (a worker
-        that died mid-page closes its connection the same way). The visitor gets it; the
-        page cache never stores it (:data:`NOT_STORABLE`); logged once per upstream."""
-        environ[NOT_STORABLE] = "the upstream's response ends at the close (no framing)"
-        if not self.close_delimited_logged:
-            self.close_delimited_logged = True
-            logger.warning("site %s: upstream %s answers without Content-Length or chunked "
-                           "framing (the body ends at the close, which a cut looks like): "
-                           "such responses are passed on, never stored in the page cache; "
-                           "make the upstream send Content-Length or chunked (HTTP/1.1)",
-                           _site_name(environ), mask_url(self.url))
 
     def _failed(self, environ: WSGIEnvironment, start_response: StartResponse,
                 exc: BaseException) -> list[bytes]:
@@ -462,7 +452,7 @@ class _ResponseBody:
     """Streams the upstream body; the connection goes back to the pool on close when the
     body was read to its end (:func:`tenantkit.web.upstream.complete`), else it is closed."""
 
-    __slots__ = ("conn", "deadline", "pool", "released", "response", "url")
+    __slots__ = ("conn", "deadline", "html_end", "pool", "released", "response", "url")
 
     def __init__(self, response: http.client.HTTPResponse, conn: http.client.HTTPConnection,
                  pool: UpstreamPool, url: str, deadline: Deadline | None = None) -> None:
@@ -472,6 +462,8 @@ class _ResponseBody:
         self.url = url
         self.deadline = deadline
         self.released = False
+        #: The body ends at the close and is an HTML page: whole only with :data:`HTML_END`.
+        self.html_end = False
 
     def __iter__(self) -> Iterator[bytes]:
         deadline = self.deadline
@@ -506,11 +498,14 @@ class _ResponseBody:
     def _stream(self) -> Iterator[bytes]:
         response = self.response
         read = response.read1
+        tail = b"" if self.html_end else None
         try:
             while True:
                 data = read(_CHUNK)
                 if not data:
                     break
+                if tail is not None:
+                    tail = (tail + data)[-HTML_TAIL:]
                 yield data
         except TimeoutError as exc:
             raise UpstreamTimeout(f"upstream {mask_url(self.url)} timed out mid-body: "
@@ -523,6 +518,11 @@ class _ResponseBody:
         if not complete(response):
             raise UpstreamClosed(f"upstream {mask_url(self.url)} closed mid-body: "
                                  "the body ended before its length")
+        if tail is not None and HTML_END not in tail.lower():
+            raise UpstreamClosed(
+                f"upstream {mask_url(self.url)} closed the connection before the page's "
+                "</html> (no Content-Length or chunked framing: a cut page looks whole); "
+                "make the upstream frame its responses (php-fpm behind a web server does)")
 
     def close(self) -> None:
         if self.released:

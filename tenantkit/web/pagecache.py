@@ -23,8 +23,7 @@ they are still forwarded.
 Only 200 responses to GET are stored, and only when nothing in them is personal or
 short-lived: no ``Set-Cookie``; no ``Cache-Control: private``, ``no-store``, ``no-cache`` or
 a zero lifetime (``s-maxage``, else ``max-age``, is the page's lifetime when given, else the
-site's ``ttl``); ``Vary`` on nothing but ``Accept-Encoding``; nothing the backend said
-must not be (``environ[NOT_STORABLE]``: an upstream body that ends at the close); no
+site's ``ttl``); ``Vary`` on nothing but ``Accept-Encoding``; no
 ``Content-Encoding`` but ``gzip``, which is decoded once on store (a hit is gzipped again
 for a client that accepts it, see :mod:`tenantkit.web.hits`). Every end-to-end header is
 stored with the page (all but hop-by-hop and per-response ones: ``Date``, ``Age``,
@@ -67,7 +66,7 @@ from tenantkit.cache.nodecounters import STALE_SERVED
 from tenantkit.cache.pagecache import FillTicket, PageCache, PageWriter
 from tenantkit.errors import CacheError
 from tenantkit.sites import Site
-from tenantkit.web.backends import DEADLINE, HOP_BY_HOP, NOT_STORABLE, end_to_end
+from tenantkit.web.backends import DEADLINE, HOP_BY_HOP, end_to_end
 from tenantkit.web.background import BackgroundRenders
 from tenantkit.web.cookies import has_bypass_cookie
 from tenantkit.web.hits import CACHE_HEADER, StoredResponse, send_page
@@ -457,7 +456,7 @@ class PageCacheMiddleware:
         """How long the response may be stored; 0 when it must not be."""
         if environ.get("REQUEST_METHOD") != "GET" or not capture.status.startswith("200"):
             return 0
-        if TOKEN_OUT in environ or NOT_STORABLE in environ:
+        if TOKEN_OUT in environ:
             return 0
         for key, value in capture.headers:
             lower = key.lower()

@@ -237,8 +237,8 @@ def complete(response: http.client.HTTPResponse) -> bool:
     """True once *response* (read with ``read1`` until it gave ``b""``) was read to the end
     its framing gives: every chunk, or all Content-Length bytes (``http.client`` returns
     ``b""`` at an early close without saying so). A body without either ends at the close:
-    complete as far as anyone can tell (never stored in the page cache, see
-    :meth:`tenantkit.web.backends.ProxyApp._close_delimited`), its connection never reused."""
+    complete as far as the framing tells (an HTML page must also have its end, see
+    :data:`tenantkit.web.backends.HTML_END`), its connection never reused."""
     if response.length is not None:  # also 0 for HEAD, 204 and 304, chunked or not
         return response.length == 0
     return response.isclosed()  # chunked: after the last chunk; else at the close

@@ -18,7 +18,6 @@ from pathlib import Path
 import unidiff
 
 from tenantkit.testing import free_port
-from tenantkit.testing.php import framed
 
 from .phpcli import CONTRIB
 
@@ -165,7 +164,7 @@ def php_server(php: str, docroot: Path, log: Path, env: Mapping[str, str] | None
             # opcache off: tests rewrite the forum map within opcache's revalidate_freq.
             [php, "-d", "error_reporting=-1", "-d", "log_errors=1",
              "-d", f"display_errors={int(display_errors)}", "-d", "opcache.enable=0",
-             *framed(log.parent), "-S", f"127.0.0.1:{port}", "-t", str(docroot)],
+             "-S", f"127.0.0.1:{port}", "-t", str(docroot)],
             cwd=docroot, stdout=out, stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
         )

@@ -20,7 +20,6 @@ from tk_web import Sites
 
 from tenantkit.config import DEFAULT_BYPASS_COOKIES
 from tenantkit.testing import free_port, wait_port
-from tenantkit.testing.php import framed
 from tenantkit.web.cookies import php_cookie_name
 
 pytest.importorskip("gunicorn", reason="gunicorn is not installed (pip install -e '.[server]')")
@@ -52,7 +51,7 @@ def php_site(tmp_path: Path) -> Iterator[tuple[Shim, str]]:
     port = free_port()
     log = tmp_path / "php.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([php, *framed(tmp_path), "-S", f"127.0.0.1:{port}", "-t", "."],
+        proc = subprocess.Popen([php, "-S", f"127.0.0.1:{port}", "-t", "."],
                                 cwd=tmp_path / "www", stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_port(port, proc=proc, log=log)
