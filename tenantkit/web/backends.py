@@ -43,8 +43,9 @@ Framing, so that no request or response can be taken for another (issue 24):
   ends at the close, which looks the same whether the upstream finished or died mid-page.
   Such a body counts as whole (and may be stored, as nginx and Varnish do) only when the
   close was clean and, for an HTML page, the document's ``</html>`` arrived
-  (:data:`HTML_END`): an HTML page cut before it is an upstream failure, 502 or a dropped
-  connection as above, never stored. Its connection is never reused.
+  (:data:`HTML_END`): else the visitor gets it as it came (a fragment such as
+  ``admin-ajax.php``'s answer has none either), and :data:`NOT_STORABLE` keeps it out of
+  the page cache; the upstream is logged once. Its connection is never reused.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ if TYPE_CHECKING:
 else:
     StartResponse = WSGIApplication = WSGIEnvironment = Any
 
-__all__ = ["DEADLINE", "HTML_END", "RETRY_AFTER", "BackendError", "BackendPool",
+__all__ = ["DEADLINE", "HTML_END", "NOT_STORABLE", "RETRY_AFTER", "BackendError", "BackendPool",
            "ProxyApp", "Timeouts", "UpstreamClosed", "UpstreamError", "UpstreamTimeout",
            "end_to_end", "load_wsgi_app", "over_limit"]
 
@@ -125,6 +126,9 @@ DEADLINE = "tenantkit.deadline"
 #: :data:`HTML_TAIL` bytes: the one sign left that the upstream finished it.
 HTML_END = b"</html"
 HTML_TAIL = 4096
+#: The environ key a backend sets, by the end of its body at the latest, to say why the
+#: response must not be stored (a str): the page cache passes it on and never stores it.
+NOT_STORABLE = "tenantkit.not_storable"
 #: Default largest request body (nginx's ``client_max_body_size`` in ``tenantkit nginx-config``).
 MAX_BODY = 64 * 1024 * 1024
 
@@ -344,8 +348,8 @@ class ProxyApp:
         body = _ResponseBody(response, conn, self.pool, self.url, deadline)
         if response.length is None and not response.chunked:
             content_type = response.msg.get("Content-Type", "")
-            body.html_end = content_type.lower().lstrip().startswith(("text/html",
-                                                                      "application/xhtml"))
+            if content_type.lower().lstrip().startswith(("text/html", "application/xhtml")):
+                body.html_end = environ
         # Up to _CHUNK bytes of the body (all of most pages) are read before the status line
         # goes out: an upstream that fails by then still gets an honest 502/504 instead of
         # a truncated 200.
@@ -448,6 +452,10 @@ class Timeouts:
         self.read_timeout = read_timeout
 
 
+#: Upstreams already logged by :meth:`_ResponseBody._unfinished` (once per process).
+_UNFINISHED_LOGGED: set[str] = set()
+
+
 class _ResponseBody:
     """Streams the upstream body; the connection goes back to the pool on close when the
     body was read to its end (:func:`tenantkit.web.upstream.complete`), else it is closed."""
@@ -462,8 +470,9 @@ class _ResponseBody:
         self.url = url
         self.deadline = deadline
         self.released = False
-        #: The body ends at the close and is an HTML page: whole only with :data:`HTML_END`.
-        self.html_end = False
+        #: The body ends at the close and is an HTML page, whole only with
+        #: :data:`HTML_END`: the request's environ, told :data:`NOT_STORABLE` if it is not.
+        self.html_end: WSGIEnvironment | None = None
 
     def __iter__(self) -> Iterator[bytes]:
         deadline = self.deadline
@@ -519,10 +528,21 @@ class _ResponseBody:
             raise UpstreamClosed(f"upstream {mask_url(self.url)} closed mid-body: "
                                  "the body ended before its length")
         if tail is not None and HTML_END not in tail.lower():
-            raise UpstreamClosed(
-                f"upstream {mask_url(self.url)} closed the connection before the page's "
-                "</html> (no Content-Length or chunked framing: a cut page looks whole); "
-                "make the upstream frame its responses (php-fpm behind a web server does)")
+            self._unfinished(self.html_end)
+
+    def _unfinished(self, environ: WSGIEnvironment | None) -> None:
+        """An HTML page without its end, which its close cannot prove whole: not stored."""
+        if environ is None:
+            return
+        environ[NOT_STORABLE] = "an HTML page that ends at the close without its </html>"
+        if self.url not in _UNFINISHED_LOGGED:
+            _UNFINISHED_LOGGED.add(self.url)
+            logger.warning("site %s: upstream %s sent an HTML page without Content-Length or "
+                           "chunked framing that ended before its </html> (%s): passed on, "
+                           "not stored, as is any such page (a cut page looks whole); make "
+                           "the upstream frame its responses (php-fpm behind a web server "
+                           "does)", _site_name(environ), mask_url(self.url),
+                           environ.get("PATH_INFO", "?"))
 
     def close(self) -> None:
         if self.released:

@@ -23,7 +23,9 @@ they are still forwarded.
 Only 200 responses to GET are stored, and only when nothing in them is personal or
 short-lived: no ``Set-Cookie``; no ``Cache-Control: private``, ``no-store``, ``no-cache`` or
 a zero lifetime (``s-maxage``, else ``max-age``, is the page's lifetime when given, else the
-site's ``ttl``); ``Vary`` on nothing but ``Accept-Encoding``; no
+site's ``ttl``); ``Vary`` on nothing but ``Accept-Encoding``; nothing the backend said,
+by the end of the body, must not be (``environ[NOT_STORABLE]``: an HTML page that ends at
+the close without its ``</html>``); no
 ``Content-Encoding`` but ``gzip``, which is decoded once on store (a hit is gzipped again
 for a client that accepts it, see :mod:`tenantkit.web.hits`). Every end-to-end header is
 stored with the page (all but hop-by-hop and per-response ones: ``Date``, ``Age``,
@@ -66,7 +68,7 @@ from tenantkit.cache.nodecounters import STALE_SERVED
 from tenantkit.cache.pagecache import FillTicket, PageCache, PageWriter
 from tenantkit.errors import CacheError
 from tenantkit.sites import Site
-from tenantkit.web.backends import DEADLINE, HOP_BY_HOP, end_to_end
+from tenantkit.web.backends import DEADLINE, HOP_BY_HOP, NOT_STORABLE, end_to_end
 from tenantkit.web.background import BackgroundRenders
 from tenantkit.web.cookies import has_bypass_cookie
 from tenantkit.web.hits import CACHE_HEADER, StoredResponse, send_page
@@ -398,7 +400,7 @@ class PageCacheMiddleware:
             raise
         if store is None:
             return body
-        return _StoringBody(body, store, ticket)
+        return _StoringBody(body, store, ticket, environ)
 
     def _open_store(self, site: Site, cache: PageCache, ticket: FillTicket, query: str,
                     out: list[tuple[str, str]], tags: tuple[str, ...], ttl: int, *,
@@ -456,7 +458,7 @@ class PageCacheMiddleware:
         """How long the response may be stored; 0 when it must not be."""
         if environ.get("REQUEST_METHOD") != "GET" or not capture.status.startswith("200"):
             return 0
-        if TOKEN_OUT in environ:
+        if TOKEN_OUT in environ or NOT_STORABLE in environ:
             return 0
         for key, value in capture.headers:
             lower = key.lower()
@@ -584,12 +586,14 @@ class _StoringBody:
     :data:`MAX_STORE_BYTES`: nothing is stored. The fill lock
     (*ticket*) is held until then."""
 
-    __slots__ = ("body", "complete", "store", "ticket")
+    __slots__ = ("body", "complete", "environ", "store", "ticket")
 
-    def __init__(self, body: Iterable[bytes], store: _Store, ticket: FillTicket) -> None:
+    def __init__(self, body: Iterable[bytes], store: _Store, ticket: FillTicket,
+                 environ: WSGIEnvironment) -> None:
         self.body = body
         self.store = store
         self.ticket = ticket
+        self.environ = environ
         self.complete = False
 
     def __iter__(self) -> Iterator[bytes]:
@@ -600,7 +604,10 @@ class _StoringBody:
         # The server asks for more only once the last chunk went out.
         self.complete = True
         try:
-            self.store.commit()
+            if NOT_STORABLE in self.environ:  # the backend said so at the end of the body
+                self.store.abort()
+            else:
+                self.store.commit()
         finally:
             self.ticket.release()
 

@@ -39,7 +39,9 @@ if ($_SERVER['REQUEST_URI'] === '/names') {
     echo json_encode(array_keys($_COOKIE));
     return;
 }
-echo "page " . $_SERVER['REQUEST_URI'] . "\\n" . implode("\\n", $personal);
+// A whole HTML page: php -S does not frame it, and only its </html> shows it is whole.
+echo "<html><body>page " . $_SERVER['REQUEST_URI'] . "\\n" . implode("\\n", $personal)
+    . "</body></html>";
 """
 
 

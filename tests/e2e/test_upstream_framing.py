@@ -336,26 +336,24 @@ def until_close(body: bytes, content_type: str = "text/html; charset=utf-8") -> 
     return script
 
 
-@pytest.mark.parametrize("size", [pytest.param(20, id="before the status line"),
-                                  pytest.param(200_000, id="after it")])
-def test_an_html_page_cut_at_the_close_is_a_failure_never_stored(serve: Serve, size: int
-                                                                  ) -> None:
-    upstream = RawUpstream(until_close(b"<html><body>" + b"x" * size))  # no </html>
+@pytest.mark.parametrize("size", [pytest.param(20, id="small"),
+                                  pytest.param(200_000, id="streamed")])
+def test_an_html_page_cut_at_the_close_is_passed_on_never_stored(serve: Serve, size: int
+                                                                 ) -> None:
+    page = b"<html><body>" + b"x" * size  # no </html>: the worker died half-way
+    upstream = RawUpstream(until_close(page))
     shim = serve(upstream)
     for _ in range(3):
-        try:
-            reply = _get(shim, "/half/")
-        except urllib3.exceptions.ProtocolError:  # the status line had gone: dropped
-            assert size > 64 * 1024
-        else:
-            assert reply.status == 502 and size < 64 * 1024, reply.headers
+        reply = _get(shim, "/half/")
+        assert (reply.status, reply.data, reply.headers["X-Tenantkit-Cache"]) == (
+            200, page, "MISS")  # as it came: a fragment (admin-ajax.php) has no </html>
         time.sleep(0.2)  # not a race: a page stored meanwhile would be a HIT
     # Before: stored as complete, and every later visitor got half a page from the cache.
     assert upstream.lines() == ["GET /half/"] * 3
     assert upstream.connections == 3  # a connection that ended at the close: never reused
     shim.stop()
     told = [line for line in shim.output().splitlines() if "</html>" in line]
-    assert len(told) == 3 and "site blog" in told[0], told
+    assert len(told) == 1 and "site blog" in told[0], told  # once per upstream
 
 
 @pytest.mark.parametrize("body,content_type", [
