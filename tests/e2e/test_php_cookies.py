@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import urllib3
 from tk_procs import Shim, need, shim_env, stop
-from tk_web import Sites
+from tk_web import Sites, wait_stored
 
 from tenantkit.config import DEFAULT_BYPASS_COOKIES
 from tenantkit.testing import free_port, wait_port
@@ -82,7 +82,7 @@ SPELLINGS = [
 
 @pytest.mark.parametrize("cookie", SPELLINGS)
 def test_a_cookie_php_reads_as_a_bypass_cookie_bypasses_the_cache(
-        php_site: tuple[Shim, str], cookie: str) -> None:
+        php_site: tuple[Shim, str], cookie: str, tmp_path: Path) -> None:
     shim, _ = php_site
     with urllib3.PoolManager(retries=False, timeout=10) as http:
         def get(**headers: str) -> urllib3.BaseHTTPResponse:
@@ -95,6 +95,7 @@ def test_a_cookie_php_reads_as_a_bypass_cookie_bypasses_the_cache(
         for _ in range(2):
             anonymous = get()
             assert b"PERSONAL" not in anonymous.data, anonymous.data
+            wait_stored(tmp_path / "cache", "wp", "wp.test", "/post/7/")
         assert anonymous.headers["X-Tenantkit-Cache"] == "HIT"
 
 
