@@ -26,7 +26,7 @@ from tk_upstream import (
     response,
     status_of,
 )
-from tk_web import Sites
+from tk_web import Sites, wait_stored
 
 pytest.importorskip("gunicorn", reason="gunicorn is not installed (pip install -e '.[server]')")
 
@@ -222,7 +222,7 @@ class Interim:
 
 @pytest.mark.parametrize("interim", list(INTERIMS.values()), ids=list(INTERIMS))
 def test_interim_responses_are_consumed_and_never_taken_as_final(
-        serve: Serve, interim: bytes) -> None:
+        serve: Serve, interim: bytes, tmp_path: Path) -> None:
     script = Interim(interim)
     upstream = RawUpstream(script)
     shim = serve(upstream)
@@ -245,6 +245,7 @@ def test_interim_responses_are_consumed_and_never_taken_as_final(
         assert b"session=alice" in first[0]
         assert b"early=1" not in first[0]
         assert b"103" not in first[0].split(b"\r\n", 1)[0]
+        wait_stored(tmp_path / "cache", "blog", HOST, "/b/")
         again = _get(shim, "/b/")
         assert again.data == b"page /b/"
         assert again.headers["X-Tenantkit-Cache"] == "HIT"
