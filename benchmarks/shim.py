@@ -57,6 +57,9 @@ NOCACHE_HOST = "nocache.test"
 NOSTORE_HOST = "nostore.test"
 #: The gunicorn settings every contender gets (the same as `tenantkit serve`'s).
 WORKERS = 2
+#: Every site's backend limit (default 4 per worker, 503 past it): wrk's 16 saturating
+#: connections reach the backend at once, and the limit must not be what is measured.
+_NO_LIMIT = "max_concurrency = 64\n"
 #: Contenders whose every request asks for a new URL (a miss that stores a page).
 MISSES = frozenset({"tenantkit MISS", "tenantkit stored MISS (proxy)",
                     "nginx proxy_cache stored MISS", "upstream direct"})
@@ -236,19 +239,18 @@ def run(quick: bool = False) -> Report:
         sites_dir.mkdir()
         (sites_dir / "bench.toml").write_text(
             f'hosts = ["{HOST}"]\n[backend]\ntype = "wsgi"\napp = "benchmarks.shim:bare_app"\n'
-            "[cache]\nttl = 3600\n")
+            f"{_NO_LIMIT}[cache]\nttl = 3600\n")
         (sites_dir / "nocache.toml").write_text(
             f'hosts = ["{NOCACHE_HOST}"]\n[backend]\ntype = "wsgi"\n'
-            'app = "benchmarks.shim:bare_app"\n[cache]\nenabled = false\n')
+            f'app = "benchmarks.shim:bare_app"\n{_NO_LIMIT}[cache]\nenabled = false\n')
         ports = {name: free_port() for name in ("bare", "tenantkit", "flask", "upstream")}
         (sites_dir / "proxy.toml").write_text(
             f'hosts = ["{PROXY_HOST}"]\n[backend]\ntype = "proxy"\n'
             f'url = "http://127.0.0.1:{ports["upstream"]}"\n'
-            # the saturating clients all miss: the limit must not be what is measured
-            "max_concurrency = 64\n[cache]\nttl = 3600\n")
+            f"{_NO_LIMIT}[cache]\nttl = 3600\n")
         (sites_dir / "nostore.toml").write_text(
             f'hosts = ["{NOSTORE_HOST}"]\n[backend]\ntype = "wsgi"\n'
-            'app = "benchmarks.shim:nostore_app"\n')
+            f'app = "benchmarks.shim:nostore_app"\n{_NO_LIMIT}')
         env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTKIT_")}
         env.update(TENANTKIT_SITES_DIR=str(sites_dir), TENANTKIT_CACHE_DIR=str(cache_dir),
                    TENANTKIT_DATABASE_PRIMARY=f"sqlite:///{work}/tk.db",
@@ -411,6 +413,11 @@ def run(quick: bool = False) -> Report:
                   p50[tk_miss] <= 1.10 * p50[direct])
     report.target(f"MISS p99 <= 1.10x the upstream direct (got {p99[tk_miss] / p99[direct]:.2f}x)",
                   p99[tk_miss] <= 1.10 * p99[direct])
+    nginx_miss = "nginx proxy_cache stored MISS"
+    report.notes.append(
+        f"reference for the MISS latency targets: nginx proxy_cache's own stored MISS, one "
+        f"client, p50 {p50[nginx_miss] / p50[direct]:.2f}x / p99 "
+        f"{p99[nginx_miss] / p99[direct]:.2f}x the upstream direct (a second HTTP hop in C)")
     report.target(f"stored-MISS throughput >= 0.8x nginx proxy_cache (got {ratios[tk_miss]:.2f}x)",
                   ratios[tk_miss] >= 0.8)
     report.target(f"nginx from cache_dir >= 0.95x nginx static "

@@ -666,7 +666,7 @@ class PageWriter:
             cache._files.drop_stale(directory)
         # A purge may have run between the check above and the rename: its marker is set
         # before it moves pages, so looking again now catches it.
-        if cache._overtaken(ticket, cache.generation(), names):
+        if ticket is not None and cache._overtaken(ticket, cache.generation(), names):
             cache._files.move_stale(directory, cache.clock())
             cache._changed()
             cache._counters.add("refused")

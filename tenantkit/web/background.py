@@ -8,7 +8,9 @@ stale copy at once and hands the render of the page to a few threads of its proc
 
 Threads are started on the first submit (after a fork, a worker starts its own). A render
 logs its own failures; this module only runs what it is given, at most ``threads`` at once
-and at most ``max_queued`` waiting.
+and at most ``max_queued`` waiting. The page-cache middleware keeps a second one, of one
+thread, for the commits of pages whose last byte the visitor already has
+(``BackgroundRenders(threads=1, name="commit")``).
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ MAX_QUEUED = 64
 class BackgroundRenders:
     """A bounded queue of renders and the threads that run them (see the module docstring)."""
 
-    def __init__(self, *, threads: int = THREADS, max_queued: int = MAX_QUEUED) -> None:
+    def __init__(self, *, threads: int = THREADS, max_queued: int = MAX_QUEUED,
+                 name: str = "render") -> None:
         self.threads = threads
+        self.name = name
         self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue(max_queued)
         self._lock = threading.Lock()
         self._started_in: int | None = None
@@ -51,7 +55,7 @@ class BackgroundRenders:
             if self._started_in != os.getpid():
                 self._started_in = os.getpid()
                 self._workers = [threading.Thread(target=self._run, daemon=True,
-                                                  name=f"tenantkit-render-{n}")
+                                                  name=f"tenantkit-{self.name}-{n}")
                                  for n in range(self.threads)]
                 for worker in self._workers:
                     worker.start()
@@ -88,7 +92,7 @@ class BackgroundRenders:
             try:
                 render()
             except Exception:  # a render logs its own failures: this is a bug
-                logger.exception("background render failed")
+                logger.exception("background %s failed", self.name)
             finally:
                 with self._idle:
                     self._busy -= 1

@@ -242,6 +242,7 @@ class Tenantkit:
                 logger.exception("stopping %r failed", worker)
         self.rewarm.stop()
         self.pagecache.renders.stop()
+        self.pagecache.commits.stop()
         self.pool.close()
         with self._lock:
             router, self._router = self._router, None

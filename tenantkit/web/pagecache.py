@@ -39,10 +39,13 @@ hits' validators: the hashed ETag only when the whole body was in hand before th
 line went out (a list, or an upstream page of up to 64 KiB: most pages).
 
 A miss costs the visitor little more than the backend itself: the body is passed on chunk
-by chunk as the backend gives it, each chunk written to the page's file once the visitor
-has it, and the file renamed into place once the last chunk went out -- only when the body
-was read to its end (a body the upstream cut short is never stored). Nothing of the page is
-held in memory, and nothing is stored past :data:`MAX_STORE_BYTES`.
+by chunk as the backend gives it; a page up to :data:`STORE_BUFFER` is kept until the
+visitor has its last byte, a larger one is written to the page's file chunk by chunk once
+the visitor has each; and once the last chunk went out -- only when the body was read to
+its end (a body the upstream cut short is never stored) -- a background thread writes the
+rest and renames the file into place, while the server goes on to the visitor's next
+request. Nothing of a larger page is held in memory, and nothing is stored past
+:data:`MAX_STORE_BYTES`.
 
 Read-your-writes: after a request whose backend wrote (the router's consistency token is
 found in ``environ["tenantkit.write_token"]`` or the ``X-Tenantkit-Token`` response header),
@@ -91,6 +94,12 @@ TAGS_HEADER = "x-tenantkit-tags"
 _PRIVATE_LENGTHS = frozenset({len(TAGS_HEADER), len(TOKEN_HEADER)})
 #: Pages larger than this are passed through, never buffered for the cache.
 MAX_STORE_BYTES = 8 * 1024 * 1024
+#: A page's first bytes, up to this, are kept in memory until the visitor has the whole page
+#: (the file is written then, off the visitor's time); a larger page's file is opened when
+#: its body passes this, and written chunk by chunk. As much as the proxy reads at first.
+STORE_BUFFER = 64 * 1024
+#: Commits of stored pages waiting, per process; past this a miss commits its page itself.
+COMMITS_QUEUED = 64
 #: Headers a stored page does not keep: hop-by-hop (RFC 9110 section 7.6.1), per-response,
 #: recomputed on every hit, or ours. Every other header the app sent is kept.
 _DROP = HOP_BY_HOP | {
@@ -185,10 +194,14 @@ class PageCacheMiddleware:
                  secret_key: str | bytes = "", token_max_age: float = 5.0,
                  host_links: HostLinks | None = None,
                  on_cache: Callable[[str, str], None] | None = None,
-                 renders: BackgroundRenders | None = None) -> None:
+                 renders: BackgroundRenders | None = None,
+                 commits: BackgroundRenders | None = None) -> None:
         self.app = app
         #: Where the caller that wins a stale page's fill lock hands its render.
         self.renders = renders if renders is not None else BackgroundRenders()
+        #: Where a miss hands the commit of its page once the visitor has the last byte.
+        self.commits = commits if commits is not None else BackgroundRenders(
+            threads=1, max_queued=COMMITS_QUEUED, name="commit")
         self.caches = caches or SiteCaches()
         self.cookie = TokenCookie(secret_key, max_age=token_max_age) if secret_key else None
         self.host_links = host_links
@@ -400,7 +413,18 @@ class PageCacheMiddleware:
             raise
         if store is None:
             return body
-        return _StoringBody(body, store, ticket, environ)
+        return _StoringBody(body, store, ticket, self._committer(environ), environ)
+
+    def _committer(self, environ: WSGIEnvironment) -> BackgroundRenders | None:
+        """Who commits a page once its visitor has the last byte: :attr:`commits`, so that
+        the server can go on to the visitor's next request at once; None (the request's
+        own thread, before its body ends) for background work (a render or re-warm, which
+        carries a deadline: its page must be stored when it is done, and nobody waits for
+        it) and for a server that runs no threads (``wsgi.multithread`` false: a test
+        client, a page stored by the time its response was read)."""
+        if DEADLINE in environ or not environ.get("wsgi.multithread"):
+            return None
+        return self.commits
 
     def _open_store(self, site: Site, cache: PageCache, ticket: FillTicket, query: str,
                     out: list[tuple[str, str]], tags: tuple[str, ...], ttl: int, *,
@@ -502,61 +526,80 @@ def _close(body: Iterable[bytes]) -> None:
 
 
 class _Store:
-    """A response's body on its way into the cache (see :class:`_StoringBody`). The page's
-    file is opened with the first chunk, once the visitor has it."""
+    """A response's body on its way into the cache (see :class:`_StoringBody`). Its first
+    :data:`STORE_BUFFER` bytes are kept until the visitor has the whole page: a page that
+    small is written, file and all, only then (by :meth:`commit`); past that, the page's file
+    is opened and every chunk written to it once the visitor has it."""
 
-    __slots__ = ("digest", "host_links", "inflater", "open_writer", "path", "site", "writer")
+    __slots__ = ("digest", "host_links", "inflater", "open_writer", "path", "pending", "site",
+                 "size", "writer")
 
     def __init__(self, site: Site, path: str, open_writer: Callable[[], PageWriter],
                  inflater: Any, host_links: HostLinks | None, digest: Any = None) -> None:
         self.site = site
         self.path = path
+        #: None once the writer is opened, or the page given up
         self.open_writer: Callable[[], PageWriter] | None = open_writer
         self.writer: PageWriter | None = None
+        self.pending: list[bytes] = []
+        #: bytes of the (decoded) body so far
+        self.size = 0
         self.inflater = inflater
         self.host_links = host_links
         #: Fed with the stored body when the page's ETag is made from it (content_etag).
         self.digest = digest
 
     def feed(self, chunk: bytes) -> None:
-        writer = self.writer
-        if writer is None:
-            if self.open_writer is None:
-                return  # given up, or done
-            opener, self.open_writer = self.open_writer, None
-            try:
-                writer = self.writer = opener()
-            except (CacheError, OSError, ValueError) as exc:
-                logger.warning("site %s: cannot store %r: %s", self.site.name, self.path, exc)
-                return
+        if self.writer is None and self.open_writer is None:
+            return  # given up, or done
         try:
             if self.inflater is not None:
-                chunk = self.inflater.decompress(chunk, MAX_STORE_BYTES + 1 - writer.size)
+                chunk = self.inflater.decompress(chunk, MAX_STORE_BYTES + 1 - self.size)
                 if self.inflater.unconsumed_tail:
                     chunk = b"\0" * (MAX_STORE_BYTES + 1)  # decoded, larger than the cap
-            if writer.size + len(chunk) > MAX_STORE_BYTES:
+            if self.size + len(chunk) > MAX_STORE_BYTES:
                 logger.info("site %s: %s not stored: larger than %d bytes", self.site.name,
                             self.path, MAX_STORE_BYTES)
                 self.abort()
                 return
-            writer.write(chunk)
+            self.size += len(chunk)
             if self.digest is not None:
                 self.digest.update(chunk)
+            if self.writer is not None:
+                self.writer.write(chunk)
+                return
+            self.pending.append(chunk)
+            if self.size > STORE_BUFFER:
+                self._open()
         except (CacheError, zlib.error) as exc:
             logger.warning("site %s: cannot store %r: %s", self.site.name, self.path, exc)
             self.abort()
 
+    def _open(self) -> PageWriter | None:
+        """Open the page's file and write what was kept; None when it cannot be stored."""
+        opener, self.open_writer = self.open_writer, None
+        pending, self.pending = self.pending, []
+        if opener is None:
+            return None
+        try:
+            writer = self.writer = opener()
+            writer.write(b"".join(pending))
+        except (CacheError, OSError, ValueError) as exc:
+            logger.warning("site %s: cannot store %r: %s", self.site.name, self.path, exc)
+            self.abort()
+            return None
+        return writer
+
     def abort(self) -> None:
         self.open_writer = None
+        self.pending = []
         writer, self.writer = self.writer, None
         if writer is not None:
             writer.abort()
 
     def commit(self) -> None:
-        if self.open_writer is not None:
-            self.feed(b"")  # an empty body: the page is still stored
-        self.open_writer = None
-        writer, self.writer = self.writer, None
+        writer = self.writer if self.writer is not None else self._open()
+        self.writer = None
         if writer is None:
             return
         try:
@@ -577,24 +620,29 @@ class _Store:
 
 
 class _StoringBody:
-    """The backend's body passed to the visitor chunk by chunk, each chunk written to the
-    page's file after the visitor has it: nothing of the page is held in memory, and the
-    file takes the page's place (a rename) once the last chunk went out -- only when the
-    body was read to its end: a request sent the instant the visitor has the whole page may
-    still be a miss. A backend that fails mid-body (an upstream that closes early,
+    """The backend's body passed to the visitor chunk by chunk, each chunk fed to the page's
+    :class:`_Store` after the visitor has it: nothing of the page but its first
+    :data:`STORE_BUFFER` bytes is held in memory. Once the last chunk went out -- only when
+    the body was read to its end -- the page is committed (written if it was small, then
+    renamed into place) by *commits*, in the background: the server goes on to the
+    visitor's next request at once, and a request sent the instant the visitor has the
+    whole page may still be a miss. *commits* full, or ``None``: committed before the
+    iteration ends. A backend that fails mid-body (an upstream that closes early,
     :class:`~tenantkit.web.backends.UpstreamClosed`), a visitor that goes away, a body over
-    :data:`MAX_STORE_BYTES`: nothing is stored. The fill lock
-    (*ticket*) is held until then."""
+    :data:`MAX_STORE_BYTES`: nothing is stored. The fill lock (*ticket*) is held until the
+    page is committed or given up."""
 
-    __slots__ = ("body", "complete", "environ", "store", "ticket")
+    __slots__ = ("body", "commits", "environ", "handed", "store", "ticket")
 
     def __init__(self, body: Iterable[bytes], store: _Store, ticket: FillTicket,
-                 environ: WSGIEnvironment) -> None:
+                 commits: BackgroundRenders | None, environ: WSGIEnvironment) -> None:
         self.body = body
         self.store = store
         self.ticket = ticket
+        self.commits = commits
         self.environ = environ
-        self.complete = False
+        #: the store and the ticket belong to the commit now
+        self.handed = False
 
     def __iter__(self) -> Iterator[bytes]:
         feed = self.store.feed
@@ -602,7 +650,11 @@ class _StoringBody:
             yield chunk
             feed(chunk)
         # The server asks for more only once the last chunk went out.
-        self.complete = True
+        self.handed = True
+        if self.commits is None or not self.commits.submit(self._commit):
+            self._commit()
+
+    def _commit(self) -> None:
         try:
             if NOT_STORABLE in self.environ:  # the backend said so at the end of the body
                 self.store.abort()
@@ -615,7 +667,8 @@ class _StoringBody:
         try:
             _close(self.body)  # the backend's slot and connection
         finally:
-            try:
-                self.store.abort()  # a no-op once committed
-            finally:
-                self.ticket.release()
+            if not self.handed:
+                try:
+                    self.store.abort()
+                finally:
+                    self.ticket.release()

@@ -16,7 +16,7 @@ from typing import BinaryIO
 import pytest
 from tk_procs import Shim, shim_env
 from tk_upstream import TIMEOUT, RawUpstream, read_request
-from tk_web import Sites
+from tk_web import Sites, wait_stored
 
 pytest.importorskip("gunicorn", reason="gunicorn is not installed (pip install -e '.[server]')")
 
@@ -110,6 +110,8 @@ def test_a_miss_streams_the_body_and_stores_only_a_whole_one(
         halting.go.clear()
         if cut:
             halting.go.set()  # the second request is cut too: never stored either
+        else:
+            wait_stored(sites.cache_dir, "big", HOST, "/big/")
         sock = _request(shim.port, "/big/")
         with sock:
             again = _read_until(sock, 10 * (FIRST + REST))

@@ -85,7 +85,7 @@ SPELLINGS = [
 
 @pytest.mark.parametrize("cookie", SPELLINGS)
 def test_a_cookie_php_reads_as_a_bypass_cookie_bypasses_the_cache(
-        php_site: tuple[Shim, str], cookie: str) -> None:
+        php_site: tuple[Shim, str], cookie: str, tmp_path: Path) -> None:
     shim, _ = php_site
     with urllib3.PoolManager(retries=False, timeout=10) as http:
         def get(**headers: str) -> urllib3.BaseHTTPResponse:

@@ -239,7 +239,7 @@ class Interim:
 
 @pytest.mark.parametrize("interim", list(INTERIMS.values()), ids=list(INTERIMS))
 def test_interim_responses_are_consumed_and_never_taken_as_final(
-        serve: Serve, interim: bytes) -> None:
+        serve: Serve, interim: bytes, tmp_path: Path) -> None:
     script = Interim(interim)
     upstream = RawUpstream(script)
     shim = serve(upstream)

@@ -172,14 +172,16 @@ class DripServer:
 
 
 def wait_stored(cache_dir: Path, site: str, host: str, path: str,
-                timeout: float = 10.0) -> None:
-    """Until the page of *host* and *path* (no query) of *site* is in the cache: a miss
-    stores its page just after the visitor has its last byte, so a request sent at once on
-    another connection may still miss."""
-    page = cache_dir / site / "pages" / "current" / host / path.strip("/")
+                timeout: float = 10.0, query: str = "") -> None:
+    """Until the page of *host*, *path* and *query* (as the cache keys it: ignored
+    arguments left out) of *site* is in the cache: a miss stores its page just after the
+    visitor has its last byte, so the visitor's next request may still miss."""
+    from tenantkit.cache.keys import page_key
+
+    page = cache_dir / site / "pages" / "current" / page_key(host, path, query)
     deadline = time.monotonic() + timeout
     while not any((page / name).is_file() for name in ("index.html", ".page.body")):
-        assert time.monotonic() < deadline, f"{host}{path} never stored"
+        assert time.monotonic() < deadline, f"{host}{path}?{query} never stored"
         time.sleep(0.01)
 
 
