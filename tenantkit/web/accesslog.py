@@ -128,7 +128,7 @@ class _Line:
 
     def __str__(self) -> str:
         f = self.fields
-        stamp = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(self.when))
+        stamp = _stamp(int(self.when))
         status = "-" if f["status"] is None else f["status"]
         upstream = f["upstream"]
         return (
@@ -139,6 +139,19 @@ class _Line:
             f'duration={f["duration"]:.4f} '
             f"upstream={'-' if upstream is None else format(upstream, '.4f')}"
         )
+
+
+#: (second, its nginx-style stamp): made once per second, not once per line.
+_last_stamp: tuple[int, str] = (-1, "")
+
+
+def _stamp(second: int) -> str:
+    global _last_stamp
+    seen = _last_stamp
+    if seen[0] != second:
+        seen = _last_stamp = (second, time.strftime("%d/%b/%Y:%H:%M:%S +0000",
+                                                    time.gmtime(second)))
+    return seen[1]
 
 
 def _q(text: str) -> str:
