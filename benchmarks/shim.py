@@ -57,12 +57,13 @@ NOCACHE_HOST = "nocache.test"
 NOSTORE_HOST = "nostore.test"
 #: The gunicorn settings every contender gets (the same as `tenantkit serve`'s).
 WORKERS = 2
-#: Every site's backend limit (default 4 per worker, 503 past it): wrk's 16 saturating
-#: connections reach the backend at once, and the limit must not be what is measured.
-_NO_LIMIT = "max_concurrency = 64\n"
 #: Contenders whose every request asks for a new URL (a miss that stores a page).
 MISSES = frozenset({"tenantkit MISS", "tenantkit stored MISS (proxy)",
                     "nginx proxy_cache stored MISS", "upstream direct"})
+#: Every site's backend.max_concurrency: the saturating clients (16 connections) reach the
+#: backends whenever they miss, and the limit (4 per worker by default: one more is a 503)
+#: must not be what is measured.
+LIMIT = "max_concurrency = 64\n"
 #: Contenders of the one-client MISS latency comparison.
 LATENCY = ["upstream direct", "tenantkit stored MISS (proxy)", "nginx proxy_cache stored MISS"]
 
@@ -239,18 +240,18 @@ def run(quick: bool = False) -> Report:
         sites_dir.mkdir()
         (sites_dir / "bench.toml").write_text(
             f'hosts = ["{HOST}"]\n[backend]\ntype = "wsgi"\napp = "benchmarks.shim:bare_app"\n'
-            f"{_NO_LIMIT}[cache]\nttl = 3600\n")
+            f"{LIMIT}[cache]\nttl = 3600\n")
         (sites_dir / "nocache.toml").write_text(
             f'hosts = ["{NOCACHE_HOST}"]\n[backend]\ntype = "wsgi"\n'
-            f'app = "benchmarks.shim:bare_app"\n{_NO_LIMIT}[cache]\nenabled = false\n')
+            f'app = "benchmarks.shim:bare_app"\n{LIMIT}[cache]\nenabled = false\n')
         ports = {name: free_port() for name in ("bare", "tenantkit", "flask", "upstream")}
         (sites_dir / "proxy.toml").write_text(
             f'hosts = ["{PROXY_HOST}"]\n[backend]\ntype = "proxy"\n'
             f'url = "http://127.0.0.1:{ports["upstream"]}"\n'
-            f"{_NO_LIMIT}[cache]\nttl = 3600\n")
+            f"{LIMIT}[cache]\nttl = 3600\n")
         (sites_dir / "nostore.toml").write_text(
             f'hosts = ["{NOSTORE_HOST}"]\n[backend]\ntype = "wsgi"\n'
-            f'app = "benchmarks.shim:nostore_app"\n{_NO_LIMIT}')
+            f'app = "benchmarks.shim:nostore_app"\n{LIMIT}')
         env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTKIT_")}
         env.update(TENANTKIT_SITES_DIR=str(sites_dir), TENANTKIT_CACHE_DIR=str(cache_dir),
                    TENANTKIT_DATABASE_PRIMARY=f"sqlite:///{work}/tk.db",

@@ -22,7 +22,6 @@ import logging
 import os
 import time
 from collections.abc import Iterable
-from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -45,7 +44,7 @@ class FillTicket:
     manager; the lock is released on exit, whatever happens."""
 
     def __init__(self, cache: PageCache, key: str, host: str, path: str, generation: str,
-                 started_ns: int, lock_path: Path | None, lock_ino: int | None) -> None:
+                 started_ns: int, lock_path: str | None, lock_ino: int | None) -> None:
         self.cache = cache
         self.key = key
         self.host = host
@@ -78,7 +77,7 @@ class FillTicket:
         self.release()
 
 
-def try_lock(lock_path: Path, timeout: float) -> int | None:
+def try_lock(lock_path: str, timeout: float) -> int | None:
     """Take the fill lock at *lock_path* without waiting: its inode, or None when someone
     else holds it (for less than *timeout* seconds)."""
     for _ in range(2):
@@ -96,7 +95,7 @@ def try_lock(lock_path: Path, timeout: float) -> int | None:
                 os.unlink(lock_path)
             continue
         except FileNotFoundError:
-            lock_path.parent.mkdir(parents=True, exist_ok=True)
+            os.makedirs(os.path.dirname(lock_path), exist_ok=True)
             continue
         try:
             return os.fstat(fd).st_ino

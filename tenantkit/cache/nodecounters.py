@@ -6,7 +6,9 @@ files up::
 
     counters = NodeCounters.for_dir(settings.cache_dir)   # one per process and cache_dir
     counters.add(FLUSHES, "blog")          # cheap: a dict update; the file is written at
-    counters.add(RENDERS, "blog", 2)       # most once per WRITE_INTERVAL (and on save())
+    counters.add(RENDERS, "blog", 2)       # most once per WRITE_INTERVAL, by a thread of its
+                                           # own (a count never waits on the disk), and on
+                                           # save()
     counters.save()
     totals = read_node_counters(settings.cache_dir)
     totals[FLUSHES]["blog"]                # every process of the node, ever (since the
@@ -68,8 +70,10 @@ class NodeCounters:
         self.path = layout.node_counters(cache_dir, f"{os.getpid()}-{secrets.token_hex(4)}")
         self._counts: dict[str, dict[str, int]] = {kind: {} for kind in KINDS}
         self._lock = threading.Lock()
+        self._save_lock = threading.Lock()
         self._dirty = False
         self._written = 0.0
+        self._saving = False
 
     @classmethod
     def for_dir(cls, cache_dir: str | os.PathLike[str]) -> NodeCounters:
@@ -89,9 +93,18 @@ class NodeCounters:
             per_site = self._counts[kind]
             per_site[site] = per_site.get(site, 0) + n
             self._dirty = True
-            due = time.monotonic() - self._written >= WRITE_INTERVAL
-        if due:
+            due = not self._saving and time.monotonic() - self._written >= WRITE_INTERVAL
+            if due:
+                self._saving = True
+        if due:  # counted by a request's thread, perhaps: the write is not its to wait for
+            threading.Thread(target=self._save_now, name="tenantkit-node-counters",
+                             daemon=True).start()
+
+    def _save_now(self) -> None:
+        try:
             self.save()
+        finally:
+            self._saving = False
 
     def counts(self) -> dict[str, dict[str, int]]:
         """This process's counts (a copy)."""
@@ -99,22 +112,23 @@ class NodeCounters:
             return {kind: dict(per_site) for kind, per_site in self._counts.items()}
 
     def save(self) -> None:
-        """Write this process's counter file now, if anything changed. Never raises: a
-        failure is logged once."""
-        with self._lock:
-            if not self._dirty:
-                return
-            data = json.dumps(self._counts).encode()
-            self._dirty = False
-            self._written = time.monotonic()
-        try:
+        """Write this process's counter file now, if anything changed (when it returns, the
+        file has every count made before). Never raises: a failure is logged once."""
+        with self._save_lock:  # one write at a time, in the order the counts were taken
+            with self._lock:
+                if not self._dirty:
+                    return
+                data = json.dumps(self._counts).encode()
+                self._dirty = False
+                self._written = time.monotonic()
             try:
-                write_atomic(self.path, data, mode=0o644)
-            except FileNotFoundError:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                write_atomic(self.path, data, mode=0o644)
-        except OSError as exc:
-            _warn_once(str(self.path), f"node counters: cannot write {self.path}: {exc}")
+                try:
+                    write_atomic(self.path, data, mode=0o644)
+                except FileNotFoundError:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    write_atomic(self.path, data, mode=0o644)
+            except OSError as exc:
+                _warn_once(str(self.path), f"node counters: cannot write {self.path}: {exc}")
 
 
 def read_node_counters(cache_dir: str | os.PathLike[str]) -> dict[str, dict[str, int]]:

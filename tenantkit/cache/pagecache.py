@@ -78,7 +78,7 @@ from tenantkit.cache.pagefile import (
     file_mode,
     nginx_serves,
 )
-from tenantkit.cache.staleness import IF_ERROR, stale_horizon, stale_reason
+from tenantkit.cache.staleness import IF_ERROR, REVALIDATE, stale_horizon, stale_reason
 from tenantkit.cache.stamp import ChangeStamp
 from tenantkit.cache.stats import CacheStats, Counters
 from tenantkit.errors import CacheError
@@ -254,6 +254,7 @@ class PageCache:
             if not if_error:
                 counters.hits += 1
             stale = False
+            until = end
         else:
             reason = stale_reason(end, now, stale_seconds=self.stale_seconds,
                                   stale_if_error=self.stale_if_error)
@@ -263,8 +264,10 @@ class PageCache:
                 return None
             counters.stale_hits += 1
             stale = True
+            until = end + (self.stale_seconds if reason == REVALIDATE else self.stale_if_error)
         return CachedPage(body, meta.status, meta.headers, meta.tags, meta.created, meta.ttl,
-                          max(0.0, now - meta.created), stale, meta.ident, meta.body_name)
+                          max(0.0, now - meta.created), stale, meta.ident, meta.body_name,
+                          until)
 
     def _stale_horizon(self) -> float:
         return stale_horizon(stale_seconds=self.stale_seconds,
@@ -315,7 +318,7 @@ class PageCache:
         key = page_key(host, path, query)
         started = time.time_ns()
         generation = self.generation()
-        lock_path = self.root / LOCKS / key_hash(key)[:40] if lock else None
+        lock_path = f"{self._root}/{LOCKS}/{key_hash(key)[:40]}" if lock else None
         return FillTicket(self, key, check_host(host), path, generation, started, lock_path,
                           None if lock_path is None else try_lock(lock_path, self.fill_timeout))
 

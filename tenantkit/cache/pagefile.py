@@ -162,6 +162,9 @@ class CachedPage:
     ident: tuple[int, int, int] | None = None
     #: the name of that file: BODY (nginx serves it too) or PRIVATE_BODY
     body_name: str = BODY
+    #: when what the page is now ends: a fresh page stops being fresh, a stale one may no
+    #: longer be served while it is rendered again (0.0: not known)
+    until: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,11 @@ class AccessLog:
         return _Body(body, request, self.log)
 
     def log(self, request: _Request) -> None:
-        if not self.logger.isEnabledFor(logging.INFO):
+        """Hand the request's record to the logger. Only the fields are gathered here: the
+        text line is made when a handler formats the record (with the server's
+        :class:`~tenantkit.logs.BackgroundStreamHandler`, in its writer thread)."""
+        logger = self.logger
+        if not logger.isEnabledFor(logging.INFO):
             return
         environ = request.environ
         duration = self.clock() - request.started
@@ -91,38 +95,63 @@ class AccessLog:
                 name = "-"
         path = environ.get("PATH_INFO") or "/"
         query = environ.get("QUERY_STRING")
-        target = f"{path}?{query}" if query else path
         upstream = environ.get(UPSTREAM_KEY)
-        method = str(environ.get("REQUEST_METHOD") or "-")
-        protocol = str(environ.get("SERVER_PROTOCOL") or "-")
-        referer = str(environ.get("HTTP_REFERER") or "-")
-        agent = str(environ.get("HTTP_USER_AGENT") or "-")
-        host = str(environ.get("tenantkit.host") or environ.get("HTTP_HOST") or "-")
         fields: dict[str, Any] = {
             "remote": environ.get("REMOTE_ADDR") or "-",
-            "method": method,
-            "path": target,
-            "protocol": protocol,
+            "method": str(environ.get("REQUEST_METHOD") or "-"),
+            "path": f"{path}?{query}" if query else path,
+            "protocol": str(environ.get("SERVER_PROTOCOL") or "-"),
             "status": int(request.status) if request.status.isdigit() else None,
             "bytes": request.bytes,
-            "referer": referer,
-            "user_agent": agent,
+            "referer": str(environ.get("HTTP_REFERER") or "-"),
+            "user_agent": str(environ.get("HTTP_USER_AGENT") or "-"),
             "site": name or "-",
-            "host": host,
+            "host": str(environ.get("tenantkit.host") or environ.get("HTTP_HOST") or "-"),
             "cache": request.cache,
             "duration": round(duration, 6),
             "upstream": None if upstream is None else round(upstream, 6),
         }
-        stamp = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime())
-        line = (
-            f'{fields["remote"]} - - [{stamp}] "{_q(method)} {_q(target)} '
-            f'{_q(protocol)}" {request.status} {request.bytes} '
-            f'"{_q(referer)}" "{_q(agent)}" '
-            f'site={fields["site"]} host={_q(host)} cache={_q(request.cache)} '
-            f"duration={duration:.4f} "
+        # makeRecord, not info(): no walk up the stack for the caller's line.
+        logger.handle(logger.makeRecord(logger.name, logging.INFO, __file__, 0, "%s",
+                                        (_Line(fields, time.time()),), None,
+                                        extra={"fields": fields}))
+
+
+class _Line:
+    """The text line of one request's fields, made when it is first written."""
+
+    __slots__ = ("fields", "when")
+
+    def __init__(self, fields: dict[str, Any], when: float) -> None:
+        self.fields = fields
+        self.when = when
+
+    def __str__(self) -> str:
+        f = self.fields
+        stamp = _stamp(int(self.when))
+        status = "-" if f["status"] is None else f["status"]
+        upstream = f["upstream"]
+        return (
+            f'{f["remote"]} - - [{stamp}] "{_q(f["method"])} {_q(f["path"])} '
+            f'{_q(f["protocol"])}" {status} {f["bytes"]} '
+            f'"{_q(f["referer"])}" "{_q(f["user_agent"])}" '
+            f'site={f["site"]} host={_q(f["host"])} cache={_q(f["cache"])} '
+            f'duration={f["duration"]:.4f} '
             f"upstream={'-' if upstream is None else format(upstream, '.4f')}"
         )
-        self.logger.info("%s", line, extra={"fields": fields})
+
+
+#: (second, its nginx-style stamp): made once per second, not once per line.
+_last_stamp: tuple[int, str] = (-1, "")
+
+
+def _stamp(second: int) -> str:
+    global _last_stamp
+    seen = _last_stamp
+    if seen[0] != second:
+        seen = _last_stamp = (second, time.strftime("%d/%b/%Y:%H:%M:%S +0000",
+                                                    time.gmtime(second)))
+    return seen[1]
 
 
 def _q(text: str) -> str:

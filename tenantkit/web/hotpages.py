@@ -16,6 +16,11 @@ not expired: a hit then needs no system call. A page in use is also checked agai
 (inode, size, mtime) once every ``RECHECK`` seconds, so that pages deleted by hand stop being
 served within that time. Anything doubtful is read again through ``PageCache.get``.
 
+A stale copy (a purged or expired page served while it is rendered again) is kept the same
+way, until the cache changes -- the render stored the page, or anything else happened -- or
+its stale window ends: serving it again reads no file either (its file is not checked: it
+is served for no longer than its window). It is never a route of the hit lane.
+
 The front door (``create_app``) keys a plain request with :func:`plain_request_key` and asks
 the middleware's ``replay`` before resolving the site; the long way sets
 ``environ[LANE_KEY]`` so that a hit is remembered for the next time.
@@ -48,7 +53,8 @@ class HotPage:
 
     __slots__ = ("cache", "checked", "expires", "file", "ident", "response", "stamp")
 
-    def __init__(self, cache: PageCache, file: str, stamp: bytes, ident: tuple[int, int, int],
+    def __init__(self, cache: PageCache, file: str | None, stamp: bytes,
+                 ident: tuple[int, int, int],
                  response: StoredResponse, expires: float, now: float) -> None:
         self.cache = cache
         self.file = file
@@ -75,7 +81,7 @@ class HotPages:
         """True while *hot* is still the fresh page on disk."""
         if now >= hot.expires or hot.stamp != hot.cache.change_stamp():
             return False
-        if now - hot.checked >= self.RECHECK:
+        if hot.file is not None and now - hot.checked >= self.RECHECK:
             try:
                 st = os.stat(hot.file)
             except OSError:
@@ -87,21 +93,25 @@ class HotPages:
 
     def read(self, cache: PageCache, host: str, path: str, query: str, now: float
              ) -> tuple[StoredResponse | None, HotPage | None]:
-        """The page of this key (fresh, or stale within its window) and, when it is kept in
-        memory, the kept page. Raises what :meth:`PageCache.get` raises."""
-        hot = self._pages.get((id(cache), host, path, query))
+        """The page of this key (fresh, or stale within its window) and, when it is a fresh
+        page kept in memory, the kept page. Raises what :meth:`PageCache.get` raises."""
+        key = (id(cache), host, path, query)
+        hot = self._pages.get(key)
         if hot is not None and self.valid(hot, now):
-            return hot.response, hot
+            return hot.response, None if hot.file is None else hot
         stamp = cache.change_stamp()
         page = cache.get(host, path, query)
         if page is None:
             return None, None
         stored = StoredResponse(page)
-        if stamp is None or page.stale or page.ident is None or len(page.body) > self.MAX_BODY:
+        if stamp is None or page.ident is None or len(page.body) > self.MAX_BODY:
             return stored, None
         if len(self._pages) >= self.MAX_PAGES:
             self._pages.clear()
-        hot = self._pages[(id(cache), host, path, query)] = HotPage(
+        if page.stale:
+            self._pages[key] = HotPage(cache, None, stamp, page.ident, stored, page.until, now)
+            return stored, None
+        hot = self._pages[key] = HotPage(
             cache, cache.body_file(host, path, query, page.body_name), stamp, page.ident, stored,
             page.created + page.ttl, now)
         return stored, hot

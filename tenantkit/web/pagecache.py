@@ -162,6 +162,9 @@ def _parse_tags(value: str) -> tuple[str, ...]:
     return tuple(t for t in value.replace(",", " ").split() if t)
 
 
+#: A page of one PageCache: (id of the cache, host, path, query).
+_PageId = tuple[int, str, str, str]
+
 #: Seconds a background render may take, whole, at most (the proxy cuts it off then).
 BACKGROUND_SECONDS = 60.0
 
@@ -207,6 +210,9 @@ class PageCacheMiddleware:
         self.host_links = host_links
         self.on_cache = on_cache
         self._hot = HotPages()
+        #: The stale pages this process renders in the background now (it holds their fill
+        #: locks): their other callers are served the stale copy without trying the lock.
+        self._rendering: set[_PageId] = set()
 
     # -- the request ---------------------------------------------------------------------
 
@@ -241,6 +247,10 @@ class PageCacheMiddleware:
             if hot is not None and lane is not None:
                 self._hot.remember(lane, site.name, hot)
             return send_page(stored, environ, start_response, "HIT", now)
+        page = (id(cache), host, path, query)
+        if stored is not None and page in self._rendering:
+            # This process renders it already (its fill lock is ours): no lock to try.
+            return self._send_stale(site, cache, stored, environ, start_response)
         try:
             # With no copy at all (a first visit, or none within stale_seconds) every caller
             # renders: waiting for another's render would hold a worker thread for as long,
@@ -260,7 +270,7 @@ class PageCacheMiddleware:
                 ticket.release()
                 self._count(site, "HIT")
                 return send_page(fresh, environ, start_response, "HIT", time.time())
-            if self._render_in_background(site, cache, ticket, query, environ):
+            if self._render_in_background(site, cache, ticket, query, environ, page):
                 return self._send_stale(site, cache, stored, environ, start_response)
         try:
             response = self._fill(site, cache, ticket, query, environ, start_response)
@@ -291,12 +301,13 @@ class PageCacheMiddleware:
         return send_page(stored, environ, start_response, "HIT", now)
 
     def _render_in_background(self, site: Site, cache: PageCache, ticket: FillTicket,
-                              query: str, environ: WSGIEnvironment) -> bool:
+                              query: str, environ: WSGIEnvironment, page: _PageId) -> bool:
         """Hand the render of a stale page, whose fill lock this caller holds, to
         :attr:`renders` (the caller serves the stale copy at once): it renders the page as
-        this caller's plain GET would, stores it and releases the lock. False when the
-        queue is full, or the caller is itself background work (a re-warm fetch, which
-        carries a deadline): the caller renders itself."""
+        this caller's plain GET would, stores it and releases the lock. Until then *page*
+        is in :attr:`_rendering`. False when the queue is full, or the caller is itself
+        background work (a re-warm fetch, which carries a deadline): the caller renders
+        itself."""
         if DEADLINE in environ:
             return False
         plain = dict(environ)
@@ -318,8 +329,13 @@ class PageCacheMiddleware:
                                site.name, ticket.path, exc)
             finally:
                 ticket.release()
+                self._rendering.discard(page)
 
-        return self.renders.submit(render)
+        self._rendering.add(page)
+        if self.renders.submit(render):
+            return True
+        self._rendering.discard(page)
+        return False
 
     @staticmethod
     def _stored_since(cache: PageCache, host: str, path: str, query: str

@@ -133,7 +133,8 @@ class GunicornServer(_gunicorn_base() if gunicorn_available() else object):  # t
         from tenantkit.logs import logging_config
 
         self.cfg.set("loglevel", self.settings.log_level.lower())
-        self.cfg.set("logconfig_dict", logging_config(self.settings))
+        # Written by a thread of each process: a request never waits on stderr.
+        self.cfg.set("logconfig_dict", logging_config(self.settings, background=True))
         self.cfg.set("logger_class", _logger_class())
         self.cfg.set("post_worker_init", _post_worker_init)
         self.cfg.set("worker_exit", _worker_exit)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from tenantkit import layout
+from tenantkit.cache import nodecounters
 from tenantkit.cache.nodecounters import (
     FLUSHES,
     RENDERS,
@@ -52,7 +55,9 @@ def test_hostile_counter_files_are_skipped_or_filtered(tmp_path: Path, content: 
     directory = layout.node_counters(tmp_path)
     directory.mkdir(parents=True)
     (directory / "bad.json").write_bytes(content)
-    NodeCounters(tmp_path).add(FLUSHES, "ok", 1)  # first add writes at once
+    counters = NodeCounters(tmp_path)
+    counters.add(FLUSHES, "ok", 1)
+    counters.save()
     totals = read_node_counters(tmp_path)
     assert set(totals) == {"flushes", "purges", "coalesced", "renders", "stale_served"}
     assert totals[FLUSHES].get("blog") is None
@@ -64,3 +69,33 @@ def test_a_fifo_counter_file_never_blocks(tmp_path: Path) -> None:
     directory.mkdir(parents=True)
     os.mkfifo(directory / "fifo.json")
     assert read_node_counters(tmp_path)[FLUSHES] == {}
+
+
+def test_a_count_never_waits_for_the_counter_file_to_be_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A STALE answer counts itself: its thread wrote the counter file once a second, and
+    # waited for a busy disk meanwhile. (The disk is made slow by holding the write.)
+    disk = threading.Event()
+    real = nodecounters.write_atomic
+
+    def slow_disk(*args: object, **kwargs: object) -> object:
+        disk.wait(30)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(nodecounters, "write_atomic", slow_disk)
+    counters = NodeCounters(tmp_path)
+    counted = threading.Event()
+
+    def count() -> None:
+        counters.add(STALE_SERVED, "blog")
+        counted.set()
+
+    threading.Thread(target=count, daemon=True).start()
+    try:
+        assert counted.wait(10), "add() waited for the counter file"
+    finally:
+        disk.set()
+    deadline = time.monotonic() + 10
+    while read_node_counters(tmp_path)[STALE_SERVED].get("blog") != 1:
+        assert time.monotonic() < deadline, "the counter file was never written"
+        time.sleep(0.01)

@@ -13,7 +13,7 @@ from tk_web import Sites
 from werkzeug.test import Client
 
 from tenantkit.config import LogSettings, Settings
-from tenantkit.logs import ACCESS_LOGGER, JsonFormatter, logging_config
+from tenantkit.logs import ACCESS_LOGGER, TEXT_FORMAT, JsonFormatter, TextFormatter, logging_config
 from tenantkit.testing import free_port
 from tenantkit.web.accesslog import AccessLog
 
@@ -136,3 +136,13 @@ def test_a_bug_keeps_its_traceback(
     assert client.get("/", headers={"Host": "alpha.test"}).status_code == 500
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and errors[0].exc_info is not None
+
+
+@pytest.mark.parametrize("created", [0.0, 1764925980.0005, 1764925980.999, 1764925981.5])
+def test_the_text_formatter_writes_what_the_text_format_says(created: float) -> None:
+    record = logging.makeLogRecord({"name": "tenantkit.x", "levelno": logging.INFO,
+                                    "levelname": "INFO", "msg": "line %d", "args": (1,)})
+    record.created, record.msecs = created, (created - int(created)) * 1000 // 1
+    formatter = TextFormatter()
+    for _ in range(2):  # the second time from the time kept for that second
+        assert formatter.format(record) == logging.Formatter(TEXT_FORMAT).format(record)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -59,6 +60,17 @@ def page(environ: dict[str, Any], start_response: Start) -> Iterable[bytes]:
     start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"),
                               ("Content-Length", str(len(PAGE)))])
     return [PAGE]
+
+
+#: Cleared by a test to hold every render of :func:`held` until it is set again.
+HOLD = threading.Event()
+HOLD.set()
+
+
+def held(environ: dict[str, Any], start_response: Start) -> Iterable[bytes]:
+    """:func:`hello`, once :data:`HOLD` is set (waits 30 s at most)."""
+    HOLD.wait(30)
+    return hello(environ, start_response)
 
 
 def boom(environ: dict[str, Any], start_response: Start) -> Iterable[bytes]:
