@@ -1475,6 +1475,13 @@ class Tenantkit_DB extends wpdb
         return false;
     }
 
+    /** Why there is no primary link: a split brain, no writable candidate, or unreachable. */
+    private function tk_why_no_primary(): string
+    {
+        return $this->tk_primary_problem
+            ?? "the primary database {$this->tk_primary['label']} is unreachable";
+    }
+
     private function tk_bail_down(): void
     {
         if (function_exists('wp_load_translations_early')) {
@@ -1507,10 +1514,10 @@ class Tenantkit_DB extends wpdb
             $this->tk_read_only_write($link, $first);
         }
         if ($link === null) {
-            // Only the primary can be missing here: a write (or a read with no replica left).
+            // Only the primary can be missing here: a write, a read after this request's
+            // write, or a read with no replica left.
             $this->last_query = $query;
-            $this->last_error = 'tenantkit: ' . ($this->tk_primary_problem ?? 'the primary database '
-                . $this->tk_primary['label'] . ' is unreachable');
+            $this->last_error = 'tenantkit: ' . $this->tk_why_no_primary();
             $this->insert_id = 0;
             if (!(function_exists('did_action') && did_action('template_redirect'))) {
                 $this->tk_bail_down();
@@ -1546,8 +1553,7 @@ class Tenantkit_DB extends wpdb
         if ($result === false && $this->last_error === '' && $used instanceof mysqli && self::tk_lost($used)) {
             // wpdb's own reconnect (after a 2006) failed and left no reason.
             $this->last_error = "tenantkit: the connection was lost (MySQL error {$used->errno}) and"
-                . ' nothing can take over: ' . ($this->tk_primary_problem ?? 'the primary database '
-                . $this->tk_primary['label'] . ' is unreachable');
+                . ' nothing can take over: ' . $this->tk_why_no_primary();
         }
         if ($result !== false && ($first === 'START' || $first === 'BEGIN')) {
             $this->tk_in_transaction = true;
