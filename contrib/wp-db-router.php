@@ -32,7 +32,8 @@
  * Routing, per statement (the classifier is tenantkit.db.classify's rules, one for one; its
  * word lists are generated from tenantkit/db/sql_keywords.json):
  * - a write goes to the primary; never to a replica. Every later statement of the request
- *   goes to the primary too (insert-then-select sees its row; transactions stay together).
+ *   goes to the primary too (insert-then-select sees its row; transactions stay together),
+ *   and never to a replica: should the primary die after the write, the reads fail.
  * - a read goes to the first healthy replica. Exception to "write" for routing only:
  *   a SELECT that is a write only because of SQL_CALC_FOUND_ROWS runs on the read link, and
  *   FOUND_ROWS() always runs on the link that ran the last SQL_CALC_FOUND_ROWS query.
@@ -1474,6 +1475,13 @@ class Tenantkit_DB extends wpdb
         return false;
     }
 
+    /** Why there is no primary link: a split brain, no writable candidate, or unreachable. */
+    private function tk_why_no_primary(): string
+    {
+        return $this->tk_primary_problem
+            ?? "the primary database {$this->tk_primary['label']} is unreachable";
+    }
+
     private function tk_bail_down(): void
     {
         if (function_exists('wp_load_translations_early')) {
@@ -1506,10 +1514,10 @@ class Tenantkit_DB extends wpdb
             $this->tk_read_only_write($link, $first);
         }
         if ($link === null) {
-            // Only the primary can be missing here: a write (or a read with no replica left).
+            // Only the primary can be missing here: a write, a read after this request's
+            // write, or a read with no replica left.
             $this->last_query = $query;
-            $this->last_error = 'tenantkit: ' . ($this->tk_primary_problem ?? 'the primary database '
-                . $this->tk_primary['label'] . ' is unreachable');
+            $this->last_error = 'tenantkit: ' . $this->tk_why_no_primary();
             $this->insert_id = 0;
             if (!(function_exists('did_action') && did_action('template_redirect'))) {
                 $this->tk_bail_down();
@@ -1541,6 +1549,11 @@ class Tenantkit_DB extends wpdb
         } finally {
             $this->tk_depth--;
             $this->tk_statement_role = null;
+        }
+        if ($result === false && $this->last_error === '' && $used instanceof mysqli && self::tk_lost($used)) {
+            // wpdb's own reconnect (after a 2006) failed and left no reason.
+            $this->last_error = "tenantkit: the connection was lost (MySQL error {$used->errno}) and"
+                . ' nothing can take over: ' . $this->tk_why_no_primary();
         }
         if ($result !== false && ($first === 'START' || $first === 'BEGIN')) {
             $this->tk_in_transaction = true;
@@ -1655,7 +1668,12 @@ class Tenantkit_DB extends wpdb
         if ($role === 'found_rows') {
             return $this->tk_calc_link ?? $this->tk_primary();
         }
-        if ($this->tk_wrote || $this->tk_reads_on_primary) {
+        if ($this->tk_wrote) {
+            // Never a replica after this request's write: it may not have the row yet. No
+            // primary (it died since the write): the read fails rather than read stale data.
+            return $this->tk_primary();
+        }
+        if ($this->tk_reads_on_primary) {
             return $this->tk_primary() ?? $this->tk_reader();
         }
         $link = $this->tk_reader();

@@ -45,28 +45,31 @@ def wp(php: str, wp_tree: Path, mariadb_failover_cluster: MariaDBCluster,
     return wp
 
 
-def configure(wp: WP, interval: float) -> None:
+def configure(wp: WP, interval: float, **overrides: Any) -> None:
     cluster = wp.pair
     p, r1, r2 = cluster.primary, cluster.replicas[0], cluster.replicas[1]
     wp.configure(TENANTKIT_DB_PRIMARY=None,
                  TENANTKIT_DB_PRIMARIES=[php_url(p), php_url(r1), php_url(r2)],
                  TENANTKIT_DB_REPLICAS=[php_url(r2), php_url(r1)],
                  TENANTKIT_CONNECT_TIMEOUT=1, TENANTKIT_DEAD_HOST_COOLDOWN=1,
-                 TENANTKIT_PRIMARY_CHECK_INTERVAL=interval)
+                 TENANTKIT_PRIMARY_CHECK_INTERVAL=interval, **overrides)
 
 
-def insert(wp: WP, tag: str) -> dict[str, Any]:
-    """One request: insert a row, then read it back (read-your-writes inside the request)."""
+def insert(wp: WP, tag: str, *, pause: str = "return 1;") -> dict[str, Any]:
+    """One request: insert a row, run the PHP *pause*, then read the row back twice
+    (read-your-writes inside the request). ``reads``: [(count, last_error)] of the reads."""
     # Once the page has started (template_redirect) a failed query returns false with the
     # reason in last_error, instead of WordPress's dead_db() page.
+    read = ["get_var", f"SELECT COUNT(*) FROM t WHERE v = '{tag}'"]
+    error = ["php", "return $GLOBALS['wpdb']->last_error;"]
     run = wp.run([["php", "$GLOBALS['wp_actions']['template_redirect'] = 1; return 1;"],
-                  ["query", f"INSERT INTO t (v) VALUES ('{tag}')"],
-                  ["get_var", f"SELECT COUNT(*) FROM t WHERE v = '{tag}'"]], method="POST")
-    if len(run.results) < 3:  # the request ended early (a fatal error, dead_db())
+                  ["query", f"INSERT INTO t (v) VALUES ('{tag}')"], ["php", pause],
+                  read, error, read, error], method="POST")
+    if len(run.results) < 7:  # the request ended early (a fatal error, dead_db())
         return {"value": False, "error": f"ended early: {run.stdout[-500:]} {run.stderr}",
-                "seen": None, "stderr": run.stderr}
+                "reads": [], "stderr": run.stderr}
     result: dict[str, Any] = run.results[1]
-    result["seen"] = run.results[2]
+    result["reads"] = [tuple(run.results[3:5]), tuple(run.results[5:7])]
     result["stderr"] = run.stderr
     return result
 
@@ -90,8 +93,11 @@ def test_the_drop_in_follows_a_failover_exactly_once(wp: WP) -> None:
                 if result["value"] == 1:
                     acked.append(tag)
                     after.append(time.monotonic())
-                    if result["seen"] != "1":
-                        ryw.append(tag)
+                    # The primary may die between the write and a read: then the read fails
+                    # (with the reason); it must never answer from a server that lacks the row.
+                    if any(seen != "1" and not (seen is None and error)
+                           for seen, error in result["reads"]):
+                        ryw.append(f"{tag}: {result['reads']}")
                 else:
                     errors.append(str(result["error"]))
 
@@ -112,10 +118,37 @@ def test_the_drop_in_follows_a_failover_exactly_once(wp: WP) -> None:
     rows = dict(new.query(f"SELECT v, COUNT(*) FROM {DATABASE}.t GROUP BY v"))
     assert [tag for tag in acked if tag not in rows] == [], "acknowledged writes lost"
     assert all(n == 1 for n in rows.values()), "a write applied twice"
-    assert ryw == []
+    assert ryw == [], "a read after the request's own write missed it"
     # A write sent to a read-only server fails with 1290: "... running with the --read-only
     # option so it cannot execute this statement".
     assert not [e for e in errors if "--read-only" in e], "a write reached a read-only server"
+
+
+def test_reads_after_a_write_never_fall_back_to_a_replica_when_the_primary_dies(
+        wp: WP, tmp_path: Path) -> None:
+    cluster = wp.pair
+    configure(wp, 1, TENANTKIT_LAG_THRESHOLD=0)  # the held replica still serves reads
+    cluster.hold_replica(1)  # the replica reads use (r2) applies nothing from now on
+    gate = tmp_path / "gate"
+    pause = (f"$until = microtime(true) + {TIMEOUT}; while (!file_exists('{gate}')"
+             " && microtime(true) < $until) { usleep(10000); } return 1;")
+    done: list[dict[str, Any]] = []
+    request = threading.Thread(target=lambda: done.append(insert(wp, "mine", pause=pause)))
+    request.start()
+    try:  # the request has written; its primary dies before it reads
+        wait_for(lambda: bool(cluster.primary.query(
+            f"SELECT 1 FROM {DATABASE}.t WHERE v = 'mine'")), "the request's write")
+        cluster.stop_primary(kill=True)
+    finally:
+        gate.touch()
+        request.join(TIMEOUT)
+    result = done[0]
+    assert result["value"] == 1
+    # No primary: both reads fail with the reason; neither answers from the stale replica.
+    assert [seen for seen, _ in result["reads"]] == [None, None], result
+    (_, lost), (_, refused) = result["reads"]
+    assert lost, "the read that lost its link says why"
+    assert "no primary candidate is writable" in refused
 
 
 def test_a_verdict_spares_later_requests_from_probing_every_candidate(wp: WP) -> None:
