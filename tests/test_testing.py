@@ -199,3 +199,14 @@ def test_plugin_registers_the_fixtures(request: pytest.FixtureRequest,
     )
     listed = {line.split()[0] for line in result.stdout.splitlines() if line.strip()}
     assert {"mariadb_pair", "mariadb_cluster", "redis_server"} <= listed, result.stdout
+
+
+def test_free_ports_are_outside_the_ephemeral_range() -> None:
+    # A port picked now and bound later by a MariaDB or Redis must not be one the kernel may
+    # hand meanwhile to an outgoing connection as its own (before: "mariadbd exited at start").
+    from tenantkit.testing.net import free_port
+
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = {free_port() for _ in range(50)}
+    assert all(port < low for port in ports), sorted(ports)
+    assert len(ports) > 1  # picked at random: two processes rarely pick the same one

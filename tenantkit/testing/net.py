@@ -9,6 +9,7 @@ byte counts). Needs nothing but the standard library::
 from __future__ import annotations
 
 import contextlib
+import random
 import socket
 import subprocess
 import threading
@@ -20,12 +21,32 @@ from typing import Any, Self
 __all__ = ["LoopbackProxy", "free_port", "wait_port"]
 
 
+#: Ports :func:`free_port` picks from when the kernel's ephemeral range starts above them.
+PORTS_BELOW_EPHEMERAL = (20000, 32000)
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A TCP port on 127.0.0.1 that nothing listens on right now, outside the kernel's
+    ephemeral range: a server given the port binds it later, and meanwhile any outgoing
+    connection on the machine may be given an ephemeral port as its own (a MariaDB that then
+    fails to start, "address in use")."""
+    low, high = PORTS_BELOW_EPHEMERAL
+    with contextlib.suppress(OSError, ValueError), \
+            open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        high = min(high, int(f.read().split()[0]))
+    rng = random.SystemRandom()
+    for _ in range(200 if high > low else 0):
+        port = rng.randrange(low, high)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # no room below it
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        found: int = sock.getsockname()[1]
+        return found
 
 
 def wait_port(port: int, timeout: float = 20.0, proc: subprocess.Popen[Any] | None = None,

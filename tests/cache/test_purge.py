@@ -160,23 +160,35 @@ def test_action_for_follows_the_site_policy(site_cache: tuple[Site, PageCache]) 
 
 
 def test_a_big_purge_reports_its_pages_in_linear_time_capped_and_each_once(
-        site_cache: tuple[Site, PageCache], caplog: pytest.LogCaptureFixture) -> None:
+        site_cache: tuple[Site, PageCache], caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """20,000 pages of one tag, purged with keys: each page was looked up in the list of those
     already reported (quadratic: ~7 s here, against ~0.6 s without keys); now a dict, and
     only the first MAX_REPORTED pages are read and reported, with one log line."""
     import time
 
+    from tenantkit.cache import pagecache
     from tenantkit.cache.purge import MAX_REPORTED
 
     site, cache = site_cache
     count = 20_000
     for i in range(count):
         cache.put(HOST, f"/p/{i}/", b"x", query="a=1" if i % 2 else "", tags=("post:9",))
+    sidecar = pagecache.PageFiles.sidecar
+    read = []
+
+    def counted(directory: str, *names: str) -> dict[str, object] | None:
+        read.append(directory)
+        return sidecar(directory, *names)
+
+    monkeypatch.setattr(pagecache.PageFiles, "sidecar", staticmethod(counted))
     started = time.monotonic()
     result = purge(cache, site, PurgeAction(tags=("post:9",)), keys=True)
     elapsed = time.monotonic() - started
     assert result.pages == count
-    assert elapsed < 4.0, f"purge of {count} pages with keys took {elapsed:.1f}s"
+    assert len(read) == MAX_REPORTED  # the work does not grow with the pages past the cap
+    # Only a bound against hangs (this machine is shared): the cap is asserted above.
+    assert elapsed < 30.0, f"purge of {count} pages with keys took {elapsed:.1f}s"
     assert len(result.keys) == MAX_REPORTED == len(set(result.keys))
     assert set(result.keys) <= {(HOST, f"/p/{i}/", "a=1" if i % 2 else "")
                                 for i in range(count)}
