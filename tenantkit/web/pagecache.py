@@ -354,6 +354,13 @@ class PageCacheMiddleware:
         cache.tally(STALE_SERVED)
         return send_page(stored, environ, start_response, "STALE", time.time())
 
+    def _count_render(self, site: Site, environ: WSGIEnvironment) -> None:
+        """Count a render as the MISS its visitor got; background work (a render after a
+        STALE answer, a re-warm: it carries a :data:`DEADLINE`) has no visitor, and the
+        node's render counter counts it (:data:`~tenantkit.cache.nodecounters.RENDERS`)."""
+        if DEADLINE not in environ:
+            self._count(site, "MISS")
+
     def _count(self, site: Site, result: str) -> None:
         if self.on_cache is not None:
             self.on_cache(site.name, result)
@@ -406,7 +413,7 @@ class PageCacheMiddleware:
             served = self._stale_if_error(site, cache, ticket, query, environ, start_response,
                                           f"the backend raised {type(exc).__name__}")
             if served is None:
-                self._count(site, "MISS")
+                self._count_render(site, environ)
                 raise
             return served
         if _failed(capture.status):
@@ -415,7 +422,7 @@ class PageCacheMiddleware:
             if served is not None:
                 _close(body)
                 return served
-        self._count(site, "MISS")
+        self._count_render(site, environ)
         try:
             ttl = self._storable(site, environ, capture)
             out, tags = self._outgoing(environ, capture.headers, "MISS")

@@ -91,3 +91,8 @@ def test_a_stale_page_is_served_again_from_memory_while_this_process_renders_it(
     assert ext.pagecache.renders.wait_idle(10.0)
     again = client.get("/s/", headers=HOST)
     assert again.headers["X-Tenantkit-Cache"] == "HIT" and again.data != first.data
+    # What visitors got: the one MISS, 21 STALE, one HIT; the background render served
+    # nobody (before, it counted as a second MISS).
+    counts = {r: ext.metrics.cache_results.labels("blog", r)._value.get()
+              for r in ("MISS", "STALE", "HIT")}
+    assert counts == {"MISS": 1, "STALE": 21, "HIT": 1}
