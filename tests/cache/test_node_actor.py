@@ -122,6 +122,13 @@ def test_a_redis_reconnect_flushes_each_site_once_per_node(
         assert proc.poll() is None
 
 
+def _has_group(client: redis.Redis, group: str) -> bool:
+    try:
+        return any(g["name"].decode() == group for g in client.xinfo_groups(STREAM))
+    except redis.ResponseError:  # no stream yet
+        return False
+
+
 def test_a_standby_takes_over_and_purges_what_the_dead_actor_left_pending(
         tmp_path: Path, redis_server: RedisServer, procs: list[Procs]) -> None:
     redis_server.flushall()
@@ -140,10 +147,13 @@ def test_a_standby_takes_over_and_purges_what_the_dead_actor_left_pending(
         standby.start()
         assert standby.role == "standby"
         assert wait_until(lambda: standby.state() == f"standby: node actor is pid {actor.pid}")
+        group = f"tenantkit:{NODE}"
+        # The actor holds the node lock before its consumer group exists; an event published
+        # before the group is made is one the group starts after (a gap: a flush).
+        assert wait_until(lambda: _has_group(client, group))
         blog.put(HOST, "/p/1/", b"post 1", tags=["post:1"])
         event = Purge("blog", tags=("post:1",))
         publisher.publish(event)
-        group = f"tenantkit:{NODE}"
         assert wait_until(lambda: client.xpending(STREAM, group)["pending"] == 1)
         assert not blog.get(HOST, "/p/1/").stale  # type: ignore[union-attr]
         actor.kill()  # read, not acknowledged, not purged

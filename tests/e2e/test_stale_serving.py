@@ -98,6 +98,14 @@ def slow() -> Iterator[tuple[SlowRenders, Upstream]]:
     upstream.close()
 
 
+def _until_hit(node: Node, path: str) -> None:
+    """Wait until *path* is a HIT: a miss's page is stored after its visitor has it."""
+    deadline = time.monotonic() + 30
+    while node.get(path)[1] != "HIT":
+        assert time.monotonic() < deadline, f"{path} was never stored"
+        time.sleep(0.05)
+
+
 def test_after_flushes_one_render_in_the_background_and_every_caller_gets_stale_at_once(
         tmp_path: Path, slow: tuple[SlowRenders, Upstream]) -> None:
     app, upstream = slow
@@ -156,6 +164,8 @@ def test_purges_faster_than_renders_never_collapse_the_cache(
     try:
         for path in paths:
             assert node.get(path)[:2] == (200, "MISS")
+        for path in paths:  # each stored (after its visitor had it) before the storm
+            _until_hit(node, path)
         stop = threading.Event()
         purges = 0
         answers: list[tuple[int, str, bytes, float]] = []
