@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageStat
 from tk_procs import Shim, need, shim_env
-from tk_web import TOKEN, Sites
+from tk_web import TOKEN, Sites, wait_stored
 
 pytest.importorskip("gunicorn", reason="gunicorn is not installed (pip install -e '.[server]')")
 
@@ -41,12 +41,14 @@ def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
 
 
 def test_status_page_renders_in_chromium(served: tuple[Shim, Sites], tmp_path: Path) -> None:
-    shim, _ = served
+    shim, sites = served
     import urllib3
 
     with urllib3.PoolManager(retries=False, timeout=10) as http:
-        for _ in range(3):
+        for i in range(3):
             http.request("GET", shim.url + "/a/", headers={"Host": "alpha.test"})
+            if i == 0:  # a miss's page is stored just after its visitor has it
+                wait_stored(sites.cache_dir, "alpha", "alpha.test", "/a/")
     url = f"http://admin:{TOKEN}@admin.test:{shim.port}/_tenantkit/"
     dom = chromium(tmp_path, "--dump-dom", url)
     html = dom.stdout.decode(errors="replace")
