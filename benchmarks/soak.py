@@ -24,7 +24,8 @@ per target. It never gates: the exit status is 0 whatever the figures::
 
 How the figures are read:
 
-- Latencies and statuses are measured at the client (this process's threads), per response.
+- Latencies and statuses are measured at the client, per response: each visitor is a process
+  of its own (eight threads of one process measured their wait for its GIL too).
 - A fault's segment runs from its start to the next fault's start: its 5xx include the
   recovery. Status 0 is a request that got no answer (it counts with the 5xx).
 - "Outside the PHP pause": for the time to show, comments sent from 5 s before the pause to
@@ -45,6 +46,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
+import multiprocessing
 import os
 import queue
 import re
@@ -60,6 +62,7 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from benchmarks.harness import Report, percentile
 from tenantkit import layout
@@ -443,11 +446,51 @@ def stack(root: Path, log: Callable[[str], None]) -> Iterator[Stack]:
 
 # --- the load -----------------------------------------------------------------------------
 
+#: What a visitor process sends back: its responses as (end, latency, status, X-Cache, page)
+#: with times in ``time.monotonic()`` seconds (one clock for every process), and when it
+#: first saw each comment token on each page.
+Visited = tuple[list[tuple[float, float, int, str, int]], dict[tuple[str, int], float]]
+
+
+def visit(index: int, port: int, pages: list[Page], reading: Any, out: Any) -> None:
+    """One visitor, in a process of its own: reads the pages in turn on one keep-alive
+    connection while *reading* is set, then sends :data:`Visited` on *out*. Processes, not
+    threads: the latency measured is the shim's (and the machine's), not the wait for this
+    client's GIL among eight busy threads."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+    samples: list[tuple[float, float, int, str, int]] = []
+    seen: dict[tuple[str, int], float] = {}
+    out.send("ready")
+    reading.wait(TIMEOUT)
+    n = index
+    while reading.is_set():
+        page_index = n % len(pages)
+        n += 1
+        start = time.monotonic()
+        try:
+            status, cache, body = _get(conn, pages[page_index])
+        except (OSError, http.client.HTTPException):
+            conn.close()
+            now = time.monotonic()
+            samples.append((now, now - start, 0, "", page_index))
+            continue
+        end = time.monotonic()
+        samples.append((end, end - start, status, cache, page_index))
+        if status == 200:
+            for token in TOKEN.findall(body):
+                seen.setdefault((token.decode(), page_index), end)
+    conn.close()
+    out.send((samples, seen))
+
 def _get(conn: http.client.HTTPConnection, page: Page) -> tuple[int, str, bytes]:
     conn.request("GET", page.path, headers={"Host": page.host})
     resp = conn.getresponse()
     body = resp.read()
     return resp.status, resp.getheader("X-Tenantkit-Cache", ""), body
+
+
+def _process_event() -> Any:
+    return multiprocessing.get_context("spawn").Event()
 
 
 @dataclass
@@ -459,40 +502,25 @@ class Load:
     t0: float = field(default_factory=time.monotonic)
     samples: list[list[Sample]] = field(default_factory=list)
     comments: list[Comment] = field(default_factory=list)
-    pending: dict[int, dict[str, Comment]] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    reading: threading.Event = field(default_factory=threading.Event)
+    reading: Any = field(default_factory=_process_event)
     writing: threading.Event = field(default_factory=threading.Event)
     run_id: str = field(default_factory=lambda: secrets.token_hex(3))
 
     def now(self) -> float:
         return time.monotonic() - self.t0
 
-    def visitor(self, index: int) -> None:
-        pages = self.stack.pages
-        mine = self.samples[index]
-        conn = http.client.HTTPConnection("127.0.0.1", self.stack.shim.port, timeout=TIMEOUT)
-        n = index
-        while self.reading.is_set():
-            page_index = n % len(pages)
-            n += 1
-            start = self.now()
-            try:
-                status, cache, body = _get(conn, pages[page_index])
-            except (OSError, http.client.HTTPException):
-                conn.close()
-                mine.append(Sample(self.now(), self.now() - start, 0, "", page_index))
-                continue
-            end = self.now()
-            mine.append(Sample(end, end - start, status, cache, page_index))
-            waiting = self.pending.get(page_index)
-            if status == 200 and waiting:
-                with self.lock:
-                    for token, comment in list(waiting.items()):
-                        if token.encode() in body:
-                            comment.shown = end
-                            del waiting[token]
-        conn.close()
+    def collect(self, visited: list[Visited]) -> None:
+        """Take in what the visitor processes saw: their samples, and when each comment was
+        first seen on its post's page."""
+        self.samples = [[Sample(end - self.t0, latency, status, cache, page)
+                         for end, latency, status, cache, page in mine] for mine, _ in visited]
+        for comment in self.comments:
+            if comment.acked is None or comment.held:
+                continue  # never shown: refused, or held for moderation
+            times = [seen[comment.token, comment.page] for _, seen in visited
+                     if (comment.token, comment.page) in seen]
+            if times:
+                comment.shown = min(times) - self.t0
 
     def writer(self, jobs: queue.Queue[Comment | None]) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", self.stack.shim.port, timeout=TIMEOUT)
@@ -504,8 +532,6 @@ class Load:
             form = (f"comment_post_ID={page.post_id}&author=Soak+visitor&"
                     f"email={comment.token}%40example.org&url=&submit=Post+Comment&"
                     f"comment=Comment+{comment.token}+from+the+soak")
-            with self.lock:
-                self.pending.setdefault(comment.page, {})[comment.token] = comment
             comment.sent = self.now()
             try:
                 conn.request("POST", "/wp-comments-post.php", body=form, headers={
@@ -520,9 +546,6 @@ class Load:
             if resp.status in (302, 303) and "#comment-" in location:
                 comment.acked = self.now()
                 comment.held = "unapproved=" in location
-            if comment.acked is None or comment.held:
-                with self.lock:
-                    self.pending.get(comment.page, {}).pop(comment.token, None)
         conn.close()
 
     def schedule(self, jobs: queue.Queue[Comment | None], duration: float) -> None:
@@ -677,18 +700,24 @@ def soak(duration: float, log: Callable[[str], None] = print,
         gens_before = {site: generation(st.cache_dir, site) for site in st.prefixes}
         rss_start = _rss_kb(st.shim.proc.pid)
         load = Load(st)
-        load.samples = [[] for _ in range(VISITORS)]
         jobs: queue.Queue[Comment | None] = queue.Queue()
-        load.reading.set()
+        spawn = multiprocessing.get_context("spawn")
+        pipes = [spawn.Pipe(duplex=False) for _ in range(VISITORS)]
+        visitors = [spawn.Process(target=visit, daemon=True, args=(
+            i, st.shim.port, st.pages, load.reading, send)) for i, (_, send) in enumerate(pipes)]
+        for process in visitors:
+            process.start()
+        for receive, _ in pipes:  # each started (imports done) before the clock starts
+            if not receive.poll(TIMEOUT) or receive.recv() != "ready":
+                raise RuntimeError("a visitor process did not start")
         load.writing.set()
-        threads = [threading.Thread(target=load.visitor, args=(i,), daemon=True)
-                   for i in range(VISITORS)]
-        threads += [threading.Thread(target=load.writer, args=(jobs,), daemon=True)
-                    for _ in range(WRITERS)]
+        threads = [threading.Thread(target=load.writer, args=(jobs,), daemon=True)
+                   for _ in range(WRITERS)]
         scheduler = threading.Thread(target=load.schedule, args=(jobs, duration), daemon=True)
         load.t0 = time.monotonic()
         cpu0, load0 = os.times(), os.getloadavg()[0]
         log_from = st.shim.log.stat().st_size
+        load.reading.set()
         for thread in [*threads, scheduler]:
             thread.start()
         windows: list[Window] = []
@@ -710,7 +739,7 @@ def soak(duration: float, log: Callable[[str], None] = print,
             scheduler.join(TIMEOUT)
             for _ in range(WRITERS):
                 jobs.put(None)
-            for thread in threads[VISITORS:]:
+            for thread in threads:
                 thread.join(2 * TIMEOUT)
         writes_done = load.now()
         cpu1, load1 = os.times(), os.getloadavg()[0]
@@ -721,8 +750,13 @@ def soak(duration: float, log: Callable[[str], None] = print,
         settle_end = writes_done + SETTLE
         time.sleep(max(0.0, settle_end - load.now()))
         load.reading.clear()
-        for thread in threads[:VISITORS]:
-            thread.join(2 * TIMEOUT)
+        visited: list[Visited] = []
+        for (receive, _), process in zip(pipes, visitors, strict=True):
+            if not receive.poll(2 * TIMEOUT):
+                raise RuntimeError(f"visitor process {process.pid} sent nothing")
+            visited.append(receive.recv())
+            process.join(TIMEOUT)
+        load.collect(visited)
         rss_end = _rss_kb(st.shim.proc.pid)
         served_hits = server_hit_durations(st.shim.log, log_from, st.shim.log.stat().st_size)
         stale = _stale_pages(st)
