@@ -98,12 +98,13 @@ def slow() -> Iterator[tuple[SlowRenders, Upstream]]:
     upstream.close()
 
 
-def _until_hit(node: Node, path: str) -> None:
-    """Wait until *path* is a HIT: a miss's page is stored after its visitor has it."""
+def _until_stored(node: Node, path: str) -> None:
+    """Wait until *path* is stored (read from the disk: a request meanwhile would render it
+    again): a miss's page is stored just after its visitor has it."""
     deadline = time.monotonic() + 30
-    while node.get(path)[1] != "HIT":
+    while (page := node.pages.get(HOST, path)) is None or page.stale:
         assert time.monotonic() < deadline, f"{path} was never stored"
-        time.sleep(0.05)
+        time.sleep(0.02)
 
 
 def test_after_flushes_one_render_in_the_background_and_every_caller_gets_stale_at_once(
@@ -113,6 +114,7 @@ def test_after_flushes_one_render_in_the_background_and_every_caller_gets_stale_
     try:
         status, result, first, _ = node.get("/p/")
         assert (status, result) == (200, "MISS")
+        _until_stored(node, "/p/")  # stored just after its visitor had it
         for _ in range(3):  # a reconnect: every invalidator of the node flushes the site
             node.pages.flush()
         callers = 12
@@ -165,7 +167,7 @@ def test_purges_faster_than_renders_never_collapse_the_cache(
         for path in paths:
             assert node.get(path)[:2] == (200, "MISS")
         for path in paths:  # each stored (after its visitor had it) before the storm
-            _until_hit(node, path)
+            _until_stored(node, path)
         stop = threading.Event()
         purges = 0
         answers: list[tuple[int, str, bytes, float]] = []
